@@ -1,0 +1,120 @@
+"""Configuration of ATS-ViT: a ViT whose chosen encoder layers keep an adaptive subset of tokens.
+
+Self-contained for the Hub: imports only the standard library and transformers.
+"""
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import ViTConfig
+
+ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
+
+
+@strict
+class AtsViTConfig(ViTConfig):
+    r"""
+    A [`ViTConfig`] plus the settings of Adaptive Token Sampling (Fayyaz et al., ECCV 2022).
+
+    ats_layers (`list[int]`, *optional*):
+        0-based indices of the encoder layers that sample tokens. Defaults to the official recipe scaled to depth:
+        `num_hidden_layers // 4 .. num_hidden_layers - 1` (layers 3..11 of a 12-layer model). `[]` is plain ViT.
+    ats_max_tokens (`int`, `float`, `list`, *optional*):
+        K, the most tokens an ATS layer keeps, CLS included. `None` (default): the model's initial token count, as in
+        the paper (the kept count then follows from the sampling alone). An `int >= 2`: that many. A `float` in
+        (0, 1]: that fraction of the initial token count, rounded half up. A list gives one such value per ATS layer.
+    ats_sampler (`str`, *optional*, defaults to `"inverse_transform"`):
+        `"inverse_transform"` (the paper's ATS), or the paper's ablation baselines `"top_k"` (the K-1
+        highest-scoring patch tokens) and `"random"` (K-1 uniformly random patch tokens).
+    """
+
+    model_type = "ats_vit"
+    # Per-image, variable-width outputs that Trainer should not gather during evaluation.
+    keys_to_ignore_at_inference = ["sampled_token_indices", "token_mask", "hidden_states", "attentions"]
+
+    ats_layers: list[int] | tuple[int, ...] | None = None
+    ats_max_tokens: int | float | list[int | float | None] | tuple[int | float | None, ...] | None = None
+    ats_sampler: str = "inverse_transform"
+
+    def __post_init__(self, **kwargs):
+        if self.ats_layers is None:
+            self.ats_layers = list(range(self.num_hidden_layers // 4, self.num_hidden_layers))
+        super().__post_init__(**kwargs)
+        self.check_ats_settings()
+
+    def check_ats_settings(self) -> None:
+        """Normalise the ATS fields and raise `ValueError` naming any bad value and what is allowed."""
+        layers = self.ats_layers
+        if not isinstance(layers, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+            raise ValueError(f"ats_layers must be a list of layer indices (ints), got {layers!r}.")
+        bad = [i for i in layers if not 0 <= i < self.num_hidden_layers]
+        if bad:
+            raise ValueError(
+                f"ats_layers={list(layers)} has indices {bad} outside 0..{self.num_hidden_layers - 1} "
+                f"(num_hidden_layers={self.num_hidden_layers})."
+            )
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"ats_layers={list(layers)} has duplicate indices; each layer may be listed once.")
+        self.ats_layers = sorted(layers)
+
+        max_tokens = self.ats_max_tokens
+        if isinstance(max_tokens, (list, tuple)):
+            if len(max_tokens) != len(self.ats_layers):
+                raise ValueError(
+                    f"ats_max_tokens has {len(max_tokens)} entries but ats_layers has {len(self.ats_layers)}; "
+                    "give one value per ATS layer, or a single value for all."
+                )
+            for value in max_tokens:
+                _check_max_tokens_value(value)
+            self.ats_max_tokens = list(max_tokens)
+        else:
+            _check_max_tokens_value(max_tokens)
+
+        if self.ats_sampler not in ATS_SAMPLERS:
+            raise ValueError(f"ats_sampler={self.ats_sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
+
+    def resolve_ats_max_tokens(self, num_reference_tokens: int) -> dict[int, int]:
+        """K of every ATS layer, for a model whose embeddings output `num_reference_tokens` tokens (CLS included).
+
+        Returns `{layer_index: K}`. Raises `ValueError` when a fraction resolves to fewer than 2 tokens.
+        """
+        values = self.ats_max_tokens
+        if not isinstance(values, list):
+            values = [values] * len(self.ats_layers)
+        resolved = {}
+        for layer_index, value in zip(self.ats_layers, values):
+            if value is None:
+                tokens = num_reference_tokens
+            elif isinstance(value, float):
+                tokens = math.floor(value * num_reference_tokens + 0.5)
+            else:
+                tokens = value
+            if tokens < 2:
+                raise ValueError(
+                    f"ats_max_tokens={value!r} for layer {layer_index} resolves to {tokens} token(s) of "
+                    f"{num_reference_tokens}; an ATS layer must keep at least 2 (CLS and one patch token)."
+                )
+            resolved[layer_index] = tokens
+        return resolved
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Read a config; a plain ViT config (`model_type="vit"`) is accepted as the base of an ATS model."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == "vit":
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
+
+def _check_max_tokens_value(value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"ats_max_tokens entries must be None, an int >= 2 or a float in (0, 1]; got {value!r}.")
+    if isinstance(value, int) and value < 2:
+        raise ValueError(f"ats_max_tokens={value} is too small: an int must be >= 2 (CLS and one patch token).")
+    if isinstance(value, float) and not 0.0 < value <= 1.0:
+        raise ValueError(f"ats_max_tokens={value} is outside (0, 1]: a float is a fraction of the initial tokens.")
+
+
+__all__ = ["AtsViTConfig"]

@@ -1,0 +1,517 @@
+"""ATS-ViT: Vision Transformer with Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for transformers.
+
+Self-contained for the Hub: imports only torch, transformers and `.configuration_ats_vit`.
+
+Shapes: B = batch, L = tokens entering a layer (CLS first), P = L - 1 patch tokens, M = rows a layer outputs,
+H = heads, D = hidden size.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.vit.modeling_vit import (
+    ViTAttention,
+    ViTEmbeddings,
+    ViTForImageClassification,
+    ViTLayer,
+    ViTModel,
+    ViTPooler,
+    ViTPreTrainedModel,
+    eager_attention_forward,
+)
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_ats_vit import AtsViTConfig
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring and sampling: pure functions, tensors in, tensors out.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def significance_scores(
+    cls_attention: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Significance score of every patch token: CLS attention (summed over heads) times value norm, normalised.
+
+    Args:
+        cls_attention: (B, H, L) attention probabilities of the CLS query over all L keys.
+        values: (B, L, D) value vectors, all heads concatenated.
+        token_mask: (B, L) bool, True for real tokens; None if all are real.
+    Returns:
+        (B, P) float32 scores summing to 1 per image (all zero if an image has no scored patch); padding scores 0.
+    """
+    scores = cls_attention.float().sum(dim=1)[:, 1:] * torch.linalg.vector_norm(values[:, 1:].float(), dim=-1)
+    if token_mask is not None:
+        scores = scores.masked_fill(~token_mask[:, 1:], 0.0)
+    total = scores.sum(dim=1, keepdim=True)
+    return scores / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def inverse_transform_sampling(
+    scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int
+) -> torch.Tensor:
+    """The paper's sampler: nearest-CDF matching of `max_tokens - 1` evenly spaced points, then de-duplication.
+
+    Per image, over its own real patch tokens only: sort scores ascending, take the cumulative sum, min-max
+    normalise it to [0, 1], place R = max_tokens - 1 points from the smallest non-zero normalised value up to 1,
+    and keep the token whose normalised CDF is nearest to each point (ties to the lower one). The lowest token is
+    never kept; an image with a flat CDF (one patch left, or all scores zero) keeps its last-sorted patch.
+
+    Args:
+        scores: (B, P) float32 significance scores, >= 0.
+        patch_mask: (B, P) bool, True for real patch tokens; None if all are real.
+        max_tokens: K >= 2, the most tokens kept, CLS included.
+    Returns:
+        (B, P) bool, True for kept patch tokens.
+    """
+    batch_size, num_patches = scores.shape
+    num_points = max_tokens - 1
+    infinity = torch.tensor(float("inf"), device=scores.device)
+    sort_key = scores if patch_mask is None else scores.masked_fill(~patch_mask, infinity)
+    sorted_scores, order = torch.sort(sort_key, dim=1, stable=True)
+    positions = torch.arange(num_patches, device=scores.device)
+    if patch_mask is None:
+        num_real = torch.full((batch_size, 1), num_patches, device=scores.device)
+    else:
+        num_real = patch_mask.sum(dim=1, keepdim=True)
+        sorted_scores = sorted_scores.masked_fill(positions >= num_real, 0.0)
+
+    cdf = torch.cumsum(sorted_scores, dim=1)
+    last = (num_real - 1).clamp(min=0)
+    cdf_first, cdf_last = cdf[:, :1], cdf.gather(1, last)
+    span = cdf_last - cdf_first
+    flat_cdf = (positions == last).float()
+    normalized_cdf = torch.where(span > 0, (cdf - cdf_first) / torch.where(span > 0, span, 1.0), flat_cdf)
+    normalized_cdf = normalized_cdf.masked_fill(positions >= num_real, infinity)
+
+    lowest_nonzero = torch.where(normalized_cdf > 0, normalized_cdf, infinity).amin(dim=1, keepdim=True)
+    lowest_nonzero = torch.where(torch.isfinite(lowest_nonzero), lowest_nonzero, 1.0)
+    if num_points == 1:
+        points = torch.ones(batch_size, 1, device=scores.device)
+    else:
+        steps = torch.arange(num_points, device=scores.device, dtype=torch.float32)
+        unit = torch.linspace(0.0, 1.0, num_points, device=scores.device)
+        points = lowest_nonzero + (unit * (num_points - 1) - lowest_nonzero * steps) / (num_points - 1)
+
+    padded_cdf = torch.cat([normalized_cdf, infinity.expand(batch_size, 1)], dim=1)
+    above = torch.searchsorted(padded_cdf, points.contiguous())
+    below = (above - 1).clamp(min=0)
+    cdf_above, cdf_below = padded_cdf.gather(1, above), padded_cdf.gather(1, below)
+    take_below = (points - cdf_below <= cdf_above - points) & (cdf_below > 0)
+    picked = torch.where(take_below, below, above)
+
+    kept_sorted = torch.zeros(batch_size, num_patches + 1, dtype=torch.bool, device=scores.device)
+    kept_sorted.scatter_(1, picked, True)
+    kept = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=scores.device)
+    kept.scatter_(1, order, kept_sorted[:, :num_patches])
+    return kept if patch_mask is None else kept & patch_mask
+
+
+def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
+    """Ablation baseline: keep the `max_tokens - 1` highest-scoring real patch tokens. (B, P) -> (B, P) bool."""
+    return _keep_largest(scores, patch_mask, max_tokens - 1)
+
+
+def random_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
+    """Ablation baseline: keep `max_tokens - 1` uniformly random real patch tokens (torch's global RNG)."""
+    return _keep_largest(torch.rand_like(scores), patch_mask, max_tokens - 1)
+
+
+def _keep_largest(keys: torch.Tensor, patch_mask: torch.Tensor | None, count: int) -> torch.Tensor:
+    if patch_mask is not None:
+        keys = keys.masked_fill(~patch_mask, float("-inf"))
+    chosen = keys.topk(min(count, keys.shape[1]), dim=1).indices
+    kept = torch.zeros_like(keys, dtype=torch.bool).scatter_(1, chosen, True)
+    return kept if patch_mask is None else kept & patch_mask
+
+
+TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], torch.Tensor]] = {
+    "inverse_transform": inverse_transform_sampling,
+    "top_k": top_k_sampling,
+    "random": random_sampling,
+}
+
+
+def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows to keep, CLS first then kept patches in their current order, packed to the front of each image.
+
+    Args:
+        kept_patches: (B, P) bool.
+    Returns:
+        kept_rows: (B, M) long indices into the L = P + 1 input rows, M = 1 + the largest kept count.
+        kept_mask: (B, M) bool, True for real rows; None when every image keeps M rows.
+    The only device-to-host read of an ATS layer happens here.
+    """
+    kept = torch.cat([torch.ones_like(kept_patches[:, :1]), kept_patches], dim=1)
+    counts = kept.sum(dim=1)
+    largest, smallest = torch.stack([counts.max(), counts.min()]).tolist()
+    kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
+    if largest == smallest:
+        return kept_rows, None
+    return kept_rows, torch.arange(largest, device=counts.device) < counts[:, None]
+
+
+def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, L, ...) gathered along dim 1 by (B, M) -> (B, M, ...)."""
+    index = rows.reshape(*rows.shape, *([1] * (tensor.dim() - 2))).expand(*rows.shape, *tensor.shape[2:])
+    return tensor.gather(1, index)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AtsViTModelOutput(BaseModelOutputWithPooling):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+        Final hidden states. Real tokens are packed to the front of each row; see `token_mask`.
+    num_tokens (`torch.LongTensor` of shape `(batch_size, num_hidden_layers)`):
+        Real tokens (CLS included) each layer outputs for each image.
+    sampled_token_indices (`tuple[torch.LongTensor]`, one per ATS layer, each `(batch_size, max_kept)`):
+        Original patch positions (0-based over patches, CLS excluded) of the patch tokens the layer kept, in
+        ascending order, padded with -1.
+    token_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`):
+        True where `last_hidden_state` holds a real token, False for padding.
+    """
+
+    num_tokens: torch.LongTensor | None = None
+    sampled_token_indices: tuple[torch.LongTensor, ...] | None = None
+    token_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class AtsImageClassifierOutput(ImageClassifierOutput):
+    r"""
+    num_tokens (`torch.LongTensor` of shape `(batch_size, num_hidden_layers)`):
+        Real tokens (CLS included) each layer outputs for each image.
+    sampled_token_indices (`tuple[torch.LongTensor]`, one per ATS layer, each `(batch_size, max_kept)`):
+        Original patch positions of the patch tokens each ATS layer kept, ascending, padded with -1.
+    token_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`):
+        True where the final hidden states hold a real token, False for padding.
+    """
+
+    num_tokens: torch.LongTensor | None = None
+    sampled_token_indices: tuple[torch.LongTensor, ...] | None = None
+    token_mask: torch.BoolTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class AtsViTAttention(ViTAttention):
+    """ViT self-attention that, in an ATS layer, scores and samples tokens and attends only from the kept rows."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        max_tokens: int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """
+        Args:
+            hidden_states: (B, L, D), already layer-normed.
+            attention_mask: the mask of all L rows prepared for the attention implementation (non-ATS layers).
+            token_mask: (B, L) bool, True for real tokens; None if all are real.
+            max_tokens: K for an ATS layer; None for an ordinary layer.
+        Returns:
+            attention output (B, M, D) after the output projection, attention probabilities (eager only, else
+            None), kept_rows (B, M) into the L input rows (None if nothing was sampled), kept_mask (B, M) or None.
+        """
+        if max_tokens is None:
+            attn_output, attn_weights = super().forward(hidden_states, attention_mask, **kwargs)
+            return attn_output, attn_weights, None, None
+
+        batch_size, num_tokens, _ = hidden_states.shape
+        key_states = self.k_proj(hidden_states).view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
+        values = self.v_proj(hidden_states)
+        value_states = values.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
+
+        cls_query = self.q_proj(hidden_states[:, :1]).view(batch_size, 1, -1, self.head_dim).transpose(1, 2)
+        cls_logits = (cls_query.float() @ key_states.float().transpose(2, 3)).squeeze(2) * self.scaling
+        if token_mask is not None:
+            cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
+        scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
+        patch_mask = None if token_mask is None else token_mask[:, 1:]
+        kept_patches = TOKEN_SAMPLERS[self.config.ats_sampler](scores, patch_mask, max_tokens)
+        kept_rows, kept_mask = pack_kept_tokens(kept_patches)
+
+        kept_hidden_states = _gather_rows(hidden_states, kept_rows)
+        attn_implementation = self.config._attn_implementation
+        all_rows = token_mask is not None and attn_implementation.startswith("flash")
+        query_source = hidden_states if all_rows else kept_hidden_states
+        query_states = self.q_proj(query_source).view(*query_source.shape[:2], -1, self.head_dim).transpose(1, 2)
+        mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=query_source,
+            attention_mask=token_mask,
+            encoder_hidden_states=hidden_states,
+        )
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*query_source.shape[:2], -1)
+        if all_rows:
+            # Flash kernels unpad queries by the key mask, so they attend from every real row; keep the kept ones.
+            attn_output = _gather_rows(attn_output, kept_rows)
+        return self.o_proj(attn_output), attn_weights, kept_rows, kept_mask
+
+
+class AtsViTLayer(ViTLayer):
+    """A ViT encoder layer; in an ATS layer the attention samples tokens and the rest runs on kept rows only."""
+
+    def __init__(self, config: AtsViTConfig, layer_index: int):
+        super().__init__(config)
+        self.attention = AtsViTAttention(config)
+        self.layer_index = layer_index
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        max_tokens: int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """
+        Args:
+            hidden_states: (B, L, D).
+            attention_mask: mask of the L rows prepared for the attention implementation, or None.
+            token_mask: (B, L) bool real-token mask, or None if all are real.
+            max_tokens: K if this layer samples tokens, else None.
+        Returns:
+            hidden_states (B, M, D), kept_rows (B, M) or None, kept_mask (B, M) or None.
+        """
+        residual = hidden_states
+        attn_output, _, kept_rows, kept_mask = self.attention(
+            self.layernorm_before(hidden_states), attention_mask, token_mask, max_tokens, **kwargs
+        )
+        if kept_rows is not None:
+            residual = _gather_rows(residual, kept_rows)
+        hidden_states = self.dropout(attn_output) + residual
+        hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
+        return hidden_states, kept_rows, kept_mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class AtsViTPreTrainedModel(ViTPreTrainedModel):
+    config_class = AtsViTConfig
+    config: AtsViTConfig
+    _no_split_modules = ["ViTEmbeddings", "AtsViTLayer"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a checkpoint that would leave weights randomly initialised is an
+        error, not a warning. Only a task head (`classifier`, `pooler`) may be new; so may any weight whose shape
+        the user chose to replace with `ignore_mismatched_sizes=True`. Unexpected weights are an error too, except
+        a head the loaded class has no place for."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = sorted(key for key in loading_info["missing_keys"] if not _is_head_weight(key))
+        unexpected = sorted(key for key in loading_info["unexpected_keys"] if not _is_head_weight(key))
+        if missing or unexpected:
+            raise ValueError(
+                f"Loading {cls.__name__} from {args[0] if args else kwargs.get('pretrained_model_name_or_path')!r} "
+                f"would leave {len(missing)} weight(s) randomly initialised {missing[:8]} and ignore "
+                f"{len(unexpected)} checkpoint weight(s) {unexpected[:8]}. Expected a ViT/DeiT (non-distilled) or "
+                "ATS-ViT checkpoint of the same architecture."
+            )
+        return (model, loading_info) if output_loading_info else model
+
+    def save_pretrained(self, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, writing current weight names by default, so that every reader
+        (`from_pretrained`, Trainer's checkpoint restore, remote code) reads them back as saved."""
+        return super().save_pretrained(*args, save_original_format=save_original_format, **kwargs)
+
+
+class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
+    """[`ViTModel`] with Adaptive Token Sampling in `config.ats_layers`."""
+
+    def __init__(self, config: AtsViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        # ViTModel.__init__ would build (and randomly initialise) plain layers only for them to be replaced.
+        AtsViTPreTrainedModel.__init__(self, config)
+        config.check_ats_settings()
+        self.embeddings = ViTEmbeddings(config, use_mask_token=use_mask_token)
+        self.layers = nn.ModuleList([AtsViTLayer(config, index) for index in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = ViTPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsViTModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images, as from a ViT image processor.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Patches to replace by the mask token (models built with `use_mask_token=True`).
+        interpolate_pos_encoding (`bool`, *optional*):
+            Interpolate position embeddings to the input size; K defaults then follow the actual token count.
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 for tokens to attend to, 0 for tokens to ignore (CLS first). Ignored tokens are never kept.
+        """
+        if pixel_values is None:
+            raise ValueError("pixel_values is required.")
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states = self.embeddings(
+            pixel_values.to(expected_dtype),
+            bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        batch_size, num_reference_tokens, _ = hidden_states.shape
+        token_mask = self._input_token_mask(attention_mask, batch_size, num_reference_tokens, hidden_states.device)
+        max_tokens = self.config.resolve_ats_max_tokens(num_reference_tokens)
+
+        positions = torch.arange(num_reference_tokens, device=hidden_states.device).expand(batch_size, -1)
+        layer_mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=token_mask)
+        num_tokens, sampled_token_indices = [], []
+        for layer in self.layers:
+            hidden_states, kept_rows, kept_mask = layer(
+                hidden_states, layer_mask, token_mask, max_tokens.get(layer.layer_index), **kwargs
+            )
+            if kept_rows is not None:
+                token_mask = kept_mask
+                positions = positions.gather(1, kept_rows)
+                if token_mask is not None:
+                    positions = positions.masked_fill(~token_mask, 0)
+                sampled_token_indices.append(positions[:, 1:] - 1)
+                layer_mask = create_bidirectional_mask(
+                    config=self.config, inputs_embeds=hidden_states, attention_mask=token_mask
+                )
+            num_tokens.append(hidden_states.shape[1] if token_mask is None else token_mask.sum(dim=1))
+
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        if token_mask is None:
+            token_mask = torch.ones(batch_size, hidden_states.shape[1], dtype=torch.bool, device=hidden_states.device)
+        return AtsViTModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            num_tokens=_stack_counts(num_tokens, batch_size, hidden_states.device),
+            sampled_token_indices=tuple(sampled_token_indices),
+            token_mask=token_mask,
+        )
+
+    @staticmethod
+    def _input_token_mask(
+        attention_mask: torch.Tensor | None, batch_size: int, num_tokens: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """A user's 2-D attention mask over input tokens as bool (B, L), or None when it masks nothing."""
+        if attention_mask is None:
+            return None
+        if attention_mask.shape != (batch_size, num_tokens):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; ATS-ViT takes a 2-D mask of shape "
+                f"(batch_size, sequence_length) = ({batch_size}, {num_tokens}), CLS first."
+            )
+        token_mask = attention_mask.to(device=device, dtype=torch.bool)
+        return None if bool(token_mask.all()) else token_mask
+
+
+def _is_head_weight(key: str) -> bool:
+    """Weights of a task head, which a checkpoint of another task may lack or carry extra."""
+    return key.split(".")[0] in ("classifier", "pooler") or key.startswith("vit.pooler.")
+
+
+def _stack_counts(counts: list, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Per-layer counts (ints for unpadded layers, (B,) tensors otherwise) -> (B, num_layers) long."""
+    columns = [
+        c.to(torch.long) if isinstance(c, torch.Tensor) else torch.full((batch_size,), c, dtype=torch.long, device=device)
+        for c in counts
+    ]
+    return torch.stack(columns, dim=1)
+
+
+class AtsViTForImageClassification(AtsViTPreTrainedModel, ViTForImageClassification):
+    """[`ViTForImageClassification`] with Adaptive Token Sampling in `config.ats_layers`."""
+
+    def __init__(self, config: AtsViTConfig):
+        AtsViTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.vit = AtsViTModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices for the loss (regression if `num_labels == 1`).
+        Other arguments as in [`AtsViTModel.forward`].
+        """
+        outputs: AtsViTModelOutput = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return AtsImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            num_tokens=outputs.num_tokens,
+            sampled_token_indices=outputs.sampled_token_indices,
+            token_mask=outputs.token_mask,
+        )
+
+
+# Plain ViT/DeiT checkpoints on the Hub use the old weight names (`encoder.layer.N.attention.attention.query`).
+# transformers renames them through a mapping keyed by class name, which subclasses do not inherit: register it.
+for _class_name in ("AtsViTModel",):
+    register_checkpoint_conversion_mapping(_class_name, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
+
+__all__ = [
+    "AtsImageClassifierOutput",
+    "AtsViTForImageClassification",
+    "AtsViTModel",
+    "AtsViTModelOutput",
+    "AtsViTPreTrainedModel",
+    "inverse_transform_sampling",
+    "pack_kept_tokens",
+    "random_sampling",
+    "significance_scores",
+    "top_k_sampling",
+]

@@ -1,0 +1,64 @@
+import pytest
+from conftest import tiny_config
+from transformers import AutoConfig, ViTConfig
+
+from ats_hf import AtsViTConfig, AtsViTForImageClassification
+
+
+def test_defaults_follow_the_official_recipe():
+    assert AtsViTConfig().ats_layers == list(range(3, 12))
+    assert AtsViTConfig(num_hidden_layers=8).ats_layers == list(range(2, 8))
+    config = AtsViTConfig()
+    assert config.ats_max_tokens is None and config.ats_sampler == "inverse_transform"
+    assert config.resolve_ats_max_tokens(197) == {i: 197 for i in range(3, 12)}
+
+
+def test_max_tokens_resolution():
+    config = tiny_config(ats_layers=[0, 2, 3], ats_max_tokens=[0.5, 10, None])
+    assert config.resolve_ats_max_tokens(197) == {0: 99, 2: 10, 3: 197}
+    assert tiny_config(ats_max_tokens=1.0).resolve_ats_max_tokens(65) == {1: 65, 2: 65, 3: 65}
+    with pytest.raises(ValueError, match=r"ats_max_tokens=0\.005 for layer 1 resolves to 0"):
+        tiny_config(ats_max_tokens=0.005).resolve_ats_max_tokens(65)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(ats_layers=[1, 4]), r"indices \[4\] outside 0\.\.3"),
+        (dict(ats_layers=[-1]), r"indices \[-1\] outside 0\.\.3"),
+        (dict(ats_layers=[1, 1]), "duplicate"),
+        (dict(ats_max_tokens=1), r"ats_max_tokens=1 is too small: an int must be >= 2"),
+        (dict(ats_max_tokens=0.0), r"ats_max_tokens=0\.0 is outside \(0, 1\]"),
+        (dict(ats_max_tokens=1.5), r"ats_max_tokens=1\.5 is outside \(0, 1\]"),
+        (dict(ats_max_tokens=[10, 20]), "ats_max_tokens has 2 entries but ats_layers has 3"),
+        (dict(ats_sampler="nearest"), r"ats_sampler='nearest' is unknown; choose one of inverse_transform, top_k"),
+    ],
+)
+def test_validation_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_validation_of_overrides_at_model_construction():
+    config = tiny_config()
+    config.ats_layers = [7]
+    with pytest.raises(ValueError, match=r"ats_layers=\[7\]"):
+        AtsViTForImageClassification(config)
+
+
+def test_round_trip(tmp_path):
+    config = tiny_config(ats_layers=[3, 1], ats_max_tokens=[0.5, 12], ats_sampler="top_k")
+    assert config.ats_layers == [1, 3]
+    config.save_pretrained(tmp_path)
+    loaded = AtsViTConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert type(AutoConfig.from_pretrained(tmp_path)) is AtsViTConfig
+
+
+def test_plain_vit_config_loads(tmp_path, caplog):
+    ViTConfig(num_hidden_layers=6, hidden_size=48, num_attention_heads=4).save_pretrained(tmp_path)
+    config = AtsViTConfig.from_pretrained(tmp_path, ats_layers=[2, 5], ats_max_tokens=0.7)
+    assert config.model_type == "ats_vit" and config.hidden_size == 48
+    assert config.ats_layers == [2, 5] and config.ats_max_tokens == 0.7
+    assert "model of type `vit`" not in caplog.text
+    assert AtsViTConfig.from_pretrained(tmp_path).ats_layers == [1, 2, 3, 4, 5]

@@ -1,0 +1,244 @@
+"""ATS-ViT forward pass: faithfulness, batch invariance, attention implementations, training, dtypes."""
+
+import pytest
+import torch
+from conftest import peaky_weights_, tiny_config
+from official_reference import reference_forward
+from transformers import ViTConfig, ViTForImageClassification
+
+from ats_hf import AtsViTForImageClassification, AtsViTModel
+
+
+def build(attn_implementation="sdpa", peaky=True, **overrides):
+    model = AtsViTForImageClassification(tiny_config(**overrides)).eval()
+    model.set_attn_implementation(attn_implementation)
+    return peaky_weights_(model) if peaky else model
+
+
+def kept_lists(output, image_index):
+    return [row[row >= 0].tolist() for row in (t[image_index] for t in output.sampled_token_indices)]
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_same_tokens_and_logits_as_official_reference(images, attn_implementation):
+    model = build(attn_implementation)
+    with torch.no_grad():
+        output = model(images)
+    assert output.num_tokens[:, -1].float().mean() < 40, "test needs a model that actually drops tokens"
+    for i, image in enumerate(images):
+        logits, kept = reference_forward(model, image)
+        assert kept_lists(output, i) == kept
+        torch.testing.assert_close(output.logits[i], logits, atol=1e-5, rtol=1e-5)
+
+
+def test_same_tokens_as_reference_with_fractional_k(images):
+    model = build(ats_max_tokens=[0.5, 20, 0.25])
+    with torch.no_grad():
+        output = model(images)
+    for i, image in enumerate(images):
+        assert kept_lists(output, i) == reference_forward(model, image)[1]
+    assert output.num_tokens[:, 1].max() <= 33 and output.num_tokens[:, 2].max() <= 20
+    assert output.num_tokens[:, 3].max() <= 16
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_no_ats_layers_is_plain_vit(images, attn_implementation):
+    ats = build(attn_implementation, peaky=False, ats_layers=[])
+    plain_config = ViTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in ViTConfig().to_dict()})
+    plain = ViTForImageClassification(plain_config).eval()
+    plain.set_attn_implementation(attn_implementation)
+    plain.load_state_dict(ats.state_dict())
+    with torch.no_grad():
+        ours, theirs = ats(images, output_hidden_states=True), plain(images, output_hidden_states=True)
+    assert (ours.logits - theirs.logits).abs().max() <= 1e-5
+    for a, b in zip(ours.hidden_states, theirs.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert ours.num_tokens.eq(65).all() and ours.sampled_token_indices == ()
+
+
+def test_ats_layer_rows_equal_plain_layer_rows():
+    model = build("eager", ats_layers=[0])
+    layer = model.vit.layers[0]
+    hidden = torch.randn(4, 65, 32)
+    with torch.no_grad():
+        plain_rows, _, _ = layer(hidden)
+        kept_out, kept_rows, kept_mask = layer(hidden, max_tokens=30)
+    assert kept_rows is not None and kept_out.shape[1] < 65
+    expected = plain_rows.gather(1, kept_rows[..., None].expand(-1, -1, 32))
+    real = torch.ones_like(kept_rows, dtype=torch.bool) if kept_mask is None else kept_mask
+    torch.testing.assert_close(kept_out[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_batch_invariance(images, attn_implementation):
+    model = build(attn_implementation)
+    with torch.no_grad():
+        batch = model(images)
+        counts = batch.num_tokens[:, -1]
+        assert counts.unique().numel() > 1, "test needs images that keep different counts"
+        for i in range(len(images)):
+            alone = model(images[i : i + 1])
+            assert kept_lists(alone, 0) == kept_lists(batch, i)
+            assert torch.equal(alone.num_tokens[0], batch.num_tokens[i])
+            torch.testing.assert_close(alone.logits[0], batch.logits[i], atol=1e-5, rtol=1e-5)
+        reordered = model(images.flip(0))
+    assert torch.equal(reordered.num_tokens.flip(0), batch.num_tokens)
+    torch.testing.assert_close(reordered.logits.flip(0), batch.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_rows_do_not_touch_real_rows(images):
+    model = build("sdpa")
+    with torch.no_grad():
+        output = model.vit(images)
+    mask = output.token_mask
+    assert not mask.all(), "test needs a padded batch"
+    for i in range(len(images)):
+        with torch.no_grad():
+            alone = model.vit(images[i : i + 1])
+        n = int(mask[i].sum())
+        assert alone.last_hidden_state.shape[1] == n
+        torch.testing.assert_close(output.last_hidden_state[i, :n], alone.last_hidden_state[0], atol=1e-5, rtol=1e-5)
+        assert int(output.num_tokens[i, -1]) == n
+
+
+def test_eager_and_sdpa_agree(images):
+    eager = build("eager")
+    sdpa = build("sdpa")
+    sdpa.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        a, b = eager(images), sdpa(images)
+    assert all(torch.equal(x, y) for x, y in zip(a.sampled_token_indices, b.sampled_token_indices))
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_outputs_are_consistent(images):
+    model = build("eager")
+    with torch.no_grad():
+        output = model(images, output_hidden_states=True, output_attentions=True)
+    config = model.config
+    assert output.num_tokens.shape == (6, config.num_hidden_layers)
+    assert len(output.sampled_token_indices) == len(config.ats_layers)
+    assert len(output.hidden_states) == config.num_hidden_layers + 1
+    assert len(output.attentions) == config.num_hidden_layers
+    previous = set(range(64))
+    for layer_position, (layer_index, indices) in enumerate(zip(config.ats_layers, output.sampled_token_indices)):
+        counts = output.num_tokens[:, layer_index]
+        assert indices.shape[1] == int(counts.max()) - 1
+        assert torch.equal((indices >= 0).sum(1) + 1, counts)
+        # Attentions of an ATS layer: kept query rows against all current keys.
+        assert output.attentions[layer_index].shape[2] == indices.shape[1] + 1
+        assert output.hidden_states[layer_index + 1].shape[1] == indices.shape[1] + 1
+        for i in range(6):
+            row = indices[i][indices[i] >= 0].tolist()
+            assert row == sorted(row)
+            current = set(row)
+            if layer_position > 0:
+                assert current <= previous[i]
+            previous = previous if layer_position > 0 else None
+        previous = [set(r[r >= 0].tolist()) for r in indices]
+    assert torch.equal(output.token_mask.sum(1), output.num_tokens[:, -1])
+
+
+def test_return_dict_false(images):
+    model = build()
+    with torch.no_grad():
+        as_tuple = model(images, return_dict=False)
+        as_output = model(images)
+    torch.testing.assert_close(as_tuple[0], as_output.logits)
+
+
+@pytest.mark.parametrize("sampler", ["top_k", "random"])
+def test_baseline_samplers_keep_fixed_counts(images, sampler):
+    model = build(ats_sampler=sampler, ats_max_tokens=[40, 20, 10])
+    with torch.no_grad():
+        output = model(images)
+    assert output.num_tokens[:, 1:].tolist() == [[40, 20, 10]] * 6
+
+
+def test_user_attention_mask_tokens_are_never_kept(images):
+    model = build(ats_layers=[1, 2, 3])
+    mask = torch.ones(6, 65, dtype=torch.long)
+    mask[:, 1:20] = 0
+    mask[2, 30:60] = 0
+    with torch.no_grad():
+        output = model(images, attention_mask=mask)
+    assert torch.equal(output.num_tokens[:, 0], mask.sum(1))
+    for i in range(6):
+        masked_patches = set((mask[i, 1:] == 0).nonzero().flatten().tolist())
+        for indices in output.sampled_token_indices:
+            assert not masked_patches & set(indices[i].tolist())
+    with pytest.raises(ValueError, match="2-D mask of shape"):
+        model(images, attention_mask=mask[:, 1:])
+
+
+def test_interpolate_pos_encoding_follows_input_length():
+    model = build(ats_max_tokens=[None, 0.5, None])
+    images = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        output = model(images, interpolate_pos_encoding=True)
+    assert output.num_tokens[:, 0].tolist() == [145, 145]
+    assert output.num_tokens[:, 2].max() <= 73  # 0.5 of 145, rounded half up
+    for i in range(2):
+        assert kept_lists(output, i) == reference_forward_interpolated(model, images[i])
+
+
+def reference_forward_interpolated(model, image):
+    embeddings = model.vit.embeddings
+    original = embeddings.forward
+    embeddings.forward = lambda pixel_values, **kw: original(pixel_values, interpolate_pos_encoding=True)
+    try:
+        return reference_forward(model, image)[1]
+    finally:
+        embeddings.forward = original
+
+
+def test_training_selection_ignores_dropout_and_gradients_flow(images):
+    # Scores use the attention probabilities before dropout: with the same layer input, an ATS layer keeps the
+    # same tokens in training as in evaluation, whatever the dropout draws (layer 0's input has no dropout).
+    model = build(ats_layers=[0, 2, 3], attention_probs_dropout_prob=0.3)
+    with torch.no_grad():
+        eval_output = model(images)
+    model.train()
+    first = model(images, labels=torch.arange(6) % 5)
+    second = model(images)
+    assert torch.equal(first.sampled_token_indices[0], eval_output.sampled_token_indices[0])
+    assert torch.equal(second.sampled_token_indices[0], eval_output.sampled_token_indices[0])
+    assert not torch.allclose(first.logits, second.logits), "dropout should be active"
+    first.loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_matches(images):
+    labels = torch.arange(6) % 5
+    model = build(ats_layers=[1, 3])
+    model.train()
+    model(images, labels=labels).loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(images, labels=labels).loss.backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_never_nan(images, dtype):
+    model = build().to(dtype)
+    with torch.no_grad():
+        output = model(images.to(dtype))
+        reference = build()(images)
+    assert torch.isfinite(output.logits.float()).all()
+    assert output.num_tokens[:, -1].max() < 65
+    # Selection uses float32 scores, so low precision keeps about as many tokens as float32.
+    assert (output.num_tokens.float().mean() - reference.num_tokens.float().mean()).abs() < 4
+
+
+def test_base_model_outputs(images):
+    model = AtsViTModel(tiny_config()).eval()
+    with torch.no_grad():
+        output = model(images)
+    assert output.pooler_output.shape == (6, 32)
+    assert output.last_hidden_state.shape[1] == output.token_mask.shape[1]

@@ -1,0 +1,133 @@
+"""The samplers on hand-built score vectors."""
+
+import pytest
+import torch
+
+from ats_hf import inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling
+
+
+def kept_positions(scores, max_tokens, patch_mask=None):
+    scores = torch.tensor([scores], dtype=torch.float32)
+    mask = None if patch_mask is None else torch.tensor([patch_mask])
+    kept = inverse_transform_sampling(scores / scores.sum(), mask, max_tokens)
+    return kept[0].nonzero().flatten().tolist()
+
+
+def brute_force_nearest(scores, max_tokens):
+    """Nearest-value matching over the whole CDF (first minimum), as the official code computes it."""
+    s = torch.tensor(scores, dtype=torch.float32)
+    s = s / s.sum()
+    sorted_scores, order = torch.sort(s, stable=True)
+    cdf = torch.cumsum(sorted_scores, 0)
+    ncdf = (cdf - cdf.min()) / (cdf.max() - cdf.min())
+    r = max_tokens - 1
+    y0 = ncdf[ncdf > 0].min()
+    if r == 1:
+        ys = torch.ones(1)
+    else:
+        ys = y0 + (torch.linspace(0, 1, r) * (r - 1) - y0 * torch.arange(r, dtype=torch.float32)) / (r - 1)
+    picks = torch.argmin((ys[:, None] - ncdf[None, :]).abs(), dim=1)
+    return sorted(set(order[picks].tolist()))
+
+
+def test_nearest_matching_not_first_above():
+    # Sorted scores 0.1, 0.2, 0.3, 0.4 -> cdf 0.1, 0.3, 0.6, 1.0 -> normalised 0, 2/9, 5/9, 1.
+    # K=3: two points, 2/9 and 1 -> tokens with scores 0.2 and 0.4. "First c >= y" would agree here, so use K=4:
+    # points 2/9, 11/18, 1: 11/18 = 0.611 is nearest 5/9 (0.556), not the first value above it (1.0).
+    assert kept_positions([0.4, 0.1, 0.3, 0.2], 4) == [0, 2, 3]
+
+
+def test_matches_brute_force_on_random_scores():
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(3, 40, (1,), generator=generator))
+        k = int(torch.randint(2, 60, (1,), generator=generator))
+        scores = (torch.rand(n, generator=generator) ** 4).tolist()
+        assert kept_positions(scores, k) == brute_force_nearest(scores, k), (trial, n, k)
+
+
+def test_tie_goes_to_lower_sorted_position():
+    # Scores 1,1,1,1,1 -> normalised CDF 0, .25, .5, .75, 1 (exact in binary). K=4 gives the points .25, .625, 1;
+    # .625 is exactly halfway between .5 and .75 and must take .5 (the lower sorted position, token 2).
+    kept = inverse_transform_sampling(torch.ones(1, 5), None, 4)
+    assert kept[0].nonzero().flatten().tolist() == [1, 2, 4]
+
+
+def test_first_point_is_smallest_nonzero_cdf():
+    # The grid starts at the second-lowest token's CDF value, so that token is always kept (official ys_start).
+    assert kept_positions([0.25] * 4, 3) == [1, 3]
+
+
+def test_duplicates_are_removed_and_lowest_never_kept():
+    # One dominant token: most points land on it and are de-duplicated, whatever K is.
+    scores = [0.001, 0.001, 0.001, 10.0, 0.001]
+    assert kept_positions(scores, 2) == [3]
+    for k in (5, 50, 197):
+        kept = kept_positions(scores, k)
+        assert kept == brute_force_nearest(scores, k)
+        assert 3 in kept and 0 not in kept and len(kept) <= 3
+    # Uniform scores and many points: every token but the lowest-sorted one is kept.
+    assert kept_positions([1.0] * 6, 197) == [1, 2, 3, 4, 5]
+
+
+def test_max_tokens_is_honoured():
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.rand(16, 50, generator=generator)
+    for k in (2, 3, 10, 30, 51, 197):
+        kept = inverse_transform_sampling(scores / scores.sum(1, keepdim=True), None, k)
+        assert int(kept.sum(1).max()) <= k - 1
+        assert int(kept.sum(1).min()) >= 1
+
+
+def test_one_or_two_tokens_left():
+    assert kept_positions([0.7], 197) == [0]
+    assert kept_positions([0.3, 0.7], 197) == [1]
+    assert kept_positions([0.7, 0.3], 2) == [0]
+    # Padding never counts: two real tokens among padding.
+    assert kept_positions([0.3, 0.0, 0.7, 0.0], 197, [True, False, True, False]) == [2]
+
+
+def test_all_equal_and_all_zero_scores():
+    assert kept_positions([0.25] * 4, 197) == [1, 2, 3]
+    # All-zero scores: a flat CDF keeps one token, never NaN.
+    kept = inverse_transform_sampling(torch.zeros(1, 5), None, 10)
+    assert kept.sum() == 1
+
+
+def test_padding_is_invisible():
+    generator = torch.Generator().manual_seed(5)
+    scores = torch.rand(1, 12, generator=generator)
+    alone = inverse_transform_sampling(scores / scores.sum(), None, 9)
+    padded_scores = torch.cat([scores, torch.zeros(1, 7)], dim=1)
+    mask = torch.arange(19)[None] < 12
+    padded = inverse_transform_sampling(padded_scores / scores.sum(), mask, 9)
+    assert torch.equal(padded[:, :12], alone) and not padded[:, 12:].any()
+
+
+def test_top_k_and_random_counts():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.15, 0.05]])
+    assert top_k_sampling(scores, None, 3)[0].nonzero().flatten().tolist() == [1, 2]
+    mask = torch.tensor([[True, False, True, True, True]])
+    assert top_k_sampling(scores, mask, 3)[0].nonzero().flatten().tolist() == [2, 3]
+    kept = random_sampling(scores.expand(100, -1), mask.expand(100, -1), 3)
+    assert (kept.sum(1) == 2).all() and not kept[:, 1].any()
+    assert top_k_sampling(scores, mask, 100).sum() == 4
+
+
+@pytest.mark.parametrize("sampler", [inverse_transform_sampling, top_k_sampling, random_sampling])
+def test_samplers_keep_only_real_tokens(sampler):
+    generator = torch.Generator().manual_seed(7)
+    scores = torch.rand(8, 30, generator=generator)
+    mask = torch.rand(8, 30, generator=generator) > 0.4
+    scores = scores * mask
+    kept = sampler(scores / scores.sum(1, keepdim=True), mask, 12)
+    assert not (kept & ~mask).any()
+
+
+def test_pack_kept_tokens():
+    kept = torch.tensor([[False, True, False, True], [True, True, True, False]])
+    rows, mask = pack_kept_tokens(kept)
+    assert rows[0, :3].tolist() == [0, 2, 4] and rows[1].tolist() == [0, 1, 2, 3]
+    assert mask.tolist() == [[True, True, True, False], [True, True, True, True]]
+    rows, mask = pack_kept_tokens(torch.tensor([[True, False], [False, True]]))
+    assert mask is None and rows.tolist() == [[0, 1], [0, 2]]
