@@ -1,0 +1,108 @@
+"""Per-image compute of ViT and ATS-ViT models, in the papers' convention: 1 multiply-add (MAC) = 1 "FLOP".
+
+The count follows what `AtsViTModel` actually computes (see docs/how-ats-works.md):
+- ordinary layer, N tokens: q, k, v projections 3 N D^2; attention scores and weighted sum 2 N^2 D;
+  output projection N D^2; MLP 2 N D I.
+- ATS layer, N_in tokens in and N_out out: k, v projections 2 N_in D^2; CLS query D^2; CLS attention row
+  N_in D (the scoring overhead); q projection of kept rows N_out D^2; attention of kept rows 2 N_out N_in D;
+  output projection N_out D^2; MLP 2 N_out D I.
+- patch embedding (num_patches C p_h p_w D) and classifier head (D num_labels).
+LayerNorm, softmax, GELU, sorting and other element-wise work are not counted (as in the papers).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PretrainedConfig
+
+_ITEMS = ("patch_embedding", "projections", "attention", "mlp", "ats_scoring", "head")
+
+
+@dataclass
+class MacBreakdown:
+    """Multiply-adds per image, itemised; every field is a (B,) float64 tensor."""
+
+    patch_embedding: torch.Tensor
+    projections: torch.Tensor
+    attention: torch.Tensor
+    mlp: torch.Tensor
+    ats_scoring: torch.Tensor
+    head: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        return sum(getattr(self, name) for name in _ITEMS)
+
+    @property
+    def gmacs(self) -> torch.Tensor:
+        """(B,) total in GMACs (the papers' "GFLOPs")."""
+        return self.total / 1e9
+
+
+def mac_breakdown(
+    config: PretrainedConfig,
+    num_tokens: torch.Tensor,
+    num_input_tokens: int | None = None,
+    with_head: bool = True,
+) -> MacBreakdown:
+    """Itemised multiply-adds per image.
+
+    Args:
+        config: a ViT or ATS-ViT config (hidden_size, intermediate_size, patch_size, num_channels, num_labels).
+        num_tokens: (B, num_hidden_layers) tokens each layer outputs per image (`output.num_tokens`).
+        num_input_tokens: tokens entering layer 0, CLS included; defaults to the config's image size.
+        with_head: count the classifier (D x num_labels); False for a base model.
+    """
+    counts = num_tokens.to(torch.float64)
+    batch_size, num_layers = counts.shape
+    if num_layers != config.num_hidden_layers:
+        raise ValueError(f"num_tokens has {num_layers} layers; the config has {config.num_hidden_layers}.")
+    hidden, intermediate = float(config.hidden_size), float(config.intermediate_size)
+    patch_h, patch_w = _pair(config.patch_size)
+    if num_input_tokens is None:
+        image_h, image_w = _pair(config.image_size)
+        num_input_tokens = (image_h // patch_h) * (image_w // patch_w) + 1
+    tokens_in = torch.cat([counts.new_full((batch_size, 1), float(num_input_tokens)), counts[:, :-1]], dim=1)
+    tokens_out = counts
+    ats_layers = set(getattr(config, "ats_layers", []) or [])
+    is_ats = torch.tensor([i in ats_layers for i in range(num_layers)], dtype=torch.bool)
+
+    # Ordinary layer: q, k, v and output projections over all N rows. ATS layer: k, v over N_in, q and output over
+    # N_out (plus the CLS query, counted as scoring overhead).
+    projections = torch.where(is_ats, 2 * tokens_in + 2 * tokens_out, 4 * tokens_in) * hidden**2
+    attention = 2 * tokens_out * tokens_in * hidden
+    mlp = 2 * tokens_out * hidden * intermediate
+    ats_scoring = torch.where(is_ats, hidden**2 + tokens_in * hidden, torch.zeros_like(tokens_in))
+    num_labels = float(config.num_labels) if with_head else 0.0
+    patches = float(num_input_tokens - 1)
+    return MacBreakdown(
+        patch_embedding=torch.full((batch_size,), patches * config.num_channels * patch_h * patch_w * hidden),
+        projections=projections.sum(dim=1),
+        attention=attention.sum(dim=1),
+        mlp=mlp.sum(dim=1),
+        ats_scoring=ats_scoring.sum(dim=1),
+        head=torch.full((batch_size,), hidden * num_labels),
+    )
+
+
+def gmacs_per_image(config: PretrainedConfig, num_tokens: torch.Tensor, **kwargs) -> torch.Tensor:
+    """(B,) GMACs per image; arguments as in `mac_breakdown`."""
+    return mac_breakdown(config, num_tokens, **kwargs).gmacs
+
+
+def dense_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, with_head: bool = True) -> float:
+    """GMACs of the same geometry with no token sampling."""
+    dense = config.__class__.from_dict({**config.to_dict(), "ats_layers": []}) if hasattr(config, "ats_layers") else config
+    if num_input_tokens is None:
+        image_h, image_w = _pair(config.image_size)
+        patch_h, patch_w = _pair(config.patch_size)
+        num_input_tokens = (image_h // patch_h) * (image_w // patch_w) + 1
+    counts = torch.full((1, config.num_hidden_layers), num_input_tokens)
+    return float(gmacs_per_image(dense, counts, num_input_tokens=num_input_tokens, with_head=with_head)[0])
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+__all__ = ["MacBreakdown", "dense_gmacs", "gmacs_per_image", "mac_breakdown"]
