@@ -73,45 +73,52 @@ def inverse_transform_sampling(
     """
     batch_size, num_patches = scores.shape
     num_points = max_tokens - 1
-    infinity = torch.tensor(float("inf"), device=scores.device)
-    sort_key = scores if patch_mask is None else scores.masked_fill(~patch_mask, infinity)
-    sorted_scores, order = torch.sort(sort_key, dim=1, stable=True)
-    positions = torch.arange(num_patches, device=scores.device)
+    inf = float("inf")
     if patch_mask is None:
-        num_real = torch.full((batch_size, 1), num_patches, device=scores.device)
+        sorted_scores, order = torch.sort(scores, dim=1, stable=True)
+        last = torch.full((batch_size, 1), num_patches - 1, device=scores.device)
+        padding = None
     else:
-        num_real = patch_mask.sum(dim=1, keepdim=True)
-        sorted_scores = sorted_scores.masked_fill(positions >= num_real, 0.0)
+        # Padding sorts last and is then zeroed, so the CDF of the real tokens is unchanged.
+        sorted_scores, order = torch.sort(scores.masked_fill(~patch_mask, inf), dim=1, stable=True)
+        last = (patch_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
+        padding = torch.arange(num_patches, device=scores.device) > last
+        sorted_scores = sorted_scores.masked_fill(padding, 0.0)
 
     cdf = torch.cumsum(sorted_scores, dim=1)
-    last = (num_real - 1).clamp(min=0)
-    cdf_first, cdf_last = cdf[:, :1], cdf.gather(1, last)
-    span = cdf_last - cdf_first
-    flat_cdf = (positions == last).float()
-    normalized_cdf = torch.where(span > 0, (cdf - cdf_first) / torch.where(span > 0, span, 1.0), flat_cdf)
-    normalized_cdf = normalized_cdf.masked_fill(positions >= num_real, infinity)
+    cdf_first = cdf[:, :1]
+    span = cdf.gather(1, last) - cdf_first
+    # x / x is exactly 1, so writing 1 at the last real token changes nothing unless the CDF is flat (span 0).
+    normalized_cdf = ((cdf - cdf_first) / span.clamp(min=torch.finfo(torch.float32).tiny)).scatter_(1, last, 1.0)
+    if padding is not None:
+        normalized_cdf = normalized_cdf.masked_fill_(padding, inf)
 
-    lowest_nonzero = torch.where(normalized_cdf > 0, normalized_cdf, infinity).amin(dim=1, keepdim=True)
-    lowest_nonzero = torch.where(torch.isfinite(lowest_nonzero), lowest_nonzero, 1.0)
-    if num_points == 1:
-        points = torch.ones(batch_size, 1, device=scores.device)
-    else:
-        steps = torch.arange(num_points, device=scores.device, dtype=torch.float32)
-        unit = torch.linspace(0.0, 1.0, num_points, device=scores.device)
-        points = lowest_nonzero + (unit * (num_points - 1) - lowest_nonzero * steps) / (num_points - 1)
+    # The smallest non-zero value: the first one above zero (the CDF is sorted); the last real one is 1.
+    first_nonzero = (normalized_cdf == 0).sum(dim=1, keepdim=True).clamp(max=num_patches - 1)
+    lowest_nonzero = normalized_cdf.gather(1, first_nonzero).clamp(max=1.0)
+    points = _sample_points(lowest_nonzero, num_points)
 
-    padded_cdf = torch.cat([normalized_cdf, infinity.expand(batch_size, 1)], dim=1)
-    above = torch.searchsorted(padded_cdf, points.contiguous())
+    padded_cdf = torch.nn.functional.pad(normalized_cdf, (0, 1), value=inf)
+    above = torch.searchsorted(padded_cdf, points)
     below = (above - 1).clamp(min=0)
-    cdf_above, cdf_below = padded_cdf.gather(1, above), padded_cdf.gather(1, below)
-    take_below = (points - cdf_below <= cdf_above - points) & (cdf_below > 0)
+    cdf_below = padded_cdf.gather(1, below)
+    take_below = (points - cdf_below <= padded_cdf.gather(1, above) - points) & (cdf_below > 0)
     picked = torch.where(take_below, below, above)
 
     kept_sorted = torch.zeros(batch_size, num_patches + 1, dtype=torch.bool, device=scores.device)
     kept_sorted.scatter_(1, picked, True)
-    kept = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=scores.device)
+    kept = torch.empty(batch_size, num_patches, dtype=torch.bool, device=scores.device)
     kept.scatter_(1, order, kept_sorted[:, :num_patches])
     return kept if patch_mask is None else kept & patch_mask
+
+
+def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tensor:
+    """(B, 1) start values -> (B, R) points, evenly spaced from the start up to 1 (the official arithmetic)."""
+    if num_points == 1:
+        return torch.ones_like(lowest_nonzero)
+    steps = torch.arange(num_points, device=lowest_nonzero.device, dtype=torch.float32)
+    unit = torch.linspace(0.0, 1.0, num_points, device=lowest_nonzero.device) * (num_points - 1)
+    return lowest_nonzero + (unit - lowest_nonzero * steps) / (num_points - 1)
 
 
 def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
@@ -159,9 +166,11 @@ def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(B, L, ...) gathered along dim 1 by (B, M) -> (B, M, ...)."""
-    index = rows.reshape(*rows.shape, *([1] * (tensor.dim() - 2))).expand(*rows.shape, *tensor.shape[2:])
-    return tensor.gather(1, index)
+    """(B, L, ...) rows picked by (B, M) indices -> (B, M, ...), as one index_select over the flattened batch."""
+    batch_size, num_rows = tensor.shape[:2]
+    offsets = torch.arange(0, batch_size * num_rows, num_rows, device=rows.device)[:, None]
+    flat = tensor.reshape(batch_size * num_rows, *tensor.shape[2:]).index_select(0, (rows + offsets).flatten())
+    return flat.view(*rows.shape, *tensor.shape[2:])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,6 +267,7 @@ class AtsViTAttention(ViTAttention):
             inputs_embeds=query_source,
             attention_mask=token_mask,
             encoder_hidden_states=hidden_states,
+            allow_is_bidirectional_skip=token_mask is None,
         )
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
@@ -394,7 +404,7 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
         max_tokens = self.config.resolve_ats_max_tokens(num_reference_tokens)
 
         positions = torch.arange(num_reference_tokens, device=hidden_states.device).expand(batch_size, -1)
-        layer_mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=token_mask)
+        layer_mask = _layer_attention_mask(self.config, hidden_states, token_mask)
         num_tokens, sampled_token_indices = [], []
         for layer in self.layers:
             hidden_states, kept_rows, kept_mask = layer(
@@ -406,9 +416,7 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
                 if token_mask is not None:
                     positions = positions.masked_fill(~token_mask, 0)
                 sampled_token_indices.append(positions[:, 1:] - 1)
-                layer_mask = create_bidirectional_mask(
-                    config=self.config, inputs_embeds=hidden_states, attention_mask=token_mask
-                )
+                layer_mask = _layer_attention_mask(self.config, hidden_states, token_mask)
             num_tokens.append(hidden_states.shape[1] if token_mask is None else token_mask.sum(dim=1))
 
         sequence_output = self.layernorm(hidden_states)
@@ -437,6 +445,17 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             )
         token_mask = attention_mask.to(device=device, dtype=torch.bool)
         return None if bool(token_mask.all()) else token_mask
+
+
+def _layer_attention_mask(config, hidden_states: torch.Tensor, token_mask: torch.Tensor | None):
+    """The mask of (B, L) rows for the configured attention implementation. A token_mask is only ever passed when it
+    has padding, so skip transformers' all-real check (a device-to-host read) and build the mask directly."""
+    return create_bidirectional_mask(
+        config=config,
+        inputs_embeds=hidden_states,
+        attention_mask=token_mask,
+        allow_is_bidirectional_skip=token_mask is None,
+    )
 
 
 def _is_head_weight(key: str) -> bool:
