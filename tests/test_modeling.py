@@ -263,3 +263,16 @@ def test_at_most_one_host_read_per_ats_layer(images, monkeypatch):
     assert not output.token_mask.all(), "test needs a padded batch"
     # One read per ATS layer (the kept counts) plus one for the user's mask.
     assert len(reads) <= len(model.config.ats_layers) + 1, reads
+
+
+@pytest.mark.slow
+def test_flex_attention_agrees(images):
+    """flex_attention compiles on first use (about a minute on 2 CPU cores)."""
+    model = build("sdpa")
+    with torch.no_grad():
+        expected = model(images)
+        model.set_attn_implementation("flex_attention")
+        output = model(images)
+    assert not output.token_mask.all(), "test needs a padded batch"
+    assert all(torch.equal(a, b) for a, b in zip(output.sampled_token_indices, expected.sampled_token_indices))
+    torch.testing.assert_close(output.logits, expected.logits, atol=1e-5, rtol=1e-5)
