@@ -62,10 +62,10 @@ def test_ats_layer_rows_equal_plain_layer_rows():
     hidden = torch.randn(4, 65, 32)
     with torch.no_grad():
         plain_rows, _, _ = layer(hidden)
-        kept_out, kept_rows, kept_mask = layer(hidden, max_tokens=30)
-    assert kept_rows is not None and kept_out.shape[1] < 65
+        kept_out, kept_rows, padding = layer(hidden, max_tokens=30)
+    assert kept_rows is not None and kept_out.shape[1] < 65 and padding is not None
     expected = plain_rows.gather(1, kept_rows[..., None].expand(-1, -1, 32))
-    real = torch.ones_like(kept_rows, dtype=torch.bool) if kept_mask is None else kept_mask
+    real = padding.token_mask
     torch.testing.assert_close(kept_out[real], expected[real], atol=1e-5, rtol=1e-5)
 
 

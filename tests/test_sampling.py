@@ -126,8 +126,9 @@ def test_samplers_keep_only_real_tokens(sampler):
 
 def test_pack_kept_tokens():
     kept = torch.tensor([[False, True, False, True], [True, True, True, False]])
-    rows, mask = pack_kept_tokens(kept)
+    rows, padding = pack_kept_tokens(kept)
     assert rows[0, :3].tolist() == [0, 2, 4] and rows[1].tolist() == [0, 1, 2, 3]
-    assert mask.tolist() == [[True, True, True, False], [True, True, True, True]]
-    rows, mask = pack_kept_tokens(torch.tensor([[True, False], [False, True]]))
-    assert mask is None and rows.tolist() == [[0, 1], [0, 2]]
+    assert padding.token_mask.tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert padding.real_rows.tolist() == [0, 1, 2, 4, 5, 6, 7]
+    rows, padding = pack_kept_tokens(torch.tensor([[True, False], [False, True]]))
+    assert padding is None and rows.tolist() == [[0, 1], [0, 2]]

@@ -146,23 +146,37 @@ TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], tor
 }
 
 
-def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+@dataclass
+class PaddingLayout:
+    """Where the real tokens of a padded (B, M, D) batch are: real tokens packed to the front of each row."""
+
+    token_mask: torch.Tensor
+    """(B, M) bool, True for real tokens."""
+    real_rows: torch.Tensor
+    """(T,) long, the real rows' indices in the flattened (B * M) rows, T = number of real tokens."""
+
+    @classmethod
+    def from_mask(cls, token_mask: torch.Tensor, num_real: int) -> "PaddingLayout":
+        return cls(token_mask, torch.nonzero_static(token_mask.flatten(), size=num_real).flatten())
+
+
+def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, PaddingLayout | None]:
     """Rows to keep, CLS first then kept patches in their current order, packed to the front of each image.
 
     Args:
         kept_patches: (B, P) bool.
     Returns:
         kept_rows: (B, M) long indices into the L = P + 1 input rows, M = 1 + the largest kept count.
-        kept_mask: (B, M) bool, True for real rows; None when every image keeps M rows.
+        padding: the layout of the (B, M) output, or None when every image keeps M rows.
     The only device-to-host read of an ATS layer happens here.
     """
     kept = torch.cat([torch.ones_like(kept_patches[:, :1]), kept_patches], dim=1)
     counts = kept.sum(dim=1)
-    largest, smallest = torch.stack([counts.max(), counts.min()]).tolist()
+    largest, smallest, total = torch.stack([counts.max(), counts.min(), counts.sum()]).tolist()
     kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
     if largest == smallest:
         return kept_rows, None
-    return kept_rows, torch.arange(largest, device=counts.device) < counts[:, None]
+    return kept_rows, PaddingLayout.from_mask(torch.arange(largest, device=counts.device) < counts[:, None], total)
 
 
 def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -228,7 +242,7 @@ class AtsViTAttention(ViTAttention):
         token_mask: torch.Tensor | None = None,
         max_tokens: int | None = None,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, PaddingLayout | None]:
         """
         Args:
             hidden_states: (B, L, D), already layer-normed.
@@ -237,7 +251,8 @@ class AtsViTAttention(ViTAttention):
             max_tokens: K for an ATS layer; None for an ordinary layer.
         Returns:
             attention output (B, M, D) after the output projection, attention probabilities (eager only, else
-            None), kept_rows (B, M) into the L input rows (None if nothing was sampled), kept_mask (B, M) or None.
+            None), kept_rows (B, M) into the L input rows (None if nothing was sampled), and the padding layout
+            of the M output rows (None if unpadded or nothing was sampled).
         """
         if max_tokens is None:
             attn_output, attn_weights = super().forward(hidden_states, attention_mask, **kwargs)
@@ -255,7 +270,7 @@ class AtsViTAttention(ViTAttention):
         scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
         patch_mask = None if token_mask is None else token_mask[:, 1:]
         kept_patches = TOKEN_SAMPLERS[self.config.ats_sampler](scores, patch_mask, max_tokens)
-        kept_rows, kept_mask = pack_kept_tokens(kept_patches)
+        kept_rows, kept_padding = pack_kept_tokens(kept_patches)
 
         kept_hidden_states = _gather_rows(hidden_states, kept_rows)
         attn_implementation = self.config._attn_implementation
@@ -284,7 +299,7 @@ class AtsViTAttention(ViTAttention):
         if all_rows:
             # Flash kernels unpad queries by the key mask, so they attend from every real row; keep the kept ones.
             attn_output = _gather_rows(attn_output, kept_rows)
-        return self.o_proj(attn_output), attn_weights, kept_rows, kept_mask
+        return self.o_proj(attn_output), attn_weights, kept_rows, kept_padding
 
 
 class AtsViTLayer(ViTLayer):
@@ -299,28 +314,37 @@ class AtsViTLayer(ViTLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
+        padding: PaddingLayout | None = None,
         max_tokens: int | None = None,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, PaddingLayout | None]:
         """
         Args:
             hidden_states: (B, L, D).
             attention_mask: mask of the L rows prepared for the attention implementation, or None.
-            token_mask: (B, L) bool real-token mask, or None if all are real.
+            padding: where the real rows of `hidden_states` are; None if all rows are real.
             max_tokens: K if this layer samples tokens, else None.
         Returns:
-            hidden_states (B, M, D), kept_rows (B, M) or None, kept_mask (B, M) or None.
+            hidden_states (B, M, D); for an ATS layer kept_rows (B, M) into the L input rows and the padding layout
+            of the output, else None and the input's layout.
         """
         residual = hidden_states
-        attn_output, _, kept_rows, kept_mask = self.attention(
+        token_mask = None if padding is None else padding.token_mask
+        attn_output, _, kept_rows, kept_padding = self.attention(
             self.layernorm_before(hidden_states), attention_mask, token_mask, max_tokens, **kwargs
         )
         if kept_rows is not None:
             residual = _gather_rows(residual, kept_rows)
+            padding = kept_padding
         hidden_states = self.dropout(attn_output) + residual
-        hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
-        return hidden_states, kept_rows, kept_mask
+        if padding is None:
+            hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
+        else:
+            # The MLP is most of a layer's work: run it on real rows only; padding rows keep their values.
+            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+            update = self.dropout(self.mlp(self.layernorm_after(flat.index_select(0, padding.real_rows))))
+            hidden_states = flat.index_add(0, padding.real_rows, update).view_as(hidden_states)
+        return hidden_states, kept_rows, padding
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -400,29 +424,30 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
         batch_size, num_reference_tokens, _ = hidden_states.shape
-        token_mask = self._input_token_mask(attention_mask, batch_size, num_reference_tokens, hidden_states.device)
+        padding = self._input_padding(attention_mask, batch_size, num_reference_tokens, hidden_states.device)
         max_tokens = self.config.resolve_ats_max_tokens(num_reference_tokens)
 
         positions = torch.arange(num_reference_tokens, device=hidden_states.device).expand(batch_size, -1)
-        layer_mask = _layer_attention_mask(self.config, hidden_states, token_mask)
+        layer_mask = _layer_attention_mask(self.config, hidden_states, padding)
         num_tokens, sampled_token_indices = [], []
         for layer in self.layers:
-            hidden_states, kept_rows, kept_mask = layer(
-                hidden_states, layer_mask, token_mask, max_tokens.get(layer.layer_index), **kwargs
+            hidden_states, kept_rows, padding = layer(
+                hidden_states, layer_mask, padding, max_tokens.get(layer.layer_index), **kwargs
             )
             if kept_rows is not None:
-                token_mask = kept_mask
                 positions = positions.gather(1, kept_rows)
-                if token_mask is not None:
-                    positions = positions.masked_fill(~token_mask, 0)
+                if padding is not None:
+                    positions = positions.masked_fill(~padding.token_mask, 0)
                 sampled_token_indices.append(positions[:, 1:] - 1)
-                layer_mask = _layer_attention_mask(self.config, hidden_states, token_mask)
-            num_tokens.append(hidden_states.shape[1] if token_mask is None else token_mask.sum(dim=1))
+                layer_mask = _layer_attention_mask(self.config, hidden_states, padding)
+            num_tokens.append(hidden_states.shape[1] if padding is None else padding.token_mask.sum(dim=1))
 
         sequence_output = self.layernorm(hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        if token_mask is None:
+        if padding is None:
             token_mask = torch.ones(batch_size, hidden_states.shape[1], dtype=torch.bool, device=hidden_states.device)
+        else:
+            token_mask = padding.token_mask
         return AtsViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
@@ -432,10 +457,10 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
         )
 
     @staticmethod
-    def _input_token_mask(
+    def _input_padding(
         attention_mask: torch.Tensor | None, batch_size: int, num_tokens: int, device: torch.device
-    ) -> torch.Tensor | None:
-        """A user's 2-D attention mask over input tokens as bool (B, L), or None when it masks nothing."""
+    ) -> PaddingLayout | None:
+        """A user's 2-D attention mask over input tokens as a padding layout, or None when it masks nothing."""
         if attention_mask is None:
             return None
         if attention_mask.shape != (batch_size, num_tokens):
@@ -444,17 +469,18 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
                 f"(batch_size, sequence_length) = ({batch_size}, {num_tokens}), CLS first."
             )
         token_mask = attention_mask.to(device=device, dtype=torch.bool)
-        return None if bool(token_mask.all()) else token_mask
+        num_real = int(token_mask.sum())
+        return None if num_real == token_mask.numel() else PaddingLayout.from_mask(token_mask, num_real)
 
 
-def _layer_attention_mask(config, hidden_states: torch.Tensor, token_mask: torch.Tensor | None):
-    """The mask of (B, L) rows for the configured attention implementation. A token_mask is only ever passed when it
-    has padding, so skip transformers' all-real check (a device-to-host read) and build the mask directly."""
+def _layer_attention_mask(config, hidden_states: torch.Tensor, padding: PaddingLayout | None):
+    """The mask of (B, L) rows for the configured attention implementation. A layout exists only when there is
+    padding, so skip transformers' all-real check (a device-to-host read) and build the mask directly."""
     return create_bidirectional_mask(
         config=config,
         inputs_embeds=hidden_states,
-        attention_mask=token_mask,
-        allow_is_bidirectional_skip=token_mask is None,
+        attention_mask=None if padding is None else padding.token_mask,
+        allow_is_bidirectional_skip=padding is None,
     )
 
 
@@ -528,6 +554,7 @@ __all__ = [
     "AtsViTModel",
     "AtsViTModelOutput",
     "AtsViTPreTrainedModel",
+    "PaddingLayout",
     "inverse_transform_sampling",
     "pack_kept_tokens",
     "random_sampling",
