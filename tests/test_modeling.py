@@ -276,3 +276,23 @@ def test_flex_attention_agrees(images):
     assert not output.token_mask.all(), "test needs a padded batch"
     assert all(torch.equal(a, b) for a, b in zip(output.sampled_token_indices, expected.sampled_token_indices))
     torch.testing.assert_close(output.logits, expected.logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_user_mask_matches_plain_vit_on_real_rows(images, attn_implementation):
+    ats = build(attn_implementation, ats_layers=[])
+    plain_config = ViTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in ViTConfig().to_dict()})
+    plain = ViTForImageClassification(plain_config).eval()
+    plain.set_attn_implementation(attn_implementation)
+    plain.load_state_dict(ats.state_dict())
+    mask = torch.ones(6, 65, dtype=torch.long)
+    mask[1, 3:40] = 0
+    mask[4, 50:] = 0
+    with torch.no_grad():
+        ours = ats(images, attention_mask=mask, output_hidden_states=True)
+        theirs = plain(images, attention_mask=mask, output_hidden_states=True)
+    real = mask.bool()
+    for a, b in zip(ours.hidden_states, theirs.hidden_states):
+        torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.num_tokens[:, 0], mask.sum(1))

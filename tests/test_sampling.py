@@ -130,5 +130,8 @@ def test_pack_kept_tokens():
     assert rows[0, :3].tolist() == [0, 2, 4] and rows[1].tolist() == [0, 1, 2, 3]
     assert padding.token_mask.tolist() == [[True, True, True, False], [True, True, True, True]]
     assert padding.real_rows.tolist() == [0, 1, 2, 4, 5, 6, 7]
+    assert padding.packed_index.tolist() == [0, 1, 2, 7, 3, 4, 5, 6]
+    unpacked = padding.unpack(torch.arange(1.0, 8.0)[:, None])
+    assert unpacked.flatten().tolist() == [1, 2, 3, 0, 4, 5, 6, 7]
     rows, padding = pack_kept_tokens(torch.tensor([[True, False], [False, True]]))
     assert padding is None and rows.tolist() == [[0, 1], [0, 2]]

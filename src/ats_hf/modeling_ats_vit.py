@@ -153,11 +153,23 @@ class PaddingLayout:
     token_mask: torch.Tensor
     """(B, M) bool, True for real tokens."""
     real_rows: torch.Tensor
-    """(T,) long, the real rows' indices in the flattened (B * M) rows, T = number of real tokens."""
+    """(T,) long, the real rows' indices among the flattened B * M rows (T = number of real tokens)."""
+    packed_index: torch.Tensor
+    """(B * M,) long, each flattened row's position among the T real rows, or T for a padding row."""
 
     @classmethod
-    def from_mask(cls, token_mask: torch.Tensor, num_real: int) -> "PaddingLayout":
-        return cls(token_mask, torch.nonzero_static(token_mask.flatten(), size=num_real).flatten())
+    def from_counts(cls, counts: torch.Tensor, num_rows: int, num_real: int) -> "PaddingLayout":
+        """counts: (B,) real tokens per image (packed to the front), num_rows = M, num_real = counts.sum()."""
+        token_mask = torch.arange(num_rows, device=counts.device) < counts[:, None]
+        starts = torch.cumsum(counts, dim=0) - counts
+        packed_index = torch.where(token_mask, starts[:, None] + torch.arange(num_rows, device=counts.device), num_real)
+        real_rows = torch.nonzero_static(token_mask.flatten(), size=num_real).flatten()
+        return cls(token_mask, real_rows, packed_index.flatten())
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(T, ...) values of the real rows -> (B * M, ...) with zeros in padding rows, by one gather."""
+        with_zero_row = torch.cat([packed, packed.new_zeros(1, *packed.shape[1:])])
+        return with_zero_row.index_select(0, self.packed_index)
 
 
 def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, PaddingLayout | None]:
@@ -176,7 +188,7 @@ def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, PaddingL
     kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
     if largest == smallest:
         return kept_rows, None
-    return kept_rows, PaddingLayout.from_mask(torch.arange(largest, device=counts.device) < counts[:, None], total)
+    return kept_rows, PaddingLayout.from_counts(counts, largest, total)
 
 
 def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -341,9 +353,9 @@ class AtsViTLayer(ViTLayer):
             hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
         else:
             # The MLP is most of a layer's work: run it on real rows only; padding rows keep their values.
-            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-            update = self.dropout(self.mlp(self.layernorm_after(flat.index_select(0, padding.real_rows))))
-            hidden_states = flat.index_add(0, padding.real_rows, update).view_as(hidden_states)
+            real = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, padding.real_rows)
+            update = self.dropout(self.mlp(self.layernorm_after(real)))
+            hidden_states = hidden_states + padding.unpack(update).view_as(hidden_states)
         return hidden_states, kept_rows, padding
 
 
@@ -470,7 +482,12 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             )
         token_mask = attention_mask.to(device=device, dtype=torch.bool)
         num_real = int(token_mask.sum())
-        return None if num_real == token_mask.numel() else PaddingLayout.from_mask(token_mask, num_real)
+        if num_real == token_mask.numel():
+            return None
+        real_rows = torch.nonzero_static(token_mask.flatten(), size=num_real).flatten()
+        packed_index = torch.full((token_mask.numel(),), num_real, dtype=torch.long, device=device)
+        packed_index[real_rows] = torch.arange(num_real, device=device)
+        return PaddingLayout(token_mask, real_rows, packed_index)
 
 
 def _layer_attention_mask(config, hidden_states: torch.Tensor, padding: PaddingLayout | None):
