@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from official_reference import official_picks
+
 from ats_hf import inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling
 
 
@@ -11,23 +13,6 @@ def kept_positions(scores, max_tokens, patch_mask=None):
     mask = None if patch_mask is None else torch.tensor([patch_mask])
     kept = inverse_transform_sampling(scores / scores.sum(), mask, max_tokens)
     return kept[0].nonzero().flatten().tolist()
-
-
-def brute_force_nearest(scores, max_tokens):
-    """Nearest-value matching over the whole CDF (first minimum), as the official code computes it."""
-    s = torch.tensor(scores, dtype=torch.float32)
-    s = s / s.sum()
-    sorted_scores, order = torch.sort(s, stable=True)
-    cdf = torch.cumsum(sorted_scores, 0)
-    ncdf = (cdf - cdf.min()) / (cdf.max() - cdf.min())
-    r = max_tokens - 1
-    y0 = ncdf[ncdf > 0].min()
-    if r == 1:
-        ys = torch.ones(1)
-    else:
-        ys = y0 + (torch.linspace(0, 1, r) * (r - 1) - y0 * torch.arange(r, dtype=torch.float32)) / (r - 1)
-    picks = torch.argmin((ys[:, None] - ncdf[None, :]).abs(), dim=1)
-    return sorted(set(order[picks].tolist()))
 
 
 def test_nearest_matching_not_first_above():
@@ -43,7 +28,7 @@ def test_matches_brute_force_on_random_scores():
         n = int(torch.randint(3, 40, (1,), generator=generator))
         k = int(torch.randint(2, 60, (1,), generator=generator))
         scores = (torch.rand(n, generator=generator) ** 4).tolist()
-        assert kept_positions(scores, k) == brute_force_nearest(scores, k), (trial, n, k)
+        assert kept_positions(scores, k) == official_picks(torch.tensor(scores), k), (trial, n, k)
 
 
 def test_tie_goes_to_lower_sorted_position():
@@ -64,7 +49,7 @@ def test_duplicates_are_removed_and_lowest_never_kept():
     assert kept_positions(scores, 2) == [3]
     for k in (5, 50, 197):
         kept = kept_positions(scores, k)
-        assert kept == brute_force_nearest(scores, k)
+        assert kept == official_picks(torch.tensor(scores), k)
         assert 3 in kept and 0 not in kept and len(kept) <= 3
     # Uniform scores and many points: every token but the lowest-sorted one is kept.
     assert kept_positions([1.0] * 6, 197) == [1, 2, 3, 4, 5]
