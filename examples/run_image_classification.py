@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""Fine-tune and evaluate an ATS-ViT image classifier with Trainer (one process, or several with accelerate).
+
+The start can be a plain ViT/DeiT checkpoint or an ATS checkpoint (Hub id or directory); --ats_layers,
+--ats_max_tokens and --ats_sampler set or change its ATS settings. Data comes from a Hub dataset (--dataset_name) or
+from image folders (--train_dir / --validation_dir: one subfolder per class, read by datasets' imagefolder loader).
+Evaluation reports top-1 accuracy (eval_accuracy), the mean GMACs per image of the evaluated model (eval_gmacs) and
+the same geometry's dense GMACs (eval_dense_gmacs). The output directory is a ready-to-share ATS checkpoint: weights,
+config, image processor, modeling code and a model card.
+
+    python examples/run_image_classification.py \\
+        --model_name_or_path facebook/deit-small-patch16-224 --ats_layers 3-11 --ats_max_tokens all \\
+        --train_dir data/train --validation_dir data/val --output_dir deit-s-ats \\
+        --do_train --do_eval --learning_rate 1e-5 --num_train_epochs 3 --per_device_train_batch_size 64 \\
+        --eval_strategy epoch --save_strategy epoch --load_best_model_at_end --metric_for_best_model accuracy
+
+    accelerate launch --num_processes 2 examples/run_image_classification.py ...  # same arguments
+"""
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import evaluate
+import torch
+import transformers
+from datasets import ClassLabel, DatasetDict, load_dataset
+from transformers import AutoImageProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from ats_hf import ATS_SAMPLERS
+from ats_hf.convert import ats_config_overrides, load_ats_classifier, push_checkpoint, set_full_auto_map
+from ats_hf.flops import dense_gmacs, gmacs_per_image
+from ats_hf.metrics import ATS_ACCURACY
+from ats_hf.model_card import write_model_card
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "A plain ViT / non-distilled DeiT or an ATS-ViT checkpoint: Hub id or directory."}
+    )
+    ats_layers: str | None = field(
+        default=None,
+        metadata={"help": "0-based ATS layers: '3-11', '1,3,5' or 'none'. Default: the checkpoint's (ATS) or the "
+                  "paper's recipe num_layers//4 .. num_layers-1 (plain ViT)."},
+    )
+    ats_max_tokens: str | None = field(
+        default=None,
+        metadata={"help": "Most tokens an ATS layer keeps, CLS included: 'all' (the paper), a count like 120, a "
+                  "fraction like 0.5, or a comma list with one value per ATS layer. Default: the checkpoint's."},
+    )
+    ats_sampler: str | None = field(
+        default=None, metadata={"help": "Token sampler.", "choices": list(ATS_SAMPLERS)}
+    )
+    image_processor_name: str | None = field(
+        default=None, metadata={"help": "Where to load the image processor from (default: model_name_or_path)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub downloads and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the one from `hf auth login`)."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Replace a classifier head whose size differs from the dataset's labels."}
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (needs a network)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder of the training data."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder of the validation data."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train held out for validation when there is no validation set."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many train images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval images."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+
+    def __post_init__(self):
+        if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
+            raise ValueError("Give --dataset_name, or --train_dir and/or --validation_dir (image folders).")
+        if not 0.0 <= self.train_val_split < 1.0:
+            raise ValueError(f"train_val_split={self.train_val_split} is outside [0, 1).")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments]:
+    """Command-line arguments, or a single .json file holding them."""
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def load_data(data_args: DataTrainingArguments, model_args: ModelArguments) -> DatasetDict:
+    """The dataset with a 'train' and/or 'validation' split, capped to max_*_samples."""
+    if data_args.dataset_name is not None:
+        dataset = load_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
+    else:
+        data_files = {}
+        if data_args.train_dir is not None:
+            data_files["train"] = os.path.join(data_args.train_dir, "**")
+        if data_args.validation_dir is not None:
+            data_files["validation"] = os.path.join(data_args.validation_dir, "**")
+        dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=model_args.cache_dir)
+
+    some_split = next(iter(dataset.values()))
+    for name in (data_args.image_column_name, data_args.label_column_name):
+        if name not in some_split.column_names:
+            raise ValueError(f"Column {name!r} is not in the dataset; its columns are {some_split.column_names}.")
+    if "validation" not in dataset and "train" in dataset and data_args.train_val_split > 0:
+        split = dataset["train"].train_test_split(data_args.train_val_split, seed=42)
+        dataset = DatasetDict(train=split["train"], validation=split["test"])
+    for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if name in dataset and limit is not None:
+            dataset[name] = dataset[name].select(range(min(limit, len(dataset[name]))))
+    return dataset
+
+
+def main(argv: list[str] | None = None) -> Trainer:
+    """Run the script; returns the Trainer (its model is the final or, with load_best_model_at_end, best one)."""
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler()])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    # The images become pixel_values in a transform, so Trainer must not drop the image column beforehand.
+    training_args.remove_unused_columns = False
+    set_seed(training_args.seed)
+
+    dataset = load_data(data_args, model_args)
+    labels_feature = next(iter(dataset.values())).features[data_args.label_column_name]
+    if not isinstance(labels_feature, ClassLabel):
+        raise ValueError(f"Column {data_args.label_column_name!r} is {labels_feature}; expected a ClassLabel.")
+    labels = labels_feature.names
+
+    model = load_ats_classifier(
+        model_args.model_name_or_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        **ats_config_overrides(model_args.ats_layers, model_args.ats_max_tokens, model_args.ats_sampler),
+    )
+    set_full_auto_map(model.config)
+    image_processor = AutoImageProcessor.from_pretrained(
+        model_args.image_processor_name or model_args.model_name_or_path,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+    )
+
+    image_column, label_column = data_args.image_column_name, data_args.label_column_name
+
+    def to_model_inputs(batch):
+        images = [image.convert("RGB") for image in batch[image_column]]
+        return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch[label_column]}
+
+    def collate(examples):
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "labels": torch.tensor([example["labels"] for example in examples]),
+        }
+
+    def to_predictions_and_gmacs(outputs, labels):
+        """(logits (B, C), num_tokens (B, layers)) -> predicted class (B,), GMACs per image (B,); keeps eval small."""
+        logits, num_tokens = outputs
+        return logits.argmax(dim=-1), gmacs_per_image(model.config, num_tokens.cpu()).float().to(logits.device)
+
+    metric = evaluate.load(ATS_ACCURACY, keep_in_memory=True)
+    dense = dense_gmacs(model.config)
+
+    def compute_metrics(eval_prediction):
+        predictions, gmacs = eval_prediction.predictions
+        scores = metric.compute(predictions=predictions, references=eval_prediction.label_ids, gmacs=gmacs)
+        return {**scores, "dense_gmacs": dense}
+
+    if training_args.do_train and "train" not in dataset:
+        raise ValueError("--do_train needs training data: --dataset_name with a train split, or --train_dir.")
+    if training_args.do_eval and "validation" not in dataset:
+        raise ValueError("--do_eval needs validation data: a validation split, --validation_dir or train_val_split.")
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset["train"].with_transform(to_model_inputs) if training_args.do_train else None,
+        eval_dataset=dataset["validation"].with_transform(to_model_inputs) if "validation" in dataset else None,
+        data_collator=collate,
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=to_predictions_and_gmacs,
+    )
+
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+
+    eval_metrics = {}
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+
+    if training_args.should_save and (training_args.do_train or training_args.do_eval):
+        if not training_args.do_train:
+            trainer.save_model()
+        write_card(trainer, model_args, data_args, eval_metrics, len(dataset["validation"]) if eval_metrics else 0)
+        if training_args.push_to_hub:
+            push_checkpoint(
+                training_args.output_dir,
+                training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
+                private=training_args.hub_private_repo,
+                commit_message="End of training",
+            )
+    return trainer
+
+
+def write_card(trainer, model_args, data_args, eval_metrics: dict, num_eval_images: int) -> None:
+    """README.md in the output directory: ATS settings, dense vs measured GMACs, accuracy, usage."""
+    args = trainer.args
+    source = model_args.model_name_or_path
+    card_kwargs = {
+        "model_id": args.hub_model_id or args.output_dir,
+        "base_model": None if os.path.isdir(source) else source,
+        "datasets": [data_args.dataset_name] if data_args.dataset_name else None,
+    }
+    if eval_metrics:
+        data_name = data_args.dataset_name or os.path.basename(os.path.abspath(data_args.validation_dir or data_args.train_dir))
+        card_kwargs["ats_gmacs"] = eval_metrics["eval_gmacs"]
+        card_kwargs["gmacs_measured_on"] = f"{num_eval_images} evaluation images of `{data_name}`"
+        card_kwargs["metrics"] = {"accuracy": eval_metrics["eval_accuracy"]}
+    write_model_card(args.output_dir, trainer.model.config, **card_kwargs)
+
+
+if __name__ == "__main__":
+    main()

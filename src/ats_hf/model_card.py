@@ -1,0 +1,195 @@
+"""Model cards for ATS-ViT checkpoints, in the Hub's format: a YAML metadata header, then Markdown.
+
+`write_model_card(save_directory, config, ...)` writes README.md next to a saved model; `build_model_card` returns the
+`huggingface_hub.ModelCard` without writing it.
+"""
+
+import os
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .configuration_ats_vit import AtsViTConfig
+from .flops import dense_gmacs
+
+TAGS = ["vision", "image-classification", "adaptive-token-sampling", "ats_hf"]
+
+_CITATION = """\
+@inproceedings{fayyaz2022adaptive,
+  title     = {Adaptive Token Sampling for Efficient Vision Transformers},
+  author    = {Fayyaz, Mohsen and Koohpayegani, Soroush Abbasi and Jafari, Farnoush Rezaei and Sengupta, Sunando and
+               Joze, Hamid Reza Vaezi and Sommerlade, Eric and Pirsiavash, Hamed and Gall, J{\\"u}rgen},
+  booktitle = {European Conference on Computer Vision (ECCV)},
+  year      = {2022}
+}"""
+
+
+def build_model_card(
+    config: AtsViTConfig,
+    *,
+    model_id: str,
+    base_model: str | None = None,
+    license: str | None = None,
+    ats_gmacs: float | None = None,
+    gmacs_measured_on: str | None = None,
+    metrics: dict[str, float] | None = None,
+    datasets: list[str] | None = None,
+) -> ModelCard:
+    """The model card of an ATS-ViT checkpoint.
+
+    Args:
+        config: the checkpoint's config (ATS settings, geometry for the dense GMACs).
+        model_id: what users pass to `from_pretrained` (the Hub repo id, or a local path) in the usage snippets.
+        base_model: Hub id of the plain ViT/DeiT the weights come from; `None` if not on the Hub or unknown.
+        license: the license of the weights (normally the base model's); `None` writes `unknown`.
+        ats_gmacs: mean measured GMACs per image with ATS, if known.
+        gmacs_measured_on: what `ats_gmacs` was measured on (e.g. "the 50000 ImageNet-1k validation images").
+        metrics: evaluation results to list, e.g. `{"accuracy": 0.79}`.
+        datasets: Hub ids of the datasets the model was fine-tuned or evaluated on.
+    """
+    if ats_gmacs is not None and not gmacs_measured_on:
+        raise ValueError(f"ats_gmacs={ats_gmacs} needs gmacs_measured_on: say what images it is the mean over.")
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=license or "unknown",
+        base_model=base_model,
+        datasets=datasets or None,
+        tags=list(TAGS),
+    )
+    sections = [
+        _title(config, model_id, base_model),
+        _settings_section(config),
+        _compute_section(config, base_model, ats_gmacs, gmacs_measured_on),
+        _metrics_section(metrics),
+        _usage_section(model_id),
+        "## Citation\n\n```bibtex\n" + _CITATION + "\n```\n",
+    ]
+    body = "\n".join(section for section in sections if section)
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+
+
+def write_model_card(save_directory: str | os.PathLike, config: AtsViTConfig, **kwargs) -> Path:
+    """Write README.md into `save_directory`; keyword arguments as in `build_model_card` (`model_id` defaults to
+    the directory). Returns the path written."""
+    kwargs.setdefault("model_id", str(save_directory))
+    path = Path(save_directory) / "README.md"
+    build_model_card(config, **kwargs).save(path)
+    return path
+
+
+def _title(config: AtsViTConfig, model_id: str, base_model: str | None) -> str:
+    name = model_id.rstrip("/").split("/")[-1]
+    source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "A ViT/DeiT image classifier"
+    adaptive = "" if config.ats_layers else " (`ats_layers` is empty: this checkpoint runs as a plain ViT)"
+    return (
+        f"# {name}\n\n"
+        f"{source} with **Adaptive Token Sampling** (ATS; Fayyaz et al., ECCV 2022){adaptive}, packaged with "
+        "ats_hf for HuggingFace transformers.\n\n"
+        "ATS is parameter-free. In each ATS layer, every patch token gets a significance score (the CLS token's "
+        "attention to it, summed over heads, times the norm of its value vector); inverse-transform sampling of the "
+        "scores' cumulative distribution picks the tokens to keep, and the others leave the sequence. The number "
+        "of kept tokens therefore differs per image: easy images cost less. Outputs carry `num_tokens` (tokens "
+        "per layer per image) and `sampled_token_indices` (the patch positions each ATS layer kept).\n"
+    )
+
+
+def _settings_section(config: AtsViTConfig) -> str:
+    num_reference_tokens = _num_reference_tokens(config)
+    if config.ats_layers:
+        resolved = config.resolve_ats_max_tokens(num_reference_tokens)
+        budget = ", ".join(f"layer {index}: {tokens}" for index, tokens in resolved.items())
+    else:
+        budget = "none (no ATS layers)"
+    rows = [
+        ("`ats_layers`", f"{config.ats_layers} of {config.num_hidden_layers} layers (0-based)"),
+        ("`ats_max_tokens`", f"{config.ats_max_tokens!r} -> most tokens kept, CLS included: {budget}"),
+        ("`ats_sampler`", f"`{config.ats_sampler}`"),
+        ("input tokens", f"{num_reference_tokens} (CLS + {num_reference_tokens - 1} patches)"),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return (
+        "## ATS settings\n\n| setting | value |\n|---|---|\n"
+        f"{table}\n\n"
+        "Change them at load time, e.g. `from_pretrained(..., ats_max_tokens=0.5)` keeps at most half the tokens.\n"
+    )
+
+
+def _compute_section(
+    config: AtsViTConfig, base_model: str | None, ats_gmacs: float | None, measured_on: str | None
+) -> str:
+    dense = dense_gmacs(config)
+    dense_name = f"dense ({base_model})" if base_model else "dense (same weights, no token sampling)"
+    rows = [f"| {dense_name} | {dense:.3f} | |"]
+    if ats_gmacs is None:
+        note = (
+            "The ATS cost depends on the image and was not measured for this card. Measure it on your data: "
+            "`ats_hf.flops.gmacs_per_image(model.config, outputs.num_tokens)` gives GMACs per image.\n"
+        )
+    else:
+        rows.append(f"| ATS (mean over {measured_on}) | {ats_gmacs:.3f} | {100 * (ats_gmacs / dense - 1):+.1f}% |")
+        note = ""
+    return (
+        "## Compute per image\n\nMultiply-adds per image in GMACs (the papers' \"GFLOPs\").\n\n"
+        "| model | GMACs per image | vs dense |\n|---|---|---|\n" + "\n".join(rows) + "\n\n" + note
+    )
+
+
+def _metrics_section(metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return ""
+    rows = "\n".join(f"| {name} | {value:.4g} |" for name, value in metrics.items())
+    return f"## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
+
+
+def _usage_section(model_id: str) -> str:
+    return f"""## Usage
+
+With ats_hf installed, the model runs from ats_hf's own code:
+
+```python
+import ats_hf  # registers the ats_vit model type with transformers' Auto classes
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{model_id}")
+classifier("image.jpg", top_k=5)
+```
+
+Without ats_hf, transformers runs the modeling code stored in this repository:
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{model_id}", trust_remote_code=True)
+classifier("image.jpg", top_k=5)
+```
+
+`trust_remote_code=True` executes this repository's `configuration_ats_vit.py` and `modeling_ats_vit.py` on your
+machine. Read them before you run them, and pin the revision you read (`revision="<commit sha>"`) so that a later
+push cannot change the code you execute.
+
+Tokens kept and compute per image:
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+processor = AutoImageProcessor.from_pretrained("{model_id}")
+model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True).eval()
+with torch.no_grad():
+    outputs = model(**processor(Image.open("image.jpg"), return_tensors="pt"))
+outputs.num_tokens             # (batch, num_layers): tokens each layer outputs, CLS included
+outputs.sampled_token_indices  # per ATS layer, (batch, max_kept): kept patch positions, -1 padded
+```
+"""
+
+
+def _num_reference_tokens(config: AtsViTConfig) -> int:
+    image_size, patch_size = config.image_size, config.patch_size
+    image_h, image_w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    patch_h, patch_w = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    return (image_h // patch_h) * (image_w // patch_w) + 1
+
+
+__all__ = ["build_model_card", "write_model_card"]

@@ -1,0 +1,203 @@
+"""Fine-tuning with Trainer and accelerate, through examples/run_image_classification.py on tiny image folders."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from hf_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+    EXAMPLE,
+    load_example,
+    one_torch_thread,
+    save_plain_vit,
+    subprocess_env,
+    tiny_ats_classifier,
+    tiny_image_processor,
+    write_image_folder,
+)
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import Trainer, TrainingArguments
+
+from ats_hf import AtsViTForImageClassification
+from ats_hf.flops import dense_gmacs, gmacs_per_image
+
+NUM_VALIDATION_IMAGES = 9
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A plain ViT checkpoint, train (3 x 8) and validation (3 x 3) image folders, a shared datasets cache."""
+    root = tmp_path_factory.mktemp("trainer")
+    save_plain_vit(root / "vit")
+    write_image_folder(root / "train", per_class=8)
+    write_image_folder(root / "validation", per_class=NUM_VALIDATION_IMAGES // 3, seed=500)
+    return root
+
+
+@pytest.fixture(scope="module")
+def example():
+    return load_example()
+
+
+def example_args(workspace, output_dir, *extra) -> list[str]:
+    return [
+        "--model_name_or_path", str(workspace / "vit"),
+        "--train_dir", str(workspace / "train"),
+        "--validation_dir", str(workspace / "validation"),
+        "--cache_dir", str(workspace / "cache"),
+        "--output_dir", str(output_dir),
+        "--ats_layers", "1-3",
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "4",
+        "--learning_rate", "3e-3",
+        "--seed", "0",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+def direct_predictions(model, workspace):
+    """Labels, predicted classes and GMACs per image of the validation folder, one image at a time."""
+    processor = tiny_image_processor()
+    labels, predicted, gmacs = [], [], []
+    for index, class_dir in enumerate(sorted((workspace / "validation").iterdir())):
+        for path in sorted(class_dir.iterdir()):
+            pixel_values = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
+            with torch.no_grad():
+                outputs = model.eval()(pixel_values=pixel_values)
+            labels.append(index)
+            predicted.append(int(outputs.logits.argmax()))
+            gmacs.append(float(gmacs_per_image(model.config, outputs.num_tokens)[0]))
+    return np.array(labels), np.array(predicted), np.array(gmacs)
+
+
+def test_a_few_steps_lower_the_loss_and_evaluation_reports_accuracy_and_gmacs(workspace, example, tmp_path):
+    before = example.main(example_args(workspace, tmp_path / "before", "--do_eval"))
+    before_loss = json.loads((tmp_path / "before" / "eval_results.json").read_text())["eval_loss"]
+
+    trainer = example.main(
+        example_args(workspace, tmp_path / "after", "--do_train", "--do_eval", "--max_steps", "6", "--logging_steps", "1")
+    )
+    results = json.loads((tmp_path / "after" / "all_results.json").read_text())
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert results["eval_loss"] < 0.8 * before_loss
+
+    # The reported figures are those of the evaluated model, image by image.
+    labels, predicted, gmacs = direct_predictions(trainer.model, workspace)
+    assert results["eval_accuracy"] == pytest.approx((predicted == labels).mean())
+    assert results["eval_gmacs"] == pytest.approx(gmacs.mean(), rel=1e-6)
+    assert results["eval_dense_gmacs"] == pytest.approx(dense_gmacs(trainer.model.config))
+    assert results["eval_gmacs"] < results["eval_dense_gmacs"]
+    assert isinstance(before.model, AtsViTForImageClassification)
+
+    # The output directory is a ready-to-share ATS checkpoint with the measured GMACs on its card.
+    saved = json.loads((tmp_path / "after" / "config.json").read_text())
+    assert saved["ats_layers"] == [1, 2, 3] and saved["id2label"] == {"0": "cat", "1": "dog", "2": "fox"}
+    assert set(saved["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    card = (tmp_path / "after" / "README.md").read_text()
+    assert f"{results['eval_gmacs']:.3f}" in card and f"{NUM_VALIDATION_IMAGES} evaluation images" in card
+
+
+def test_resume_from_checkpoint_restores_the_exact_weights(workspace, example, tmp_path):
+    common = ("--do_train", "--max_steps", "4", "--save_steps", "2")
+    straight = example.main(example_args(workspace, tmp_path / "straight", *common)).model.state_dict()
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    # A fresh run from the same start that only continues from step 2: equal weights prove the checkpoint's weights,
+    # optimizer, scheduler and data position were all restored.
+    resumed = example.main(
+        example_args(workspace, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(checkpoint))
+    ).model.state_dict()
+    assert resumed.keys() == straight.keys()
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
+    at_step_2 = load_file(checkpoint / "model.safetensors")
+    assert not all(torch.equal(at_step_2[name], straight[name]) for name in at_step_2)
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoint(workspace, example, tmp_path):
+    # "Best" = highest eval loss, i.e. an early checkpoint, so that restoring it is observable.
+    trainer = example.main(
+        example_args(
+            workspace, tmp_path, "--do_train", "--max_steps", "3", "--eval_strategy", "steps", "--eval_steps", "1",
+            "--save_steps", "1", "--load_best_model_at_end", "--metric_for_best_model", "loss",
+            "--greater_is_better", "true",
+        )
+    )  # fmt: skip
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-3")
+    best_weights, last_weights = load_file(f"{best}/model.safetensors"), load_file(tmp_path / "checkpoint-3" / "model.safetensors")
+    state = trainer.model.state_dict()
+    assert best_weights.keys() == state.keys()
+    for name, value in best_weights.items():
+        assert torch.equal(state[name], value), name
+    assert not all(torch.equal(last_weights[name], state[name]) for name in state)
+    # The final save in output_dir is the restored best model.
+    final = load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(final[name], value) for name, value in best_weights.items())
+
+
+@pytest.mark.parametrize("collect_extras", [False, True], ids=["plain", "hidden_states_and_attentions"])
+def test_evaluation_copes_with_batches_of_different_kept_counts(tmp_path, collect_extras):
+    model = tiny_ats_classifier(output_hidden_states=collect_extras, output_attentions=collect_extras)
+    if collect_extras:
+        model.set_attn_implementation("eager")
+    images = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(7) % 3
+    dataset = Dataset.from_dict({"pixel_values": images.numpy(), "labels": labels.numpy()}).with_format("torch")
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none", use_cpu=True)
+    predictions = Trainer(model=model, args=args).predict(dataset)
+
+    logits, num_tokens = predictions.predictions  # sampled_token_indices, token_mask etc. are not gathered
+    with torch.no_grad():
+        one_by_one = [model(pixel_values=image[None]) for image in images]
+    expected_tokens = torch.cat([output.num_tokens for output in one_by_one])
+    kept_per_batch = {int(expected_tokens[start : start + 2, -1].max()) for start in range(0, 7, 2)}
+    assert len(kept_per_batch) > 1, "the batches should pad to different lengths"
+    assert np.array_equal(num_tokens, expected_tokens.numpy())
+    np.testing.assert_allclose(logits, torch.cat([output.logits for output in one_by_one]).numpy(), atol=1e-5)
+    assert np.array_equal(predictions.label_ids, labels.numpy())
+    assert np.isfinite(predictions.metrics["test_loss"])
+
+
+def test_accelerate_two_processes_give_the_same_metrics_layout(workspace, example, tmp_path):
+    common = ("--do_train", "--do_eval", "--max_steps", "2", "--save_steps", "2")
+    example.main(example_args(workspace, tmp_path / "one", *common))
+    with socket.socket() as probe:  # a free port, so parallel test runs do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    # Two processes x 4 images = the single process's batch of 8. On CPU-only machines accelerate needs --multi_gpu
+    # to start several processes (with --cpu it starts one); --use_cpu makes them DDP over gloo.
+    args = example_args(workspace, tmp_path / "two", *common, "--use_cpu", "true")
+    args[args.index("--per_device_train_batch_size") + 1] = "4"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, str(EXAMPLE), *args,
+    ]  # fmt: skip
+    run = subprocess.run(
+        command, cwd=tmp_path, env=subprocess_env(CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    assert (tmp_path / "two" / "checkpoint-2" / "rng_state_1.pth").exists(), "expected two processes"
+    top_level = {name: sorted(p.name for p in (tmp_path / name).iterdir() if not p.name.startswith("checkpoint-"))
+                 for name in ("one", "two")}  # fmt: skip
+    assert top_level["one"] == top_level["two"]
+    for results_file in ("all_results.json", "train_results.json", "eval_results.json"):
+        one = json.loads((tmp_path / "one" / results_file).read_text())
+        two = json.loads((tmp_path / "two" / results_file).read_text())
+        assert sorted(one) == sorted(two), results_file
+    one = json.loads((tmp_path / "one" / "all_results.json").read_text())
+    two = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    # Every validation image counted once: the GMACs and accuracy are those of the saved model, image by image.
+    # (eval_loss is not compared: Trainer averages a padded last batch's loss over the padding too.)
+    labels, predicted, gmacs = direct_predictions(AtsViTForImageClassification.from_pretrained(tmp_path / "two"), workspace)
+    assert two["eval_gmacs"] == pytest.approx(gmacs.mean(), rel=1e-6)
+    assert two["eval_accuracy"] == pytest.approx((predicted == labels).mean())
+    assert two["epoch"] == one["epoch"]  # the same global batch size
