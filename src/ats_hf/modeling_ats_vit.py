@@ -275,19 +275,19 @@ class AtsViTAttention(ViTAttention):
         values = self.v_proj(hidden_states)
         value_states = values.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
 
-        cls_query = self.q_proj(hidden_states[:, :1]).view(batch_size, 1, -1, self.head_dim).transpose(1, 2)
-        cls_logits = (cls_query.float() @ key_states.float().transpose(2, 3)).squeeze(2) * self.scaling
-        if token_mask is not None:
-            cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
-        scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
-        patch_mask = None if token_mask is None else token_mask[:, 1:]
-        kept_patches = TOKEN_SAMPLERS[self.config.ats_sampler](scores, patch_mask, max_tokens)
-        kept_rows, kept_padding = pack_kept_tokens(kept_patches)
+        with torch.no_grad():  # the selection is discrete: no gradient flows through the scores
+            cls_query = self.q_proj(hidden_states[:, :1]).view(batch_size, 1, -1, self.head_dim).transpose(1, 2)
+            cls_logits = (cls_query.float() @ key_states.float().transpose(2, 3)).squeeze(2) * self.scaling
+            if token_mask is not None:
+                cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
+            scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
+            patch_mask = None if token_mask is None else token_mask[:, 1:]
+            kept_patches = TOKEN_SAMPLERS[self.config.ats_sampler](scores, patch_mask, max_tokens)
+            kept_rows, kept_padding = pack_kept_tokens(kept_patches)
 
-        kept_hidden_states = _gather_rows(hidden_states, kept_rows)
         attn_implementation = self.config._attn_implementation
         all_rows = token_mask is not None and attn_implementation.startswith("flash")
-        query_source = hidden_states if all_rows else kept_hidden_states
+        query_source = hidden_states if all_rows else _gather_rows(hidden_states, kept_rows)
         query_states = self.q_proj(query_source).view(*query_source.shape[:2], -1, self.head_dim).transpose(1, 2)
         mask = create_bidirectional_mask(
             config=self.config,
