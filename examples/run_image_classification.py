@@ -31,9 +31,9 @@ from transformers import AutoImageProcessor, HfArgumentParser, Trainer, Training
 
 from ats_hf import ATS_SAMPLERS
 from ats_hf.convert import ats_config_overrides, load_ats_classifier, push_checkpoint, set_full_auto_map
-from ats_hf.flops import dense_gmacs, gmacs_per_image
+from ats_hf.flops import gmacs_per_image
 from ats_hf.metrics import ATS_ACCURACY
-from ats_hf.model_card import write_model_card
+from ats_hf.model_card import dense_gmacs_per_image, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +45,19 @@ class ModelArguments:
     )
     ats_layers: str | None = field(
         default=None,
-        metadata={"help": "0-based ATS layers: '3-11', '1,3,5' or 'none'. Default: the checkpoint's (ATS) or the "
-                  "paper's recipe num_layers//4 .. num_layers-1 (plain ViT)."},
+        metadata={
+            "help": "0-based ATS layers: '3-11', '1,3,5' or 'none'. Default: the checkpoint's (ATS) or the "
+            "paper's recipe num_layers//4 .. num_layers-1 (plain ViT)."
+        },
     )
     ats_max_tokens: str | None = field(
         default=None,
-        metadata={"help": "Most tokens an ATS layer keeps, CLS included: 'all' (the paper), a count like 120, a "
-                  "fraction like 0.5, or a comma list with one value per ATS layer. Default: the checkpoint's."},
+        metadata={
+            "help": "Most tokens an ATS layer keeps, CLS included: 'all' (the paper), a count like 120, a "
+            "fraction like 0.5, or a comma list with one value per ATS layer. Default: the checkpoint's."
+        },
     )
-    ats_sampler: str | None = field(
-        default=None, metadata={"help": "Token sampler.", "choices": list(ATS_SAMPLERS)}
-    )
+    ats_sampler: str | None = field(default=None, metadata={"help": "Token sampler.", "choices": list(ATS_SAMPLERS)})
     image_processor_name: str | None = field(
         default=None, metadata={"help": "Where to load the image processor from (default: model_name_or_path)."}
     )
@@ -130,7 +132,7 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments) -> D
 def main(argv: list[str] | None = None) -> Trainer:
     """Run the script; returns the Trainer (its model is the final or, with load_best_model_at_end, best one)."""
     model_args, data_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler()])
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.WARNING)
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> Trainer:
 
     def to_model_inputs(batch):
         images = [image.convert("RGB") for image in batch[image_column]]
-        return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch[label_column]}
+        pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "labels": batch[label_column]}
 
     def collate(examples):
         return {
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         return logits.argmax(dim=-1), gmacs_per_image(model.config, num_tokens.cpu()).float().to(logits.device)
 
     metric = evaluate.load(ATS_ACCURACY, keep_in_memory=True)
-    dense = dense_gmacs(model.config)
+    dense = dense_gmacs_per_image(model.config)
 
     def compute_metrics(eval_prediction):
         predictions, gmacs = eval_prediction.predictions
@@ -206,7 +209,6 @@ def main(argv: list[str] | None = None) -> Trainer:
 
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
@@ -217,35 +219,41 @@ def main(argv: list[str] | None = None) -> Trainer:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
 
-    if training_args.should_save and (training_args.do_train or training_args.do_eval):
-        if not training_args.do_train:
-            trainer.save_model()
-        write_card(trainer, model_args, data_args, eval_metrics, len(dataset["validation"]) if eval_metrics else 0)
-        if training_args.push_to_hub:
-            push_checkpoint(
-                training_args.output_dir,
-                training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
-                private=training_args.hub_private_repo,
-                commit_message="End of training",
-            )
+    if training_args.do_train or training_args.do_eval:
+        trainer.save_model()
+        if training_args.should_save:
+            repo_id = None
+            if training_args.push_to_hub:
+                repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+            card_kwargs = card_arguments(model_args, data_args, eval_metrics, len(dataset.get("validation", [])))
+            card_kwargs["model_id"] = repo_id or training_args.output_dir
+            write_model_card(training_args.output_dir, model.config, **card_kwargs)
+            if repo_id is not None:
+                push_checkpoint(
+                    training_args.output_dir,
+                    repo_id,
+                    private=training_args.hub_private_repo,
+                    token=training_args.hub_token,
+                    card_kwargs=card_kwargs,
+                    commit_message="End of training",
+                )
     return trainer
 
 
-def write_card(trainer, model_args, data_args, eval_metrics: dict, num_eval_images: int) -> None:
-    """README.md in the output directory: ATS settings, dense vs measured GMACs, accuracy, usage."""
-    args = trainer.args
+def card_arguments(model_args, data_args, eval_metrics: dict, num_eval_images: int) -> dict:
+    """Model-card fields (see `ats_hf.model_card.build_model_card`): base model, dataset, measured GMACs, accuracy."""
     source = model_args.model_name_or_path
     card_kwargs = {
-        "model_id": args.hub_model_id or args.output_dir,
         "base_model": None if os.path.isdir(source) else source,
         "datasets": [data_args.dataset_name] if data_args.dataset_name else None,
     }
     if eval_metrics:
-        data_name = data_args.dataset_name or os.path.basename(os.path.abspath(data_args.validation_dir or data_args.train_dir))
+        data_dir = data_args.validation_dir or data_args.train_dir
+        data_name = data_args.dataset_name or os.path.basename(os.path.abspath(data_dir))
         card_kwargs["ats_gmacs"] = eval_metrics["eval_gmacs"]
         card_kwargs["gmacs_measured_on"] = f"{num_eval_images} evaluation images of `{data_name}`"
         card_kwargs["metrics"] = {"accuracy": eval_metrics["eval_accuracy"]}
-    write_model_card(args.output_dir, trainer.model.config, **card_kwargs)
+    return card_kwargs
 
 
 if __name__ == "__main__":

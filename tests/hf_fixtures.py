@@ -44,8 +44,8 @@ def tiny_ats_classifier(**overrides) -> AtsViTForImageClassification:
     return peaky_weights_(AtsViTForImageClassification(config)).eval()
 
 
-def random_image(seed: int, size: tuple[int, int] = (40, 36), colour: tuple[int, int, int] | None = None) -> Image.Image:
-    """An RGB image: noise, around `colour` if given."""
+def random_image(seed: int, size: tuple[int, int] = (40, 36), colour: tuple[int, int, int] | None = None):
+    """A PIL RGB image of `size` (width, height): noise, around `colour` if given."""
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (size[1], size[0], 3))
     if colour is not None:

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import evaluate
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,7 @@ from transformers import Trainer, TrainingArguments
 
 from ats_hf import AtsViTForImageClassification
 from ats_hf.flops import dense_gmacs, gmacs_per_image
+from ats_hf.metrics import ATS_ACCURACY
 
 NUM_VALIDATION_IMAGES = 9
 
@@ -59,7 +61,7 @@ def example_args(workspace, output_dir, *extra) -> list[str]:
         "--report_to", "none",
         "--disable_tqdm", "true",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def direct_predictions(model, workspace):
@@ -82,7 +84,9 @@ def test_a_few_steps_lower_the_loss_and_evaluation_reports_accuracy_and_gmacs(wo
     before_loss = json.loads((tmp_path / "before" / "eval_results.json").read_text())["eval_loss"]
 
     trainer = example.main(
-        example_args(workspace, tmp_path / "after", "--do_train", "--do_eval", "--max_steps", "6", "--logging_steps", "1")
+        example_args(
+            workspace, tmp_path / "after", "--do_train", "--do_eval", "--max_steps", "6", "--logging_steps", "1"
+        )
     )
     results = json.loads((tmp_path / "after" / "all_results.json").read_text())
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -103,6 +107,25 @@ def test_a_few_steps_lower_the_loss_and_evaluation_reports_accuracy_and_gmacs(wo
     assert set(saved["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
     card = (tmp_path / "after" / "README.md").read_text()
     assert f"{results['eval_gmacs']:.3f}" in card and f"{NUM_VALIDATION_IMAGES} evaluation images" in card
+
+
+def test_without_a_validation_folder_part_of_train_is_held_out(workspace, example, tmp_path):
+    args = example_args(workspace, tmp_path, "--do_eval", "--train_val_split", "0.25")
+    del args[args.index("--validation_dir") : args.index("--validation_dir") + 2]
+    trainer = example.main(args)
+    assert len(trainer.eval_dataset) == 6  # a quarter of the 24 training images
+    assert set(json.loads((tmp_path / "eval_results.json").read_text())) >= {"eval_accuracy", "eval_gmacs"}
+
+
+def test_shipped_metric_module_loads_offline_and_computes():
+    metric = evaluate.load(ATS_ACCURACY, keep_in_memory=True)
+    assert metric.compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2], gmacs=[1.0, 2.0, 3.0, 6.0]) == {
+        "accuracy": 0.75,
+        "gmacs": 3.0,
+    }
+    assert metric.compute(predictions=[1], references=[0]) == {"accuracy": 0.0}
+    with pytest.raises(ValueError, match="one value per prediction"):
+        metric.compute(predictions=[0, 1], references=[0, 1], gmacs=[1.0])
 
 
 def test_resume_from_checkpoint_restores_the_exact_weights(workspace, example, tmp_path):
@@ -129,10 +152,11 @@ def test_load_best_model_at_end_restores_the_best_checkpoint(workspace, example,
             "--save_steps", "1", "--load_best_model_at_end", "--metric_for_best_model", "loss",
             "--greater_is_better", "true",
         )
-    )  # fmt: skip
+    )
     best = trainer.state.best_model_checkpoint
     assert best is not None and not best.endswith("checkpoint-3")
-    best_weights, last_weights = load_file(f"{best}/model.safetensors"), load_file(tmp_path / "checkpoint-3" / "model.safetensors")
+    best_weights = load_file(f"{best}/model.safetensors")
+    last_weights = load_file(tmp_path / "checkpoint-3" / "model.safetensors")
     state = trainer.model.state_dict()
     assert best_weights.keys() == state.keys()
     for name, value in best_weights.items():
@@ -179,7 +203,7 @@ def test_accelerate_two_processes_give_the_same_metrics_layout(workspace, exampl
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, str(EXAMPLE), *args,
-    ]  # fmt: skip
+    ]
     run = subprocess.run(
         command, cwd=tmp_path, env=subprocess_env(CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300
     )
@@ -187,7 +211,7 @@ def test_accelerate_two_processes_give_the_same_metrics_layout(workspace, exampl
 
     assert (tmp_path / "two" / "checkpoint-2" / "rng_state_1.pth").exists(), "expected two processes"
     top_level = {name: sorted(p.name for p in (tmp_path / name).iterdir() if not p.name.startswith("checkpoint-"))
-                 for name in ("one", "two")}  # fmt: skip
+                 for name in ("one", "two")}
     assert top_level["one"] == top_level["two"]
     for results_file in ("all_results.json", "train_results.json", "eval_results.json"):
         one = json.loads((tmp_path / "one" / results_file).read_text())
@@ -197,7 +221,8 @@ def test_accelerate_two_processes_give_the_same_metrics_layout(workspace, exampl
     two = json.loads((tmp_path / "two" / "all_results.json").read_text())
     # Every validation image counted once: the GMACs and accuracy are those of the saved model, image by image.
     # (eval_loss is not compared: Trainer averages a padded last batch's loss over the padding too.)
-    labels, predicted, gmacs = direct_predictions(AtsViTForImageClassification.from_pretrained(tmp_path / "two"), workspace)
+    saved = AtsViTForImageClassification.from_pretrained(tmp_path / "two")
+    labels, predicted, gmacs = direct_predictions(saved, workspace)
     assert two["eval_gmacs"] == pytest.approx(gmacs.mean(), rel=1e-6)
     assert two["eval_accuracy"] == pytest.approx((predicted == labels).mean())
     assert two["epoch"] == one["epoch"]  # the same global batch size

@@ -126,8 +126,7 @@ def convert_to_ats(
         card_kwargs["gmacs_measured_on"] = f"{len(images)} images of `{Path(measure_gmacs_on).name}`"
     save_ats_checkpoint(model, output_dir, processor, **card_kwargs)
     if push_to_hub is not None:
-        repo_id = push_checkpoint(output_dir, push_to_hub, private=private, card_kwargs=card_kwargs)
-        print(f"Uploaded {output_dir} to https://huggingface.co/{repo_id}")
+        push_checkpoint(output_dir, push_to_hub, private=private, card_kwargs=card_kwargs)
     return output_dir
 
 
@@ -136,13 +135,15 @@ def push_checkpoint(
     repo_id: str,
     *,
     private: bool | None = None,
+    token: str | None = None,
     card_kwargs: dict | None = None,
     commit_message: str = "Upload ATS-ViT checkpoint",
 ) -> str:
-    """Create `repo_id` if needed and upload `directory` (huggingface_hub's standard upload; token from `hf auth
-    login` or HF_TOKEN), leaving out Trainer's checkpoint-* folders and _* files as `Trainer.push_to_hub` does. If the Hub names the repo differently (a bare name gets your namespace), the model card is
-    rewritten with that id when `card_kwargs` are given. Returns the repo id."""
-    api = HfApi()
+    """Create `repo_id` if needed and upload `directory` with huggingface_hub's standard upload (`token`, else the
+    one from `hf auth login` or HF_TOKEN), leaving out Trainer's checkpoint-* folders and _* files as
+    `Trainer.push_to_hub` does. If the Hub names the repo differently (a bare name gets your namespace), the model
+    card is rewritten with that id when `card_kwargs` are given. Returns the repo id."""
+    api = HfApi(token=token)
     created_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if card_kwargs is not None and created_id != card_kwargs.get("model_id"):
         config = AtsViTConfig.from_pretrained(directory)
@@ -157,7 +158,8 @@ def push_checkpoint(
 def measure_mean_gmacs(
     model: AtsViTForImageClassification, image_processor, images: list[Path], batch_size: int = 16
 ) -> float:
-    """Mean GMACs per image of `model` over image files (RGB-converted, preprocessed by `image_processor`)."""
+    """Mean GMACs per image of `model` over image files (RGB-converted, preprocessed by `image_processor`, run in
+    batches of `batch_size`)."""
     if not images:
         raise ValueError("measure_mean_gmacs got no images.")
     device = next(model.parameters()).device
@@ -255,16 +257,23 @@ def _image_files(directory) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="Hub id or directory of a ViT / non-distilled DeiT / ATS-ViT classifier.")
     parser.add_argument("output_dir", help="Directory to write the ATS checkpoint into (empty or absent).")
-    parser.add_argument("--ats-layers", help="0-based ATS layers: '3-11', '1,3,5', or 'none'. Default: keep the "
-                        "source's (an ATS source) or the paper's recipe, num_layers//4 .. num_layers-1.")
-    parser.add_argument("--ats-max-tokens", help="K, most tokens an ATS layer keeps incl. CLS: 'all' (the paper), "
-                        "a count like 120, a fraction like 0.5, or a comma list (one per ATS layer).")
+    parser.add_argument(
+        "--ats-layers",
+        help="0-based ATS layers: '3-11', '1,3,5', or 'none'. Default: keep the "
+        "source's (an ATS source) or the paper's recipe, num_layers//4 .. num_layers-1.",
+    )
+    parser.add_argument(
+        "--ats-max-tokens",
+        help="K, most tokens an ATS layer keeps incl. CLS: 'all' (the paper), "
+        "a count like 120, a fraction like 0.5, or a comma list (one per ATS layer).",
+    )
     parser.add_argument("--ats-sampler", choices=ATS_SAMPLERS, help="Token sampler (default: inverse_transform).")
     parser.add_argument("--image-processor", help="Where to take preprocessor_config.json from (default: SOURCE).")
     parser.add_argument("--base-model", help="Hub id of the plain base model, for the model card.")
     parser.add_argument("--license", help="License for the model card (default: the source card's, if readable).")
-    parser.add_argument("--measure-gmacs-on", metavar="DIR",
-                        help="Images whose mean GMACs per image with ATS go on the model card.")
+    parser.add_argument(
+        "--measure-gmacs-on", metavar="DIR", help="Images whose mean GMACs per image with ATS go on the model card."
+    )
     parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty OUTPUT_DIR.")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload OUTPUT_DIR to this Hub repo.")
     parser.add_argument("--private", action="store_true", default=None, help="Create the Hub repo as private.")
@@ -283,7 +292,10 @@ def run(args: argparse.Namespace) -> int:
         private=args.private,
         **ats_config_overrides(args.ats_layers, args.ats_max_tokens, args.ats_sampler),
     )
-    print(f"Wrote ATS checkpoint to {output_dir}")
+    print(
+        f"Wrote an ATS checkpoint to {output_dir}"
+        + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else "")
+    )
     return 0
 
 

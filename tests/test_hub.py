@@ -1,0 +1,201 @@
+"""Sharing on the Hub: auto classes and code in saved checkpoints, loading without ats_hf, model cards."""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hf_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+    one_torch_thread,
+    random_image,
+    subprocess_env,
+    tiny_ats_classifier,
+    tiny_image_processor,
+)
+from huggingface_hub import ModelCard
+from transformers import AutoModelForImageClassification, pipeline
+
+import ats_hf
+from ats_hf.convert import save_ats_checkpoint
+from ats_hf.flops import dense_gmacs
+from ats_hf.model_card import build_model_card, write_model_card
+
+PACKAGE_DIR = Path(ats_hf.__file__).parent
+AUTO_CLASSES = {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+
+# Runs in a child process in which `import ats_hf` fails, whatever sys.path or the installed packages say.
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockAtsHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ats_hf" or name.startswith("ats_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+
+    sys.meta_path.insert(0, BlockAtsHf())
+    try:
+        import ats_hf
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit("ats_hf is still importable")
+
+    import torch
+    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+
+    checkpoint = sys.argv[1]
+    model = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(checkpoint, trust_remote_code=True)
+    with torch.no_grad():
+        outputs = model(pixel_values=torch.load("pixel_values.pt"))
+    torch.save({"logits": outputs.logits, "num_tokens": outputs.num_tokens,
+                "sampled_token_indices": outputs.sampled_token_indices}, "remote_outputs.pt")
+    classifier = pipeline("image-classification", model=checkpoint, trust_remote_code=True)
+    card_namespace = {}
+    exec(sys.stdin.read(), card_namespace)  # the model card's snippets for users without ats_hf
+    json.dump({
+        "model_module": type(model).__module__,
+        "base_class": type(base).__name__,
+        "pipeline": classifier("image.png", top_k=3),
+        "card_pipeline": card_namespace["classifier"]("image.png", top_k=3),
+        "card_num_tokens": card_namespace["outputs"].num_tokens.tolist(),
+        "loaded": sorted(name for name in sys.modules if name.split(".")[0] == "ats_hf"),
+    }, open("remote.json", "w"))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hub") / "tiny-ats"
+    model = tiny_ats_classifier(ats_max_tokens=[0.5, 20, None])
+    save_ats_checkpoint(model, directory, tiny_image_processor(), license="apache-2.0")
+    return directory
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, flags=re.S)
+
+
+def test_save_pretrained_ships_the_package_code(tmp_path):
+    tiny_ats_classifier().save_pretrained(tmp_path)
+    for name in ("configuration_ats_vit.py", "modeling_ats_vit.py"):
+        assert (tmp_path / name).read_bytes() == (PACKAGE_DIR / name).read_bytes(), name
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_ats_vit.AtsViTConfig"
+    assert auto_map["AutoModelForImageClassification"] == "modeling_ats_vit.AtsViTForImageClassification"
+
+
+@pytest.mark.xfail(strict=True, reason="plain save_pretrained names only the saved class; needs a modeling-file hook")
+def test_plain_save_pretrained_auto_map_covers_automodel(tmp_path):
+    tiny_ats_classifier().save_pretrained(tmp_path)
+    assert set(json.loads((tmp_path / "config.json").read_text())["auto_map"]) == AUTO_CLASSES
+
+
+def test_saved_checkpoint_auto_map_covers_all_auto_classes(checkpoint):
+    auto_map = json.loads((checkpoint / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_ats_vit.AtsViTConfig",
+        "AutoModel": "modeling_ats_vit.AtsViTModel",
+        "AutoModelForImageClassification": "modeling_ats_vit.AtsViTForImageClassification",
+    }
+
+
+def test_loads_with_trust_remote_code_where_ats_hf_cannot_be_imported(checkpoint, tmp_path, monkeypatch):
+    images = [random_image(seed, size=(36, 30)) for seed in range(4)]
+    pixel_values = tiny_image_processor()(images, return_tensors="pt")["pixel_values"]
+    torch.save(pixel_values, tmp_path / "pixel_values.pt")
+    images[0].save(tmp_path / "image.png")
+    card = (checkpoint / "README.md").read_text()
+    without_ats_hf = [block for block in python_blocks(card) if "trust_remote_code=True" in block]
+    assert len(without_ats_hf) == 2
+    snippets = "\n".join(without_ats_hf).replace('"image.jpg"', '"image.png"')
+
+    run = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(checkpoint)],
+        input=snippets, cwd=tmp_path, env=subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules")),
+        capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    remote = json.loads((tmp_path / "remote.json").read_text())
+    assert remote["model_module"].startswith("transformers_modules.") and remote["loaded"] == []
+    assert remote["base_class"] == "AtsViTModel"
+
+    local = tiny_ats_classifier(ats_max_tokens=[0.5, 20, None])
+    with torch.no_grad():
+        expected = local(pixel_values=pixel_values)
+    outputs = torch.load(tmp_path / "remote_outputs.pt")
+    assert torch.equal(outputs["logits"], expected.logits)
+    assert torch.equal(outputs["num_tokens"], expected.num_tokens)
+    assert len(outputs["sampled_token_indices"]) == len(expected.sampled_token_indices) == 3
+    for remote_kept, local_kept in zip(outputs["sampled_token_indices"], expected.sampled_token_indices, strict=True):
+        assert torch.equal(remote_kept, local_kept)
+    assert len(set(expected.num_tokens[:, -1].tolist())) > 1  # the batch really had different kept counts
+    dense_plain = dense_gmacs(tiny_ats_classifier().config)  # same geometry; a per-layer K list must not matter
+    assert f"| dense (same weights, no token sampling) | {dense_plain:.3f} |" in card
+
+    monkeypatch.chdir(tmp_path)
+    local_result = pipeline("image-classification", model=str(checkpoint))("image.png", top_k=3)
+    for result in (remote["pipeline"], remote["card_pipeline"]):
+        assert [entry["label"] for entry in result] == [entry["label"] for entry in local_result]
+        expected_scores = [entry["score"] for entry in local_result]
+        assert [entry["score"] for entry in result] == pytest.approx(expected_scores, abs=1e-6)
+    assert remote["card_num_tokens"] == expected.num_tokens[:1].tolist()
+
+
+def test_card_snippet_for_ats_hf_users_runs(checkpoint, tmp_path, monkeypatch):
+    random_image(0, size=(36, 30)).save(tmp_path / "image.png")
+    monkeypatch.chdir(tmp_path)
+    with_ats_hf = [block for block in python_blocks((checkpoint / "README.md").read_text()) if "import ats_hf" in block]
+    assert len(with_ats_hf) == 1
+    namespace = {}
+    exec(with_ats_hf[0].replace('"image.jpg"', '"image.png"'), namespace)
+    result = namespace["classifier"]("image.png", top_k=3)
+    assert {entry["label"] for entry in result} == {"cat", "dog", "fox"}
+    assert type(namespace["classifier"].model).__module__ == "ats_hf.modeling_ats_vit"
+    # With ats_hf imported, its own code wins over the repository's, even when remote code is allowed.
+    model = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True)
+    assert type(model).__module__ == "ats_hf.modeling_ats_vit"
+
+
+def test_model_card_has_hub_metadata_settings_gmacs_and_usage(tmp_path):
+    config = tiny_ats_classifier(ats_max_tokens=0.5).config
+    path = write_model_card(
+        tmp_path, config, model_id="someone/vit-ats", base_model="google/vit-base-patch16-224",
+        license="apache-2.0", ats_gmacs=0.0021, gmacs_measured_on="9 evaluation images of `beans`",
+        metrics={"accuracy": 0.875}, datasets=["beans"],
+    )
+    assert path == tmp_path / "README.md"
+    card = ModelCard.load(path)
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.base_model == "google/vit-base-patch16-224"
+    assert card.data.license == "apache-2.0"
+    assert card.data.datasets == ["beans"]
+    assert "adaptive-token-sampling" in card.data.tags
+    text = card.text
+    assert "[1, 2, 3] of 4 layers" in text and "layer 1: 33, layer 2: 33, layer 3: 33" in text
+    assert "`inverse_transform`" in text
+    dense = dense_gmacs(config)
+    assert f"| dense (google/vit-base-patch16-224) | {dense:.3f} |" in text
+    assert f"| ATS (mean over 9 evaluation images of `beans`) | 0.002 | {100 * (0.0021 / dense - 1):+.1f}% |" in text
+    assert "| accuracy | 0.875 |" in text
+    blocks = python_blocks(text)
+    assert len(blocks) == 3 and all('"someone/vit-ats"' in block for block in blocks)
+    for block in blocks:
+        compile(block, "card snippet", "exec")
+    assert "trust_remote_code=True" in text and 'revision="<commit sha>"' in text
+
+
+def test_model_card_without_known_ats_cost_or_license(tmp_path):
+    config = tiny_ats_classifier().config
+    card = build_model_card(config, model_id=str(tmp_path))
+    assert card.data.license == "unknown" and card.data.base_model is None
+    assert "not measured" in card.text and "| ATS (mean" not in card.text
+    with pytest.raises(ValueError, match="gmacs_measured_on"):
+        build_model_card(config, model_id="x", ats_gmacs=1.0)
