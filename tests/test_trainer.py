@@ -106,7 +106,17 @@ def test_a_few_steps_lower_the_loss_and_evaluation_reports_accuracy_and_gmacs(wo
     assert saved["ats_layers"] == [1, 2, 3] and saved["id2label"] == {"0": "cat", "1": "dog", "2": "fox"}
     assert set(saved["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
     card = (tmp_path / "after" / "README.md").read_text()
-    assert f"{results['eval_gmacs']:.3f}" in card and f"{NUM_VALIDATION_IMAGES} evaluation images" in card
+    assert f"{results['eval_gmacs']:.4g}" in card and f"{NUM_VALIDATION_IMAGES} evaluation images" in card
+
+    # An ATS checkpoint as the start keeps its settings and evaluates to the same figures.
+    args = example_args(workspace, tmp_path / "again", "--do_eval")
+    args[args.index("--model_name_or_path") + 1] = str(tmp_path / "after")
+    del args[args.index("--ats_layers") : args.index("--ats_layers") + 2]
+    again = example.main(args)
+    assert again.model.config.ats_layers == [1, 2, 3]
+    reevaluated = json.loads((tmp_path / "again" / "eval_results.json").read_text())
+    assert reevaluated["eval_gmacs"] == results["eval_gmacs"]
+    assert reevaluated["eval_accuracy"] == results["eval_accuracy"]
 
 
 def test_without_a_validation_folder_part_of_train_is_held_out(workspace, example, tmp_path):

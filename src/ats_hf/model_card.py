@@ -126,14 +126,14 @@ def _compute_section(
 ) -> str:
     dense = dense_gmacs_per_image(config)
     dense_name = f"dense ({base_model})" if base_model else "dense (same weights, no token sampling)"
-    rows = [f"| {dense_name} | {dense:.3f} | |"]
+    rows = [f"| {dense_name} | {dense:.4g} | |"]
     if ats_gmacs is None:
         note = (
             "The ATS cost depends on the image and was not measured for this card. Measure it on your data: "
             "`ats_hf.flops.gmacs_per_image(model.config, outputs.num_tokens)` gives GMACs per image.\n"
         )
     else:
-        rows.append(f"| ATS (mean over {measured_on}) | {ats_gmacs:.3f} | {100 * (ats_gmacs / dense - 1):+.1f}% |")
+        rows.append(f"| ATS (mean over {measured_on}) | {ats_gmacs:.4g} | {100 * (ats_gmacs / dense - 1):+.1f}% |")
         note = ""
     return (
         '## Compute per image\n\nMultiply-adds per image in GMACs (the papers\' "GFLOPs").\n\n'
