@@ -27,7 +27,7 @@ def images():
 def expected_scores(model, image) -> dict[str, float]:
     pixel_values = tiny_image_processor()(image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        probabilities = model(pixel_values=pixel_values).logits.softmax(dim=-1)[0]
+        probabilities = model(pixel_values=pixel_values.to(model.device)).logits.softmax(dim=-1)[0]
     return {model.config.id2label[index]: float(p) for index, p in enumerate(probabilities)}
 
 
@@ -52,7 +52,7 @@ def test_batched_pipeline_matches_one_image_at_a_time(checkpoint, images):
     classifier = pipeline("image-classification", model=str(checkpoint))
     pixel_values = tiny_image_processor()(images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        kept = classifier.model(pixel_values=pixel_values).num_tokens[:, -1]
+        kept = classifier.model(pixel_values=pixel_values.to(classifier.model.device)).num_tokens[:, -1]
     assert len(set(kept.tolist())) > 1, "the images should keep different numbers of tokens"
 
     batched = classifier(images, batch_size=3, top_k=3)

@@ -72,10 +72,10 @@ def direct_predictions(model, workspace):
         for path in sorted(class_dir.iterdir()):
             pixel_values = processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"]
             with torch.no_grad():
-                outputs = model.eval()(pixel_values=pixel_values)
+                outputs = model.eval()(pixel_values=pixel_values.to(model.device))
             labels.append(index)
             predicted.append(int(outputs.logits.argmax()))
-            gmacs.append(float(gmacs_per_image(model.config, outputs.num_tokens)[0]))
+            gmacs.append(float(gmacs_per_image(model.config, outputs.num_tokens.cpu())[0]))
     return np.array(labels), np.array(predicted), np.array(gmacs)
 
 
