@@ -30,10 +30,10 @@ from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import AutoImageProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ats_hf import ATS_SAMPLERS
-from ats_hf.convert import ats_config_overrides, load_ats_classifier, push_checkpoint, set_full_auto_map
-from ats_hf.flops import gmacs_per_image
+from ats_hf.convert import ats_config_overrides, load_ats_classifier, push_checkpoint
+from ats_hf.flops import dense_gmacs, gmacs_per_image
 from ats_hf.metrics import ATS_ACCURACY
-from ats_hf.model_card import dense_gmacs_per_image, write_model_card
+from ats_hf.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,6 @@ def main(argv: list[str] | None = None) -> Trainer:
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         **ats_config_overrides(model_args.ats_layers, model_args.ats_max_tokens, model_args.ats_sampler),
     )
-    set_full_auto_map(model.config)
     image_processor = AutoImageProcessor.from_pretrained(
         model_args.image_processor_name or model_args.model_name_or_path,
         cache_dir=model_args.cache_dir,
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         return logits.argmax(dim=-1), gmacs_per_image(model.config, num_tokens.cpu()).float().to(logits.device)
 
     metric = evaluate.load(ATS_ACCURACY, keep_in_memory=True)
-    dense = dense_gmacs_per_image(model.config)
+    dense = dense_gmacs(model.config)
 
     def compute_metrics(eval_prediction):
         predictions, gmacs = eval_prediction.predictions

@@ -91,7 +91,6 @@ def test_save_pretrained_ships_the_package_code(tmp_path):
     assert auto_map["AutoModelForImageClassification"] == "modeling_ats_vit.AtsViTForImageClassification"
 
 
-@pytest.mark.xfail(strict=True, reason="plain save_pretrained names only the saved class; needs a modeling-file hook")
 def test_plain_save_pretrained_auto_map_covers_automodel(tmp_path):
     tiny_ats_classifier().save_pretrained(tmp_path)
     assert set(json.loads((tmp_path / "config.json").read_text())["auto_map"]) == AUTO_CLASSES

@@ -20,6 +20,8 @@ from .modeling_ats_vit import (
     top_k_sampling,
 )
 
+from .convert import convert_to_ats, push_checkpoint, save_ats_checkpoint
+
 __version__ = "0.1.0"
 
 AutoConfig.register(AtsViTConfig.model_type, AtsViTConfig, exist_ok=True)
@@ -37,9 +39,12 @@ __all__ = [
     "AtsViTModel",
     "AtsViTModelOutput",
     "AtsViTPreTrainedModel",
+    "convert_to_ats",
     "inverse_transform_sampling",
     "pack_kept_tokens",
+    "push_checkpoint",
     "random_sampling",
+    "save_ats_checkpoint",
     "significance_scores",
     "top_k_sampling",
 ]

@@ -12,18 +12,22 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the named subcommand's module is imported (all of them when `command` is None)."""
     parser = argparse.ArgumentParser(prog="ats-hf", description="Adaptive Token Sampling for transformers ViTs.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         subparser.set_defaults(module_name=module_name)
-        importlib.import_module(module_name).add_arguments(subparser)
+        if command is None or command == name:
+            importlib.import_module(module_name).add_arguments(subparser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    args = build_parser(command).parse_args(argv)
     return importlib.import_module(args.module_name).run(args)
 
 

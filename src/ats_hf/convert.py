@@ -18,22 +18,11 @@ from transformers import AutoImageProcessor, PretrainedConfig
 from .configuration_ats_vit import ATS_SAMPLERS, AtsViTConfig
 from .flops import gmacs_per_image
 from .model_card import write_model_card
-from .modeling_ats_vit import AtsViTForImageClassification, AtsViTModel
+from .modeling_ats_vit import AtsViTForImageClassification
 
 SUPPORTED_MODEL_TYPES = ("vit", "ats_vit")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 UPLOAD_IGNORE = ["checkpoint-*", "_*"]
-# What `trust_remote_code` users can load a saved checkpoint as. `save_pretrained` alone writes only the saved class.
-AUTO_MAP = {
-    auto_class: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
-    for auto_class, cls in (
-        ("AutoConfig", AtsViTConfig),
-        ("AutoModel", AtsViTModel),
-        ("AutoModelForImageClassification", AtsViTForImageClassification),
-    )
-}
-
-
 def load_ats_classifier(source: str | os.PathLike, **kwargs) -> AtsViTForImageClassification:
     """`AtsViTForImageClassification.from_pretrained(source, **kwargs)` for a ViT, non-distilled DeiT or ATS-ViT
     checkpoint (Hub id or directory); other model types raise `ValueError` naming the type. Keyword arguments
@@ -49,12 +38,6 @@ def load_ats_classifier(source: str | os.PathLike, **kwargs) -> AtsViTForImageCl
     return AtsViTForImageClassification.from_pretrained(source, **kwargs)
 
 
-def set_full_auto_map(config: AtsViTConfig) -> None:
-    """Make `save_pretrained` write an `auto_map` for AutoConfig, AutoModel and AutoModelForImageClassification
-    (on its own it names only the saved class), so remote-code users can load the checkpoint with any of them."""
-    config.auto_map = {**(getattr(config, "auto_map", None) or {}), **AUTO_MAP}
-
-
 def save_ats_checkpoint(
     model: AtsViTForImageClassification,
     save_directory: str | os.PathLike,
@@ -65,7 +48,6 @@ def save_ats_checkpoint(
     AutoModelForImageClassification, modeling code), the image processor, and README.md (see
     `ats_hf.model_card.build_model_card` for `card_kwargs`). Returns the directory."""
     save_directory = Path(save_directory)
-    set_full_auto_map(model.config)
     model.save_pretrained(save_directory)
     if image_processor is not None:
         image_processor.save_pretrained(save_directory)
@@ -300,7 +282,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "AUTO_MAP",
     "ats_config_overrides",
     "convert_to_ats",
     "load_ats_classifier",
@@ -309,5 +290,4 @@ __all__ = [
     "parse_ats_max_tokens",
     "push_checkpoint",
     "save_ats_checkpoint",
-    "set_full_auto_map",
 ]

@@ -65,7 +65,7 @@ def mac_breakdown(
     tokens_in = torch.cat([counts.new_full((batch_size, 1), float(num_input_tokens)), counts[:, :-1]], dim=1)
     tokens_out = counts
     ats_layers = set(getattr(config, "ats_layers", []) or [])
-    is_ats = torch.tensor([i in ats_layers for i in range(num_layers)], dtype=torch.bool)
+    is_ats = torch.tensor([i in ats_layers for i in range(num_layers)], dtype=torch.bool, device=counts.device)
 
     # Ordinary layer: q, k, v and output projections over all N rows. ATS layer: k, v over N_in, q and output over
     # N_out (plus the CLS query, counted as scoring overhead).
@@ -92,7 +92,7 @@ def gmacs_per_image(config: PretrainedConfig, num_tokens: torch.Tensor, **kwargs
 
 def dense_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, with_head: bool = True) -> float:
     """GMACs of the same geometry with no token sampling."""
-    dense = config.__class__.from_dict({**config.to_dict(), "ats_layers": []}) if hasattr(config, "ats_layers") else config
+    dense = config.__class__.from_dict({**config.to_dict(), "ats_layers": [], "ats_max_tokens": None}) if hasattr(config, "ats_layers") else config
     if num_input_tokens is None:
         image_h, image_w = _pair(config.image_size)
         patch_h, patch_w = _pair(config.patch_size)

@@ -78,12 +78,6 @@ def write_model_card(save_directory: str | os.PathLike, config: AtsViTConfig, **
     return path
 
 
-def dense_gmacs_per_image(config: AtsViTConfig) -> float:
-    """GMACs per image of `config`'s geometry without token sampling. (`flops.dense_gmacs` alone rejects a config
-    with a per-layer `ats_max_tokens` list, since it empties `ats_layers` but keeps the list.)"""
-    return dense_gmacs(config.__class__.from_dict({**config.to_dict(), "ats_max_tokens": None}))
-
-
 def _title(config: AtsViTConfig, model_id: str, base_model: str | None) -> str:
     name = model_id.rstrip("/").split("/")[-1]
     source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "A ViT/DeiT image classifier"
@@ -124,7 +118,7 @@ def _settings_section(config: AtsViTConfig) -> str:
 def _compute_section(
     config: AtsViTConfig, base_model: str | None, ats_gmacs: float | None, measured_on: str | None
 ) -> str:
-    dense = dense_gmacs_per_image(config)
+    dense = dense_gmacs(config)
     dense_name = f"dense ({base_model})" if base_model else "dense (same weights, no token sampling)"
     rows = [f"| {dense_name} | {dense:.4g} | |"]
     if ats_gmacs is None:
@@ -198,4 +192,4 @@ def _num_reference_tokens(config: AtsViTConfig) -> int:
     return (image_h // patch_h) * (image_w // patch_w) + 1
 
 
-__all__ = ["build_model_card", "dense_gmacs_per_image", "write_model_card"]
+__all__ = ["build_model_card", "write_model_card"]

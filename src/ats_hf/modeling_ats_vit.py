@@ -364,6 +364,13 @@ class AtsViTLayer(ViTLayer):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+_REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_ats_vit.AtsViTConfig",
+    "AutoModel": "modeling_ats_vit.AtsViTModel",
+    "AutoModelForImageClassification": "modeling_ats_vit.AtsViTForImageClassification",
+}
+
+
 class AtsViTPreTrainedModel(ViTPreTrainedModel):
     config_class = AtsViTConfig
     config: AtsViTConfig
@@ -390,7 +397,11 @@ class AtsViTPreTrainedModel(ViTPreTrainedModel):
 
     def save_pretrained(self, *args, save_original_format: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained`, writing current weight names by default, so that every reader
-        (`from_pretrained`, Trainer's checkpoint restore, remote code) reads them back as saved."""
+        (`from_pretrained`, Trainer's checkpoint restore, remote code) reads them back as saved. A class registered
+        for an auto class also gets an `auto_map` for AutoConfig, AutoModel and AutoModelForImageClassification
+        (transformers alone names only the saved class), so remote-code users can load it with any of them."""
+        if self._auto_class is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_REMOTE_CODE_AUTO_MAP}
         return super().save_pretrained(*args, save_original_format=save_original_format, **kwargs)
 
 
