@@ -1,0 +1,169 @@
+"""Train the small ViT that ships in src/ats_hf/default_model (the model `ats-hf benchmark` runs by default).
+
+One command reproduces the shipped weights (CPU, about 10 minutes on 2 cores):
+
+    python scripts/train_default_model.py
+
+The model is trained dense (no token sampling); the ATS settings written into its config are applied plug and
+play at inference. Images come from `ats_hf.synthetic_digits` (a pure function of the seed), so the run needs no
+network. Results are bit-identical for the same torch build and thread count (set by --threads).
+
+Two choices make a small ViT learn this task in minutes on a CPU: position embeddings start from a 2-D sin-cos
+table (then train as usual), and a curriculum starts with large centred digits and moves to the test
+distribution (16..28 px anywhere on the canvas) over the first `--curriculum-steps` steps.
+"""
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import ViTImageProcessorPil
+
+from ats_hf import AtsViTConfig, AtsViTForImageClassification
+from ats_hf.flops import dense_gmacs, gmacs_per_image
+from ats_hf.synthetic_digits import DIGIT_SIZE, IMAGE_SIZE, NUM_CLASSES, generate, test_split
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "src" / "ats_hf" / "default_model"
+# Plug-and-play ATS settings stored in the shipped config (see the model card and docs/benchmarks.md).
+SHIPPED_ATS_LAYERS = [3, 4, 5]
+SHIPPED_ATS_MAX_TOKENS = None
+EASY_DIGIT_SIZE = (44.0, 52.0)
+ARCHITECTURE = dict(
+    hidden_size=96,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    intermediate_size=192,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+    num_labels=NUM_CLASSES,
+    id2label={i: str(i) for i in range(NUM_CLASSES)},
+    label2id={str(i): i for i in range(NUM_CLASSES)},
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="model directory to write")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    parser.add_argument("--curriculum-steps", type=int, default=400, help="steps from easy to test-like images")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    return parser.parse_args()
+
+
+def to_pixel_values(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float, exactly what the saved image processor produces."""
+    return (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+
+
+def sincos_position_embeddings(hidden_size: int, grid_size: int) -> torch.Tensor:
+    """(grid_size**2, hidden_size) 2-D sine-cosine table: a quarter of the channels each for sin/cos of x and y."""
+    y, x = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+    frequencies = 1.0 / 10000 ** (torch.arange(hidden_size // 4) / (hidden_size // 4))
+    angles_x, angles_y = x.reshape(-1, 1) * frequencies, y.reshape(-1, 1) * frequencies
+    return torch.cat([angles_x.sin(), angles_x.cos(), angles_y.sin(), angles_y.cos()], dim=1)
+
+
+def curriculum(step: int, args: argparse.Namespace) -> tuple[tuple[float, float], float]:
+    """Digit size range and spread at `step`: linear from large centred digits to the test distribution."""
+    progress = min(1.0, step / max(1, args.curriculum_steps))
+    size = tuple(easy + (final - easy) * progress for easy, final in zip(EASY_DIGIT_SIZE, DIGIT_SIZE))
+    return size, progress
+
+
+def learning_rate(step: int, args: argparse.Namespace) -> float:
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.inference_mode()
+def evaluate(model: AtsViTForImageClassification, pixel_values: torch.Tensor, labels: torch.Tensor):
+    """Top-1 accuracy (%) and mean GMACs per image."""
+    model.eval()
+    correct, gmacs = 0, []
+    for start in range(0, len(labels), 250):
+        output = model(pixel_values[start : start + 250])
+        correct += (output.logits.argmax(-1) == labels[start : start + 250]).sum().item()
+        gmacs.append(gmacs_per_image(model.config, output.num_tokens))
+    return 100.0 * correct / len(labels), torch.cat(gmacs).mean().item()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+
+    model = AtsViTForImageClassification(AtsViTConfig(**ARCHITECTURE, ats_layers=[]))
+    grid_size = IMAGE_SIZE // ARCHITECTURE["patch_size"]
+    with torch.no_grad():
+        position_embeddings = model.vit.embeddings.position_embeddings
+        position_embeddings[0, 0].zero_()
+        position_embeddings[0, 1:] = sincos_position_embeddings(ARCHITECTURE["hidden_size"], grid_size)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embeddings" in n]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}])
+    monitor_images, monitor_labels = generate("train", 500, seed=10**9 + args.seed)
+    monitor_pixels = to_pixel_values(monitor_images)
+    model.train()
+    for step in range(args.steps):
+        digit_size, spread = curriculum(step, args)
+        images, labels = generate(
+            "train", args.batch_size, seed=args.seed * 1_000_003 + step, digit_size=digit_size, spread=spread
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args)
+        logits = model(to_pixel_values(images)).logits
+        loss = F.cross_entropy(logits, labels, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.4f}  lr {learning_rate(step, args):.2e}  "
+                  f"{time.perf_counter() - started:6.0f} s", flush=True)
+        if (step + 1) % 500 == 0:
+            accuracy, _ = evaluate(model, monitor_pixels, monitor_labels)
+            print(f"step {step + 1:5d}  top-1 on 500 new renderings of training digits: {accuracy:.1f}%", flush=True)
+            model.train()
+    train_seconds = time.perf_counter() - started
+
+    test_images, test_labels = test_split()
+    test_pixels = to_pixel_values(test_images)
+    dense_accuracy, _ = evaluate(model, test_pixels, test_labels)
+    model.config.ats_layers, model.config.ats_max_tokens = SHIPPED_ATS_LAYERS, SHIPPED_ATS_MAX_TOKENS
+    model.config.check_ats_settings()
+    ats_accuracy, ats_gmacs = evaluate(model, test_pixels, test_labels)
+    print(f"test top-1: dense {dense_accuracy:.2f}%, ATS {ats_accuracy:.2f}% at {ats_gmacs:.4f} GMACs "
+          f"(dense {dense_gmacs(model.config):.4f})")
+
+    with tempfile.TemporaryDirectory() as staging:
+        model.save_pretrained(staging)
+        processor = ViTImageProcessorPil(
+            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+        processor.save_pretrained(staging)
+        args.output.mkdir(parents=True, exist_ok=True)
+        for name in ("model.safetensors", "preprocessor_config.json"):
+            shutil.copyfile(Path(staging) / name, args.output / name)
+        # The package registers the classes itself; the shipped folder carries no code for `trust_remote_code`.
+        config = json.loads((Path(staging) / "config.json").read_text())
+        config.pop("auto_map", None)
+        (args.output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {args.output} (training {train_seconds / 60:.1f} min, total "
+          f"{(time.perf_counter() - started) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
