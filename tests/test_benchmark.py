@@ -131,6 +131,8 @@ def test_speed_mode_on_a_small_geometry():
     assert half.tokens_per_layer[1] <= 33 and half.timings[4].gmacs_ratio > 1.3
     assert no_drop.tokens_per_layer == dense.tokens_per_layer
     assert all(r.accuracy is None for r in result.methods)
+    table = format_table(result)
+    assert "no-drop" in table and "top-k / random keep" not in table
 
 
 def test_interleaved_throughput_takes_the_median_and_rotates():

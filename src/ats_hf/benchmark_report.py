@@ -46,7 +46,7 @@ def format_table(result: BenchmarkResult) -> str:
         "",
         _grid(header, rows),
     ]
-    baselines = [r for r in result.methods if family(r) in ("top-k", "random")]
+    baselines = [r for r in result.methods if r.method.name in ("top-k", "random")]
     if baselines:
         lines.append(
             f"top-k / random keep K = {list(baselines[0].method.ats_max_tokens)} tokens in layers "

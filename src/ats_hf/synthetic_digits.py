@@ -1,8 +1,8 @@
 """Synthetic Digits: object-centric 64 x 64 images, one handwritten digit on a large textured background.
 
 Each image places one of scikit-learn's bundled 8 x 8 handwritten digits (UCI optdigits, offline), scaled to
-16..28 px, slightly rotated and sheared, at a random position on a 64 x 64 RGB canvas filled with a smooth
-random texture. With 8 px patches, 64 patches of which most show only background: the situation in which
+16..28 px, slightly rotated and sheared, in light ink at a random position on a 64 x 64 RGB canvas filled with a
+darker, smooth random colour texture. With 8 px patches, 64 patches of which most show only background: the situation in which
 token sampling pays off. Everything is a pure function of (split, number of images, seed).
 
 The 1797 source digits are split once (fixed permutation): 1347 for "train", 450 for "test", so test images
@@ -28,7 +28,12 @@ def source_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The source digits of a split: (n, 8, 8) float32 ink in [0, 1] and (n,) long labels."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is unknown; choose one of {', '.join(SPLITS)}.")
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError(
+            "synthetic_digits draws scikit-learn's bundled handwritten digits: pip install 'scikit-learn>=1.3'"
+        ) from error
 
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32) / 16.0
