@@ -34,6 +34,7 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     result = run_benchmark(model, pixel_values, labels, batch_sizes=(1, 8), timing_images=4, repeats=1, eval_batch_size=5)
     assert [r.method.name for r in result.methods] == ["dense", "ats", "top-k", "random"]
     dense, ats, top_k, random = result.methods
+    assert result.method("top-k") is top_k
 
     with torch.no_grad():
         output = model(pixel_values)  # the config's own settings are ATS

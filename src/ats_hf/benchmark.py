@@ -12,6 +12,7 @@ Python API: `run_benchmark`, `run_speed_benchmark` -> `BenchmarkResult`; `benchm
 import argparse
 import contextlib
 import math
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,12 +49,12 @@ class Method:
     ats_sampler: str = "inverse_transform"
 
     @classmethod
-    def from_config(cls, config: AtsViTConfig, name: str = "ats") -> "Method":
-        """The config's ATS settings; when it has no ATS layers, the paper's recipe (layers L//4..L-1, K = all)."""
+    def from_config(cls, config: AtsViTConfig) -> "Method":
+        """"ats" with the config's settings; with no ATS layers there, the paper's recipe (layers L//4..L-1, K = all)."""
         if config.ats_layers:
             max_tokens = config.ats_max_tokens
-            return cls(name, tuple(config.ats_layers), tuple(max_tokens) if isinstance(max_tokens, list) else max_tokens)
-        return cls(name, tuple(range(config.num_hidden_layers // 4, config.num_hidden_layers)))
+            return cls("ats", tuple(config.ats_layers), tuple(max_tokens) if isinstance(max_tokens, list) else max_tokens)
+        return cls("ats", tuple(range(config.num_hidden_layers // 4, config.num_hidden_layers)))
 
 
 @dataclass
@@ -63,14 +64,14 @@ class TimingResult:
     batch_size: int
     num_images: int
     images_per_second: float
-    spread: float
-    speedup: float | None = None
-    gmacs_ratio: float | None = None
+    spread: float  # (max - min) / median over the repeats
+    speedup: float  # images_per_second / dense's
+    gmacs_ratio: float  # dense's mean GMACs / this method's, on the same timed images: the ideal speed-up
 
     @property
-    def efficiency(self) -> float | None:
+    def efficiency(self) -> float:
         """Measured speed-up / GMACs ratio: 1.0 means the saved compute is fully turned into speed."""
-        return None if self.speedup is None else self.speedup / self.gmacs_ratio
+        return self.speedup / self.gmacs_ratio
 
 
 @dataclass
@@ -249,7 +250,7 @@ def run_benchmark(
         pixel_values: (N, C, H, W) processed images; labels: (N,) class indices, or None to skip accuracy.
         ats: the ATS setting to compare; None: `Method.from_config(model.config)`.
         sweep: more ATS methods (see `sweep_methods`), each with its matched top-K and random, for the plot only.
-        batch_sizes: batch sizes to time (0 or none to skip timing); timing_images, repeats: see `time_methods`.
+        batch_sizes: batch sizes to time (empty: no timing); timing_images, repeats: see `time_methods`.
     """
     ats = ats or Method.from_config(model.config)
     model.eval()
@@ -287,7 +288,9 @@ def sweep_methods(
     by_k = [Method(f"ats K={'all' if k is None else k}", ats.ats_layers, k) for k in max_tokens]
     layer_k = None if isinstance(ats.ats_max_tokens, tuple) else ats.ats_max_tokens
     by_layers = [
-        Method(f"ats layers {start}-{num_layers - 1}", tuple(range(start, num_layers)), layer_k) for start in from_layers
+        Method(f"ats layers {start}-{num_layers - 1}" if start < num_layers - 1 else f"ats layer {start}",
+               tuple(range(start, num_layers)), layer_k)
+        for start in from_layers
     ]
     return tuple(by_k + by_layers)
 
@@ -358,7 +361,7 @@ def describe_machine(parameter: torch.Tensor) -> dict:
                 break
     info = {
         "cpu": cpu,
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(parameter.device),
         "dtype": str(parameter.dtype).removeprefix("torch."),

@@ -120,10 +120,17 @@ def _plot_accuracy_vs_gmacs(result: BenchmarkResult, plt):
     return figure
 
 
+def _method_colour(result: BenchmarkResult, index: int) -> str:
+    """Colour of the index-th compared method: its family's, or the colour cycle's when two share a family."""
+    name = family(result.methods[index])
+    clash = len({family(r) for r in result.methods}) < len(result.methods)
+    return f"C{index}" if clash and name != "dense" else FAMILY_STYLE[name][0]
+
+
 def _plot_tokens_per_layer(result: BenchmarkResult, plt):
     figure, axes = plt.subplots(figsize=(6, 4.2))
-    for r in result.methods:
-        colour, marker = FAMILY_STYLE[family(r)]
+    for index, r in enumerate(result.methods):
+        colour, marker = _method_colour(result, index), FAMILY_STYLE[family(r)][1]
         layers = range(len(r.tokens_per_layer))
         axes.plot(layers, r.tokens_per_layer, marker=marker, color=colour, label=r.method.name)
         if family(r) == "ats":
@@ -140,16 +147,23 @@ def _plot_tokens_per_layer(result: BenchmarkResult, plt):
 
 
 def _plot_gmacs_histogram(result: BenchmarkResult, plt):
+    """Per-image GMACs of the adaptive methods as histograms; fixed-count methods and dense as vertical lines."""
+    import numpy as np
+
     figure, axes = plt.subplots(figsize=(6, 3.6))
-    for r in result.methods:
-        if r.gmacs is None or family(r) == "dense":
-            continue
-        axes.hist(r.gmacs.numpy(), bins=40, alpha=0.5, color=FAMILY_STYLE[family(r)][0], label=r.method.name)
-    axes.axvline(result.dense_gmacs, color="black", linestyle="--", label="dense")
+    bins = np.linspace(0.0, 1.02 * result.dense_gmacs, 160)
+    for index, r in enumerate(result.methods):
+        colour = _method_colour(result, index)
+        if family(r) == "dense" or r.gmacs_std <= 1e-9 * r.gmacs_mean:
+            style = "--" if family(r) == "dense" else ":"
+            axes.axvline(r.gmacs_mean, color=colour, linestyle=style, label=f"{r.method.name} (same for every image)")
+        else:
+            axes.hist(r.gmacs.numpy(), bins=bins, alpha=0.6, color=colour, label=r.method.name)
+    axes.set_xlim(0, bins[-1])
     axes.set_xlabel("GMACs per image")
     axes.set_ylabel("images")
     axes.set_title("Per-image compute")
-    axes.legend()
+    axes.legend(fontsize=8)
     return figure
 
 
@@ -162,8 +176,9 @@ def _plot_throughput(result: BenchmarkResult, plt):
     for index, r in enumerate(result.methods):
         xs = [position + (index - (len(result.methods) - 1) / 2) * width for position in range(len(batch_sizes))]
         timings = [r.timings[b] for b in batch_sizes]
-        colour = FAMILY_STYLE[family(r)][0]
-        axes.bar(xs, [t.speedup for t in timings], width, color=colour, alpha=0.75, label=f"{r.method.name} measured")
+        colour = _method_colour(result, index)
+        bars = axes.bar(xs, [t.speedup for t in timings], width, color=colour, alpha=0.75, label=r.method.name)
+        axes.bar_label(bars, [f"{t.speedup:.2f}" for t in timings], fontsize=7)
         axes.scatter(xs, [t.gmacs_ratio for t in timings], color=colour, marker="_", s=400, linewidths=2.5)
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks(range(len(batch_sizes)), [f"batch {b}" for b in batch_sizes])

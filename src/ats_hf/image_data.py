@@ -38,16 +38,17 @@ def load_labelled_images(
         description = f"synthetic digits test split (seed {synthetic_digits.TEST_SEED}), {len(labels)} images"
         return pixel_values, labels, description
 
-    table = _open_split(dataset, split)
+    table, split = _open_split(dataset, split)
     image_column = image_column or _find_column(table, "Image", ("image", "img", "picture"))
     label_column = label_column or _find_column(table, "ClassLabel", ("label", "labels", "fine_label"), required=False)
     table = table.shuffle(seed=seed).select(range(min(len(table), num_images or 2000)))
     pixel_values = _process(processor, [image.convert("RGB") for image in table[image_column]])
     labels = None if label_column is None else _to_model_labels(table, label_column, id2label)
-    return pixel_values, labels, f"{dataset} [{table.split or split}], {len(table)} images"
+    return pixel_values, labels, f"{dataset} [{split}], {len(table)} images"
 
 
 def _open_split(dataset: str, split: str | None):
+    """(the split's `datasets.Dataset`, its name); a folder holding a single dataset is split "all"."""
     import datasets
 
     path = Path(dataset)
@@ -58,13 +59,13 @@ def _open_split(dataset: str, split: str | None):
     else:
         loaded = datasets.load_dataset(dataset)
     if isinstance(loaded, datasets.Dataset):
-        return loaded
+        return loaded, "all"
     available = list(loaded)
     if split is None:
         split = next((name for name in ("test", "validation", "train") if name in available), available[0])
     if split not in available:
         raise ValueError(f"split={split!r} is not in {dataset}; it has {', '.join(available)}.")
-    return loaded[split]
+    return loaded[split], split
 
 
 def _find_column(table, feature_type: str, names: tuple[str, ...], required: bool = True) -> str | None:
