@@ -411,8 +411,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     timing.add_argument("--attn-implementation", default="sdpa", help="eager, sdpa, flash_attention_2, ...")
     timing.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--eval-batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="images per forward pass when measuring "
+                        "accuracy, GMACs and tokens (results do not depend on it)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random sampler and the dataset shuffle")
     parser.add_argument("--output-dir", type=Path, help="where benchmark.json and the plots go "
                         "(default: outputs/benchmark, or outputs/speed-GEOMETRY)")
 
