@@ -56,6 +56,22 @@ def test_no_ats_layers_is_plain_vit(images, attn_implementation):
     assert ours.num_tokens.eq(65).all() and ours.sampled_token_indices == ()
 
 
+@pytest.mark.parametrize("batch_size", [1, 6])
+def test_keeping_every_token_is_plain_vit(images, batch_size):
+    """top-K at K = all keeps every row in place (the no-gather path): outputs equal plain ViT's."""
+    ats = build(peaky=False, ats_sampler="top_k", ats_max_tokens=1.0)
+    plain = build(peaky=False, ats_layers=[])
+    plain.load_state_dict(ats.state_dict())
+    batch = images[:batch_size]
+    with torch.no_grad():
+        ours, theirs = ats(batch, output_hidden_states=True), plain(batch, output_hidden_states=True)
+    assert (ours.logits - theirs.logits).abs().max() <= 1e-5
+    for a, b in zip(ours.hidden_states, theirs.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert ours.num_tokens.eq(65).all() and ours.token_mask.all()
+    assert [t.tolist() for t in ours.sampled_token_indices] == [[list(range(64))] * batch_size] * 3
+
+
 def test_ats_layer_rows_equal_plain_layer_rows():
     model = build("eager", ats_layers=[0])
     layer = model.vit.layers[0]

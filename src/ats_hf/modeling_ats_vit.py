@@ -6,6 +6,7 @@ Shapes: B = batch, L = tokens entering a layer (CLS first), P = L - 1 patch toke
 H = heads, D = hidden size.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,11 +48,12 @@ def significance_scores(
     Returns:
         (B, P) float32 scores summing to 1 per image (all zero if an image has no scored patch); padding scores 0.
     """
-    scores = cls_attention.float().sum(dim=1)[:, 1:] * torch.linalg.vector_norm(values[:, 1:].float(), dim=-1)
+    attention = cls_attention[:, :, 1:].sum(dim=1, dtype=torch.float32)
+    scores = attention * torch.linalg.vector_norm(values[:, 1:], dim=-1, dtype=torch.float32)
     if token_mask is not None:
         scores = scores.masked_fill(~token_mask[:, 1:], 0.0)
-    total = scores.sum(dim=1, keepdim=True)
-    return scores / torch.where(total > 0, total, torch.ones_like(total))
+    # An all-zero row stays zero: 0 / tiny = 0; any other row has total >= tiny and is divided by it exactly.
+    return scores / scores.sum(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def inverse_transform_sampling(
@@ -72,43 +74,41 @@ def inverse_transform_sampling(
         (B, P) bool, True for kept patch tokens.
     """
     batch_size, num_patches = scores.shape
-    num_points = max_tokens - 1
     inf = float("inf")
     if patch_mask is None:
         sorted_scores, order = torch.sort(scores, dim=1, stable=True)
-        last = torch.full((batch_size, 1), num_patches - 1, device=scores.device)
-        padding = None
+        cdf = torch.cumsum(sorted_scores, dim=1)
+        cdf_first, cdf_last = cdf[:, :1], cdf[:, -1:]
     else:
         # Padding sorts last and is then zeroed, so the CDF of the real tokens is unchanged.
         sorted_scores, order = torch.sort(scores.masked_fill(~patch_mask, inf), dim=1, stable=True)
         last = (patch_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
         padding = torch.arange(num_patches, device=scores.device) > last
-        sorted_scores = sorted_scores.masked_fill(padding, 0.0)
+        cdf = torch.cumsum(sorted_scores.masked_fill(padding, 0.0), dim=1)
+        cdf_first, cdf_last = cdf[:, :1], cdf.gather(1, last)
 
-    cdf = torch.cumsum(sorted_scores, dim=1)
-    cdf_first = cdf[:, :1]
-    span = cdf.gather(1, last) - cdf_first
+    span = (cdf_last - cdf_first).clamp(min=torch.finfo(torch.float32).tiny)
+    normalized_cdf = (cdf - cdf_first) / span
     # x / x is exactly 1, so writing 1 at the last real token changes nothing unless the CDF is flat (span 0).
-    normalized_cdf = ((cdf - cdf_first) / span.clamp(min=torch.finfo(torch.float32).tiny)).scatter_(1, last, 1.0)
-    if padding is not None:
-        normalized_cdf = normalized_cdf.masked_fill_(padding, inf)
+    if patch_mask is None:
+        normalized_cdf[:, -1] = 1.0
+    else:
+        normalized_cdf = normalized_cdf.scatter_(1, last, 1.0).masked_fill_(padding, inf)
 
-    # The smallest non-zero value: the first one above zero (the CDF is sorted); the last real one is 1.
-    first_nonzero = (normalized_cdf == 0).sum(dim=1, keepdim=True).clamp(max=num_patches - 1)
-    lowest_nonzero = normalized_cdf.gather(1, first_nonzero).clamp(max=1.0)
-    points = _sample_points(lowest_nonzero, num_points)
+    # The normalised CDF rises from 0 to 1: its smallest non-zero value is the smallest positive one.
+    lowest_nonzero = torch.where(normalized_cdf > 0, normalized_cdf, 1.0).amin(dim=1, keepdim=True)
+    points = _sample_points(lowest_nonzero, max_tokens - 1)
 
+    # Nearest CDF value to each point: the first one at or above it, or the one below when that is no farther
+    # and not zero. The last real value is 1, so the sentinel column is never picked.
     padded_cdf = torch.nn.functional.pad(normalized_cdf, (0, 1), value=inf)
     above = torch.searchsorted(padded_cdf, points)
-    below = (above - 1).clamp(min=0)
+    below = (above - 1).clamp_(min=0)
     cdf_below = padded_cdf.gather(1, below)
     take_below = (points - cdf_below <= padded_cdf.gather(1, above) - points) & (cdf_below > 0)
-    picked = torch.where(take_below, below, above)
+    picked = order.gather(1, torch.where(take_below, below, above))
 
-    kept_sorted = torch.zeros(batch_size, num_patches + 1, dtype=torch.bool, device=scores.device)
-    kept_sorted.scatter_(1, picked, True)
-    kept = torch.empty(batch_size, num_patches, dtype=torch.bool, device=scores.device)
-    kept.scatter_(1, order, kept_sorted[:, :num_patches])
+    kept = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=scores.device).scatter_(1, picked, True)
     return kept if patch_mask is None else kept & patch_mask
 
 
@@ -116,9 +116,17 @@ def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tenso
     """(B, 1) start values -> (B, R) points, evenly spaced from the start up to 1 (the official arithmetic)."""
     if num_points == 1:
         return torch.ones_like(lowest_nonzero)
-    steps = torch.arange(num_points, device=lowest_nonzero.device, dtype=torch.float32)
-    unit = torch.linspace(0.0, 1.0, num_points, device=lowest_nonzero.device) * (num_points - 1)
+    steps, unit = _point_grid(num_points, lowest_nonzero.device)
     return lowest_nonzero + (unit - lowest_nonzero * steps) / (num_points - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R,) step numbers 0..R-1 and (R,) linspace(0, 1, R) * (R - 1), made once per (R, device)."""
+    with torch.inference_mode(False), torch.no_grad():
+        steps = torch.arange(num_points, device=device, dtype=torch.float32)
+        unit = torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
+    return steps, unit
 
 
 def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
@@ -180,9 +188,11 @@ def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, PaddingL
     Returns:
         kept_rows: (B, M) long indices into the L = P + 1 input rows, M = 1 + the largest kept count.
         padding: the layout of the (B, M) output, or None when every image keeps M rows.
-    The only device-to-host read of an ATS layer happens here.
+    The only device-to-host read of an ATS layer happens here (inside `nonzero` for a single image).
     """
-    kept = torch.cat([torch.ones_like(kept_patches[:, :1]), kept_patches], dim=1)
+    kept = torch.nn.functional.pad(kept_patches, (1, 0), value=True)
+    if kept.shape[0] == 1:
+        return kept[0].nonzero().view(1, -1), None
     counts = kept.sum(dim=1)
     largest, smallest, total = torch.stack([counts.max(), counts.min(), counts.sum()]).tolist()
     kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
@@ -194,6 +204,8 @@ def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, PaddingL
 def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """(B, L, ...) rows picked by (B, M) indices -> (B, M, ...), as one index_select over the flattened batch."""
     batch_size, num_rows = tensor.shape[:2]
+    if batch_size == 1:
+        return tensor.index_select(1, rows[0])
     offsets = torch.arange(0, batch_size * num_rows, num_rows, device=rows.device)[:, None]
     flat = tensor.reshape(batch_size * num_rows, *tensor.shape[2:]).index_select(0, (rows + offsets).flatten())
     return flat.view(*rows.shape, *tensor.shape[2:])
@@ -263,8 +275,8 @@ class AtsViTAttention(ViTAttention):
             max_tokens: K for an ATS layer; None for an ordinary layer.
         Returns:
             attention output (B, M, D) after the output projection, attention probabilities (eager only, else
-            None), kept_rows (B, M) into the L input rows (None if nothing was sampled), and the padding layout
-            of the M output rows (None if unpadded or nothing was sampled).
+            None), kept_rows (B, M) into the L input rows (None if nothing was sampled, or if every row was kept
+            in place), and the padding layout of the M output rows (None if unpadded or nothing was sampled).
         """
         if max_tokens is None:
             attn_output, attn_weights = super().forward(hidden_states, attention_mask, **kwargs)
@@ -276,26 +288,24 @@ class AtsViTAttention(ViTAttention):
         value_states = values.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
 
         with torch.no_grad():  # the selection is discrete: no gradient flows through the scores
-            cls_query = self.q_proj(hidden_states[:, :1]).view(batch_size, 1, -1, self.head_dim).transpose(1, 2)
-            cls_logits = (cls_query.float() @ key_states.float().transpose(2, 3)).squeeze(2) * self.scaling
+            # (B, 1, D) is laid out as (B, H, 1, head_dim): the CLS query of every head, no transpose needed.
+            cls_query = self.q_proj(hidden_states[:, :1]).view(batch_size, -1, 1, self.head_dim)
+            cls_logits = torch.matmul(_as_float32(cls_query), _as_float32(key_states).transpose(2, 3))
+            cls_logits = cls_logits.view(batch_size, -1, num_tokens) * self.scaling
             if token_mask is not None:
                 cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
             scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
             patch_mask = None if token_mask is None else token_mask[:, 1:]
             kept_patches = TOKEN_SAMPLERS[self.config.ats_sampler](scores, patch_mask, max_tokens)
             kept_rows, kept_padding = pack_kept_tokens(kept_patches)
+            if token_mask is None and kept_padding is None and kept_rows.shape[1] == num_tokens:
+                kept_rows = None  # every row kept, in place: nothing to gather
 
         attn_implementation = self.config._attn_implementation
         all_rows = token_mask is not None and attn_implementation.startswith("flash")
-        query_source = hidden_states if all_rows else _gather_rows(hidden_states, kept_rows)
+        query_source = hidden_states if all_rows or kept_rows is None else _gather_rows(hidden_states, kept_rows)
         query_states = self.q_proj(query_source).view(*query_source.shape[:2], -1, self.head_dim).transpose(1, 2)
-        mask = create_bidirectional_mask(
-            config=self.config,
-            inputs_embeds=query_source,
-            attention_mask=token_mask,
-            encoder_hidden_states=hidden_states,
-            allow_is_bidirectional_skip=token_mask is None,
-        )
+        mask = _attention_mask(self.config, query_source, hidden_states, token_mask)
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
@@ -308,7 +318,7 @@ class AtsViTAttention(ViTAttention):
             **kwargs,
         )
         attn_output = attn_output.reshape(*query_source.shape[:2], -1)
-        if all_rows:
+        if all_rows and kept_rows is not None:
             # Flash kernels unpad queries by the key mask, so they attend from every real row; keep the kept ones.
             attn_output = _gather_rows(attn_output, kept_rows)
         return self.o_proj(attn_output), attn_weights, kept_rows, kept_padding
@@ -337,8 +347,8 @@ class AtsViTLayer(ViTLayer):
             padding: where the real rows of `hidden_states` are; None if all rows are real.
             max_tokens: K if this layer samples tokens, else None.
         Returns:
-            hidden_states (B, M, D); for an ATS layer kept_rows (B, M) into the L input rows and the padding layout
-            of the output, else None and the input's layout.
+            hidden_states (B, M, D); kept_rows (B, M) into the L input rows and the output's padding layout if
+            this layer dropped or moved rows, else None and the input's layout.
         """
         residual = hidden_states
         token_mask = None if padding is None else padding.token_mask
@@ -454,15 +464,15 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
         layer_mask = _layer_attention_mask(self.config, hidden_states, padding)
         num_tokens, sampled_token_indices = [], []
         for layer in self.layers:
-            hidden_states, kept_rows, padding = layer(
-                hidden_states, layer_mask, padding, max_tokens.get(layer.layer_index), **kwargs
-            )
+            layer_max_tokens = max_tokens.get(layer.layer_index)
+            hidden_states, kept_rows, padding = layer(hidden_states, layer_mask, padding, layer_max_tokens, **kwargs)
             if kept_rows is not None:
                 positions = positions.gather(1, kept_rows)
                 if padding is not None:
                     positions = positions.masked_fill(~padding.token_mask, 0)
-                sampled_token_indices.append(positions[:, 1:] - 1)
                 layer_mask = _layer_attention_mask(self.config, hidden_states, padding)
+            if layer_max_tokens is not None:
+                sampled_token_indices.append(positions[:, 1:] - 1)
             num_tokens.append(hidden_states.shape[1] if padding is None else padding.token_mask.sum(dim=1))
 
         sequence_output = self.layernorm(hidden_states)
@@ -502,14 +512,29 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
 
 
 def _layer_attention_mask(config, hidden_states: torch.Tensor, padding: PaddingLayout | None):
-    """The mask of (B, L) rows for the configured attention implementation. A layout exists only when there is
-    padding, so skip transformers' all-real check (a device-to-host read) and build the mask directly."""
+    """The mask of (B, L) rows attending to themselves, for the configured attention implementation."""
+    return _attention_mask(config, hidden_states, hidden_states, None if padding is None else padding.token_mask)
+
+
+def _attention_mask(config, queries: torch.Tensor, keys: torch.Tensor, token_mask: torch.Tensor | None):
+    """The key-padding mask for (B, M) query rows over (B, L) key rows, for the configured attention implementation.
+
+    A padding layout exists only when there is padding, so transformers' all-real check (a device-to-host read) is
+    skipped. Eager and sdpa take no mask at all when every key is real (what transformers would return), so that
+    case skips the mask builder's Python work."""
+    if token_mask is None and config._attn_implementation in ("eager", "sdpa"):
+        return None
     return create_bidirectional_mask(
         config=config,
-        inputs_embeds=hidden_states,
-        attention_mask=None if padding is None else padding.token_mask,
-        allow_is_bidirectional_skip=padding is None,
+        inputs_embeds=queries,
+        attention_mask=token_mask,
+        encoder_hidden_states=keys,
+        allow_is_bidirectional_skip=token_mask is None,
     )
+
+
+def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 def _is_head_weight(key: str) -> bool:
