@@ -3,9 +3,8 @@
 The count follows what `AtsViTModel` actually computes (see docs/how-ats-works.md):
 - ordinary layer, N tokens: q, k, v projections 3 N D^2; attention scores and weighted sum 2 N^2 D;
   output projection N D^2; MLP 2 N D I.
-- ATS layer, N_in tokens in and N_out out: k, v projections 2 N_in D^2; CLS query D^2; CLS attention row
-  N_in D (the scoring overhead); q projection of kept rows N_out D^2; attention of kept rows 2 N_out N_in D;
-  output projection N_out D^2; MLP 2 N_out D I.
+- ATS layer, N_in tokens in and N_out out: q, k, v projections 3 N_in D^2; CLS attention row N_in D (the
+  scoring overhead); attention of kept rows 2 N_out N_in D; output projection N_out D^2; MLP 2 N_out D I.
 - patch embedding (num_patches C p_h p_w D) and classifier head (D num_labels).
 LayerNorm, softmax, GELU, sorting and other element-wise work are not counted (as in the papers).
 """
@@ -67,12 +66,12 @@ def mac_breakdown(
     ats_layers = set(getattr(config, "ats_layers", []) or [])
     is_ats = torch.tensor([i in ats_layers for i in range(num_layers)], dtype=torch.bool, device=counts.device)
 
-    # Ordinary layer: q, k, v and output projections over all N rows. ATS layer: k, v over N_in, q and output over
-    # N_out (plus the CLS query, counted as scoring overhead).
-    projections = torch.where(is_ats, 2 * tokens_in + 2 * tokens_out, 4 * tokens_in) * hidden**2
+    # q, k and v over the N_in rows entering a layer; the output projection over the N_out rows leaving it (the same
+    # N rows in an ordinary layer).
+    projections = (3 * tokens_in + tokens_out) * hidden**2
     attention = 2 * tokens_out * tokens_in * hidden
     mlp = 2 * tokens_out * hidden * intermediate
-    ats_scoring = torch.where(is_ats, hidden**2 + tokens_in * hidden, torch.zeros_like(tokens_in))
+    ats_scoring = torch.where(is_ats, tokens_in * hidden, torch.zeros_like(tokens_in))
     num_labels = float(config.num_labels) if with_head else 0.0
     patches = float(num_input_tokens - 1)
     return MacBreakdown(

@@ -283,13 +283,14 @@ class AtsViTAttention(ViTAttention):
             return attn_output, attn_weights, None, None
 
         batch_size, num_tokens, _ = hidden_states.shape
+        queries = self.q_proj(hidden_states)
         key_states = self.k_proj(hidden_states).view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
         values = self.v_proj(hidden_states)
         value_states = values.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
 
         with torch.no_grad():  # the selection is discrete: no gradient flows through the scores
             # (B, 1, D) is laid out as (B, H, 1, head_dim): the CLS query of every head, no transpose needed.
-            cls_query = self.q_proj(hidden_states[:, :1]).view(batch_size, -1, 1, self.head_dim)
+            cls_query = queries[:, :1].view(batch_size, -1, 1, self.head_dim)
             cls_logits = torch.matmul(_as_float32(cls_query), _as_float32(key_states).transpose(2, 3))
             cls_logits = cls_logits.view(batch_size, -1, num_tokens) * self.scaling
             if token_mask is not None:
@@ -303,9 +304,10 @@ class AtsViTAttention(ViTAttention):
 
         attn_implementation = self.config._attn_implementation
         all_rows = token_mask is not None and attn_implementation.startswith("flash")
-        query_source = hidden_states if all_rows or kept_rows is None else _gather_rows(hidden_states, kept_rows)
-        query_states = self.q_proj(query_source).view(*query_source.shape[:2], -1, self.head_dim).transpose(1, 2)
-        mask = _attention_mask(self.config, query_source, hidden_states, token_mask)
+        if not all_rows and kept_rows is not None:
+            queries = _gather_rows(queries, kept_rows)
+        query_states = queries.view(*queries.shape[:2], -1, self.head_dim).transpose(1, 2)
+        mask = _attention_mask(self.config, queries, hidden_states, token_mask)
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
@@ -317,7 +319,7 @@ class AtsViTAttention(ViTAttention):
             scaling=self.scaling,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*query_source.shape[:2], -1)
+        attn_output = attn_output.reshape(*queries.shape[:2], -1)
         if all_rows and kept_rows is not None:
             # Flash kernels unpad queries by the key mask, so they attend from every real row; keep the kept ones.
             attn_output = _gather_rows(attn_output, kept_rows)
