@@ -536,6 +536,7 @@ def _attention_mask(config, queries: torch.Tensor, keys: torch.Tensor, token_mas
 
 
 def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor in float32 for scoring, without a dispatched no-op `.float()` call when it already is."""
     return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
