@@ -30,7 +30,7 @@ def test_max_tokens_resolution():
         (dict(ats_max_tokens=1), r"ats_max_tokens=1 is too small: an int must be >= 2"),
         (dict(ats_max_tokens=0.0), r"ats_max_tokens=0\.0 is outside \(0, 1\]"),
         (dict(ats_max_tokens=1.5), r"ats_max_tokens=1\.5 is outside \(0, 1\]"),
-        (dict(ats_max_tokens=[10, 20]), "ats_max_tokens has 2 entries but ats_layers has 3"),
+        (dict(ats_max_tokens=[10, 20]), r"ats_max_tokens=\[10, 20\] has 2 entries but ats_layers=\[1, 2, 3\] has 3"),
         (dict(ats_sampler="nearest"), r"ats_sampler='nearest' is unknown; choose one of inverse_transform, top_k"),
     ],
 )

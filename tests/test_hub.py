@@ -131,9 +131,8 @@ def test_loads_with_trust_remote_code_where_ats_hf_cannot_be_imported(checkpoint
     outputs = torch.load(tmp_path / "remote_outputs.pt")
     assert torch.equal(outputs["logits"], expected.logits)
     assert torch.equal(outputs["num_tokens"], expected.num_tokens)
-    assert len(outputs["sampled_token_indices"]) == len(expected.sampled_token_indices) == 3
-    for remote_kept, local_kept in zip(outputs["sampled_token_indices"], expected.sampled_token_indices, strict=True):
-        assert torch.equal(remote_kept, local_kept)
+    assert expected.sampled_token_indices.shape[1] == 3
+    assert torch.equal(outputs["sampled_token_indices"], expected.sampled_token_indices)
     assert len(set(expected.num_tokens[:, -1].tolist())) > 1  # the batch really had different kept counts
     dense_plain = dense_gmacs(tiny_ats_classifier().config)  # same geometry; a per-layer K list must not matter
     assert f"| dense (same weights, no token sampling) | {dense_plain:.4g} |" in card

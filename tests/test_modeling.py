@@ -7,6 +7,7 @@ from official_reference import reference_forward
 from transformers import ViTConfig, ViTForImageClassification
 
 from ats_hf import AtsViTForImageClassification, AtsViTModel
+from ats_hf.modeling_ats_vit import TokenState
 
 
 def build(attn_implementation="sdpa", peaky=True, **overrides):
@@ -16,7 +17,7 @@ def build(attn_implementation="sdpa", peaky=True, **overrides):
 
 
 def kept_lists(output, image_index):
-    return [row[row >= 0].tolist() for row in (t[image_index] for t in output.sampled_token_indices)]
+    return [row[row >= 0].tolist() for row in output.sampled_token_indices[image_index]]
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
@@ -53,7 +54,7 @@ def test_no_ats_layers_is_plain_vit(images, attn_implementation):
     assert (ours.logits - theirs.logits).abs().max() <= 1e-5
     for a, b in zip(ours.hidden_states, theirs.hidden_states):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    assert ours.num_tokens.eq(65).all() and ours.sampled_token_indices == ()
+    assert ours.num_tokens.eq(65).all() and ours.sampled_token_indices.shape == (len(images), 0, 0)
 
 
 @pytest.mark.parametrize("batch_size", [1, 6])
@@ -69,19 +70,20 @@ def test_keeping_every_token_is_plain_vit(images, batch_size):
     for a, b in zip(ours.hidden_states, theirs.hidden_states):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert ours.num_tokens.eq(65).all() and ours.token_mask.all()
-    assert [t.tolist() for t in ours.sampled_token_indices] == [[list(range(64))] * batch_size] * 3
+    assert ours.sampled_token_indices.tolist() == [[list(range(64))] * 3] * batch_size
 
 
 def test_ats_layer_rows_equal_plain_layer_rows():
     model = build("eager", ats_layers=[0])
     layer = model.vit.layers[0]
     hidden = torch.randn(4, 65, 32)
+    state = TokenState.initial(model.config, hidden, None)
     with torch.no_grad():
-        plain_rows, _, _ = layer(hidden)
-        kept_out, kept_rows, padding = layer(hidden, max_tokens=30)
-    assert kept_rows is not None and kept_out.shape[1] < 65 and padding is not None
-    expected = plain_rows.gather(1, kept_rows[..., None].expand(-1, -1, 32))
-    real = padding.token_mask
+        plain_rows, plain_state = layer(hidden, state)
+        kept_out, kept_state = layer(hidden, state, max_tokens=30)
+    assert plain_state is state and kept_out.shape[1] < 65 and kept_state.padding is not None
+    expected = plain_rows.gather(1, kept_state.positions[..., None].expand(-1, -1, 32))
+    real = kept_state.token_mask
     torch.testing.assert_close(kept_out[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
@@ -123,7 +125,7 @@ def test_eager_and_sdpa_agree(images):
     sdpa.load_state_dict(eager.state_dict())
     with torch.no_grad():
         a, b = eager(images), sdpa(images)
-    assert all(torch.equal(x, y) for x, y in zip(a.sampled_token_indices, b.sampled_token_indices))
+    assert torch.equal(a.sampled_token_indices, b.sampled_token_indices)
     torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
 
 
@@ -133,13 +135,15 @@ def test_outputs_are_consistent(images):
         output = model(images, output_hidden_states=True, output_attentions=True)
     config = model.config
     assert output.num_tokens.shape == (6, config.num_hidden_layers)
-    assert len(output.sampled_token_indices) == len(config.ats_layers)
+    assert output.sampled_token_indices.shape[:2] == (6, len(config.ats_layers))
     assert len(output.hidden_states) == config.num_hidden_layers + 1
     assert len(output.attentions) == config.num_hidden_layers
     previous = set(range(64))
-    for layer_position, (layer_index, indices) in enumerate(zip(config.ats_layers, output.sampled_token_indices)):
+    for layer_position, (layer_index, indices) in enumerate(zip(config.ats_layers, output.sampled_token_indices.unbind(1))):
         counts = output.num_tokens[:, layer_index]
-        assert indices.shape[1] == int(counts.max()) - 1
+        assert indices.shape[1] == int(output.num_tokens[:, config.ats_layers[0]].max()) - 1  # widest layer
+        indices = indices[:, : int(counts.max()) - 1]
+        assert (indices[:, int(counts.max()) - 1 :] == -1).all()
         assert torch.equal((indices >= 0).sum(1) + 1, counts)
         # Attentions of an ATS layer: kept query rows against all current keys.
         assert output.attentions[layer_index].shape[2] == indices.shape[1] + 1
@@ -181,7 +185,7 @@ def test_user_attention_mask_tokens_are_never_kept(images):
     assert torch.equal(output.num_tokens[:, 0], mask.sum(1))
     for i in range(6):
         masked_patches = set((mask[i, 1:] == 0).nonzero().flatten().tolist())
-        for indices in output.sampled_token_indices:
+        for indices in output.sampled_token_indices.unbind(1):
             assert not masked_patches & set(indices[i].tolist())
     with pytest.raises(ValueError, match="2-D mask of shape"):
         model(images, attention_mask=mask[:, 1:])
@@ -217,8 +221,8 @@ def test_training_selection_ignores_dropout_and_gradients_flow(images):
     model.train()
     first = model(images, labels=torch.arange(6) % 5)
     second = model(images)
-    assert torch.equal(first.sampled_token_indices[0], eval_output.sampled_token_indices[0])
-    assert torch.equal(second.sampled_token_indices[0], eval_output.sampled_token_indices[0])
+    assert torch.equal(first.sampled_token_indices[:, 0], eval_output.sampled_token_indices[:, 0])
+    assert torch.equal(second.sampled_token_indices[:, 0], eval_output.sampled_token_indices[:, 0])
     assert not torch.allclose(first.logits, second.logits), "dropout should be active"
     first.loss.backward()
     for name, parameter in model.named_parameters():
@@ -290,7 +294,7 @@ def test_flex_attention_agrees(images):
         model.set_attn_implementation("flex_attention")
         output = model(images)
     assert not output.token_mask.all(), "test needs a padded batch"
-    assert all(torch.equal(a, b) for a, b in zip(output.sampled_token_indices, expected.sampled_token_indices))
+    assert torch.equal(output.sampled_token_indices, expected.sampled_token_indices)
     torch.testing.assert_close(output.logits, expected.logits, atol=1e-5, rtol=1e-5)
 
 

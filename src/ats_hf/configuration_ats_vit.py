@@ -11,6 +11,28 @@ from transformers import ViTConfig
 ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
 
 
+def default_ats_layers(num_hidden_layers: int) -> list[int]:
+    """The official recipe scaled to depth: layers `L // 4 .. L - 1` (3..11 of a 12-layer model)."""
+    return list(range(num_hidden_layers // 4, num_hidden_layers))
+
+
+def patch_grid(config, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
+    """(rows, columns) of patches for `image_size` (default: the config's), square or rectangular patches."""
+    image_h, image_w = _pair(config.image_size if image_size is None else image_size)
+    patch_h, patch_w = _pair(config.patch_size)
+    return image_h // patch_h, image_w // patch_w
+
+
+def num_input_tokens(config, image_size: int | tuple[int, int] | None = None) -> int:
+    """Tokens entering the first encoder layer, CLS included, for `image_size` (default: the config's)."""
+    rows, columns = patch_grid(config, image_size)
+    return rows * columns + 1
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
 @strict
 class AtsViTConfig(ViTConfig):
     r"""
@@ -38,13 +60,19 @@ class AtsViTConfig(ViTConfig):
 
     def __post_init__(self, **kwargs):
         if self.ats_layers is None:
-            self.ats_layers = list(range(self.num_hidden_layers // 4, self.num_hidden_layers))
+            self.ats_layers = default_ats_layers(self.num_hidden_layers)
         super().__post_init__(**kwargs)
         self.check_ats_settings()
 
     def check_ats_settings(self) -> None:
-        """Normalise the ATS fields and raise `ValueError` naming any bad value and what is allowed."""
-        layers = self.ats_layers
+        """Normalise the ATS fields in place; raise `ValueError` naming any bad value and what is allowed."""
+        self.ats_layers, self.ats_max_tokens, self.ats_sampler = self.validated_ats_settings(
+            self.ats_layers, self.ats_max_tokens, self.ats_sampler
+        )
+
+    def validated_ats_settings(self, layers, max_tokens, sampler) -> tuple[list[int], object, str]:
+        """The given ATS settings checked against this config's depth and normalised (layers sorted, lists for
+        tuples), without changing the config. Raises `ValueError` naming the bad value and the allowed range."""
         if not isinstance(layers, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
             raise ValueError(f"ats_layers must be a list of layer indices (ints), got {layers!r}.")
         bad = [i for i in layers if not 0 <= i < self.num_hidden_layers]
@@ -55,23 +83,23 @@ class AtsViTConfig(ViTConfig):
             )
         if len(set(layers)) != len(layers):
             raise ValueError(f"ats_layers={list(layers)} has duplicate indices; each layer may be listed once.")
-        self.ats_layers = sorted(layers)
 
-        max_tokens = self.ats_max_tokens
         if isinstance(max_tokens, (list, tuple)):
-            if len(max_tokens) != len(self.ats_layers):
+            if len(max_tokens) != len(layers):
                 raise ValueError(
-                    f"ats_max_tokens has {len(max_tokens)} entries but ats_layers has {len(self.ats_layers)}; "
-                    "give one value per ATS layer, or a single value for all."
+                    f"ats_max_tokens={list(max_tokens)} has {len(max_tokens)} entries but ats_layers={list(layers)} "
+                    f"has {len(layers)}; give one value per ATS layer, or a single value for all."
                 )
             for value in max_tokens:
                 _check_max_tokens_value(value)
-            self.ats_max_tokens = list(max_tokens)
+            # One value per layer, in the order of the layers as given; stored in ascending layer order.
+            max_tokens = [value for _, value in sorted(zip(layers, max_tokens))]
         else:
             _check_max_tokens_value(max_tokens)
 
-        if self.ats_sampler not in ATS_SAMPLERS:
-            raise ValueError(f"ats_sampler={self.ats_sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
+        if not isinstance(sampler, str) or sampler not in ATS_SAMPLERS:
+            raise ValueError(f"ats_sampler={sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
+        return sorted(layers), max_tokens, sampler
 
     def resolve_ats_max_tokens(self, num_reference_tokens: int) -> dict[int, int]:
         """K of every ATS layer, for a model whose embeddings output `num_reference_tokens` tokens (CLS included).
@@ -117,4 +145,4 @@ def _check_max_tokens_value(value) -> None:
         raise ValueError(f"ats_max_tokens={value} is outside (0, 1]: a float is a fraction of the initial tokens.")
 
 
-__all__ = ["AtsViTConfig"]
+__all__ = ["ATS_SAMPLERS", "AtsViTConfig", "default_ats_layers", "num_input_tokens", "patch_grid"]

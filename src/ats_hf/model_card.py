@@ -180,7 +180,7 @@ model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remo
 with torch.no_grad():
     outputs = model(**processor(Image.open("image.jpg"), return_tensors="pt"))
 outputs.num_tokens             # (batch, num_layers): tokens each layer outputs, CLS included
-outputs.sampled_token_indices  # per ATS layer, (batch, max_kept): kept patch positions, -1 padded
+outputs.sampled_token_indices  # (batch, ATS layers, max_kept): kept patch positions, -1 padded
 ```
 """
 

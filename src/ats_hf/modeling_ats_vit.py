@@ -154,9 +154,22 @@ TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], tor
 }
 
 
+def sample_patch_tokens(
+    sampler: str, scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int
+) -> torch.Tensor:
+    """The patch tokens `sampler` (a name in `TOKEN_SAMPLERS`) keeps. (B, P) scores -> (B, P) bool.
+
+    An image whose scores are not finite (a NaN or inf in its input makes its whole row NaN) cannot be ranked: it
+    keeps every real patch token, so it never falls below the documented minimum and is never counted as cheap.
+    """
+    kept = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens)
+    unscorable = scores.isnan().any(dim=1, keepdim=True)
+    return kept | (unscorable if patch_mask is None else unscorable & patch_mask)
+
+
 @dataclass
 class PaddingLayout:
-    """Where the real tokens of a padded (B, M, D) batch are: real tokens packed to the front of each row."""
+    """Where the real tokens of a padded (B, M, D) batch are."""
 
     token_mask: torch.Tensor
     """(B, M) bool, True for real tokens."""
@@ -166,13 +179,12 @@ class PaddingLayout:
     """(B * M,) long, each flattened row's position among the T real rows, or T for a padding row."""
 
     @classmethod
-    def from_counts(cls, counts: torch.Tensor, num_rows: int, num_real: int) -> "PaddingLayout":
-        """counts: (B,) real tokens per image (packed to the front), num_rows = M, num_real = counts.sum()."""
-        token_mask = torch.arange(num_rows, device=counts.device) < counts[:, None]
-        starts = torch.cumsum(counts, dim=0) - counts
-        packed_index = torch.where(token_mask, starts[:, None] + torch.arange(num_rows, device=counts.device), num_real)
-        real_rows = torch.nonzero_static(token_mask.flatten(), size=num_real).flatten()
-        return cls(token_mask, real_rows, packed_index.flatten())
+    def from_mask(cls, token_mask: torch.Tensor, num_real: int) -> "PaddingLayout":
+        """token_mask: (B, M) bool with `num_real` True entries (known on the host, so no read happens here)."""
+        flat = token_mask.flatten()
+        real_rows = torch.nonzero_static(flat, size=num_real).flatten()
+        packed_index = (torch.cumsum(flat, dim=0) - 1).masked_fill_(~flat, num_real)
+        return cls(token_mask, real_rows, packed_index)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """(T, ...) values of the real rows -> (B * M, ...) with zeros in padding rows, by one gather."""
@@ -198,7 +210,74 @@ def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, PaddingL
     kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
     if largest == smallest:
         return kept_rows, None
-    return kept_rows, PaddingLayout.from_counts(counts, largest, total)
+    return kept_rows, PaddingLayout.from_mask(torch.arange(largest, device=counts.device) < counts[:, None], total)
+
+
+@dataclass
+class TokenState:
+    """What the layers know about the rows of the (B, M, D) hidden states besides their values."""
+
+    positions: torch.Tensor
+    """(B, M) long: each row's index in the first layer's input (0 = CLS, 1 + p = patch p); 0 in padding rows."""
+    padding: PaddingLayout | None
+    """Where the real rows are; None when every row is real."""
+    attention_mask: torch.Tensor | None
+    """The M rows' mask over each other, prepared for the configured attention implementation (None: no mask)."""
+
+    @property
+    def token_mask(self) -> torch.Tensor | None:
+        """(B, M) bool, True for real rows; None when every row is real."""
+        return None if self.padding is None else self.padding.token_mask
+
+    def num_real(self, batch_size: int) -> torch.Tensor:
+        """(B,) long: real rows per image."""
+        if self.padding is None:
+            return self.positions.new_full((batch_size,), self.positions.shape[1])
+        return self.padding.token_mask.sum(dim=1)
+
+    def keep(
+        self, config: AtsViTConfig, kept_rows: torch.Tensor, padding: PaddingLayout | None, rows: torch.Tensor
+    ) -> "TokenState":
+        """The state of the rows `kept_rows` (B, M') picked from the current ones, laid out as `padding`.
+        `rows` (B, M', D) are the kept rows' values (their dtype sets the mask's)."""
+        positions = self.positions.gather(1, kept_rows)
+        if padding is not None:
+            positions = positions.masked_fill(~padding.token_mask, 0)
+        return TokenState(positions, padding, _self_attention_mask(config, rows, padding))
+
+    @classmethod
+    def initial(
+        cls, config: AtsViTConfig, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> "TokenState":
+        """The state of the first layer's (B, L, D) input rows under a user's (B, L) `attention_mask` (1 = real)."""
+        batch_size, num_tokens = hidden_states.shape[:2]
+        positions = torch.arange(num_tokens, device=hidden_states.device).expand(batch_size, -1)
+        padding = _input_padding(attention_mask, batch_size, num_tokens, hidden_states.device)
+        return cls(positions, padding, _self_attention_mask(config, hidden_states, padding))
+
+
+def _input_padding(
+    attention_mask: torch.Tensor | None, batch_size: int, num_tokens: int, device: torch.device
+) -> PaddingLayout | None:
+    """A user's 2-D attention mask over input tokens as a padding layout, or None when it masks nothing."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != (batch_size, num_tokens):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; ATS-ViT takes a 2-D mask of shape "
+            f"(batch_size, sequence_length) = ({batch_size}, {num_tokens}), CLS first."
+        )
+    token_mask = attention_mask.to(device=device, dtype=torch.bool)
+    num_real, cls_masked = torch.stack([token_mask.sum(), (~token_mask[:, 0]).sum()]).tolist()
+    if cls_masked:
+        images = (~token_mask[:, 0]).nonzero().flatten().tolist()
+        raise ValueError(
+            f"attention_mask masks the CLS token (position 0) of image(s) {images}; every image needs its CLS token "
+            "(its attention row scores the patches and its output is the prediction), so position 0 must be 1."
+        )
+    if num_real == token_mask.numel():
+        return None
+    return PaddingLayout.from_mask(token_mask, num_real)
 
 
 def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -216,39 +295,37 @@ def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class AtsViTModelOutput(BaseModelOutputWithPooling):
-    r"""
-    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-        Final hidden states. Real tokens are packed to the front of each row; see `token_mask`.
+_OUTPUT_DOC = r"""
     num_tokens (`torch.LongTensor` of shape `(batch_size, num_hidden_layers)`):
         Real tokens (CLS included) each layer outputs for each image.
-    sampled_token_indices (`tuple[torch.LongTensor]`, one per ATS layer, each `(batch_size, max_kept)`):
-        Original patch positions (0-based over patches, CLS excluded) of the patch tokens the layer kept, in
-        ascending order, padded with -1.
-    token_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`):
-        True where `last_hidden_state` holds a real token, False for padding.
-    """
+    sampled_token_indices (`torch.LongTensor` of shape `(batch_size, num_ats_layers, max_kept)`):
+        For each image and ATS layer, the original patch positions (0-based over patches, CLS excluded) of the patch
+        tokens the layer kept, ascending, padded with -1. `max_kept` is the most any image kept in any ATS layer;
+        with no ATS layers the shape is `(batch_size, 0, 0)`.
+    token_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+        1 where the final hidden states hold a real token, 0 for padding (transformers' attention-mask convention).
+"""
 
+
+@dataclass
+class AtsViTModelOutput(BaseModelOutputWithPooling):
     num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: tuple[torch.LongTensor, ...] | None = None
-    token_mask: torch.BoolTensor | None = None
+    sampled_token_indices: torch.LongTensor | None = None
+    token_mask: torch.LongTensor | None = None
 
 
 @dataclass
 class AtsImageClassifierOutput(ImageClassifierOutput):
-    r"""
-    num_tokens (`torch.LongTensor` of shape `(batch_size, num_hidden_layers)`):
-        Real tokens (CLS included) each layer outputs for each image.
-    sampled_token_indices (`tuple[torch.LongTensor]`, one per ATS layer, each `(batch_size, max_kept)`):
-        Original patch positions of the patch tokens each ATS layer kept, ascending, padded with -1.
-    token_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`):
-        True where the final hidden states hold a real token, False for padding.
-    """
-
     num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: tuple[torch.LongTensor, ...] | None = None
-    token_mask: torch.BoolTensor | None = None
+    sampled_token_indices: torch.LongTensor | None = None
+    token_mask: torch.LongTensor | None = None
+
+
+AtsViTModelOutput.__doc__ = (
+    "[`BaseModelOutputWithPooling`] of ATS-ViT; `last_hidden_state` holds real tokens packed to the front of each "
+    "row (see `token_mask`).\n" + _OUTPUT_DOC
+)
+AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of ATS-ViT.\n" + _OUTPUT_DOC
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -260,28 +337,23 @@ class AtsViTAttention(ViTAttention):
     """ViT self-attention that, in an ATS layer, scores and samples tokens and attends only from the kept rows."""
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
-        max_tokens: int | None = None,
-        **kwargs,
+        self, hidden_states: torch.Tensor, state: TokenState, max_tokens: int | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, PaddingLayout | None]:
         """
         Args:
             hidden_states: (B, L, D), already layer-normed.
-            attention_mask: the mask of all L rows prepared for the attention implementation (non-ATS layers).
-            token_mask: (B, L) bool, True for real tokens; None if all are real.
+            state: the L rows' positions, padding and attention mask.
             max_tokens: K for an ATS layer; None for an ordinary layer.
         Returns:
             attention output (B, M, D) after the output projection, attention probabilities (eager only, else
             None), kept_rows (B, M) into the L input rows (None if nothing was sampled, or if every row was kept
-            in place), and the padding layout of the M output rows (None if unpadded or nothing was sampled).
+            in place), and the padding layout of the M output rows (None if unpadded).
         """
         if max_tokens is None:
-            attn_output, attn_weights = super().forward(hidden_states, attention_mask, **kwargs)
-            return attn_output, attn_weights, None, None
+            attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
+            return attn_output, attn_weights, None, state.padding
 
+        token_mask = state.token_mask
         batch_size, num_tokens, _ = hidden_states.shape
         queries = self.q_proj(hidden_states)
         key_states = self.k_proj(hidden_states).view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
@@ -297,7 +369,7 @@ class AtsViTAttention(ViTAttention):
                 cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
             scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
             patch_mask = None if token_mask is None else token_mask[:, 1:]
-            kept_patches = TOKEN_SAMPLERS[self.config.ats_sampler](scores, patch_mask, max_tokens)
+            kept_patches = sample_patch_tokens(self.config.ats_sampler, scores, patch_mask, max_tokens)
             kept_rows, kept_padding = pack_kept_tokens(kept_patches)
             if token_mask is None and kept_padding is None and kept_rows.shape[1] == num_tokens:
                 kept_rows = None  # every row kept, in place: nothing to gather
@@ -335,31 +407,21 @@ class AtsViTLayer(ViTLayer):
         self.layer_index = layer_index
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        padding: PaddingLayout | None = None,
-        max_tokens: int | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, PaddingLayout | None]:
+        self, hidden_states: torch.Tensor, state: TokenState, max_tokens: int | None = None, **kwargs
+    ) -> tuple[torch.Tensor, TokenState]:
         """
         Args:
             hidden_states: (B, L, D).
-            attention_mask: mask of the L rows prepared for the attention implementation, or None.
-            padding: where the real rows of `hidden_states` are; None if all rows are real.
+            state: the L rows' positions, padding and attention mask.
             max_tokens: K if this layer samples tokens, else None.
         Returns:
-            hidden_states (B, M, D); kept_rows (B, M) into the L input rows and the output's padding layout if
-            this layer dropped or moved rows, else None and the input's layout.
+            hidden_states (B, M, D) and the state of its M rows (the input's when no row was dropped or moved).
         """
         residual = hidden_states
-        token_mask = None if padding is None else padding.token_mask
-        attn_output, _, kept_rows, kept_padding = self.attention(
-            self.layernorm_before(hidden_states), attention_mask, token_mask, max_tokens, **kwargs
-        )
+        attn_output, _, kept_rows, padding = self.attention(self.layernorm_before(hidden_states), state, max_tokens, **kwargs)
         if kept_rows is not None:
             residual = _gather_rows(residual, kept_rows)
-            padding = kept_padding
+            state = state.keep(self.attention.config, kept_rows, padding, residual)
         hidden_states = self.dropout(attn_output) + residual
         if padding is None:
             hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
@@ -368,7 +430,7 @@ class AtsViTLayer(ViTLayer):
             real = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, padding.real_rows)
             update = self.dropout(self.mlp(self.layernorm_after(real)))
             hidden_states = hidden_states + padding.unpack(update).view_as(hidden_states)
-        return hidden_states, kept_rows, padding
+        return hidden_states, state
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -381,6 +443,7 @@ _REMOTE_CODE_AUTO_MAP = {
     "AutoModel": "modeling_ats_vit.AtsViTModel",
     "AutoModelForImageClassification": "modeling_ats_vit.AtsViTForImageClassification",
 }
+_UNCHANGED = object()
 
 
 class AtsViTPreTrainedModel(ViTPreTrainedModel):
@@ -388,24 +451,62 @@ class AtsViTPreTrainedModel(ViTPreTrainedModel):
     config: AtsViTConfig
     _no_split_modules = ["ViTEmbeddings", "AtsViTLayer"]
 
+    @property
+    def ats_settings(self) -> dict:
+        """The ATS settings in force: `{"layers": [...], "max_tokens": ..., "sampler": ...}` (`set_ats`'s arguments)."""
+        config = self.config
+        return {"layers": list(config.ats_layers), "max_tokens": config.ats_max_tokens, "sampler": config.ats_sampler}
+
+    def set_ats(self, *, layers=_UNCHANGED, max_tokens=_UNCHANGED, sampler=_UNCHANGED) -> dict:
+        """Switch Adaptive Token Sampling on this built model; arguments left out keep their current values.
+
+        Args:
+            layers: 0-based indices of the layers that sample tokens (`[]`: plain ViT).
+            max_tokens: K: None (all tokens, the paper), an int >= 2, a fraction in (0, 1], or one per layer.
+            sampler: "inverse_transform" (ATS), "top_k" or "random".
+        Returns:
+            The previous settings, so that `model.set_ats(**previous)` restores them.
+        Raises `ValueError` naming the bad value and the allowed range; then nothing changes. Assigning the config
+        fields directly also works (they are validated at the next forward pass); this checks them at once.
+        """
+        previous = self.ats_settings
+        config = self.config
+        if layers is not _UNCHANGED and max_tokens is _UNCHANGED and isinstance(config.ats_max_tokens, list):
+            if len(layers) != len(config.ats_max_tokens):
+                raise ValueError(
+                    f"set_ats(layers={layers!r}) leaves the per-layer ats_max_tokens={config.ats_max_tokens} "
+                    f"({len(config.ats_max_tokens)} values); pass max_tokens too: one value, or one per layer."
+                )
+        settings = (
+            previous["layers"] if layers is _UNCHANGED else layers,
+            previous["max_tokens"] if max_tokens is _UNCHANGED else max_tokens,
+            previous["sampler"] if sampler is _UNCHANGED else sampler,
+        )
+        config.ats_layers, config.ats_max_tokens, config.ats_sampler = config.validated_ats_settings(*settings)
+        return previous
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, but a checkpoint that would leave weights randomly initialised is an
-        error, not a warning. Only a task head (`classifier`, `pooler`) may be new; so may any weight whose shape
-        the user chose to replace with `ignore_mismatched_sizes=True`. Unexpected weights are an error too, except
-        a head the loaded class has no place for."""
-        output_loading_info = kwargs.pop("output_loading_info", False)
+        error, not a warning. Only a task head (`classifier`, `pooler`) may be new, and the mask token of a model
+        built with `use_mask_token=True`; so may any weight whose shape the user chose to replace with
+        `ignore_mismatched_sizes=True`. Unexpected weights are an error too, except a head the loaded class has no
+        place for. To load partially on purpose, pass `output_loading_info=True`: it returns `(model, info)` with
+        transformers' usual missing / unexpected / mismatched keys instead of raising."""
+        if kwargs.get("output_loading_info"):
+            return super().from_pretrained(*args, **kwargs)
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = sorted(key for key in loading_info["missing_keys"] if not _is_head_weight(key))
+        missing = sorted(key for key in loading_info["missing_keys"] if not _may_be_new(key))
         unexpected = sorted(key for key in loading_info["unexpected_keys"] if not _is_head_weight(key))
         if missing or unexpected:
             raise ValueError(
                 f"Loading {cls.__name__} from {args[0] if args else kwargs.get('pretrained_model_name_or_path')!r} "
                 f"would leave {len(missing)} weight(s) randomly initialised {missing[:8]} and ignore "
                 f"{len(unexpected)} checkpoint weight(s) {unexpected[:8]}. Expected a ViT/DeiT (non-distilled) or "
-                "ATS-ViT checkpoint of the same architecture."
+                "ATS-ViT checkpoint of the same architecture; pass output_loading_info=True to load partially and "
+                "inspect the keys yourself."
             )
-        return (model, loading_info) if output_loading_info else model
+        return model
 
     def save_pretrained(self, *args, save_original_format: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained`, writing current weight names by default, so that every reader
@@ -428,6 +529,7 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
         self.layers = nn.ModuleList([AtsViTLayer(config, index) for index in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViTPooler(config) if add_pooling_layer else None
+        self._resolved_settings = (None, {})
         self.post_init()
 
     @merge_with_config_defaults
@@ -448,7 +550,7 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
         interpolate_pos_encoding (`bool`, *optional*):
             Interpolate position embeddings to the input size; K defaults then follow the actual token count.
         attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
-            1 for tokens to attend to, 0 for tokens to ignore (CLS first). Ignored tokens are never kept.
+            1 for tokens to attend to, 0 for tokens to ignore (CLS first, never 0). Ignored tokens are never kept.
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required.")
@@ -458,62 +560,44 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             bool_masked_pos=bool_masked_pos,
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
-        batch_size, num_reference_tokens, _ = hidden_states.shape
-        padding = self._input_padding(attention_mask, batch_size, num_reference_tokens, hidden_states.device)
-        max_tokens = self.config.resolve_ats_max_tokens(num_reference_tokens)
-
-        positions = torch.arange(num_reference_tokens, device=hidden_states.device).expand(batch_size, -1)
-        layer_mask = _layer_attention_mask(self.config, hidden_states, padding)
+        batch_size = hidden_states.shape[0]
+        max_tokens = self._ats_max_tokens(hidden_states.shape[1])
+        state = TokenState.initial(self.config, hidden_states, attention_mask)
         num_tokens, sampled_token_indices = [], []
         for layer in self.layers:
             layer_max_tokens = max_tokens.get(layer.layer_index)
-            hidden_states, kept_rows, padding = layer(hidden_states, layer_mask, padding, layer_max_tokens, **kwargs)
-            if kept_rows is not None:
-                positions = positions.gather(1, kept_rows)
-                if padding is not None:
-                    positions = positions.masked_fill(~padding.token_mask, 0)
-                layer_mask = _layer_attention_mask(self.config, hidden_states, padding)
+            hidden_states, state = layer(hidden_states, state, layer_max_tokens, **kwargs)
+            num_tokens.append(state.num_real(batch_size))
             if layer_max_tokens is not None:
-                sampled_token_indices.append(positions[:, 1:] - 1)
-            num_tokens.append(hidden_states.shape[1] if padding is None else padding.token_mask.sum(dim=1))
+                sampled_token_indices.append(state.positions[:, 1:] - 1)
 
         sequence_output = self.layernorm(hidden_states)
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        if padding is None:
-            token_mask = torch.ones(batch_size, hidden_states.shape[1], dtype=torch.bool, device=hidden_states.device)
-        else:
-            token_mask = padding.token_mask
+        token_mask = state.token_mask
         return AtsViTModelOutput(
             last_hidden_state=sequence_output,
-            pooler_output=pooled_output,
-            num_tokens=_stack_counts(num_tokens, batch_size, hidden_states.device),
-            sampled_token_indices=tuple(sampled_token_indices),
-            token_mask=token_mask,
+            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
+            num_tokens=torch.stack(num_tokens, dim=1),
+            sampled_token_indices=_stack_padded(sampled_token_indices, batch_size, hidden_states.device),
+            token_mask=state.positions.new_ones(state.positions.shape) if token_mask is None else token_mask.long(),
         )
 
-    @staticmethod
-    def _input_padding(
-        attention_mask: torch.Tensor | None, batch_size: int, num_tokens: int, device: torch.device
-    ) -> PaddingLayout | None:
-        """A user's 2-D attention mask over input tokens as a padding layout, or None when it masks nothing."""
-        if attention_mask is None:
-            return None
-        if attention_mask.shape != (batch_size, num_tokens):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}; ATS-ViT takes a 2-D mask of shape "
-                f"(batch_size, sequence_length) = ({batch_size}, {num_tokens}), CLS first."
-            )
-        token_mask = attention_mask.to(device=device, dtype=torch.bool)
-        num_real = int(token_mask.sum())
-        if num_real == token_mask.numel():
-            return None
-        real_rows = torch.nonzero_static(token_mask.flatten(), size=num_real).flatten()
-        packed_index = torch.full((token_mask.numel(),), num_real, dtype=torch.long, device=device)
-        packed_index[real_rows] = torch.arange(num_real, device=device)
-        return PaddingLayout(token_mask, real_rows, packed_index)
+    def _ats_max_tokens(self, num_reference_tokens: int) -> dict[int, int]:
+        """`{layer_index: K}` for the ATS settings in the config now. Settings changed since the last forward pass
+        are validated first (a bad value raises `ValueError`), so a change always takes effect or fails loudly."""
+        config = self.config
+        key = (_frozen(config.ats_layers), _frozen(config.ats_max_tokens), config.ats_sampler, num_reference_tokens)
+        if key != self._resolved_settings[0]:
+            config.check_ats_settings()
+            self._resolved_settings = (key, config.resolve_ats_max_tokens(num_reference_tokens))
+        return self._resolved_settings[1]
 
 
-def _layer_attention_mask(config, hidden_states: torch.Tensor, padding: PaddingLayout | None):
+def _frozen(value):
+    """A list setting as a tuple, so that comparing it with an earlier copy sees in-place edits."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _self_attention_mask(config, hidden_states: torch.Tensor, padding: PaddingLayout | None):
     """The mask of (B, L) rows attending to themselves, for the configured attention implementation."""
     return _attention_mask(config, hidden_states, hidden_states, None if padding is None else padding.token_mask)
 
@@ -545,13 +629,17 @@ def _is_head_weight(key: str) -> bool:
     return key.split(".")[0] in ("classifier", "pooler") or key.startswith("vit.pooler.")
 
 
-def _stack_counts(counts: list, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Per-layer counts (ints for unpadded layers, (B,) tensors otherwise) -> (B, num_layers) long."""
-    columns = [
-        c.to(torch.long) if isinstance(c, torch.Tensor) else torch.full((batch_size,), c, dtype=torch.long, device=device)
-        for c in counts
-    ]
-    return torch.stack(columns, dim=1)
+def _may_be_new(key: str) -> bool:
+    """Weights a checkpoint may lack: a task head, or the mask token the user asked for (`use_mask_token=True`)."""
+    return _is_head_weight(key) or key.endswith("embeddings.mask_token")
+
+
+def _stack_padded(rows: list[torch.Tensor], batch_size: int, device: torch.device) -> torch.Tensor:
+    """Per-layer (B, m_i) index tensors -> (B, layers, max m_i), padded with -1; (B, 0, 0) for no layers."""
+    if not rows:
+        return torch.empty(batch_size, 0, 0, dtype=torch.long, device=device)
+    width = max(row.shape[1] for row in rows)
+    return torch.stack([torch.nn.functional.pad(row, (0, width - row.shape[1]), value=-1) for row in rows], dim=1)
 
 
 class AtsViTForImageClassification(AtsViTPreTrainedModel, ViTForImageClassification):
@@ -606,6 +694,8 @@ for _class_name in ("AtsViTModel",):
 
 __all__ = [
     "AtsImageClassifierOutput",
+    "TokenState",
+    "sample_patch_tokens",
     "AtsViTForImageClassification",
     "AtsViTModel",
     "AtsViTModelOutput",

@@ -16,17 +16,16 @@ GAP = 8  # pixels between and around panels
 DIM = 0.25  # brightness of dropped patches
 
 
-def kept_patch_grids(sampled_token_indices: tuple[torch.Tensor, ...], grid_size: tuple[int, int]) -> list[torch.Tensor]:
+def kept_patch_grids(sampled_token_indices: torch.Tensor, grid_size: tuple[int, int]) -> list[torch.Tensor]:
     """Kept-patch maps of the first image: one (grid_h, grid_w) bool tensor per ATS layer.
 
     Args:
-        sampled_token_indices: the model output's tuple of (B, max_kept) original patch positions, -1 padded.
+        sampled_token_indices: the model output's (B, ats_layers, max_kept) original patch positions, -1 padded.
         grid_size: (grid_h, grid_w) patches of the input image.
     """
     grids = []
-    for indices in sampled_token_indices:
+    for positions in sampled_token_indices[0].cpu():
         kept = torch.zeros(grid_size[0] * grid_size[1], dtype=torch.bool)
-        positions = indices[0].cpu()
         kept[positions[positions >= 0]] = True
         grids.append(kept.view(grid_size))
     return grids
