@@ -1,0 +1,175 @@
+"""The one grammar for ATS settings on command lines and in scripts, and applying settings to a model.
+
+Grammar (every command and the example script take the same forms; values may be separated by commas, spaces
+or both, so `--ats-layers 3-11`, `--ats-layers 3 4 5` and `--ats-layers 1,3,5-7` all work):
+
+    layers      "none" (plain ViT) | ITEM ("," ITEM)*     ITEM = INT | INT "-" INT (inclusive, first <= last)
+    max_tokens  VALUE ("," VALUE)*                        VALUE = "all" | INT >= 2 | FRACTION in (0, 1]
+                one value for every ATS layer, or one per ATS layer
+    sampler     "inverse_transform" | "top_k" | "random"
+
+Whether the layers exist and the number of K values fits is checked against the model by `set_ats`.
+"""
+
+import argparse
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+
+from .configuration_ats_vit import ATS_SAMPLERS
+
+MaxTokens = int | float | list[int | float | None] | None
+
+LAYERS_HELP = "ATS layers, 0-based: '3-11', '3 4 5', '1,3,5-7' or 'none' (plain ViT)"
+MAX_TOKENS_HELP = "K, most tokens kept incl. CLS: 'all', an int >= 2 or a fraction in (0, 1]; one, or one per layer"
+SAMPLER_HELP = f"token sampler: {', '.join(ATS_SAMPLERS)}"
+
+
+def _parts(text: str | Iterable[str]) -> list[str]:
+    """'1, 3 5-7' or ['1,3', '5-7'] -> ['1', '3', '5-7']."""
+    joined = text if isinstance(text, str) else " ".join(text)
+    return [part for part in joined.replace(",", " ").split() if part]
+
+
+def parse_layers(text: str | Iterable[str]) -> list[int]:
+    """'3-11' -> [3, ..., 11]; '1,3,5-7' -> [1, 3, 5, 6, 7]; 'none' -> [] (plain ViT). ValueError otherwise."""
+    parts = _parts(text)
+    shown = text if isinstance(text, str) else " ".join(text)
+    if not parts:
+        raise ValueError("ats layers: nothing given; write 'none' for no ATS layers, or e.g. '3-11'.")
+    if [part.lower() for part in parts] == ["none"]:
+        return []
+    layers = []
+    for part in parts:
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(
+                f"ats layers {shown!r}: {part!r} is not a layer index (int >= 0) or an inclusive range like '3-11'."
+            )
+        start, stop = int(first), int(last) if dash else int(first)
+        if stop < start:
+            raise ValueError(f"ats layers {shown!r}: the range {part!r} is reversed; write '{stop}-{start}'.")
+        layers.extend(range(start, stop + 1))
+    return layers
+
+
+def parse_max_tokens(text: str | Iterable[str]) -> MaxTokens:
+    """'all' -> None; '0.5' -> a fraction; '100' -> a count; several values -> one per ATS layer."""
+    parts = _parts(text)
+    shown = text if isinstance(text, str) else " ".join(text)
+    if not parts:
+        raise ValueError("ats max tokens: nothing given; write 'all', an int >= 2 or a fraction in (0, 1].")
+    values = [_max_tokens_value(part, shown) for part in parts]
+    return values[0] if len(values) == 1 else values
+
+
+def _max_tokens_value(part: str, shown: str) -> int | float | None:
+    if part.lower() == "all":
+        return None
+    try:
+        value = float(part) if any(c in part for c in ".eE") else int(part)
+    except ValueError:
+        value = None
+    if isinstance(value, int) and value >= 2 or isinstance(value, float) and 0.0 < value <= 1.0:
+        return value
+    raise ValueError(f"ats max tokens {shown!r}: {part!r} is not 'all', an int >= 2 or a fraction in (0, 1].")
+
+
+def parse_sampler(text: str) -> str:
+    """A sampler name, checked."""
+    if text not in ATS_SAMPLERS:
+        raise ValueError(f"ats sampler {text!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
+    return text
+
+
+def _argparse_type(parse):
+    """Wrap a parser so that argparse reports its ValueError as a usage error (exit status 2, no traceback)."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
+class _JoinedValues(argparse.Action):
+    """Collect `nargs="+"` strings and parse them together with one grammar function."""
+
+    def __init__(self, *args, parse, **kwargs):
+        self.parse = parse
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, self.parse(values))
+        except ValueError as error:
+            parser.error(f"{option_string}: {error}")
+
+
+def add_ats_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, sampler: bool = True) -> None:
+    """`--ats-layers`, `--ats-max-tokens` (and `--ats-sampler`) in the one grammar. An option left out sets no
+    attribute at all (keep the model's setting); read them with `settings_from_args`."""
+    parser.add_argument("--ats-layers", nargs="+", action=_JoinedValues, parse=parse_layers, metavar="LAYERS",
+                        default=argparse.SUPPRESS, help=LAYERS_HELP + " (default: the model's)")
+    parser.add_argument("--ats-max-tokens", nargs="+", action=_JoinedValues, parse=parse_max_tokens, metavar="K",
+                        default=argparse.SUPPRESS, help=MAX_TOKENS_HELP + " (default: the model's)")
+    if sampler:
+        parser.add_argument("--ats-sampler", type=_argparse_type(parse_sampler), metavar="NAME",
+                            default=argparse.SUPPRESS, help=SAMPLER_HELP + " (default: the model's)")
+
+
+def settings_from_args(args: argparse.Namespace) -> dict:
+    """The `set_ats` keyword arguments a command line gave; options left out are not in the dict."""
+    return {key: getattr(args, f"ats_{key}") for key in ("layers", "max_tokens", "sampler") if hasattr(args, f"ats_{key}")}
+
+
+@contextlib.contextmanager
+def ats_settings_applied(model, **settings) -> Iterator:
+    """Run `model` with `set_ats(**settings)` inside the block; the previous settings come back afterwards."""
+    previous = model.set_ats(**settings)
+    try:
+        yield model
+    finally:
+        model.set_ats(**previous)
+
+
+def format_settings(layers: Sequence[int], max_tokens: MaxTokens, sampler: str) -> str:
+    """Settings in the grammar above, e.g. 'layers 3-11, K all, inverse_transform'."""
+    return f"layers {format_layers(layers)}, K {format_max_tokens(max_tokens)}, {sampler}"
+
+
+def format_layers(layers: Sequence[int]) -> str:
+    """[3, 4, 5, 7] -> '3-5,7'; [] -> 'none' (parse_layers reads it back)."""
+    if not layers:
+        return "none"
+    runs = []
+    for layer in layers:
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
+
+
+def format_max_tokens(max_tokens: MaxTokens) -> str:
+    """None -> 'all'; [0.5, None] -> '0.5,all' (parse_max_tokens reads it back)."""
+    values = max_tokens if isinstance(max_tokens, list | tuple) else [max_tokens]
+    return ",".join("all" if value is None else str(value) for value in values)
+
+
+__all__ = [
+    "LAYERS_HELP",
+    "MAX_TOKENS_HELP",
+    "SAMPLER_HELP",
+    "add_ats_arguments",
+    "ats_settings_applied",
+    "format_layers",
+    "format_max_tokens",
+    "format_settings",
+    "parse_layers",
+    "parse_max_tokens",
+    "parse_sampler",
+    "settings_from_args",
+]
