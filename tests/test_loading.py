@@ -111,3 +111,23 @@ def test_auto_classes_resolve_ats_vit(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "ats_vit"
     assert saved["auto_map"]["AutoModelForImageClassification"].endswith("AtsViTForImageClassification")
+
+
+def test_a_mask_token_the_user_asks_for_may_be_new(tmp_path, images):
+    AtsViTModel(tiny_config()).save_pretrained(tmp_path)
+    model = AtsViTModel.from_pretrained(tmp_path, use_mask_token=True).eval()
+    assert model.embeddings.mask_token is not None
+    masked = torch.zeros(6, 64, dtype=torch.bool)
+    masked[:, :10] = True
+    with torch.no_grad():
+        assert not torch.equal(model(images, bool_masked_pos=masked).pooler_output, model(images).pooler_output)
+
+
+def test_output_loading_info_loads_partially_and_reports_the_keys(tmp_path):
+    plain_vit().save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    state = load_file(path)
+    save_file({k: v for k, v in state.items() if ".layer.2." not in k and ".layers.2." not in k}, path)
+    model, info = AtsViTForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert isinstance(model, AtsViTForImageClassification)
+    assert info["missing_keys"] and all(".layers.2." in key for key in info["missing_keys"])

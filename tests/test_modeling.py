@@ -316,3 +316,42 @@ def test_user_mask_matches_plain_vit_on_real_rows(images, attn_implementation):
         torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(ours.num_tokens[:, 0], mask.sum(1))
+
+
+def test_a_masked_cls_token_is_a_clear_error(images):
+    model = build()
+    mask = torch.ones(6, 65, dtype=torch.long)
+    mask[3] = 0  # an all-zero row
+    with pytest.raises(ValueError, match=r"masks the CLS token \(position 0\) of image\(s\) \[3\]"):
+        model(images, attention_mask=mask)
+    mask[3], mask[1, 0] = 1, 0
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\]; every image needs its CLS token"):
+        model(images, attention_mask=mask)
+
+
+@pytest.mark.parametrize("sampler", ["inverse_transform", "top_k"])
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_an_image_with_non_finite_pixels_keeps_every_token(images, sampler, bad_value):
+    model = build(ats_sampler=sampler, ats_max_tokens=0.5 if sampler == "top_k" else None)
+    broken = images.clone()
+    broken[2, 0, 5, 5] = bad_value
+    with torch.no_grad():
+        output, clean = model(broken), model(images)
+    assert output.num_tokens[2].eq(65).all(), "an unscorable image keeps all its tokens (and counts as dense)"
+    assert output.sampled_token_indices[2].tolist() == [list(range(64))] * 3
+    others = [0, 1, 3, 4, 5]
+    assert torch.equal(output.num_tokens[others], clean.num_tokens[others])
+    torch.testing.assert_close(output.logits[others], clean.logits[others], atol=1e-5, rtol=1e-5)
+
+
+def test_outputs_equal_as_tuple_and_as_dict_with_integer_token_mask(images):
+    model = build("eager")
+    with torch.no_grad():
+        as_dict = model(images, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(images, output_hidden_states=True, output_attentions=True, return_dict=False)
+    assert as_dict.token_mask.dtype == torch.long and set(as_dict.token_mask.unique().tolist()) == {0, 1}
+    assert len(as_tuple) == len(as_dict.to_tuple())
+    for key, from_tuple in zip(as_dict.keys(), as_tuple, strict=True):
+        from_dict = as_dict[key]
+        for a, b in zip(*(x if isinstance(x, tuple) else (x,) for x in (from_dict, from_tuple)), strict=True):
+            assert a.dtype == b.dtype and torch.allclose(a, b, atol=1e-6), key

@@ -62,6 +62,22 @@ def test_batched_pipeline_matches_one_image_at_a_time(checkpoint, images):
         assert [entry["score"] for entry in result] == pytest.approx([entry["score"] for entry in alone], abs=1e-6)
 
 
+@pytest.mark.parametrize("ats_layers", [[], [2], [1, 2, 3]], ids=["no-ats", "one-layer", "three-layers"])
+@pytest.mark.parametrize("batch_size", [2, 4, 7])
+def test_batched_pipeline_for_any_batch_size_and_layer_count(ats_layers, batch_size):
+    """Batch sizes below, equal to, above and far above the number of ATS layers, with a ragged last batch."""
+    classifier = pipeline(
+        "image-classification", model=tiny_ats_classifier(ats_layers=ats_layers), image_processor=tiny_image_processor()
+    )
+    many = [random_image(seed, size=(20 + 4 * seed, 40)) for seed in range(9)]
+    batched = classifier(many, batch_size=batch_size, top_k=3)
+    assert len(batched) == len(many)
+    for image, result in zip(many, batched, strict=True):
+        alone = classifier(image, top_k=3)
+        assert [entry["label"] for entry in result] == [entry["label"] for entry in alone]
+        assert [entry["score"] for entry in result] == pytest.approx([entry["score"] for entry in alone], abs=1e-6)
+
+
 def test_pipeline_from_python_objects(checkpoint, images):
     model = tiny_ats_classifier()
     classifier = pipeline("image-classification", model=model, image_processor=tiny_image_processor())
