@@ -1,8 +1,10 @@
 import pytest
+import torch
 from conftest import tiny_config
 from transformers import AutoConfig, ViTConfig
 
 from ats_hf import AtsViTConfig, AtsViTForImageClassification
+from ats_hf.configuration_ats_vit import num_input_tokens, patch_grid
 
 
 def test_defaults_follow_the_official_recipe():
@@ -62,3 +64,14 @@ def test_plain_vit_config_loads(tmp_path, caplog):
     assert config.ats_layers == [2, 5] and config.ats_max_tokens == 0.7
     assert "model of type `vit`" not in caplog.text
     assert AtsViTConfig.from_pretrained(tmp_path).ats_layers == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("image_size, patch_size", [(32, 4), ((32, 48), (4, 8)), ((40, 24), 8)])
+def test_token_count_from_the_geometry_matches_the_model(image_size, patch_size):
+    config = tiny_config(image_size=image_size, patch_size=patch_size, ats_layers=[])
+    model = AtsViTForImageClassification(config).eval()
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, height, width))
+    assert output.num_tokens[0, 0] == num_input_tokens(config) == patch_grid(config)[0] * patch_grid(config)[1] + 1
+    assert num_input_tokens(config, image_size=(height * 2, width)) == 2 * (num_input_tokens(config) - 1) + 1

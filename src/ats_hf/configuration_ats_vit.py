@@ -16,10 +16,15 @@ def default_ats_layers(num_hidden_layers: int) -> list[int]:
     return list(range(num_hidden_layers // 4, num_hidden_layers))
 
 
+def patch_shape(config) -> tuple[int, int]:
+    """(height, width) of one patch in pixels, from an int or a pair `patch_size`."""
+    return _pair(config.patch_size)
+
+
 def patch_grid(config, image_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
     """(rows, columns) of patches for `image_size` (default: the config's), square or rectangular patches."""
     image_h, image_w = _pair(config.image_size if image_size is None else image_size)
-    patch_h, patch_w = _pair(config.patch_size)
+    patch_h, patch_w = patch_shape(config)
     return image_h // patch_h, image_w // patch_w
 
 
@@ -145,4 +150,4 @@ def _check_max_tokens_value(value) -> None:
         raise ValueError(f"ats_max_tokens={value} is outside (0, 1]: a float is a fraction of the initial tokens.")
 
 
-__all__ = ["ATS_SAMPLERS", "AtsViTConfig", "default_ats_layers", "num_input_tokens", "patch_grid"]
+__all__ = ["ATS_SAMPLERS", "AtsViTConfig", "default_ats_layers", "num_input_tokens", "patch_grid", "patch_shape"]

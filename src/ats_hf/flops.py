@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PretrainedConfig
 
+from .configuration_ats_vit import num_input_tokens as input_token_count
+from .configuration_ats_vit import patch_shape
+
 _ITEMS = ("patch_embedding", "projections", "attention", "mlp", "ats_scoring", "head")
 
 
@@ -57,10 +60,9 @@ def mac_breakdown(
     if num_layers != config.num_hidden_layers:
         raise ValueError(f"num_tokens has {num_layers} layers; the config has {config.num_hidden_layers}.")
     hidden, intermediate = float(config.hidden_size), float(config.intermediate_size)
-    patch_h, patch_w = _pair(config.patch_size)
     if num_input_tokens is None:
-        image_h, image_w = _pair(config.image_size)
-        num_input_tokens = (image_h // patch_h) * (image_w // patch_w) + 1
+        num_input_tokens = input_token_count(config)
+    patch_h, patch_w = patch_shape(config)
     tokens_in = torch.cat([counts.new_full((batch_size, 1), float(num_input_tokens)), counts[:, :-1]], dim=1)
     tokens_out = counts
     ats_layers = set(getattr(config, "ats_layers", []) or [])
@@ -93,15 +95,9 @@ def dense_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, w
     """GMACs of the same geometry with no token sampling."""
     dense = config.__class__.from_dict({**config.to_dict(), "ats_layers": [], "ats_max_tokens": None}) if hasattr(config, "ats_layers") else config
     if num_input_tokens is None:
-        image_h, image_w = _pair(config.image_size)
-        patch_h, patch_w = _pair(config.patch_size)
-        num_input_tokens = (image_h // patch_h) * (image_w // patch_w) + 1
+        num_input_tokens = input_token_count(config)
     counts = torch.full((1, config.num_hidden_layers), num_input_tokens)
     return float(gmacs_per_image(dense, counts, num_input_tokens=num_input_tokens, with_head=with_head)[0])
-
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 __all__ = ["MacBreakdown", "dense_gmacs", "gmacs_per_image", "mac_breakdown"]
