@@ -300,8 +300,8 @@ _OUTPUT_DOC = r"""
         Real tokens (CLS included) each layer outputs for each image.
     sampled_token_indices (`torch.LongTensor` of shape `(batch_size, num_ats_layers, max_kept)`):
         For each image and ATS layer, the original patch positions (0-based over patches, CLS excluded) of the patch
-        tokens the layer kept, ascending, padded with -1. `max_kept` is the most any image kept in any ATS layer;
-        with no ATS layers the shape is `(batch_size, 0, 0)`.
+        tokens the layer kept, ascending, padded with -1. `max_kept` is the most any image kept in any ATS layer.
+        None when the model has no ATS layers.
     token_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
         1 where the final hidden states hold a real token, 0 for padding (transformers' attention-mask convention).
 """
@@ -577,7 +577,7 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             last_hidden_state=sequence_output,
             pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
             num_tokens=torch.stack(num_tokens, dim=1),
-            sampled_token_indices=_stack_padded(sampled_token_indices, batch_size, hidden_states.device),
+            sampled_token_indices=_stack_padded(sampled_token_indices),
             token_mask=state.positions.new_ones(state.positions.shape) if token_mask is None else token_mask.long(),
         )
 
@@ -634,10 +634,10 @@ def _may_be_new(key: str) -> bool:
     return _is_head_weight(key) or key.endswith("embeddings.mask_token")
 
 
-def _stack_padded(rows: list[torch.Tensor], batch_size: int, device: torch.device) -> torch.Tensor:
-    """Per-layer (B, m_i) index tensors -> (B, layers, max m_i), padded with -1; (B, 0, 0) for no layers."""
+def _stack_padded(rows: list[torch.Tensor]) -> torch.Tensor | None:
+    """Per-layer (B, m_i) index tensors -> (B, layers, max m_i), padded with -1; None for no layers."""
     if not rows:
-        return torch.empty(batch_size, 0, 0, dtype=torch.long, device=device)
+        return None
     width = max(row.shape[1] for row in rows)
     return torch.stack([torch.nn.functional.pad(row, (0, width - row.shape[1]), value=-1) for row in rows], dim=1)
 
