@@ -35,8 +35,10 @@ def reference_forward(model, image: torch.Tensor):
         attention = layer.attention
         n = x.shape[1]
         h = layer.layernorm_before(x)
-        split = lambda t: t.view(1, n, config.num_attention_heads, -1).transpose(1, 2)  # noqa: E731
-        q, k, v = split(attention.q_proj(h)), split(attention.k_proj(h)), split(attention.v_proj(h))
+        q, k, v = (
+            projection(h).view(1, n, config.num_attention_heads, -1).transpose(1, 2)
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj)
+        )
         probs = torch.softmax(q @ k.transpose(2, 3) * attention.scaling, dim=-1)
         context = (probs @ v).transpose(1, 2).reshape(1, n, -1)
         out = attention.o_proj(context) + x

@@ -75,9 +75,8 @@ def test_items_match_their_modules():
     assert breakdown.head.item() == module_macs(counter, ".classifier")
     mlp = sum(module_macs(counter, f"layers.{i}.mlp") for i in range(4))
     assert breakdown.mlp.item() == mlp
-    projections = sum(
-        module_macs(counter, f"layers.{i}.attention.{name}") for i in range(4) for name in ("q_proj", "k_proj", "v_proj", "o_proj")
-    )
+    names = ("q_proj", "k_proj", "v_proj", "o_proj")
+    projections = sum(module_macs(counter, f"layers.{i}.attention.{name}") for i in range(4) for name in names)
     assert breakdown.projections.item() == projections
     attention = sum(module_macs(counter, f"layers.{i}.attention") for i in range(4))
     items = breakdown.projections + breakdown.attention + breakdown.ats_scoring

@@ -52,7 +52,7 @@ def test_no_ats_layers_is_plain_vit(images, attn_implementation):
     with torch.no_grad():
         ours, theirs = ats(images, output_hidden_states=True), plain(images, output_hidden_states=True)
     assert (ours.logits - theirs.logits).abs().max() <= 1e-5
-    for a, b in zip(ours.hidden_states, theirs.hidden_states):
+    for a, b in zip(ours.hidden_states, theirs.hidden_states, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert ours.num_tokens.eq(65).all() and ours.sampled_token_indices is None
 
@@ -67,7 +67,7 @@ def test_keeping_every_token_is_plain_vit(images, batch_size):
     with torch.no_grad():
         ours, theirs = ats(batch, output_hidden_states=True), plain(batch, output_hidden_states=True)
     assert (ours.logits - theirs.logits).abs().max() <= 1e-5
-    for a, b in zip(ours.hidden_states, theirs.hidden_states):
+    for a, b in zip(ours.hidden_states, theirs.hidden_states, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert ours.num_tokens.eq(65).all() and ours.token_mask.all()
     assert ours.sampled_token_indices.tolist() == [[list(range(64))] * 3] * batch_size
@@ -138,24 +138,22 @@ def test_outputs_are_consistent(images):
     assert output.sampled_token_indices.shape[:2] == (6, len(config.ats_layers))
     assert len(output.hidden_states) == config.num_hidden_layers + 1
     assert len(output.attentions) == config.num_hidden_layers
-    previous = set(range(64))
-    for layer_position, (layer_index, indices) in enumerate(zip(config.ats_layers, output.sampled_token_indices.unbind(1))):
+    all_indices = output.sampled_token_indices
+    assert all_indices.shape[2] == int(output.num_tokens[:, config.ats_layers[0]].max()) - 1  # the widest layer
+    previous = [set(range(64))] * 6
+    for layer_index, indices in zip(config.ats_layers, all_indices.unbind(1), strict=True):
         counts = output.num_tokens[:, layer_index]
-        assert indices.shape[1] == int(output.num_tokens[:, config.ats_layers[0]].max()) - 1  # widest layer
-        indices = indices[:, : int(counts.max()) - 1]
-        assert (indices[:, int(counts.max()) - 1 :] == -1).all()
+        width = int(counts.max()) - 1
+        assert (indices[:, width:] == -1).all(), "beyond this layer's widest image: padding only"
+        indices = indices[:, :width]
         assert torch.equal((indices >= 0).sum(1) + 1, counts)
         # Attentions of an ATS layer: kept query rows against all current keys.
-        assert output.attentions[layer_index].shape[2] == indices.shape[1] + 1
-        assert output.hidden_states[layer_index + 1].shape[1] == indices.shape[1] + 1
-        for i in range(6):
-            row = indices[i][indices[i] >= 0].tolist()
-            assert row == sorted(row)
-            current = set(row)
-            if layer_position > 0:
-                assert current <= previous[i]
-            previous = previous if layer_position > 0 else None
-        previous = [set(r[r >= 0].tolist()) for r in indices]
+        assert output.attentions[layer_index].shape[2] == width + 1
+        assert output.hidden_states[layer_index + 1].shape[1] == width + 1
+        current = [indices[i][indices[i] >= 0].tolist() for i in range(6)]
+        assert all(row == sorted(row) for row in current)
+        assert all(set(row) <= earlier for row, earlier in zip(current, previous, strict=True)), "a subset of before"
+        previous = [set(row) for row in current]
     assert torch.equal(output.token_mask.sum(1), output.num_tokens[:, -1])
 
 
@@ -312,7 +310,7 @@ def test_user_mask_matches_plain_vit_on_real_rows(images, attn_implementation):
         ours = ats(images, attention_mask=mask, output_hidden_states=True)
         theirs = plain(images, attention_mask=mask, output_hidden_states=True)
     real = mask.bool()
-    for a, b in zip(ours.hidden_states, theirs.hidden_states):
+    for a, b in zip(ours.hidden_states, theirs.hidden_states, strict=True):
         torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(ours.num_tokens[:, 0], mask.sum(1))

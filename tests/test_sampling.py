@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from official_reference import official_picks
 
 from ats_hf import inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling

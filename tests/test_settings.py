@@ -63,7 +63,7 @@ def test_set_ats_rejects_bad_values_and_changes_nothing(model, settings, message
 
 def test_set_ats_layers_with_a_per_layer_k_list_needs_new_k(model):
     model.set_ats(layers=[2, 3], max_tokens=[0.5, 20])
-    with pytest.raises(ValueError, match=r"pass max_tokens too"):
+    with pytest.raises(ValueError, match=r"ats_max_tokens=\[0.5, 20\] has 2 entries but ats_layers=\[1, 2, 3\] has 3"):
         model.set_ats(layers=[1, 2, 3])
     model.set_ats(layers=[1, 2, 3], max_tokens=0.5)
     assert model.ats_settings["max_tokens"] == 0.5

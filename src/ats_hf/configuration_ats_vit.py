@@ -98,7 +98,7 @@ class AtsViTConfig(ViTConfig):
             for value in max_tokens:
                 _check_max_tokens_value(value)
             # One value per layer, in the order of the layers as given; stored in ascending layer order.
-            max_tokens = [value for _, value in sorted(zip(layers, max_tokens))]
+            max_tokens = [value for _, value in sorted(zip(layers, max_tokens, strict=True))]
         else:
             _check_max_tokens_value(max_tokens)
 
@@ -115,7 +115,7 @@ class AtsViTConfig(ViTConfig):
         if not isinstance(values, list):
             values = [values] * len(self.ats_layers)
         resolved = {}
-        for layer_index, value in zip(self.ats_layers, values):
+        for layer_index, value in zip(self.ats_layers, values, strict=True):
             if value is None:
                 tokens = num_reference_tokens
             elif isinstance(value, float):

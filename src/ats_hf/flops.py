@@ -93,7 +93,9 @@ def gmacs_per_image(config: PretrainedConfig, num_tokens: torch.Tensor, **kwargs
 
 def dense_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, with_head: bool = True) -> float:
     """GMACs of the same geometry with no token sampling."""
-    dense = config.__class__.from_dict({**config.to_dict(), "ats_layers": [], "ats_max_tokens": None}) if hasattr(config, "ats_layers") else config
+    dense = config
+    if hasattr(config, "ats_layers"):
+        dense = config.__class__.from_dict({**config.to_dict(), "ats_layers": [], "ats_max_tokens": None})
     if num_input_tokens is None:
         num_input_tokens = input_token_count(config)
     counts = torch.full((1, config.num_hidden_layers), num_input_tokens)

@@ -418,7 +418,8 @@ class AtsViTLayer(ViTLayer):
             hidden_states (B, M, D) and the state of its M rows (the input's when no row was dropped or moved).
         """
         residual = hidden_states
-        attn_output, _, kept_rows, padding = self.attention(self.layernorm_before(hidden_states), state, max_tokens, **kwargs)
+        attention = self.attention(self.layernorm_before(hidden_states), state, max_tokens, **kwargs)
+        attn_output, _, kept_rows, padding = attention
         if kept_rows is not None:
             residual = _gather_rows(residual, kept_rows)
             state = state.keep(self.attention.config, kept_rows, padding, residual)
@@ -471,12 +472,6 @@ class AtsViTPreTrainedModel(ViTPreTrainedModel):
         """
         previous = self.ats_settings
         config = self.config
-        if layers is not _UNCHANGED and max_tokens is _UNCHANGED and isinstance(config.ats_max_tokens, list):
-            if len(layers) != len(config.ats_max_tokens):
-                raise ValueError(
-                    f"set_ats(layers={layers!r}) leaves the per-layer ats_max_tokens={config.ats_max_tokens} "
-                    f"({len(config.ats_max_tokens)} values); pass max_tokens too: one value, or one per layer."
-                )
         settings = (
             previous["layers"] if layers is _UNCHANGED else layers,
             previous["max_tokens"] if max_tokens is _UNCHANGED else max_tokens,
@@ -694,16 +689,16 @@ for _class_name in ("AtsViTModel",):
 
 __all__ = [
     "AtsImageClassifierOutput",
-    "TokenState",
-    "sample_patch_tokens",
     "AtsViTForImageClassification",
     "AtsViTModel",
     "AtsViTModelOutput",
     "AtsViTPreTrainedModel",
     "PaddingLayout",
+    "TokenState",
     "inverse_transform_sampling",
     "pack_kept_tokens",
     "random_sampling",
+    "sample_patch_tokens",
     "significance_scores",
     "top_k_sampling",
 ]

@@ -69,7 +69,7 @@ def _max_tokens_value(part: str, shown: str) -> int | float | None:
         value = float(part) if any(c in part for c in ".eE") else int(part)
     except ValueError:
         value = None
-    if isinstance(value, int) and value >= 2 or isinstance(value, float) and 0.0 < value <= 1.0:
+    if (isinstance(value, int) and value >= 2) or (isinstance(value, float) and 0.0 < value <= 1.0):
         return value
     raise ValueError(f"ats max tokens {shown!r}: {part!r} is not 'all', an int >= 2 or a fraction in (0, 1].")
 
@@ -122,7 +122,8 @@ def add_ats_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
 
 def settings_from_args(args: argparse.Namespace) -> dict:
     """The `set_ats` keyword arguments a command line gave; options left out are not in the dict."""
-    return {key: getattr(args, f"ats_{key}") for key in ("layers", "max_tokens", "sampler") if hasattr(args, f"ats_{key}")}
+    names = ("layers", "max_tokens", "sampler")
+    return {name: getattr(args, f"ats_{name}") for name in names if hasattr(args, f"ats_{name}")}
 
 
 @contextlib.contextmanager
