@@ -2,8 +2,10 @@
 """Fine-tune and evaluate an ATS-ViT image classifier with Trainer (one process, or several with accelerate).
 
 The start can be a plain ViT/DeiT checkpoint or an ATS checkpoint (Hub id or directory); --ats_layers,
---ats_max_tokens and --ats_sampler set or change its ATS settings. Data comes from a Hub dataset (--dataset_name) or
-from image folders (--train_dir / --validation_dir: one subfolder per class, read by datasets' imagefolder loader).
+--ats_max_tokens and --ats_sampler set or change its ATS settings, in the same forms as `ats-hf` takes
+(`--ats_layers 3-11`, `--ats_layers 3 4 5`, `--ats_layers 1,3,5-7`, `--ats_max_tokens all`, ...). Data comes from a
+Hub dataset (--dataset_name) or from image folders (--train_dir / --validation_dir: one subfolder per class, read by
+datasets' imagefolder loader).
 Evaluation reports top-1 accuracy (eval_accuracy), the mean GMACs per image of the evaluated model (eval_gmacs) and
 the same geometry's dense GMACs (eval_dense_gmacs). The output directory is a ready-to-share ATS checkpoint: weights,
 config, image processor, modeling code and a model card.
@@ -30,10 +32,11 @@ from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import AutoImageProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ats_hf import ATS_SAMPLERS
-from ats_hf.convert import ats_config_overrides, load_ats_classifier, push_checkpoint
 from ats_hf.flops import dense_gmacs, gmacs_per_image
+from ats_hf.hub.checkpoint import load_ats_classifier, push_checkpoint
+from ats_hf.hub.model_card import write_model_card
 from ats_hf.metrics import ATS_ACCURACY
-from ats_hf.model_card import write_model_card
+from ats_hf.settings import LAYERS_HELP, MAX_TOKENS_HELP, parse_layers, parse_max_tokens, parse_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +46,15 @@ class ModelArguments:
     model_name_or_path: str = field(
         metadata={"help": "A plain ViT / non-distilled DeiT or an ATS-ViT checkpoint: Hub id or directory."}
     )
-    ats_layers: str | None = field(
+    ats_layers: list[str] | None = field(
         default=None,
         metadata={
-            "help": "0-based ATS layers: '3-11', '1,3,5' or 'none'. Default: the checkpoint's (ATS) or the "
-            "paper's recipe num_layers//4 .. num_layers-1 (plain ViT)."
+            "help": f"{LAYERS_HELP}. Default: the checkpoint's (ATS) or the paper's recipe num_layers//4 .. "
+            "num_layers-1 (plain ViT)."
         },
     )
-    ats_max_tokens: str | None = field(
-        default=None,
-        metadata={
-            "help": "Most tokens an ATS layer keeps, CLS included: 'all' (the paper), a count like 120, a "
-            "fraction like 0.5, or a comma list with one value per ATS layer. Default: the checkpoint's."
-        },
+    ats_max_tokens: list[str] | None = field(
+        default=None, metadata={"help": f"{MAX_TOKENS_HELP}. Default: the checkpoint's."}
     )
     ats_sampler: str | None = field(default=None, metadata={"help": "Token sampler.", "choices": list(ATS_SAMPLERS)})
     image_processor_name: str | None = field(
@@ -67,6 +66,18 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Replace a classifier head whose size differs from the dataset's labels."}
     )
+
+    def ats_config_overrides(self) -> dict:
+        """The ATS config fields given (`ats_layers`, `ats_max_tokens`, `ats_sampler`), parsed with ats_hf's one
+        grammar; fields not given keep the checkpoint's. Raises `ValueError` naming a malformed value."""
+        overrides = {}
+        if self.ats_layers is not None:
+            overrides["ats_layers"] = parse_layers(self.ats_layers)
+        if self.ats_max_tokens is not None:
+            overrides["ats_max_tokens"] = parse_max_tokens(self.ats_max_tokens)
+        if self.ats_sampler is not None:
+            overrides["ats_sampler"] = parse_sampler(self.ats_sampler)
+        return overrides
 
 
 @dataclass
@@ -88,15 +99,25 @@ class DataTrainingArguments:
             raise ValueError("Give --dataset_name, or --train_dir and/or --validation_dir (image folders).")
         if not 0.0 <= self.train_val_split < 1.0:
             raise ValueError(f"train_val_split={self.train_val_split} is outside [0, 1).")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments]:
-    """Command-line arguments, or a single .json file holding them."""
+    """Command-line arguments, or a single .json file holding them. A value that makes no sense is a usage error
+    (one line, exit status 2)."""
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        else:
+            model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        model_args.ats_config_overrides()
+    except ValueError as error:  # one line, as ats-hf reports a bad option value
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return model_args, data_args, training_args
 
 
 def load_data(data_args: DataTrainingArguments, model_args: ModelArguments) -> DatasetDict:
@@ -156,7 +177,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         revision=model_args.model_revision,
         token=model_args.token,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        **ats_config_overrides(model_args.ats_layers, model_args.ats_max_tokens, model_args.ats_sampler),
+        **model_args.ats_config_overrides(),
     )
     image_processor = AutoImageProcessor.from_pretrained(
         model_args.image_processor_name or model_args.model_name_or_path,
@@ -240,7 +261,8 @@ def main(argv: list[str] | None = None) -> Trainer:
 
 
 def card_arguments(model_args, data_args, eval_metrics: dict, num_eval_images: int) -> dict:
-    """Model-card fields (see `ats_hf.model_card.build_model_card`): base model, dataset, measured GMACs, accuracy."""
+    """Model-card fields (see `ats_hf.hub.model_card.build_model_card`): base model, dataset, measured GMACs,
+    accuracy."""
     source = model_args.model_name_or_path
     card_kwargs = {
         "base_model": None if os.path.isdir(source) else source,

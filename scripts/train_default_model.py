@@ -1,12 +1,12 @@
-"""Train the small ViT that ships in src/ats_hf/default_model (the model `ats-hf benchmark` runs by default).
+"""Train the small ViT that ships in src/ats_hf/data/default_model (the model `ats-hf benchmark` runs by default).
 
 One command reproduces the shipped weights (CPU, about 10 minutes on 2 cores):
 
     python scripts/train_default_model.py
 
 The model is trained dense (no token sampling); the ATS settings written into its config are applied plug and
-play at inference. Images come from `ats_hf.synthetic_digits` (a pure function of the seed), so the run needs no
-network. Results are bit-identical for the same torch build and thread count (set by --threads).
+play at inference. Images come from `ats_hf.data.synthetic_digits` (a pure function of the seed), so the run needs
+no network. Results are bit-identical for the same torch build and thread count (set by --threads).
 
 Two choices make a small ViT learn this task in minutes on a CPU: position embeddings start from a 2-D sin-cos
 table (then train as usual), and a curriculum starts with large centred digits and moves to the test
@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from transformers import ViTImageProcessorPil
 
 from ats_hf import AtsViTConfig, AtsViTForImageClassification
+from ats_hf.data.synthetic_digits import DIGIT_SIZE, IMAGE_SIZE, NUM_CLASSES, generate, test_split
 from ats_hf.flops import dense_gmacs, gmacs_per_image
-from ats_hf.synthetic_digits import DIGIT_SIZE, IMAGE_SIZE, NUM_CLASSES, generate, test_split
+from ats_hf_cli import non_negative_int, positive_int
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "src" / "ats_hf" / "default_model"
+DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "src" / "ats_hf" / "data" / "default_model"
 # Plug-and-play ATS settings stored in the shipped config (see the model card and docs/benchmarks.md).
 SHIPPED_ATS_LAYERS = [3, 4, 5]
 SHIPPED_ATS_MAX_TOKENS = None
@@ -50,13 +51,15 @@ ARCHITECTURE = dict(
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="model directory to write")
-    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
-    parser.add_argument("--curriculum-steps", type=int, default=400, help="steps from easy to test-like images")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps")
+    parser.add_argument(
+        "--curriculum-steps", type=non_negative_int, default=400, help="steps from easy to test-like images"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
-    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (results depend on it)")
     return parser.parse_args()
 
 
@@ -142,8 +145,7 @@ def main() -> None:
     test_images, test_labels = test_split()
     test_pixels = to_pixel_values(test_images)
     dense_accuracy, _ = evaluate(model, test_pixels, test_labels)
-    model.config.ats_layers, model.config.ats_max_tokens = SHIPPED_ATS_LAYERS, SHIPPED_ATS_MAX_TOKENS
-    model.config.check_ats_settings()
+    model.set_ats(layers=SHIPPED_ATS_LAYERS, max_tokens=SHIPPED_ATS_MAX_TOKENS)
     ats_accuracy, ats_gmacs = evaluate(model, test_pixels, test_labels)
     print(f"test top-1: dense {dense_accuracy:.2f}%, ATS {ats_accuracy:.2f}% at {ats_gmacs:.4f} GMACs "
           f"(dense {dense_gmacs(model.config):.4f})")

@@ -1,6 +1,9 @@
 """The benchmark engine, its report, the throughput timer and the `ats-hf benchmark` command, on tiny models."""
 
+import dataclasses
+import io
 import json
+import statistics
 import time
 
 import numpy as np
@@ -11,11 +14,27 @@ from PIL import Image
 from transformers import ViTImageProcessorPil
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf.benchmark import Method, matched_baselines, run_benchmark, run_speed_benchmark, sweep_methods, use_method
-from ats_hf.benchmark_report import format_table, write_report
-from ats_hf.cli import main
+from ats_hf.benchmark import (
+    BenchmarkResult,
+    Method,
+    MethodResult,
+    TimingResult,
+    evaluate_method,
+    format_table,
+    interleaved_throughput,
+    matched_baselines,
+    run_benchmark,
+    run_speed_benchmark,
+    sweep_methods,
+    time_methods,
+    timing_warning,
+    write_report,
+)
+from ats_hf.benchmark.timing import unreliable_timing_message
+from ats_hf.data.labelled_images import to_model_labels
 from ats_hf.flops import gmacs_per_image
-from ats_hf.timing import interleaved_throughput
+from ats_hf.progress import Progress
+from ats_hf_cli import main
 
 
 @pytest.fixture
@@ -31,7 +50,8 @@ def data():
 
 def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     pixel_values, labels = data
-    result = run_benchmark(model, pixel_values, labels, batch_sizes=(1, 8), timing_images=4, repeats=1, eval_batch_size=5)
+    result = run_benchmark(model, pixel_values, labels, batch_sizes=(1, 8), timing_images=4, repeats=1,
+                           eval_batch_size=5)
     assert [r.method.name for r in result.methods] == ["dense", "ats", "top-k", "random"]
     dense, ats, top_k, random = result.methods
     assert result.method("top-k") is top_k
@@ -41,7 +61,7 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     assert ats.accuracy == pytest.approx(100 * (output.logits.argmax(-1) == labels).float().mean().item())
     assert ats.gmacs_mean == pytest.approx(gmacs_per_image(model.config, output.num_tokens).mean().item())
     assert ats.tokens_per_layer == pytest.approx(output.num_tokens.double().mean(0).tolist())
-    assert dense.tokens_per_layer == [65.0] * 4 and dense.gmacs_std == pytest.approx(0.0, abs=1e-12)
+    assert dense.tokens_per_layer == (65.0,) * 4 and dense.gmacs_std == pytest.approx(0.0, abs=1e-12)
     assert ats.gmacs_mean < dense.gmacs_mean
 
     expected_k = tuple(int(np.floor(ats.tokens_per_layer[i] + 0.5)) for i in (1, 2, 3))
@@ -78,7 +98,7 @@ def test_sweep_adds_matched_points(model, data):
                      "ats K=12", "top-k (as ats K=12)", "random (as ats K=12)",
                      "ats layers 2-3", "top-k (as ats layers 2-3)", "random (as ats layers 2-3)"]
     assert max(result.sweep[3].tokens_per_layer) == 65 and max(result.sweep[3].tokens_per_layer[1:]) <= 12
-    assert result.sweep[6].tokens_per_layer[:2] == [65.0, 65.0] and result.sweep[6].tokens_per_layer[2] < 65
+    assert result.sweep[6].tokens_per_layer[:2] == (65.0, 65.0) and result.sweep[6].tokens_per_layer[2] < 65
     assert result.sweep[7].method.ats_layers == (2, 3)
     assert all(not r.timings for r in result.methods)
 
@@ -104,19 +124,24 @@ def test_report_table_json_and_plots(model, data, tmp_path):
             assert picture.width > 300 and picture.height > 200
 
 
-def test_use_method_restores_the_config_even_after_an_error(model):
+def test_methods_leave_the_model_settings_and_the_given_results_as_they_were(model, data):
+    pixel_values, labels = data[0][:8], data[1][:8]
+    model.set_ats(max_tokens=0.5, sampler="top_k")
+    before = model.ats_settings
     with pytest.raises(ValueError, match="ats_sampler"):
-        with use_method(model, Method("bad", (1,), None, "nearest")):
-            pass
-    assert model.config.ats_layers == [1, 2, 3] and model.config.ats_sampler == "inverse_transform"
-    with use_method(model, Method("dense")):
-        assert model.config.ats_layers == []
-    assert model.config.ats_layers == [1, 2, 3]
+        evaluate_method(model, Method("bad", (1,), None, "nearest"), pixel_values)
+    assert model.ats_settings == before
+    results = [evaluate_method(model, method, pixel_values, labels) for method in (Method("dense"), Method("a", (2,)))]
+    assert model.ats_settings == before
+    timed = time_methods(model, results, pixel_values, batch_sizes=(4,), timing_images=4, repeats=1)
+    assert all(not r.timings for r in results), "the given results are not filled in"
+    assert [set(r.timings) for r in timed] == [{4}, {4}] and timed[1].accuracy == results[1].accuracy
+    assert model.ats_settings == before
 
 
 def test_matched_baselines_round_half_up_and_keep_at_least_two(model, data):
     ats = run_benchmark(model, *data, batch_sizes=()).methods[1]
-    ats.tokens_per_layer = [65.0, 30.5, 1.2, 10.49]
+    ats = dataclasses.replace(ats, tokens_per_layer=(65.0, 30.5, 1.2, 10.49))
     top_k, random = matched_baselines(ats)
     assert top_k.ats_max_tokens == random.ats_max_tokens == (31, 2, 10)
     assert (top_k.ats_sampler, random.ats_sampler) == ("top_k", "random")
@@ -156,19 +181,75 @@ def test_interleaved_throughput_takes_the_median_and_rotates():
         interleaved_throughput({}, torch.device("cpu"), repeats=0)
 
 
-def test_command_on_a_saved_model_and_an_image_folder(tmp_path, capsys):
+def fake_result(ats_samples: tuple[float, ...]) -> BenchmarkResult:
+    """Dense and ATS timed at batch 1: dense steady at 100 img/s, ATS's repeats as given."""
+
+    def method_result(method: Method, samples: tuple[float, ...], gmacs_ratio: float) -> MethodResult:
+        timing = TimingResult(1, 4, statistics.median(samples), samples, 100.0, gmacs_ratio)
+        return MethodResult(method, None, 1.0 / gmacs_ratio, 0.0, (65.0, 30.0), (0.0, 0.0), {1: timing})
+
+    methods = [method_result(Method("dense"), (99.0, 100.0, 101.0), 1.0),
+               method_result(Method("ats", (1,)), ats_samples, 1.5)]
+    machine = {"cpu": "test", "torch_threads": 2, "device": "cpu", "dtype": "float32", "torch": "x"}
+    return BenchmarkResult("tiny", "random", 4, 1.0, methods, [], machine)
+
+
+def test_unreliable_timings_are_called_out_with_what_to_do(tmp_path):
+    steady = fake_result((150.0, 155.0, 160.0))
+    assert timing_warning(steady) is None and "warning" not in format_table(steady)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        noisy = fake_result((30.0, 120.0, 180.0))  # (180 - 30) / 120: the repeats differ by 125%
+        warning = timing_warning(noisy)
+        table = format_table(noisy)
+    finally:
+        torch.set_num_threads(threads)
+    assert warning.startswith("warning: the timings are unreliable") and "ats at batch 1, 125%" in warning
+    assert "--threads 1" in warning and "Do not trust the speed-ups" in warning
+    assert warning in table and "120.0 !" in table and "100.0 !" not in table
+    assert unreliable_timing_message({"a": 0.2, "b": 0.4}) is None
+    assert write_report(noisy, tmp_path)[-1].name == "throughput.png"  # the plot copes with the fake samples
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal(model, data, capsys):
+    stream = io.StringIO()
+    with Progress(3, "eval ats", stream=stream, interval=0.0) as progress:
+        for _ in range(3):
+            progress.update()
+    lines = stream.getvalue().splitlines()
+    assert lines[:2] == ["eval ats: 1/3", "eval ats: 2/3"] and lines[2].startswith("eval ats: 3/3 done in")
+    capsys.readouterr()
+    evaluate_method(model, Method("dense"), data[0][:4], batch_size=2)
+    assert "eval dense: 4/4 done in" in capsys.readouterr().err  # pytest's stderr is not a terminal
+
+
+@pytest.fixture
+def named_model(tmp_path):
+    """A saved tiny model with labels class0..class4 that always predicts class3."""
     config = tiny_config(id2label={i: f"class{i}" for i in range(5)}, label2id={f"class{i}": i for i in range(5)})
     model = peaky_weights_(AtsViTForImageClassification(config))
+    with torch.no_grad():
+        model.classifier.bias[3] = 1e4
     model.save_pretrained(tmp_path / "model")
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "model")
-    rng = np.random.default_rng(0)
-    for label in (3, 1):  # folder names are class names: sorted folder order differs from the model's ids
-        (tmp_path / "images" / f"class{label}").mkdir(parents=True)
-        for i in range(3):
-            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "images" / f"class{label}" / f"{i}.png")
+    return tmp_path / "model"
 
-    exit_code = main(["benchmark", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "images"),
+
+def image_folder(root, classes, per_class=3):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_command_on_a_saved_model_and_an_image_folder(named_model, tmp_path, capsys):
+    # Folder names are class names, and sorted folder order (class1, class3) differs from the model's ids (1, 3):
+    # matched by name, the class3 half is right (50%); matched by position it would be 0%.
+    images = image_folder(tmp_path / "images", ("class3", "class1"))
+    exit_code = main(["benchmark", "--model", str(named_model), "--dataset", str(images),
                       "--batch-sizes", "1", "--timing-images", "2", "--repeats", "1", "--ats-max-tokens", "0.5",
                       "--output-dir", str(tmp_path / "out")])
     assert exit_code == 0
@@ -176,5 +257,36 @@ def test_command_on_a_saved_model_and_an_image_folder(tmp_path, capsys):
     assert "top-k" in printed and "img/s bs1" in printed
     saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
     assert saved["num_images"] == 6 and saved["methods"][1]["method"]["ats_max_tokens"] == 0.5
-    assert saved["methods"][0]["accuracy"] is not None
-    assert saved["sweep"] == []
+    assert [m["accuracy"] for m in saved["methods"]] == [50.0] * 4
+    assert saved["sweep"] == [] and saved["notes"] == []
+
+
+def test_classes_the_model_does_not_know_are_an_error_showing_both_label_sets(named_model, tmp_path, capsys):
+    images = image_folder(tmp_path / "images", ("red", "green", "blue"), per_class=1)
+    assert main(["benchmark", "--model", str(named_model), "--dataset", str(images), "--batch-sizes"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("ats-hf benchmark: error: cannot read --dataset")
+    assert "['blue', 'green', 'red']" in error and "'class0', 'class1'" in error
+
+
+def test_a_one_class_folder_says_why_there_is_no_accuracy(named_model, tmp_path, capsys):
+    images = image_folder(tmp_path / "images", ("class2",), per_class=2)
+    assert main(["benchmark", "--model", str(named_model), "--dataset", str(images), "--batch-sizes",
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "single class folder ('class2')" in captured.err and "single class folder" in captured.out
+    saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert saved["methods"][0]["accuracy"] is None and "no accuracy" in saved["notes"][0]
+
+
+def test_dataset_classes_are_matched_to_the_model_labels_by_name():
+    from datasets import ClassLabel, Dataset, Features
+
+    features = Features({"label": ClassLabel(names=["Tabby", "golden_retriever"])})
+    table = Dataset.from_dict({"label": [0, 1, 1]}, features=features)
+    labels, notes = to_model_labels(table, "label", {0: "goldfish", 1: "tabby, tabby cat", 2: "golden retriever"})
+    assert labels.tolist() == [1, 2, 2] and notes == []
+    labels, notes = to_model_labels(table, "label", {i: f"LABEL_{i}" for i in range(3)})
+    assert labels.tolist() == [0, 1, 1] and "placeholders" in notes[0]
+    with pytest.raises(ValueError, match=r"\['Tabby'\] of the dataset's classes .*\['cat', 'dog'"):
+        to_model_labels(table, "label", {0: "cat", 1: "dog", 2: "golden retriever"})

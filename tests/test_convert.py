@@ -10,8 +10,10 @@ from hf_fixtures import one_torch_thread, random_image, save_plain_vit, tiny_ima
 from huggingface_hub import ModelCard
 from transformers import BertConfig, ViTForImageClassification
 
-from ats_hf import AtsViTForImageClassification, convert
-from ats_hf.convert import convert_to_ats, measure_mean_gmacs, parse_ats_layers, parse_ats_max_tokens
+from ats_hf import AtsViTForImageClassification
+from ats_hf.hub import checkpoint, convert
+from ats_hf.hub.convert import convert_to_ats, measure_mean_gmacs
+from ats_hf_cli import main
 
 CHECKPOINT_FILES = {
     "README.md",
@@ -62,7 +64,7 @@ class FakeHfApi:
 @pytest.fixture
 def fake_hub(monkeypatch):
     FakeHfApi.calls = []
-    monkeypatch.setattr(convert, "HfApi", FakeHfApi)
+    monkeypatch.setattr(checkpoint, "HfApi", FakeHfApi)
     return FakeHfApi.calls
 
 
@@ -117,8 +119,6 @@ def test_cli_options_reach_the_config_and_the_card(plain_vit, tmp_path):
 
 
 def test_ats_hf_command_line_dispatches_convert(plain_vit, tmp_path):
-    from ats_hf.cli import main
-
     assert main(["convert", str(plain_vit), str(tmp_path / "out"), "--ats-layers", "none"]) == 0
     assert AtsViTForImageClassification.from_pretrained(tmp_path / "out").config.ats_layers == []
 
@@ -161,14 +161,37 @@ def test_convert_refuses_what_it_cannot_do(plain_vit, tmp_path):
     assert (output / "preprocessor_config.json").exists()
 
 
-def test_ats_setting_parsers():
-    assert parse_ats_layers("3-5") == [3, 4, 5]
-    assert parse_ats_layers("1,3,5-6") == [1, 3, 5, 6]
-    assert parse_ats_layers("none") == [] and parse_ats_layers("") == []
-    assert parse_ats_max_tokens("all") is None
-    assert parse_ats_max_tokens("0.5") == 0.5 and isinstance(parse_ats_max_tokens("120"), int)
-    assert parse_ats_max_tokens("20,0.5,all") == [20, 0.5, None]
-    with pytest.raises(ValueError, match="'3-x'"):
-        parse_ats_layers("3-x")
-    with pytest.raises(ValueError, match="'lots'"):
-        parse_ats_max_tokens("lots")
+@pytest.mark.parametrize("layers", [["1-3"], ["1", "2", "3"], ["1,2", "3"]])
+def test_convert_takes_every_form_of_the_settings_grammar(layers):
+    parser = argparse.ArgumentParser()
+    convert.add_arguments(parser)
+    args = parser.parse_args(["src", "out", "--ats-layers", *layers, "--ats-max-tokens", "all"])
+    assert (args.ats_layers, args.ats_max_tokens) == ([1, 2, 3], None)
+    assert not hasattr(parser.parse_args(["src", "out"]), "ats_layers"), "left out: keep the source's"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ats-layers", "5-3"], "reversed"),  # used to mean "no ATS" and write a plain ViT
+        (["--ats-max-tokens", "1"], "'1' is not 'all'"),
+        (["--ats-sampler", "nearest"], "unknown"),
+    ],
+)
+def test_convert_rejects_bad_settings_before_loading_anything(plain_vit, tmp_path, capsys, argv, message):
+    assert main(["convert", str(plain_vit), str(tmp_path / "out"), *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("ats-hf convert: error: ") and message in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_reports_user_errors_in_one_line(plain_vit, tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error == f"ats-hf convert: error: SOURCE folder {str(tmp_path / 'missing')!r} does not exist\n"
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    assert main(["convert", str(plain_vit), str(tmp_path / "full")]) == 2
+    assert "is not empty; pass overwrite=True (--overwrite)" in capsys.readouterr().err.splitlines()[-1]
+    assert main(["convert", str(plain_vit), str(tmp_path / "out"), "--ats-layers", "7"]) == 2
+    assert "outside 0..3" in capsys.readouterr().err.splitlines()[-1]

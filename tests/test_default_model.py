@@ -1,12 +1,13 @@
-"""The embedded default model and its reproducible data (ats_hf.synthetic_digits)."""
+"""The embedded default model and its reproducible data (ats_hf.data.synthetic_digits)."""
 
 import pytest
 import torch
 from transformers import AutoImageProcessor
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf import synthetic_digits as digits
-from ats_hf.benchmark import DEFAULT_MODEL_DIR, Method, evaluate_method
+from ats_hf.benchmark import Method, evaluate_method
+from ats_hf.data import DEFAULT_MODEL_DIR
+from ats_hf.data import synthetic_digits as digits
 
 
 def test_generator_is_a_pure_function_of_its_arguments():
@@ -18,7 +19,8 @@ def test_generator_is_a_pure_function_of_its_arguments():
     assert not torch.equal(first, other)
     prefix, prefix_labels = digits.test_split(10)
     full, full_labels = digits.test_split()
-    assert len(full) == digits.TEST_SIZE and torch.equal(prefix, full[:10]) and torch.equal(prefix_labels, full_labels[:10])
+    assert len(full) == digits.TEST_SIZE and torch.equal(prefix, full[:10])
+    assert torch.equal(prefix_labels, full_labels[:10])
     assert torch.bincount(full_labels, minlength=10).min() > 150, "every class is in the test split"
 
 

@@ -20,9 +20,9 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification, pipeline
 
 import ats_hf
-from ats_hf.convert import save_ats_checkpoint
 from ats_hf.flops import dense_gmacs
-from ats_hf.model_card import build_model_card, write_model_card
+from ats_hf.hub.checkpoint import save_ats_checkpoint
+from ats_hf.hub.model_card import build_model_card, write_model_card
 
 PACKAGE_DIR = Path(ats_hf.__file__).parent
 AUTO_CLASSES = {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}

@@ -6,7 +6,7 @@ from hf_fixtures import one_torch_thread, random_image, tiny_ats_classifier, tin
 from transformers import pipeline
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf.convert import save_ats_checkpoint
+from ats_hf.hub.checkpoint import save_ats_checkpoint
 
 LABELS = {"cat", "dog", "fox"}
 

@@ -64,6 +64,36 @@ def example_args(workspace, output_dir, *extra) -> list[str]:
     ]
 
 
+SOURCE_ARGS = ["--model_name_or_path", "vit", "--train_dir", "train", "--report_to", "none"]
+
+
+@pytest.mark.parametrize("layers", [["1-3"], ["1", "2", "3"], ["1,2", "3"]])
+def test_example_takes_every_form_of_the_settings_grammar(example, layers):
+    model_args, _, _ = example.parse_args(
+        [*SOURCE_ARGS, "--ats_layers", *layers, "--ats_max_tokens", "0.5", "all", "12", "--ats_sampler", "top_k"]
+    )
+    assert model_args.ats_config_overrides() == {
+        "ats_layers": [1, 2, 3], "ats_max_tokens": [0.5, None, 12], "ats_sampler": "top_k"
+    }
+    assert example.parse_args(SOURCE_ARGS)[0].ats_config_overrides() == {}, "left out: keep the checkpoint's"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ats_layers", "5-3"], "the range '5-3' is reversed"),
+        (["--ats_max_tokens", "1"], "'1' is not 'all'"),
+        (["--max_eval_samples", "0"], "max_eval_samples=0 must be >= 1"),
+    ],
+)
+def test_example_rejects_bad_values_in_one_line(example, capsys, argv, message):
+    with pytest.raises(SystemExit) as exited:
+        example.parse_args([*SOURCE_ARGS, *argv])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and ": error: " in error and message in error
+
+
 def direct_predictions(model, workspace):
     """Labels, predicted classes and GMACs per image of the validation folder, one image at a time."""
     processor = tiny_image_processor()

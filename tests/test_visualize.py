@@ -8,9 +8,10 @@ from PIL import Image
 from transformers import ViTImageProcessorPil
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf.benchmark import Method
-from ats_hf.cli import main
-from ats_hf.visualize import GAP, kept_patch_grids, token_map
+from ats_hf.hub import checkpoint
+from ats_hf.settings import ats_settings_applied
+from ats_hf.visualize import GAP, OUTLINE, kept_patch_grids, token_map
+from ats_hf_cli import main
 
 
 @pytest.fixture
@@ -38,26 +39,55 @@ def test_kept_patch_grids_match_the_token_counts(model):
     assert (grids[1] <= grids[0]).all(), "a later layer keeps a subset of an earlier one"
 
 
-def test_token_map_size_and_content(model, processor, picture):
-    rendered = token_map(picture, model, processor, panel_size=64, columns=3)
-    title_height = (rendered.height - 3 * GAP) // 2 - 64  # 4 panels in 2 rows of 3
-    assert rendered.size == (3 * (64 + GAP) + GAP, 2 * (64 + title_height + GAP) + GAP)
-    pixels = np.asarray(rendered).astype(float)
-    assert pixels.std() > 10, "the picture is not blank"
-
-    def panel(index):
-        left, top = GAP + (index % 3) * (64 + GAP), GAP + (index // 3) * (64 + title_height + GAP) + title_height
-        return pixels[top : top + 64, left : left + 64]
-
-    first_layer = panel(1)
-    assert first_layer.mean() < panel(0).mean(), "dropped patches are dimmed"
-    assert np.isclose(first_layer, panel(0)).all(axis=-1).mean() > 0.05, "kept patches show the image unchanged"
+def layout(rendered: Image.Image, panel: tuple[int, int], columns: int, rows: int) -> tuple[int, int]:
+    """(title height, header height) of a token map, from its size."""
+    free = rendered.height - GAP - rows * (panel[1] + GAP)  # = header + rows * title; header = title + GAP // 2
+    title = (free - GAP // 2) // (rows + 1)
+    return title, free - rows * title
 
 
-def test_token_map_uses_the_given_settings(model, processor, picture):
-    one_layer = token_map(picture, model, processor, Method("ats", (2,), 10), panel_size=32, columns=5)
-    three_layers = token_map(picture, model, processor, panel_size=32, columns=5)
-    assert one_layer.width == 2 * (32 + GAP) + GAP and three_layers.width == 4 * (32 + GAP) + GAP
+def test_token_map_keeps_the_aspect_ratio_and_shows_the_prediction(model, processor, picture):
+    rendered = token_map(picture, model, processor, panel_size=128, columns=3)  # 4 panels in 2 rows of 3
+    panel = (round(128 * 40 / 48), 128)  # the 40 x 48 image, its longer side 128 px
+    assert rendered.width >= 3 * (panel[0] + GAP) + GAP  # wider when the header line is
+    title, header = layout(rendered, panel, 3, 2)
+    assert header == title + GAP // 2 and 10 <= title <= 30
+    pixels = np.asarray(rendered).astype(int)
+    assert pixels[GAP : GAP + title].min() < 100, "the header (prediction, settings) is drawn"
+
+    def panel_pixels(index):
+        left = GAP + (index % 3) * (panel[0] + GAP)
+        top = GAP + header + (index // 3) * (panel[1] + title + GAP) + title
+        return pixels[top : top + panel[1], left : left + panel[0]]
+
+    first = pixels[GAP + header + title : GAP + header + title + panel[1]]
+    assert (first[:, GAP + panel[0] : 2 * GAP + panel[0]] == 255).all(), "a gap follows the 107 px wide panel"
+    assert (first[:, GAP + panel[0] - 1] != 255).any(), "the panel is 107 px wide, not square"
+    unchanged = (panel_pixels(1) == panel_pixels(0)).all(axis=-1)
+    assert 0.05 < unchanged.mean() < 0.95, "kept patches show the image as it is, dropped ones are veiled"
+    assert (panel_pixels(1) == OUTLINE).all(axis=-1).any(), "kept patches are outlined"
+
+
+def test_dropped_patches_stand_out_on_a_black_image(model, processor):
+    black = Image.new("RGB", (32, 32))
+    with ats_settings_applied(model, max_tokens=10):
+        rendered = np.asarray(token_map(black, model, processor, panel_size=96, columns=5)).astype(int)
+    title, header = layout(Image.fromarray(rendered.astype(np.uint8)), (96, 96), 4, 1)
+    top = GAP + header + title
+    kept_layer = rendered[top : top + 96, GAP + 96 + GAP : GAP + 2 * 96 + GAP]
+    dark = (kept_layer < 40).all(axis=-1).mean()
+    light = (kept_layer > 120).all(axis=-1).mean()
+    assert dark > 0.02 and light > 0.5, "on black, kept patches stay black and dropped ones are clearly lighter"
+
+
+def test_token_map_uses_the_model_settings_in_force(model, processor, picture):
+    with ats_settings_applied(model, layers=[2], max_tokens=10):
+        one_layer = token_map(picture, model, processor, panel_size=128, columns=5)
+    three_layers = token_map(picture, model, processor, panel_size=128, columns=5)
+    panel_width = round(128 * 40 / 48)
+    assert one_layer.width < three_layers.width and three_layers.width >= 4 * (panel_width + GAP) + GAP
+    assert one_layer.height == three_layers.height
+    assert model.ats_settings["layers"] == [1, 2, 3]
     with pytest.raises(ValueError, match="panel_size=4"):
         token_map(picture, model, processor, panel_size=4)
 
@@ -65,7 +95,36 @@ def test_token_map_uses_the_given_settings(model, processor, picture):
 def test_visualize_command_with_the_embedded_model(tmp_path, picture, capsys):
     image_path, output_path = tmp_path / "digit.png", tmp_path / "map.png"
     picture.save(image_path)
-    assert main(["visualize", str(image_path), "--output", str(output_path), "--panel-size", "96"]) == 0
+    assert main(["visualize", str(image_path), "--output", str(output_path), "--panel-size", "96",
+                 "--ats-layers", "2", "4", "5", "--ats-max-tokens", "0.5"]) == 0
     assert "wrote" in capsys.readouterr().out
     with Image.open(output_path) as written:
-        assert written.width > 3 * 96 and written.height > 96
+        assert written.width > 3 * 80 and written.height > 96
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--panel-size", "8"], "--panel-size: 8 is not allowed: it must be an integer >= 16"),
+        (["--columns", "0"], "--columns: 0 is not allowed"),
+        (["--ats-layers", "5-3"], "reversed"),
+    ],
+)
+def test_visualize_rejects_bad_options_in_one_line(tmp_path, picture, capsys, argv, message):
+    picture.save(tmp_path / "digit.png")
+    assert main(["visualize", str(tmp_path / "digit.png"), *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("ats-hf visualize: error: ") and message in error
+
+
+def test_visualize_checks_the_image_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(checkpoint, "load_ats_classifier", no_loading)
+    assert main(["visualize", str(tmp_path / "missing.png")]) == 2
+    missing = str(tmp_path / "missing.png")
+    assert capsys.readouterr().err == f"ats-hf visualize: error: image file {missing!r} does not exist\n"
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["visualize", str(tmp_path / "notes.png")]) == 2
+    assert capsys.readouterr().err.startswith("ats-hf visualize: error: cannot read image")

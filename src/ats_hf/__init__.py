@@ -20,8 +20,6 @@ from .modeling_ats_vit import (
     top_k_sampling,
 )
 
-from .convert import convert_to_ats, push_checkpoint, save_ats_checkpoint
-
 __version__ = "0.1.0"
 
 AutoConfig.register(AtsViTConfig.model_type, AtsViTConfig, exist_ok=True)
@@ -30,6 +28,26 @@ AutoModelForImageClassification.register(AtsViTConfig, AtsViTForImageClassificat
 AtsViTConfig.register_for_auto_class()
 AtsViTModel.register_for_auto_class("AutoModel")
 AtsViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+# Tooling is imported on first use (PEP 562), so that `import ats_hf` loads only the model and its registration.
+_LAZY_TOOLING = {
+    "convert_to_ats": "ats_hf.hub.convert",
+    "load_ats_classifier": "ats_hf.hub.checkpoint",
+    "push_checkpoint": "ats_hf.hub.checkpoint",
+    "save_ats_checkpoint": "ats_hf.hub.checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_TOOLING:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_TOOLING[name]), name)
+    raise AttributeError(f"module 'ats_hf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_TOOLING))
 
 __all__ = [
     "ATS_SAMPLERS",
@@ -41,6 +59,7 @@ __all__ = [
     "AtsViTPreTrainedModel",
     "convert_to_ats",
     "inverse_transform_sampling",
+    "load_ats_classifier",
     "pack_kept_tokens",
     "push_checkpoint",
     "random_sampling",

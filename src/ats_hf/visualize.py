@@ -1,5 +1,12 @@
 """Pictures of what ATS keeps (the paper's figures 3 and 7): the input image and, for every ATS layer, the same image
-with the kept patches at full brightness and the dropped ones dimmed, titled with the layer's token count."""
+with the dropped patches covered by a light hatched veil and the kept ones outlined, titled with the layer's token
+count; the model's prediction heads the picture. The veil and outline read on dark and light images alike.
+
+The model runs with its current ATS settings; try others with `ats_hf.settings.ats_settings_applied`:
+
+    with ats_settings_applied(model, layers=[2, 3], max_tokens=0.5):
+        picture = token_map("cat.jpg", model, processor)
+"""
 
 import argparse
 import math
@@ -9,11 +16,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .benchmark import DEFAULT_MODEL_DIR, Method, method_from_options, parse_max_tokens, use_method
+from .data import DEFAULT_MODEL_DIR
 from .modeling_ats_vit import AtsViTForImageClassification
+from .settings import add_ats_arguments, format_settings, settings_from_args
 
 GAP = 8  # pixels between and around panels
-DIM = 0.25  # brightness of dropped patches
+MIN_PANEL_SIZE = 16
+VEIL = (235, 235, 235)  # dropped patches are blended towards this colour ...
+VEIL_OPACITY = 0.6
+HATCH = (110, 110, 110)  # ... and crossed by diagonal lines of this colour
+HATCH_PERIOD = 6  # pixels between hatch lines
+OUTLINE = (255, 190, 0)  # the border of the kept patches
 
 
 def kept_patch_grids(sampled_token_indices: torch.Tensor, grid_size: tuple[int, int]) -> list[torch.Tensor]:
@@ -35,23 +48,21 @@ def token_map(
     image,
     model: AtsViTForImageClassification | None = None,
     processor=None,
-    ats: Method | None = None,
     panel_size: int = 192,
     columns: int = 5,
 ) -> Image.Image:
-    """Render the token map of one image.
+    """Render the token map of one image with the model's current ATS settings.
 
     Args:
         image: a path, a PIL image or an (H, W, 3) uint8 array.
         model, processor: an ATS-ViT classifier and its image processor; both default to the embedded model.
-        ats: ATS settings to use instead of the model config's (`Method`).
-        panel_size: side of each square panel in pixels; columns: panels per row.
+        panel_size: the longer side of each panel in pixels (>= 16); columns: panels per row (>= 1).
     Returns:
-        An RGB image of columns' * (panel_size + GAP) + GAP by rows * (panel_size + title + GAP) + GAP pixels, where
-        columns' = min(columns, panels) and panels = 1 + the number of ATS layers; the top-left panel is the input.
+        An RGB image: a header line with the prediction, then panels (the input first, then one per ATS layer) of
+        the image's aspect ratio (of the processed image when the processor crops), `columns` to a row.
     """
-    if panel_size < 16 or columns < 1:
-        raise ValueError(f"panel_size={panel_size} must be >= 16 and columns={columns} >= 1.")
+    if panel_size < MIN_PANEL_SIZE or columns < 1:
+        raise ValueError(f"panel_size={panel_size} must be >= {MIN_PANEL_SIZE} and columns={columns} >= 1.")
     if model is None:
         model = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR)
     if processor is None:
@@ -62,27 +73,62 @@ def token_map(
         image = Image.open(image)
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    pixel_values = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    image = image.convert("RGB")
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
 
     model.eval()
     parameter = next(model.parameters())
-    with torch.inference_mode(), use_method(model, ats or Method.from_config(model.config)):
+    with torch.inference_mode():
         output = model(pixel_values.to(device=parameter.device, dtype=parameter.dtype))
-        ats_layers = list(model.config.ats_layers)
-    patch = model.config.patch_size if isinstance(model.config.patch_size, int) else model.config.patch_size[0]
-    grid_size = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+    config = model.config
+    patch = (config.patch_size, config.patch_size) if isinstance(config.patch_size, int) else config.patch_size
+    grid_size = (pixel_values.shape[-2] // patch[0], pixel_values.shape[-1] // patch[1])
     grids = kept_patch_grids(output.sampled_token_indices, grid_size)
     counts = output.num_tokens[0].tolist()
-    total = grid_size[0] * grid_size[1] + 1
+    probabilities = output.logits[0].float().softmax(-1)
+    label = int(probabilities.argmax())
+    header = (
+        f"prediction: {config.id2label.get(label, label)} ({100 * probabilities[label]:.1f}%)   "
+        f"ATS {format_settings(config.ats_layers, config.ats_max_tokens, config.ats_sampler)}"
+    )
 
-    shown = _displayable(pixel_values[0], processor)
-    panels = [(shown, f"input: {total} tokens")]
-    for layer, grid in zip(ats_layers, grids):
-        kept = grid.repeat_interleave(patch, 0).repeat_interleave(patch, 1).numpy()
-        kept = np.pad(kept, ((0, shown.shape[0] - kept.shape[0]), (0, shown.shape[1] - kept.shape[1])))
-        dimmed = np.where(kept[..., None], shown, (shown * DIM).astype(np.uint8))
-        panels.append((dimmed, f"layer {layer}: {counts[layer]} tokens"))
-    return _compose(panels, panel_size, columns)
+    shown = _panel_pixels(image, pixel_values[0], processor, grid_size, patch, panel_size)
+    panels = [(shown, f"input: {grid_size[0] * grid_size[1] + 1} tokens")]
+    for layer, grid in zip(config.ats_layers, grids):
+        panels.append((_veil_dropped(shown, grid), f"layer {layer}: {counts[layer]} tokens"))
+    return _compose(panels, header, columns)
+
+
+def _panel_pixels(image, pixel_values, processor, grid_size, patch, panel_size: int) -> np.ndarray:
+    """What a panel shows, (h, w, 3) uint8 with max(h, w) = panel_size: the image at its own aspect ratio when the
+    processor only resizes (each patch is then a cell of a grid stretched over it), else the processed image."""
+    if getattr(processor, "do_center_crop", False):
+        picture = Image.fromarray(_displayable(pixel_values, processor))
+    else:  # the model saw the whole image, resized: cut it into the patch grid's area, then show it as it is
+        covered_h = grid_size[0] * patch[0] / pixel_values.shape[-2]
+        covered_w = grid_size[1] * patch[1] / pixel_values.shape[-1]
+        picture = image.crop((0, 0, round(image.width * covered_w), round(image.height * covered_h)))
+    scale = panel_size / max(picture.width, picture.height)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    upscale = scale >= 1
+    return np.asarray(picture.resize(size, Image.NEAREST if upscale else Image.LANCZOS))
+
+
+def _veil_dropped(pixels: np.ndarray, kept_grid: torch.Tensor) -> np.ndarray:
+    """`pixels` with the dropped patches veiled (light tint with diagonal hatching) and the kept ones outlined."""
+    height, width = pixels.shape[:2]
+    grid = kept_grid.numpy()
+    rows = np.arange(height) * grid.shape[0] // height
+    cols = np.arange(width) * grid.shape[1] // width
+    kept = grid[rows[:, None], cols[None, :]]
+    y, x = np.mgrid[0:height, 0:width]
+    veil_colour = np.where(((x + y) % HATCH_PERIOD == 0)[..., None], HATCH, VEIL)
+    veiled = (pixels * (1 - VEIL_OPACITY) + veil_colour * VEIL_OPACITY).round().astype(np.uint8)
+    result = np.where(kept[..., None], pixels, veiled)
+    padded = np.pad(kept, 1, constant_values=False)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    result[kept & ~inner] = OUTLINE
+    return result
 
 
 def _displayable(pixel_values: torch.Tensor, processor) -> np.ndarray:
@@ -95,47 +141,66 @@ def _displayable(pixel_values: torch.Tensor, processor) -> np.ndarray:
     return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def _compose(panels: list[tuple[np.ndarray, str]], panel_size: int, columns: int) -> Image.Image:
-    font = ImageFont.load_default(size=max(10, panel_size // 14))
+def _compose(panels: list[tuple[np.ndarray, str]], header: str, columns: int) -> Image.Image:
+    """Panels of one size in a grid, each under its title, below a header line. A cell is as wide as its panel, or
+    as the widest title when titles are wider (small panels)."""
+    panel_h, panel_w = panels[0][0].shape[:2]
+    font = ImageFont.load_default(size=max(10, max(panel_h, panel_w) // 14))
     title_height = font.getbbox("Hg")[3] + 6
+    cell_w = max(panel_w, max(math.ceil(font.getlength(title)) for _, title in panels))
     columns = min(columns, len(panels))
     rows = math.ceil(len(panels) / columns)
-    canvas = Image.new(
-        "RGB", (columns * (panel_size + GAP) + GAP, rows * (panel_size + title_height + GAP) + GAP), "white"
-    )
+    header_height = title_height + GAP // 2
+    width = max(columns * (cell_w + GAP) + GAP, math.ceil(font.getlength(header)) + 2 * GAP)
+    canvas = Image.new("RGB", (width, GAP + header_height + rows * (panel_h + title_height + GAP)), "white")
     draw = ImageDraw.Draw(canvas)
+    draw.text((GAP, GAP), header, fill="black", font=font)
     for index, (pixels, title) in enumerate(panels):
-        left = GAP + (index % columns) * (panel_size + GAP)
-        top = GAP + (index // columns) * (panel_size + title_height + GAP)
-        picture = Image.fromarray(pixels)
-        upscale = picture.width <= panel_size and picture.height <= panel_size
-        picture = picture.resize((panel_size, panel_size), Image.NEAREST if upscale else Image.LANCZOS)
+        left = GAP + (index % columns) * (cell_w + GAP)
+        top = GAP + header_height + (index // columns) * (panel_h + title_height + GAP)
         draw.text((left, top), title, fill="black", font=font)
-        canvas.paste(picture, (left, top + title_height))
+        canvas.paste(Image.fromarray(pixels), (left, top + title_height))
     return canvas
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ats-hf visualize`."""
+    from ats_hf_cli import int_at_least, positive_int
+
     parser.add_argument("image", type=Path, help="image file to draw")
     parser.add_argument("--model", help="Hub id or folder of an ATS-ViT / ViT classifier (default: the embedded model)")
     parser.add_argument("--output", type=Path, help="PNG to write (default: IMAGE-ats.png in the current folder)")
-    parser.add_argument("--ats-layers", type=int, nargs="+", help="ATS layers (default: the model config's)")
-    parser.add_argument("--ats-max-tokens", type=parse_max_tokens, nargs="+", help="K: 'all', an int >= 2 or a fraction; one, or one per layer")
-    parser.add_argument("--panel-size", type=int, default=192, help="panel side in pixels")
-    parser.add_argument("--columns", type=int, default=5, help="panels per row")
+    add_ats_arguments(parser)
+    parser.add_argument("--panel-size", type=int_at_least(MIN_PANEL_SIZE), default=192,
+                        help="longer side of a panel in pixels (default: %(default)s)")
+    parser.add_argument("--columns", type=positive_int, default=5, help="panels per row (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """`ats-hf visualize`: write the token map PNG and print each ATS layer's token count."""
+    """`ats-hf visualize`: write the token map PNG."""
     from transformers import AutoImageProcessor
 
+    from ats_hf_cli import UsageError, usage_errors
+
+    from .hub.checkpoint import check_source, load_ats_classifier
+
+    if not args.image.is_file():
+        raise UsageError(f"image file {str(args.image)!r} does not exist")
+    with usage_errors(OSError, context=f"cannot read image {str(args.image)!r}"):
+        image = Image.open(args.image)
+        image.load()
     model_path = args.model or str(DEFAULT_MODEL_DIR)
-    model = AtsViTForImageClassification.from_pretrained(model_path)
-    ats = method_from_options(model.config, args.ats_layers, args.ats_max_tokens)
-    picture = token_map(args.image, model, AutoImageProcessor.from_pretrained(model_path), ats, args.panel_size, args.columns)
+    with usage_errors(FileNotFoundError):
+        check_source(model_path, "--model")
+    with usage_errors(OSError, ValueError, context=f"cannot load --model {model_path!r}"):
+        model = load_ats_classifier(model_path)
+        processor = AutoImageProcessor.from_pretrained(model_path)
+    with usage_errors(ValueError, context="ATS settings"):
+        model.set_ats(**settings_from_args(args))
+    picture = token_map(image, model, processor, args.panel_size, args.columns)
     output = args.output or Path(f"{args.image.stem}-ats.png")
-    picture.save(output)
+    with usage_errors(OSError, ValueError, context=f"cannot write {str(output)!r}"):
+        picture.save(output)
     print(f"wrote {output} ({picture.width} x {picture.height})")
     return 0
 

@@ -2,8 +2,8 @@
 
 Each image places one of scikit-learn's bundled 8 x 8 handwritten digits (UCI optdigits, offline), scaled to
 16..28 px, slightly rotated and sheared, in light ink at a random position on a 64 x 64 RGB canvas filled with a
-darker, smooth random colour texture. With 8 px patches, 64 patches of which most show only background: the situation in which
-token sampling pays off. Everything is a pure function of (split, number of images, seed).
+darker, smooth random colour texture. With 8 px patches, 64 patches of which most show only background: the
+situation in which token sampling pays off. Everything is a pure function of (split, number of images, seed).
 
 The 1797 source digits are split once (fixed permutation): 1347 for "train", 450 for "test", so test images
 never reuse a training digit.
@@ -100,7 +100,8 @@ def _place_digits(digits: torch.Tensor, uniform, digit_size: tuple[float, float]
     angle = uniform(num_images, low=-15.0, high=15.0) * math.pi / 180
     shear = uniform(num_images, low=-0.15, high=0.15)
     margin = spread * (1 - size / IMAGE_SIZE)
-    center_x, center_y = uniform(num_images, low=-1.0, high=1.0) * margin, uniform(num_images, low=-1.0, high=1.0) * margin
+    center_x = uniform(num_images, low=-1.0, high=1.0) * margin
+    center_y = uniform(num_images, low=-1.0, high=1.0) * margin
     # affine_grid maps output (canvas) coordinates to input (digit) coordinates, both in [-1, 1].
     scale = IMAGE_SIZE / size
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
@@ -127,4 +128,14 @@ def _background_and_ink(num_images: int, uniform, generator: torch.Generator) ->
     return background, ink_color
 
 
-__all__ = ["DIGIT_SIZE", "IMAGE_SIZE", "NUM_CLASSES", "TEST_SEED", "TEST_SIZE", "as_dataset", "generate", "source_digits", "test_split"]
+__all__ = [
+    "DIGIT_SIZE",
+    "IMAGE_SIZE",
+    "NUM_CLASSES",
+    "TEST_SEED",
+    "TEST_SIZE",
+    "as_dataset",
+    "generate",
+    "source_digits",
+    "test_split",
+]

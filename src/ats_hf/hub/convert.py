@@ -11,48 +11,16 @@ import os
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoImageProcessor, PretrainedConfig
 
-from .configuration_ats_vit import ATS_SAMPLERS, AtsViTConfig
-from .flops import gmacs_per_image
-from .model_card import write_model_card
-from .modeling_ats_vit import AtsViTForImageClassification
+from ..flops import gmacs_per_image
+from ..modeling_ats_vit import AtsViTForImageClassification
+from ..settings import add_ats_arguments, settings_from_args
+from .checkpoint import check_source, load_ats_classifier, push_checkpoint, save_ats_checkpoint
 
-SUPPORTED_MODEL_TYPES = ("vit", "ats_vit")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-UPLOAD_IGNORE = ["checkpoint-*", "_*"]
-def load_ats_classifier(source: str | os.PathLike, **kwargs) -> AtsViTForImageClassification:
-    """`AtsViTForImageClassification.from_pretrained(source, **kwargs)` for a ViT, non-distilled DeiT or ATS-ViT
-    checkpoint (Hub id or directory); other model types raise `ValueError` naming the type. Keyword arguments
-    override config fields (`ats_layers`, `ats_max_tokens`, `ats_sampler`, `id2label`, ...) as in transformers."""
-    hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "revision", "token") if key in kwargs}
-    config_dict, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
-    model_type = config_dict.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{str(source)!r} is a {model_type!r} checkpoint; ATS-ViT loads model_type 'vit' (google/vit-*, the "
-            "non-distilled facebook/deit-*) or 'ats_vit'. Distilled DeiT ('deit') is not supported."
-        )
-    return AtsViTForImageClassification.from_pretrained(source, **kwargs)
-
-
-def save_ats_checkpoint(
-    model: AtsViTForImageClassification,
-    save_directory: str | os.PathLike,
-    image_processor=None,
-    **card_kwargs,
-) -> Path:
-    """`model.save_pretrained` (weights, config with an `auto_map` for AutoConfig, AutoModel and
-    AutoModelForImageClassification, modeling code), the image processor, and README.md (see
-    `ats_hf.model_card.build_model_card` for `card_kwargs`). Returns the directory."""
-    save_directory = Path(save_directory)
-    model.save_pretrained(save_directory)
-    if image_processor is not None:
-        image_processor.save_pretrained(save_directory)
-    write_model_card(save_directory, model.config, **card_kwargs)
-    return save_directory
 
 
 def convert_to_ats(
@@ -87,8 +55,9 @@ def convert_to_ats(
         The output directory.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"output_dir {str(output_dir)!r} is not empty; pass overwrite=True (--overwrite).")
+    images = None if measure_gmacs_on is None else _image_files(measure_gmacs_on)
     model = load_ats_classifier(source, **config_overrides).eval()
     processor = _load_image_processor(image_processor or source)
     source_card = _read_card(source)
@@ -102,38 +71,13 @@ def convert_to_ats(
         "base_model": base_model,
         "license": license or source_card.get("license"),
     }
-    if measure_gmacs_on is not None:
-        images = _image_files(measure_gmacs_on)
+    if images is not None:
         card_kwargs["ats_gmacs"] = measure_mean_gmacs(model, processor, images)
         card_kwargs["gmacs_measured_on"] = f"{len(images)} images of `{Path(measure_gmacs_on).name}`"
     save_ats_checkpoint(model, output_dir, processor, **card_kwargs)
     if push_to_hub is not None:
         push_checkpoint(output_dir, push_to_hub, private=private, card_kwargs=card_kwargs)
     return output_dir
-
-
-def push_checkpoint(
-    directory: str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    token: str | None = None,
-    card_kwargs: dict | None = None,
-    commit_message: str = "Upload ATS-ViT checkpoint",
-) -> str:
-    """Create `repo_id` if needed and upload `directory` with huggingface_hub's standard upload (`token`, else the
-    one from `hf auth login` or HF_TOKEN), leaving out Trainer's checkpoint-* folders and _* files as
-    `Trainer.push_to_hub` does. If the Hub names the repo differently (a bare name gets your namespace), the model
-    card is rewritten with that id when `card_kwargs` are given. Returns the repo id."""
-    api = HfApi(token=token)
-    created_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if card_kwargs is not None and created_id != card_kwargs.get("model_id"):
-        config = AtsViTConfig.from_pretrained(directory)
-        write_model_card(directory, config, **{**card_kwargs, "model_id": created_id})
-    api.upload_folder(
-        repo_id=created_id, folder_path=str(directory), commit_message=commit_message, ignore_patterns=UPLOAD_IGNORE
-    )
-    return created_id
 
 
 @torch.no_grad()
@@ -152,52 +96,6 @@ def measure_mean_gmacs(
         num_tokens = model(pixel_values=pixel_values).num_tokens
         total += float(gmacs_per_image(model.config, num_tokens.cpu()).sum())
     return total / len(images)
-
-
-def parse_ats_layers(text: str) -> list[int]:
-    """'3-11' -> [3, ..., 11]; '1,3,5-7' -> [1, 3, 5, 6, 7]; 'none' or '' -> [] (plain ViT)."""
-    text = text.strip().lower()
-    if text in ("", "none"):
-        return []
-    layers = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        try:
-            layers.extend(range(int(first), int(last or first) + 1))
-        except ValueError:
-            raise ValueError(f"ats_layers={text!r}: {part!r} is not a layer index or range like '3-11'.") from None
-    return layers
-
-
-def parse_ats_max_tokens(text: str) -> int | float | list[int | float | None] | None:
-    """'all' or 'none' -> None (keep up to all tokens); '0.5' -> a fraction; '100' -> a count; a comma list gives
-    one such value per ATS layer."""
-    values = [_parse_max_tokens_value(part, text) for part in text.split(",")]
-    return values[0] if len(values) == 1 else values
-
-
-def _parse_max_tokens_value(part: str, text: str) -> int | float | None:
-    part = part.strip().lower()
-    if part in ("all", "none"):
-        return None
-    try:
-        return float(part) if "." in part else int(part)
-    except ValueError:
-        raise ValueError(
-            f"ats_max_tokens={text!r}: {part!r} is not 'all', a count (int >= 2) or a fraction in (0, 1]."
-        ) from None
-
-
-def ats_config_overrides(ats_layers: str | None, ats_max_tokens: str | None, ats_sampler: str | None) -> dict:
-    """The ATS config fields given on a command line (each a string, or None for "keep the checkpoint's")."""
-    overrides = {}
-    if ats_layers is not None:
-        overrides["ats_layers"] = parse_ats_layers(ats_layers)
-    if ats_max_tokens is not None:
-        overrides["ats_max_tokens"] = parse_ats_max_tokens(ats_max_tokens)
-    if ats_sampler is not None:
-        overrides["ats_sampler"] = ats_sampler
-    return overrides
 
 
 def _load_image_processor(source):
@@ -229,7 +127,7 @@ def _read_card(source) -> dict:
 def _image_files(directory) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"measure_gmacs_on={str(directory)!r} is not a directory of images.")
+        raise FileNotFoundError(f"measure_gmacs_on={str(directory)!r} is not a directory of images.")
     files = sorted(path for path in directory.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"measure_gmacs_on={str(directory)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
@@ -237,19 +135,10 @@ def _image_files(directory) -> list[Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `ats-hf convert`."""
     parser.add_argument("source", help="Hub id or directory of a ViT / non-distilled DeiT / ATS-ViT classifier.")
     parser.add_argument("output_dir", help="Directory to write the ATS checkpoint into (empty or absent).")
-    parser.add_argument(
-        "--ats-layers",
-        help="0-based ATS layers: '3-11', '1,3,5', or 'none'. Default: keep the "
-        "source's (an ATS source) or the paper's recipe, num_layers//4 .. num_layers-1.",
-    )
-    parser.add_argument(
-        "--ats-max-tokens",
-        help="K, most tokens an ATS layer keeps incl. CLS: 'all' (the paper), "
-        "a count like 120, a fraction like 0.5, or a comma list (one per ATS layer).",
-    )
-    parser.add_argument("--ats-sampler", choices=ATS_SAMPLERS, help="Token sampler (default: inverse_transform).")
+    add_ats_arguments(parser)
     parser.add_argument("--image-processor", help="Where to take preprocessor_config.json from (default: SOURCE).")
     parser.add_argument("--base-model", help="Hub id of the plain base model, for the model card.")
     parser.add_argument("--license", help="License for the model card (default: the source card's, if readable).")
@@ -262,18 +151,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output_dir = convert_to_ats(
-        args.source,
-        args.output_dir,
-        image_processor=args.image_processor,
-        base_model=args.base_model,
-        license=args.license,
-        measure_gmacs_on=args.measure_gmacs_on,
-        overwrite=args.overwrite,
-        push_to_hub=args.push_to_hub,
-        private=args.private,
-        **ats_config_overrides(args.ats_layers, args.ats_max_tokens, args.ats_sampler),
-    )
+    """`ats-hf convert`: write the checkpoint (and upload it)."""
+    from ats_hf_cli import UsageError, usage_errors
+
+    for path, what in ((args.source, "SOURCE"), (args.image_processor, "--image-processor")):
+        if path is not None:
+            with usage_errors(FileNotFoundError):
+                check_source(path, what)
+    overrides = {f"ats_{key}": value for key, value in settings_from_args(args).items()}
+    try:
+        output_dir = convert_to_ats(
+            args.source,
+            args.output_dir,
+            image_processor=args.image_processor,
+            base_model=args.base_model,
+            license=args.license,
+            measure_gmacs_on=args.measure_gmacs_on,
+            overwrite=args.overwrite,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+            **overrides,
+        )
+    except (OSError, ValueError) as error:  # a missing or unloadable source, a bad setting, a non-empty OUTPUT_DIR
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"cannot convert {args.source!r}: {message}") from error
     print(
         f"Wrote an ATS checkpoint to {output_dir}"
         + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else "")
@@ -281,13 +182,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = [
-    "ats_config_overrides",
-    "convert_to_ats",
-    "load_ats_classifier",
-    "measure_mean_gmacs",
-    "parse_ats_layers",
-    "parse_ats_max_tokens",
-    "push_checkpoint",
-    "save_ats_checkpoint",
-]
+__all__ = ["convert_to_ats", "measure_mean_gmacs"]

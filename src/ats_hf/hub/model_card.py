@@ -9,8 +9,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .configuration_ats_vit import AtsViTConfig
-from .flops import dense_gmacs
+from ..configuration_ats_vit import AtsViTConfig, num_input_tokens
+from ..flops import dense_gmacs
 
 TAGS = ["vision", "image-classification", "adaptive-token-sampling", "ats_hf"]
 
@@ -95,7 +95,7 @@ def _title(config: AtsViTConfig, model_id: str, base_model: str | None) -> str:
 
 
 def _settings_section(config: AtsViTConfig) -> str:
-    num_reference_tokens = _num_reference_tokens(config)
+    num_reference_tokens = num_input_tokens(config)
     if config.ats_layers:
         resolved = config.resolve_ats_max_tokens(num_reference_tokens)
         budget = ", ".join(f"layer {index}: {tokens}" for index, tokens in resolved.items())
@@ -183,13 +183,6 @@ outputs.num_tokens             # (batch, num_layers): tokens each layer outputs,
 outputs.sampled_token_indices  # (batch, ATS layers, max_kept): kept patch positions, -1 padded
 ```
 """
-
-
-def _num_reference_tokens(config: AtsViTConfig) -> int:
-    image_size, patch_size = config.image_size, config.patch_size
-    image_h, image_w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    patch_h, patch_w = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
-    return (image_h // patch_h) * (image_w // patch_w) + 1
 
 
 __all__ = ["build_model_card", "write_model_card"]

@@ -1,0 +1,316 @@
+"""The benchmark engine: dense vs ATS vs top-K vs random at equal mean tokens, in accuracy, GMACs and measured speed.
+
+Two modes:
+- accuracy mode (`run_benchmark`): a trained model on labelled images. ATS runs first; top-K and random then keep,
+  in every ATS layer, ATS's mean token count (rounded). Optional sweeps add points to the accuracy-vs-GMACs plot.
+- speed mode (`run_speed_benchmark`): a named geometry with random weights and random images, timing only.
+
+Methods switch the model's ATS settings with `ats_settings_applied` (the model's own settings come back after each
+use). Functions return new result objects and never change the results they are given.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from ..configuration_ats_vit import AtsViTConfig, num_input_tokens
+from ..flops import gmacs_per_image
+from ..modeling_ats_vit import AtsViTForImageClassification
+from ..progress import Progress, note
+from ..settings import ats_settings_applied, format_max_tokens
+from .defaults import (
+    ACCURACY_MODE_TIMING,
+    ATTN_IMPLEMENTATION,
+    EVAL_BATCH_SIZE,
+    SEED,
+    SPEED_MODE_MAX_TOKENS,
+    SPEED_MODE_TIMING,
+)
+from .results import BenchmarkResult, Method, MethodResult, TimingResult
+from .timing import interleaved_throughput, unreliable_timing_message
+
+# Named ViT geometries for speed mode: image size, patch size, width, depth, heads, MLP size.
+GEOMETRIES = {
+    "deit-tiny": dict(image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                      intermediate_size=768),
+    "deit-s": dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                   intermediate_size=1536),
+    "deit-b": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                   intermediate_size=3072),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def matched_baselines(ats: MethodResult) -> list[Method]:
+    """top-K and random keeping, in every ATS layer, ATS's mean token count there (rounded, at least 2)."""
+    layers = ats.method.ats_layers
+    counts = tuple(max(2, int(math.floor(ats.tokens_per_layer[i] + 0.5))) for i in layers)
+    suffix = "" if ats.method.name == "ats" else f" (as {ats.method.name})"
+    return [Method(f"top-k{suffix}", layers, counts, "top_k"), Method(f"random{suffix}", layers, counts, "random")]
+
+
+def sweep_methods(
+    ats: Method, num_layers: int, max_tokens: tuple = (), from_layers: tuple[int, ...] = ()
+) -> tuple[Method, ...]:
+    """ATS variants around `ats`: each K in `max_tokens` on its layers; then ATS in layers S..num_layers-1 for each
+    S in `from_layers`, at its K (at K = all when its K is a per-layer list)."""
+    by_k = [Method.from_settings(f"ats K={format_max_tokens(k)}", ats.ats_layers, k) for k in max_tokens]
+    layer_k = None if isinstance(ats.ats_max_tokens, tuple) else ats.ats_max_tokens
+    by_layers = [
+        Method(f"ats layers {start}-{num_layers - 1}" if start < num_layers - 1 else f"ats layer {start}",
+               tuple(range(start, num_layers)), layer_k)
+        for start in from_layers
+    ]
+    return tuple(by_k + by_layers)
+
+
+@torch.inference_mode()
+def evaluate_method(
+    model: AtsViTForImageClassification,
+    method: Method,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+    seed: int = SEED,
+) -> MethodResult:
+    """Accuracy, per-image GMACs and tokens per layer of one method over `pixel_values` (N, C, H, W)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    input_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
+    correct, gmacs, tokens = 0, [], []
+    with ats_settings_applied(model, **method.settings), Progress(len(pixel_values), f"eval {method.name}") as progress:
+        for start in range(0, len(pixel_values), batch_size):
+            output = model(pixel_values[start : start + batch_size].to(device))
+            if labels is not None:
+                correct += (output.logits.argmax(-1).cpu() == labels[start : start + batch_size]).sum().item()
+            gmacs.append(gmacs_per_image(model.config, output.num_tokens.cpu(), num_input_tokens=input_tokens))
+            tokens.append(output.num_tokens.cpu().double())
+            progress.update(len(output.num_tokens))
+    gmacs, tokens = torch.cat(gmacs), torch.cat(tokens)
+    return MethodResult(
+        method=method,
+        accuracy=None if labels is None else 100.0 * correct / len(pixel_values),
+        gmacs_mean=gmacs.mean().item(),
+        gmacs_std=gmacs.std(unbiased=False).item(),
+        tokens_per_layer=tuple(tokens.mean(0).tolist()),
+        tokens_per_layer_std=tuple(tokens.std(0, unbiased=False).tolist()),
+        gmacs=gmacs,
+    )
+
+
+def time_methods(
+    model: AtsViTForImageClassification,
+    results: list[MethodResult],
+    pixel_values: torch.Tensor,
+    batch_sizes: tuple[int, ...],
+    timing_images: int,
+    repeats: int,
+    seed: int = SEED,
+) -> list[MethodResult]:
+    """`results` with their `timings` at each batch size (new objects; the given ones are left as they are).
+
+    Each batch size times the first max(b, timing_images rounded down to a multiple of b) images, capped at N, for
+    every method, interleaved. The first result is the reference (dense): speed-up = throughput / its throughput,
+    GMACs ratio = its mean GMACs / this method's, both over the same timed images. A batch size whose repeats vary
+    too much gets a warning on stderr at once.
+    """
+    if any(b < 1 for b in batch_sizes) or timing_images < 1 or repeats < 1:
+        raise ValueError(
+            f"batch_sizes={batch_sizes}, timing_images={timing_images} and repeats={repeats} must be >= 1."
+        )
+    device = next(model.parameters()).device
+    reference = results[0]
+    timings: dict[str, dict[int, TimingResult]] = {r.method.name: {} for r in results}
+    for batch_size in batch_sizes:
+        count = min(len(pixel_values), max(batch_size, timing_images // batch_size * batch_size))
+        batches = [pixel_values[i : i + batch_size].to(device) for i in range(0, count, batch_size)]
+
+        def one_pass(method: Method):
+            def run() -> int:
+                with torch.inference_mode(), ats_settings_applied(model, **method.settings):
+                    for batch in batches:
+                        model(batch)
+                return count
+
+            return run
+
+        torch.manual_seed(seed)
+        measured = interleaved_throughput(
+            {r.method.name: one_pass(r.method) for r in results}, device, repeats=repeats,
+            description=f"timing batch {batch_size}",
+        )
+        warning = unreliable_timing_message({f"{name} at batch {batch_size}": m.spread for name, m in measured.items()})
+        if warning:
+            note(warning)
+        reference_gmacs = reference.gmacs[:count].mean().item()
+        for result in results:
+            throughput = measured[result.method.name]
+            timings[result.method.name][batch_size] = TimingResult(
+                batch_size=batch_size,
+                num_images=count,
+                images_per_second=throughput.images_per_second,
+                samples=throughput.samples,
+                reference_images_per_second=measured[reference.method.name].images_per_second,
+                gmacs_ratio=reference_gmacs / result.gmacs[:count].mean().item(),
+            )
+    return [dataclasses.replace(r, timings={**r.timings, **timings[r.method.name]}) for r in results]
+
+
+def run_benchmark(
+    model: AtsViTForImageClassification,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    ats: Method | None = None,
+    sweep: tuple[Method, ...] = (),
+    batch_sizes: tuple[int, ...] = ACCURACY_MODE_TIMING.batch_sizes,
+    timing_images: int = ACCURACY_MODE_TIMING.timing_images,
+    repeats: int = ACCURACY_MODE_TIMING.repeats,
+    eval_batch_size: int = EVAL_BATCH_SIZE,
+    seed: int = SEED,
+    model_name: str = "model",
+    data_name: str = "data",
+    notes: tuple[str, ...] = (),
+) -> BenchmarkResult:
+    """Compare dense, ATS, and top-K / random at ATS's mean tokens per layer on labelled images.
+
+    Args:
+        model: an ATS-ViT classifier (any ATS settings; each method sets its own, and the model's come back).
+        pixel_values: (N, C, H, W) processed images; labels: (N,) class indices, or None to skip accuracy.
+        ats: the ATS setting to compare (at least one ATS layer); None: `Method.from_config(model.config)`.
+        sweep: more ATS methods (see `sweep_methods`), each with its matched top-K and random, for the plot only.
+        batch_sizes: batch sizes to time (empty: no timing); timing_images, repeats: see `time_methods`.
+        notes: lines for the reader of the report (e.g. why there is no accuracy).
+    """
+    ats = ats or Method.from_config(model.config)
+    if not ats.ats_layers:
+        raise ValueError(f"the ATS method {ats.name!r} has no ATS layers: there is nothing to compare with dense.")
+    model.eval()
+
+    def evaluate(method: Method) -> MethodResult:
+        return evaluate_method(model, method, pixel_values, labels, eval_batch_size, seed)
+
+    dense, ats_result = evaluate(Method("dense")), evaluate(ats)
+    methods = [dense, ats_result] + [evaluate(baseline) for baseline in matched_baselines(ats_result)]
+    sweep_results = []
+    for method in sweep:
+        point = evaluate(method)
+        sweep_results += [point] + [evaluate(baseline) for baseline in matched_baselines(point)]
+    if batch_sizes:
+        methods = time_methods(model, methods, pixel_values, batch_sizes, timing_images, repeats, seed)
+    return BenchmarkResult(
+        model=model_name,
+        data=data_name,
+        num_images=len(pixel_values),
+        dense_gmacs=dense.gmacs_mean,
+        methods=methods,
+        sweep=sweep_results,
+        machine=describe_machine(next(model.parameters())),
+        notes=list(notes),
+    )
+
+
+def speed_model(geometry: str | dict, num_labels: int = 1000, seed: int = SEED) -> AtsViTForImageClassification:
+    """A randomly initialised ATS-ViT of a named geometry (see `GEOMETRIES`) or of a dict of config fields."""
+    if isinstance(geometry, str) and geometry not in GEOMETRIES:
+        raise ValueError(f"geometry={geometry!r} is unknown; choose one of {', '.join(GEOMETRIES)}, or pass config "
+                         "fields.")
+    torch.manual_seed(seed)
+    fields = GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
+    return AtsViTForImageClassification(AtsViTConfig(**{"num_labels": num_labels, **fields})).eval()
+
+
+def run_speed_benchmark(
+    geometry: str | dict = "deit-s",
+    ats_layers: tuple[int, ...] | None = None,
+    ats_max_tokens: int | float | tuple = SPEED_MODE_MAX_TOKENS,
+    batch_sizes: tuple[int, ...] = SPEED_MODE_TIMING.batch_sizes,
+    timing_images: int = SPEED_MODE_TIMING.timing_images,
+    repeats: int = SPEED_MODE_TIMING.repeats,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = ATTN_IMPLEMENTATION,
+    seed: int = SEED,
+) -> BenchmarkResult:
+    """Wall-clock gains on a named geometry with random weights and random images.
+
+    Compares dense; ATS with K = `ats_max_tokens`; ATS with K = all tokens (the paper's default: only duplicates
+    and the lowest-scoring token go); and "no-drop", the ATS layers with top-K at K = all tokens, so that scoring,
+    sampling and packing run but no token is dropped: its throughput against dense is the pure overhead.
+    """
+    if not batch_sizes:
+        raise ValueError("speed mode times the methods: give at least one batch size.")
+    model = speed_model(geometry, seed=seed).to(device=device, dtype=dtype)
+    model.set_attn_implementation(attn_implementation)
+    layers = tuple(ats_layers) if ats_layers is not None else Method.from_config(model.config).ats_layers
+    methods = [
+        Method("dense"),
+        Method.from_settings(f"ats K={format_max_tokens(ats_max_tokens)}", layers, ats_max_tokens),
+        Method("ats K=all", layers, None),
+        Method("no-drop", layers, None, "top_k"),
+    ]
+    config = model.config
+    count = max(max(batch_sizes), timing_images)
+    generator = torch.Generator().manual_seed(seed)
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    pixel_values = torch.randn(count, config.num_channels, height, width, generator=generator).to(dtype)
+    results = [evaluate_method(model, method, pixel_values, batch_size=max(batch_sizes), seed=seed) for method in
+               methods]
+    results = time_methods(model, results, pixel_values, batch_sizes, timing_images, repeats, seed)
+    return BenchmarkResult(
+        model=f"{geometry if isinstance(geometry, str) else 'custom geometry'} (random weights, {attn_implementation})",
+        data=f"{count} random images",
+        num_images=count,
+        dense_gmacs=results[0].gmacs_mean,
+        methods=results,
+        sweep=[],
+        machine=describe_machine(next(model.parameters())),
+    )
+
+
+def describe_machine(parameter: torch.Tensor) -> dict:
+    """Where the numbers were measured: CPU model, cores and threads, load, device, dtype, library versions."""
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(parameter.device),
+        "dtype": str(parameter.dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    if parameter.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(parameter.device)
+    return info
+
+
+__all__ = [
+    "DTYPES",
+    "GEOMETRIES",
+    "describe_machine",
+    "evaluate_method",
+    "matched_baselines",
+    "run_benchmark",
+    "run_speed_benchmark",
+    "speed_model",
+    "sweep_methods",
+    "time_methods",
+]

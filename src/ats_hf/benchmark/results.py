@@ -1,0 +1,157 @@
+"""What the benchmark measures, as dataclasses: the compared methods, their accuracy / GMACs / tokens, their timings,
+and a whole run, with its JSON form."""
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..configuration_ats_vit import default_ats_layers
+
+FAMILIES = {"inverse_transform": "ats", "top_k": "top-k", "random": "random"}  # sampler -> family
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to run the model: which layers sample tokens, how many they keep at most (K), and how."""
+
+    name: str
+    ats_layers: tuple[int, ...] = ()
+    ats_max_tokens: int | float | tuple[int | float | None, ...] | None = None
+    ats_sampler: str = "inverse_transform"
+
+    @classmethod
+    def from_settings(cls, name: str, layers, max_tokens=None, sampler: str = "inverse_transform") -> "Method":
+        """A method from `set_ats`-style settings (lists become tuples)."""
+        max_tokens = tuple(max_tokens) if isinstance(max_tokens, (list, tuple)) else max_tokens
+        return cls(name, tuple(layers), max_tokens, sampler)
+
+    @classmethod
+    def from_config(cls, config) -> "Method":
+        """"ats" with the config's settings; with no ATS layers there, the paper's recipe (layers L//4..L-1, K =
+        all)."""
+        if config.ats_layers:
+            return cls.from_settings("ats", config.ats_layers, config.ats_max_tokens)
+        return cls("ats", tuple(default_ats_layers(config.num_hidden_layers)))
+
+    @property
+    def settings(self) -> dict:
+        """The keyword arguments of `model.set_ats` / `ats_settings_applied` for this method."""
+        max_tokens = list(self.ats_max_tokens) if isinstance(self.ats_max_tokens, tuple) else self.ats_max_tokens
+        return {"layers": list(self.ats_layers), "max_tokens": max_tokens, "sampler": self.ats_sampler}
+
+    @property
+    def family(self) -> str:
+        """dense, ats, top-k or random: which curve of the plots the method belongs to."""
+        return FAMILIES[self.ats_sampler] if self.ats_layers else "dense"
+
+
+@dataclass(frozen=True)
+class TimingResult:
+    """Measured throughput of one method at one batch size, and how it compares with the reference (dense)."""
+
+    batch_size: int
+    num_images: int
+    images_per_second: float  # median over the repeats
+    samples: tuple[float, ...]  # images per second of every timed repeat
+    reference_images_per_second: float  # the reference's median, on the same images
+    gmacs_ratio: float  # reference's mean GMACs / this method's, on the same timed images: the ideal speed-up
+
+    @property
+    def speedup(self) -> float:
+        """Median throughput / the reference's."""
+        return self.images_per_second / self.reference_images_per_second
+
+    @property
+    def speedup_range(self) -> tuple[float, float]:
+        """(slowest, fastest) repeat / the reference's median: how far the speed-up moved with the noise."""
+        reference = self.reference_images_per_second
+        return min(self.samples) / reference, max(self.samples) / reference
+
+    @property
+    def spread(self) -> float:
+        """(fastest - slowest repeat) / median: how noisy the measurement was."""
+        return (max(self.samples) - min(self.samples)) / statistics.median(self.samples)
+
+    @property
+    def efficiency(self) -> float:
+        """Measured speed-up / GMACs ratio: 1.0 means the saved compute is fully turned into speed."""
+        return self.speedup / self.gmacs_ratio
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "speedup": self.speedup, "spread": self.spread, "efficiency": self.efficiency}
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Everything measured for one method."""
+
+    method: Method
+    accuracy: float | None  # top-1 %, None without labels
+    gmacs_mean: float
+    gmacs_std: float
+    tokens_per_layer: tuple[float, ...]  # mean tokens out of each layer, CLS included
+    tokens_per_layer_std: tuple[float, ...]
+    timings: dict[int, TimingResult] = field(default_factory=dict)  # batch size -> timing
+    gmacs: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (N,) per image; not in JSON
+
+    def to_dict(self) -> dict:
+        return {
+            "method": asdict(self.method),
+            "accuracy": self.accuracy,
+            "gmacs_mean": self.gmacs_mean,
+            "gmacs_std": self.gmacs_std,
+            "tokens_per_layer": list(self.tokens_per_layer),
+            "tokens_per_layer_std": list(self.tokens_per_layer_std),
+            "timings": [timing.to_dict() for timing in self.timings.values()],
+        }
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """A whole run: the compared methods (with timings), the sweep points (accuracy and GMACs only), where it ran,
+    and notes for the reader (e.g. why there is no accuracy)."""
+
+    model: str
+    data: str
+    num_images: int
+    dense_gmacs: float
+    methods: list[MethodResult]
+    sweep: list[MethodResult]
+    machine: dict
+    command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def method(self, name: str) -> MethodResult:
+        for result in self.methods:
+            if result.method.name == name:
+                return result
+        raise KeyError(f"no method {name!r}; have {[r.method.name for r in self.methods]}")
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The timed batch sizes, ascending."""
+        return sorted({b for r in self.methods for b in r.timings})
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "num_images": self.num_images,
+            "dense_gmacs": self.dense_gmacs,
+            "command": self.command,
+            "machine": self.machine,
+            "notes": list(self.notes),
+            "methods": [r.to_dict() for r in self.methods],
+            "sweep": [r.to_dict() for r in self.sweep],
+        }
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+__all__ = ["BenchmarkResult", "Method", "MethodResult", "TimingResult"]

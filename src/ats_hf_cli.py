@@ -1,0 +1,117 @@
+"""The `ats-hf` command line.
+
+This module imports the standard library only, so that `ats-hf --help` answers at once: importing `ats_hf` loads
+torch and transformers (the package registers its Auto classes), which takes seconds. A subcommand's module is
+imported only once that subcommand is chosen; it provides `add_arguments(parser)` and `run(args) -> int`.
+
+Expected mistakes (a missing file, a bad option value, an empty dataset, a model that cannot be loaded) are
+reported as one line, `ats-hf COMMAND: error: ...`, with exit status 2: argparse errors, and `UsageError`s that a
+subcommand raises. Any other exception is a bug and keeps its traceback.
+"""
+
+import argparse
+import contextlib
+import importlib
+import sys
+from collections.abc import Iterator
+
+PROG = "ats-hf"
+SUBCOMMANDS = {  # name -> (module, one-line help)
+    "benchmark": ("ats_hf.benchmark.cli", "Compare dense, ATS, top-K and random: accuracy, GMACs, throughput."),
+    "visualize": ("ats_hf.visualize", "Draw the patches each ATS layer keeps for an image."),
+    "convert": ("ats_hf.hub.convert", "Turn a plain ViT/DeiT checkpoint into a shareable ATS checkpoint."),
+}
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: `main` prints the message as one line and exits with status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (the usage of a subcommand can fill a screen)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def checked(parse, name: str | None = None):
+    """An argparse type from a parse function: its `ValueError` becomes a one-line argparse error (exit status 2)."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = name or parse.__name__.removeprefix("parse_")
+    return convert
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an int >= `minimum`."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: it must be an integer >= {minimum}")
+        return value
+
+    convert.__name__ = f"int >= {minimum}"
+    return convert
+
+
+positive_int = int_at_least(1)  # counts: batch sizes, images, repeats, threads, columns
+non_negative_int = int_at_least(0)  # indices
+
+
+@contextlib.contextmanager
+def usage_errors(*types: type[Exception], context: str = "") -> Iterator[None]:
+    """Inside the block, turn exceptions of `types` (which a known, user-facing check raises) into `UsageError`s,
+    with `context` (e.g. "cannot load --model 'x'") before the first line of their message."""
+    try:
+        yield
+    except types as error:
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"{context}: {message}" if context else message) from error
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The parser. Only `command`'s module is imported, to add its options; with None, none is."""
+    parser = Parser(prog=PROG, description="Adaptive Token Sampling for transformers ViTs.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(subparser)
+            subparser.set_defaults(run=module.run)
+    parser.commands = subparsers.choices
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `ats-hf ARGV`; returns the exit status (0 ok, 2 usage error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parser = build_parser(command)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported by the subcommand, so that its --help is the one pointed to
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as exit_:  # --help, or an argparse error already printed
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        return args.run(args)
+    except UsageError as error:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The `ats-hf` launcher and the lean core: fast help without torch, `import ats_hf` without the tooling, and one-line
+errors (exit status 2, no traceback) for every expected user mistake."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ats_hf_cli import SUBCOMMANDS, build_parser, main
+
+TOOLING = ("matplotlib", "datasets", "evaluate", "sklearn", "accelerate", "tqdm")
+
+
+def run_python(code: str) -> dict:
+    """Run `code` in a fresh interpreter; it prints one JSON line, which is returned."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_help_and_bad_commands_never_import_torch():
+    seen = run_python(
+        "import contextlib, io, json, sys\n"
+        "from ats_hf_cli import main\n"
+        "codes = []\n"
+        "for argv in (['--help'], [], ['bench']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        "        codes.append(main(argv))\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'ats_hf') if m in sys.modules)\n"
+        "print(json.dumps({'codes': codes, 'heavy': heavy, 'help': out.getvalue(), 'error': err.getvalue()}))\n"
+    )
+    assert seen["codes"] == [0, 2, 2] and seen["heavy"] == []
+    assert seen["error"].startswith("ats-hf: error: argument COMMAND: invalid choice: 'bench'")
+
+
+def test_the_installed_command_answers_help_without_torch():
+    script = Path(sys.executable).with_name("ats-hf")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPROFILEIMPORTTIME": "1", "PATH": ""})
+    assert done.returncode == 0 and all(name in done.stdout for name in SUBCOMMANDS)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "ats_hf_cli" in imported and "torch" not in imported and "ats_hf" not in imported
+
+
+def test_import_ats_hf_loads_the_model_but_not_the_tooling():
+    # transformers itself may import some tooling packages (tqdm, and accelerate when installed); ats_hf must add none.
+    seen = run_python(
+        "import json, sys\n"
+        "import torch, transformers\n"
+        "from transformers import AutoModelForImageClassification\n"
+        "import transformers.models.vit.modeling_vit\n"
+        "before = set(sys.modules)\n"
+        "import ats_hf\n"
+        "added = sorted({m.split('.')[0] for m in set(sys.modules) - before})\n"
+        "own = sorted(m for m in sys.modules if m.startswith('ats_hf'))\n"
+        f"tooling = sorted(m for m in {TOOLING!r} if m in sys.modules)\n"
+        "lazy = ats_hf.save_ats_checkpoint.__module__\n"
+        "print(json.dumps({'added': added, 'own': own, 'tooling': tooling, 'lazy': lazy}))\n"
+    )
+    assert not set(seen["added"]) & set(TOOLING), seen["added"]
+    assert not {"matplotlib", "datasets", "evaluate", "sklearn"} & set(seen["tooling"])
+    tooling_modules = ("ats_hf.hub", "ats_hf.benchmark", "ats_hf.data", "ats_hf.visualize", "ats_hf.metrics")
+    assert "ats_hf.modeling_ats_vit" in seen["own"] and not [m for m in seen["own"] if m.startswith(tooling_modules)]
+    assert seen["lazy"] == "ats_hf.hub.checkpoint", "tooling stays reachable from the top level, on first use"
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_every_command_has_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "--ats-layers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "forms, layers",
+    [(["3-5"], [3, 4, 5]), (["3", "4", "5"], [3, 4, 5]), (["1,3,4-5"], [1, 3, 4, 5]), (["none"], [])],
+)
+@pytest.mark.parametrize("command", ["benchmark", "visualize", "convert"])
+def test_every_command_takes_the_same_settings_grammar(command, forms, layers):
+    positional = {"benchmark": [], "visualize": ["image.png"], "convert": ["source", "output"]}[command]
+    args = build_parser(command).parse_args([command, *positional, "--ats-layers", *forms, "--ats-max-tokens",
+                                             "0.5"])
+    assert (args.ats_layers, args.ats_max_tokens) == (layers, 0.5)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-sizes", "-1"], "argument --batch-sizes: -1 is not allowed: it must be an integer >= 1"),
+        (["--batch-sizes", "1", "0"], "argument --batch-sizes: 0 is not allowed"),
+        (["--num-images", "-5"], "argument --num-images: -5 is not allowed"),
+        (["--num-images", "0"], "argument --num-images: 0 is not allowed"),
+        (["--timing-images", "0"], "argument --timing-images: 0"),
+        (["--repeats", "0"], "argument --repeats: 0"),
+        (["--threads", "0"], "argument --threads: 0"),
+        (["--eval-batch-size", "0"], "argument --eval-batch-size: 0"),
+        (["--num-images", "ten"], "'ten' is not an integer"),
+        (["--sweep-from-layer", "-1"], "argument --sweep-from-layer: -1 is not allowed: it must be an integer >= 0"),
+        (["--sweep", "1"], "'1' is not 'all', an int >= 2 or a fraction"),
+        (["--ats-layers", "5-3"], "the range '5-3' is reversed; write '3-5'"),
+        (["--ats-sampler", "top_k"], "unrecognized arguments: --ats-sampler"),  # the benchmark compares samplers
+    ],
+)
+def test_benchmark_rejects_values_that_make_no_sense(argv, message, capsys):
+    assert main(["benchmark", *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("ats-hf benchmark: error: ") and message in error
+
+
+def one_error_line(capsys) -> str:
+    """The error line of a failed command: the last line on stderr, with no traceback before it."""
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    return error.strip().splitlines()[-1]
+
+
+def test_benchmark_reports_missing_and_unusable_inputs_in_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "no-model")
+    assert main(["benchmark", "--model", missing]) == 2
+    assert one_error_line(capsys) == f"ats-hf benchmark: error: --model folder {missing!r} does not exist"
+    assert main(["benchmark", "--model", "./no-model"]) == 2  # not "Repo id must use alphanumeric chars"
+    assert one_error_line(capsys) == "ats-hf benchmark: error: --model folder './no-model' does not exist"
+    assert main(["benchmark", "--model", "someone/not-in-the-cache"]) == 2  # offline in the tests
+    assert one_error_line(capsys).startswith("ats-hf benchmark: error: cannot load --model 'someone/not-in-the-cache'")
+    assert main(["benchmark", "--model", str(tmp_path)]) == 2  # a folder without a model
+    assert one_error_line(capsys).startswith(f"ats-hf benchmark: error: cannot load --model {str(tmp_path)!r}")
+
+    assert main(["benchmark", "--dataset", str(tmp_path / "no-images")]) == 2
+    line = one_error_line(capsys)
+    assert line.endswith(f"dataset folder {str(tmp_path / 'no-images')!r} does not exist")
+    (tmp_path / "empty").mkdir()
+    assert main(["benchmark", "--dataset", str(tmp_path / "empty"), "--batch-sizes"]) == 2
+    assert "holds no images" in one_error_line(capsys)
+    assert main(["benchmark", "--split", "test"]) == 2
+    assert one_error_line(capsys).endswith("--split, --image-column and --label-column apply to --dataset only")
+    assert main(["benchmark", "--ats-layers", "4-9"]) == 2  # the embedded model has layers 0..5
+    assert "outside 0..5" in one_error_line(capsys)
+    assert main(["benchmark", "--ats-layers", "none"]) == 2
+    assert "nothing to compare with dense" in one_error_line(capsys)
