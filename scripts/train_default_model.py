@@ -79,7 +79,7 @@ def sincos_position_embeddings(hidden_size: int, grid_size: int) -> torch.Tensor
 def curriculum(step: int, args: argparse.Namespace) -> tuple[tuple[float, float], float]:
     """Digit size range and spread at `step`: linear from large centred digits to the test distribution."""
     progress = min(1.0, step / max(1, args.curriculum_steps))
-    size = tuple(easy + (final - easy) * progress for easy, final in zip(EASY_DIGIT_SIZE, DIGIT_SIZE))
+    size = tuple(easy + (final - easy) * progress for easy, final in zip(EASY_DIGIT_SIZE, DIGIT_SIZE, strict=True))
     return size, progress
 
 

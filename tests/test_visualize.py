@@ -34,7 +34,7 @@ def test_kept_patch_grids_match_the_token_counts(model):
         output = model(torch.randn(1, 3, 32, 32))
     grids = kept_patch_grids(output.sampled_token_indices, (8, 8))
     assert len(grids) == 3 and grids[0].shape == (8, 8)
-    for grid, count in zip(grids, output.num_tokens[0, 1:].tolist()):
+    for grid, count in zip(grids, output.num_tokens[0, 1:].tolist(), strict=True):
         assert grid.sum().item() == count - 1
     assert (grids[1] <= grids[0]).all(), "a later layer keeps a subset of an earlier one"
 

@@ -94,7 +94,7 @@ def token_map(
 
     shown = _panel_pixels(image, pixel_values[0], processor, grid_size, patch, panel_size)
     panels = [(shown, f"input: {grid_size[0] * grid_size[1] + 1} tokens")]
-    for layer, grid in zip(config.ats_layers, grids):
+    for layer, grid in zip(config.ats_layers, grids, strict=True):
         panels.append((_veil_dropped(shown, grid), f"layer {layer}: {counts[layer]} tokens"))
     return _compose(panels, header, columns)
 

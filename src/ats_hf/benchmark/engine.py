@@ -11,6 +11,7 @@ use). Functions return new result objects and never change the results they are 
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -49,7 +50,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def matched_baselines(ats: MethodResult) -> list[Method]:
     """top-K and random keeping, in every ATS layer, ATS's mean token count there (rounded, at least 2)."""
     layers = ats.method.ats_layers
-    counts = tuple(max(2, int(math.floor(ats.tokens_per_layer[i] + 0.5))) for i in layers)
+    counts = tuple(max(2, math.floor(ats.tokens_per_layer[i] + 0.5)) for i in layers)
     suffix = "" if ats.method.name == "ats" else f" (as {ats.method.name})"
     return [Method(f"top-k{suffix}", layers, counts, "top_k"), Method(f"random{suffix}", layers, counts, "random")]
 
@@ -131,20 +132,10 @@ def time_methods(
     for batch_size in batch_sizes:
         count = min(len(pixel_values), max(batch_size, timing_images // batch_size * batch_size))
         batches = [pixel_values[i : i + batch_size].to(device) for i in range(0, count, batch_size)]
-
-        def one_pass(method: Method):
-            def run() -> int:
-                with torch.inference_mode(), ats_settings_applied(model, **method.settings):
-                    for batch in batches:
-                        model(batch)
-                return count
-
-            return run
-
         torch.manual_seed(seed)
         measured = interleaved_throughput(
-            {r.method.name: one_pass(r.method) for r in results}, device, repeats=repeats,
-            description=f"timing batch {batch_size}",
+            {r.method.name: functools.partial(_one_pass, model, r.method, batches) for r in results}, device,
+            repeats=repeats, description=f"timing batch {batch_size}",
         )
         warning = unreliable_timing_message({f"{name} at batch {batch_size}": m.spread for name, m in measured.items()})
         if warning:
@@ -161,6 +152,14 @@ def time_methods(
                 gmacs_ratio=reference_gmacs / result.gmacs[:count].mean().item(),
             )
     return [dataclasses.replace(r, timings={**r.timings, **timings[r.method.name]}) for r in results]
+
+
+def _one_pass(model: AtsViTForImageClassification, method: Method, batches: list[torch.Tensor]) -> int:
+    """Run `batches` through `model` with `method`'s settings; returns the number of images."""
+    with torch.inference_mode(), ats_settings_applied(model, **method.settings):
+        for batch in batches:
+            model(batch)
+    return sum(len(batch) for batch in batches)
 
 
 def run_benchmark(

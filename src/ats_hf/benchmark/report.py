@@ -82,7 +82,7 @@ def write_report(result: BenchmarkResult, output_dir: str | Path) -> list[Path]:
     """Write benchmark.json and the PNG plots into `output_dir`; return the paths written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return [result.save_json(output_dir / "benchmark.json")] + plot_all(result, output_dir)
+    return [result.save_json(output_dir / "benchmark.json"), *plot_all(result, output_dir)]
 
 
 def plot_all(result: BenchmarkResult, output_dir: Path) -> list[Path]:
@@ -93,8 +93,8 @@ def plot_all(result: BenchmarkResult, output_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    for name, draw in zip(PLOTS, (_plot_accuracy_vs_gmacs, _plot_tokens_per_layer, _plot_gmacs_histogram,
-                                  _plot_throughput)):
+    drawers = (_plot_accuracy_vs_gmacs, _plot_tokens_per_layer, _plot_gmacs_histogram, _plot_throughput)
+    for name, draw in zip(PLOTS, drawers, strict=True):
         figure = draw(result, plt)
         if figure is not None:
             figure.savefig(output_dir / name, dpi=120, bbox_inches="tight")
@@ -146,8 +146,8 @@ def _plot_tokens_per_layer(result: BenchmarkResult, plt):
         axes.plot(layers, r.tokens_per_layer, marker=marker, color=colour, linestyle=linestyle, label=r.method.name,
                   markerfacecolor="none" if index % 2 else colour)
         if r.method.family == "ats":
-            low = [m - s for m, s in zip(r.tokens_per_layer, r.tokens_per_layer_std)]
-            high = [m + s for m, s in zip(r.tokens_per_layer, r.tokens_per_layer_std)]
+            low = [m - s for m, s in zip(r.tokens_per_layer, r.tokens_per_layer_std, strict=True)]
+            high = [m + s for m, s in zip(r.tokens_per_layer, r.tokens_per_layer_std, strict=True)]
             axes.fill_between(layers, low, high, color=colour, alpha=0.15)
     axes.set_xticks(range(len(result.methods[0].tokens_per_layer)))
     axes.set_xlabel("layer (methods slightly offset so that equal values stay visible)")
@@ -168,8 +168,8 @@ def _plot_gmacs_histogram(result: BenchmarkResult, plt):
     figure, axes = plt.subplots(figsize=(6.4, 3.8))
     varying = [r.method.family != "dense" and r.gmacs is not None and r.gmacs_std > 1e-9 * r.gmacs_mean
                for r in result.methods]
-    values = [r.gmacs.numpy() for r, varies in zip(result.methods, varying) if varies]
-    fixed = [r for r, varies in zip(result.methods, varying) if not varies]
+    values = [r.gmacs.numpy() for r, varies in zip(result.methods, varying, strict=True) if varies]
+    fixed = [r for r, varies in zip(result.methods, varying, strict=True) if not varies]
     shown = [v for array in values for v in (array.min(), array.max())]
     shown += [r.gmacs_mean for r in fixed if r.method.family != "dense"]
     low, high = (min(shown), max(shown)) if shown else (0.0, result.dense_gmacs)
@@ -241,10 +241,10 @@ def _mean_tokens(r: MethodResult) -> str:
 
 
 def _grid(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths)).rstrip()]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * width for width in widths))
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines)
 
 

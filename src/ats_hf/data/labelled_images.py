@@ -85,7 +85,7 @@ def to_model_labels(table, label_column: str, id2label: dict[int, str]) -> tuple
     labels = torch.as_tensor(table[label_column], dtype=torch.long)
     names = getattr(table.features[label_column], "names", None)
     model_names = [str(id2label[i]) for i in sorted(id2label)]
-    placeholders = all(name == f"LABEL_{i}" for i, name in zip(sorted(id2label), model_names))
+    placeholders = all(name == f"LABEL_{i}" for i, name in zip(sorted(id2label), model_names, strict=True))
     if names and not placeholders:
         lookup = _label_lookup(id2label)
         unknown = [name for name in names if _normalise(name) not in lookup]
