@@ -1,9 +1,12 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import tiny_config
 from transformers import AutoConfig, ViTConfig
 
-from ats_hf import AtsViTConfig, AtsViTForImageClassification
+from ats_hf import AtsViTConfig, AtsViTForImageClassification, configuration_ats_vit
 from ats_hf.configuration_ats_vit import num_input_tokens, patch_grid
 
 
@@ -75,3 +78,18 @@ def test_token_count_from_the_geometry_matches_the_model(image_size, patch_size)
         output = model(torch.randn(2, 3, height, width))
     assert output.num_tokens[0, 0] == num_input_tokens(config) == patch_grid(config)[0] * patch_grid(config)[1] + 1
     assert num_input_tokens(config, image_size=(height * 2, width)) == 2 * (num_input_tokens(config) - 1) + 1
+
+
+def test_remote_code_with_a_too_old_transformers_says_which_version_it_needs():
+    """Hub users load the configuration file on their own transformers; before 5.9 the ViT layout differs."""
+    script = f"""
+import importlib.util, transformers
+transformers.__version__ = "5.8.1"
+spec = importlib.util.spec_from_file_location("configuration_ats_vit", {configuration_ats_vit.__file__!r})
+try:
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+except ImportError as error:
+    print(error)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "ATS-ViT needs transformers >= 5.9, found 5.8.1" in result.stdout, result.stderr

@@ -1,12 +1,22 @@
 """Configuration of ATS-ViT: a ViT whose chosen encoder layers keep an adaptive subset of tokens.
 
-Self-contained for the Hub: imports only the standard library and transformers.
+Self-contained for the Hub: imports only the standard library, huggingface_hub and transformers.
 """
 
 import math
 
+import transformers
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
+
+# The ViT layout these files subclass (`layers`, `q_proj`/`k_proj`/`v_proj`/`o_proj`, dataclass configs) exists from
+# transformers 5.9 on; remote-code users with an older release get this error instead of a confusing one.
+MIN_TRANSFORMERS_VERSION = (5, 9)
+if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < MIN_TRANSFORMERS_VERSION:
+    raise ImportError(
+        f"ATS-ViT needs transformers >= {'.'.join(map(str, MIN_TRANSFORMERS_VERSION))}, found "
+        f"{transformers.__version__}: pip install -U 'transformers>=5.9,<6'"
+    )
 
 ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
 
