@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .configuration_ats_vit import num_input_tokens, patch_grid, patch_shape
 from .data import DEFAULT_MODEL_DIR
 from .modeling_ats_vit import AtsViTForImageClassification
 from .settings import add_ats_arguments, format_settings, settings_from_args
@@ -81,8 +82,8 @@ def token_map(
     with torch.inference_mode():
         output = model(pixel_values.to(device=parameter.device, dtype=parameter.dtype))
     config = model.config
-    patch = (config.patch_size, config.patch_size) if isinstance(config.patch_size, int) else config.patch_size
-    grid_size = (pixel_values.shape[-2] // patch[0], pixel_values.shape[-1] // patch[1])
+    patch = patch_shape(config)
+    grid_size = patch_grid(config, tuple(pixel_values.shape[-2:]))
     grids = kept_patch_grids(output.sampled_token_indices, grid_size)
     counts = output.num_tokens[0].tolist()
     probabilities = output.logits[0].float().softmax(-1)
@@ -93,7 +94,7 @@ def token_map(
     )
 
     shown = _panel_pixels(image, pixel_values[0], processor, grid_size, patch, panel_size)
-    panels = [(shown, f"input: {grid_size[0] * grid_size[1] + 1} tokens")]
+    panels = [(shown, f"input: {num_input_tokens(config, tuple(pixel_values.shape[-2:]))} tokens")]
     for layer, grid in zip(config.ats_layers, grids, strict=True):
         panels.append((_veil_dropped(shown, grid), f"layer {layer}: {counts[layer]} tokens"))
     return _compose(panels, header, columns)

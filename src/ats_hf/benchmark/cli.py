@@ -13,6 +13,7 @@ from ats_hf_cli import UsageError, checked, non_negative_int, positive_int, usag
 
 from ..configuration_ats_vit import AtsViTConfig, default_ats_layers
 from ..data import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
+from ..data.labelled_images import MAX_IMAGES, load_labelled_images
 from ..progress import note
 from ..settings import add_ats_arguments, format_settings, parse_max_tokens, settings_from_args
 from . import defaults
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--dataset", help="Hub dataset id, image folder (one sub-folder per class) or save_to_disk "
                                           "folder (default: the embedded synthetic digits test split)")
     source.add_argument("--split", help="dataset split (default: test, else validation, else train)")
-    source.add_argument("--num-images", type=positive_int, help="images to evaluate (default: all, at most 2000)")
+    source.add_argument("--num-images", type=positive_int,
+                        help=f"images to evaluate (default: all, at most {MAX_IMAGES})")
     source.add_argument("--image-column", help="image column (default: the first Image feature)")
     source.add_argument("--label-column", help="label column (default: the first ClassLabel feature, or 'label')")
     ats = parser.add_argument_group("ATS settings (the model's by default; layers L//4..L-1 if it has none)")
@@ -89,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_accuracy_mode(args: argparse.Namespace, device: str) -> BenchmarkResult:
     from transformers import AutoImageProcessor
 
-    from ..data.labelled_images import load_labelled_images
     from ..hub.checkpoint import check_source, load_ats_classifier
 
     if args.dataset is None and (args.split or args.image_column or args.label_column):
