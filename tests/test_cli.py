@@ -139,3 +139,47 @@ def test_benchmark_reports_missing_and_unusable_inputs_in_one_line(tmp_path, cap
     assert "outside 0..5" in one_error_line(capsys)
     assert main(["benchmark", "--ats-layers", "none"]) == 2
     assert "nothing to compare with dense" in one_error_line(capsys)
+
+
+def test_no_import_cycles_in_the_package():
+    import ast
+    import importlib.util
+
+    import ats_hf
+
+    root = Path(ats_hf.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = (path, path.name == "__init__.py")
+
+    def edges(name):
+        path, is_package = modules[name]
+        package = name if is_package else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+                    else node.module
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    yield target if target in modules else base
+            elif isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+
+    graph = {name: {t for t in edges(name) if t in modules and t != name} for name in modules}
+    visiting, done = [], set()
+
+    def visit(name):
+        if name in visiting:
+            raise AssertionError(f"import cycle: {' -> '.join(visiting[visiting.index(name):] + [name])}")
+        if name not in done:
+            visiting.append(name)
+            for target in sorted(graph[name]):
+                visit(target)
+            visiting.pop()
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+    assert "ats_hf.benchmark.report" in graph and "ats_hf.benchmark.engine" not in graph["ats_hf.benchmark.report"]
