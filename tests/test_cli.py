@@ -172,7 +172,7 @@ def test_no_import_cycles_in_the_package():
 
     def visit(name):
         if name in visiting:
-            raise AssertionError(f"import cycle: {' -> '.join(visiting[visiting.index(name):] + [name])}")
+            raise AssertionError(f"import cycle: {' -> '.join([*visiting[visiting.index(name) :], name])}")
         if name not in done:
             visiting.append(name)
             for target in sorted(graph[name]):
