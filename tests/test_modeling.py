@@ -7,7 +7,7 @@ from official_reference import reference_forward
 from transformers import ViTConfig, ViTForImageClassification
 
 from ats_hf import AtsViTForImageClassification, AtsViTModel
-from ats_hf.modeling_ats_vit import TokenState
+from ats_hf.modeling_ats_vit import AtsLayerPlan, TokenState
 
 
 def build(attn_implementation="sdpa", peaky=True, **overrides):
@@ -80,7 +80,7 @@ def test_ats_layer_rows_equal_plain_layer_rows():
     state = TokenState.initial(model.config, hidden, None)
     with torch.no_grad():
         plain_rows, plain_state = layer(hidden, state)
-        kept_out, kept_state = layer(hidden, state, max_tokens=30)
+        kept_out, kept_state = layer(hidden, state, AtsLayerPlan(max_tokens=30))
     assert plain_state is state and kept_out.shape[1] < 65 and kept_state.padding is not None
     expected = plain_rows.gather(1, kept_state.positions[..., None].expand(-1, -1, 32))
     real = kept_state.token_mask

@@ -17,6 +17,8 @@ from ats_hf.settings import (
     settings_from_args,
 )
 
+DEFAULTS = {"layers": [1, 2, 3, 4, 5], "max_tokens": None, "sampler": "inverse_transform", "capacity": None}
+
 
 @pytest.fixture
 def model():
@@ -31,7 +33,7 @@ def run(model, images):
 def test_set_ats_takes_effect_and_returns_the_previous_settings(model, images):
     before = run(model, images)
     previous = model.set_ats(layers=[4], max_tokens=10, sampler="top_k")
-    assert previous == {"layers": [1, 2, 3, 4, 5], "max_tokens": None, "sampler": "inverse_transform"}
+    assert previous == DEFAULTS
     assert model.config.ats_layers == [4] and model.ats_settings["sampler"] == "top_k"
     after = run(model, images)
     assert after.num_tokens[:, :4].eq(65).all() and after.num_tokens[:, 4:].eq(10).all()
@@ -41,7 +43,7 @@ def test_set_ats_takes_effect_and_returns_the_previous_settings(model, images):
 
 def test_set_ats_leaves_out_arguments_unchanged(model):
     model.set_ats(max_tokens=0.5)
-    assert model.ats_settings == {"layers": [1, 2, 3, 4, 5], "max_tokens": 0.5, "sampler": "inverse_transform"}
+    assert model.ats_settings == {**DEFAULTS, "max_tokens": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -105,7 +107,7 @@ def test_settings_applied_restores_after_an_error(model, images):
     with pytest.raises(RuntimeError), ats_settings_applied(model, layers=[5], sampler="random"):
         assert model.ats_settings["sampler"] == "random"
         raise RuntimeError
-    assert model.ats_settings == {"layers": [1, 2, 3, 4, 5], "max_tokens": None, "sampler": "inverse_transform"}
+    assert model.ats_settings == DEFAULTS
 
 
 @pytest.mark.parametrize(

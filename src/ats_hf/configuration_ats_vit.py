@@ -63,6 +63,14 @@ class AtsViTConfig(ViTConfig):
     ats_sampler (`str`, *optional*, defaults to `"inverse_transform"`):
         `"inverse_transform"` (the paper's ATS), or the paper's ablation baselines `"top_k"` (the K-1
         highest-scoring patch tokens) and `"random"` (K-1 uniformly random patch tokens).
+    ats_capacity (`int`, `float`, `list`, *optional*):
+        `None` (default): the adaptive mode, where each ATS layer keeps as many rows as the batch's largest kept
+        count (one device-to-host read per layer). Set, it selects the static mode: each ATS layer outputs exactly
+        its capacity of rows, CLS included (an `int >= 2`, a fraction of the initial token count in (0, 1], or one
+        per ATS layer; cut to the layer's K), real kept tokens packed to the front and the rest masked, with no
+        host read and no data-dependent shape, for torch.compile(fullgraph), torch.export and ONNX. Selection is
+        the adaptive one whenever an image's kept count fits; an image that samples more keeps its capacity's
+        worth of highest-scoring sampled tokens.
     """
 
     model_type = "ats_vit"
@@ -72,6 +80,7 @@ class AtsViTConfig(ViTConfig):
     ats_layers: list[int] | tuple[int, ...] | None = None
     ats_max_tokens: int | float | list[int | float | None] | tuple[int | float | None, ...] | None = None
     ats_sampler: str = "inverse_transform"
+    ats_capacity: int | float | list[int | float] | tuple[int | float, ...] | None = None
 
     def __post_init__(self, **kwargs):
         if self.ats_layers is None:
@@ -84,6 +93,7 @@ class AtsViTConfig(ViTConfig):
         self.ats_layers, self.ats_max_tokens, self.ats_sampler = self.validated_ats_settings(
             self.ats_layers, self.ats_max_tokens, self.ats_sampler
         )
+        self.ats_capacity = self.validated_ats_capacity(self.ats_layers, self.ats_capacity)
 
     def validated_ats_settings(self, layers, max_tokens, sampler) -> tuple[list[int], object, str]:
         """The given ATS settings checked against this config's depth and normalised (layers sorted, lists for
@@ -99,46 +109,33 @@ class AtsViTConfig(ViTConfig):
         if len(set(layers)) != len(layers):
             raise ValueError(f"ats_layers={list(layers)} has duplicate indices; each layer may be listed once.")
 
-        if isinstance(max_tokens, (list, tuple)):
-            if len(max_tokens) != len(layers):
-                raise ValueError(
-                    f"ats_max_tokens={list(max_tokens)} has {len(max_tokens)} entries but ats_layers={list(layers)} "
-                    f"has {len(layers)}; give one value per ATS layer, or a single value for all."
-                )
-            for value in max_tokens:
-                _check_max_tokens_value(value)
-            # One value per layer, in the order of the layers as given; stored in ascending layer order.
-            max_tokens = [value for _, value in sorted(zip(layers, max_tokens, strict=True))]
-        else:
-            _check_max_tokens_value(max_tokens)
-
+        max_tokens = _per_layer_values("ats_max_tokens", max_tokens, layers, allow_none=True)
         if not isinstance(sampler, str) or sampler not in ATS_SAMPLERS:
             raise ValueError(f"ats_sampler={sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
         return sorted(layers), max_tokens, sampler
+
+    @staticmethod
+    def validated_ats_capacity(layers, capacity):
+        """The static mode's capacity checked for `layers` (already validated) and normalised; None = adaptive."""
+        if capacity is None:
+            return None
+        return _per_layer_values("ats_capacity", capacity, layers, allow_none=False)
 
     def resolve_ats_max_tokens(self, num_reference_tokens: int) -> dict[int, int]:
         """K of every ATS layer, for a model whose embeddings output `num_reference_tokens` tokens (CLS included).
 
         Returns `{layer_index: K}`. Raises `ValueError` when a fraction resolves to fewer than 2 tokens.
         """
-        values = self.ats_max_tokens
-        if not isinstance(values, list):
-            values = [values] * len(self.ats_layers)
-        resolved = {}
-        for layer_index, value in zip(self.ats_layers, values, strict=True):
-            if value is None:
-                tokens = num_reference_tokens
-            elif isinstance(value, float):
-                tokens = math.floor(value * num_reference_tokens + 0.5)
-            else:
-                tokens = value
-            if tokens < 2:
-                raise ValueError(
-                    f"ats_max_tokens={value!r} for layer {layer_index} resolves to {tokens} token(s) of "
-                    f"{num_reference_tokens}; an ATS layer must keep at least 2 (CLS and one patch token)."
-                )
-            resolved[layer_index] = tokens
-        return resolved
+        return _resolve_counts("ats_max_tokens", self.ats_max_tokens, self.ats_layers, num_reference_tokens)
+
+    def resolve_ats_capacity(self, num_reference_tokens: int) -> dict[int, int] | None:
+        """Rows each ATS layer outputs in the static mode, `{layer_index: capacity}` (each at most the layer's K), or
+        None in the adaptive mode."""
+        if self.ats_capacity is None:
+            return None
+        capacity = _resolve_counts("ats_capacity", self.ats_capacity, self.ats_layers, num_reference_tokens)
+        max_tokens = self.resolve_ats_max_tokens(num_reference_tokens)
+        return {layer: min(rows, max_tokens[layer]) for layer, rows in capacity.items()}
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -149,15 +146,53 @@ class AtsViTConfig(ViTConfig):
         return config_dict, kwargs
 
 
-def _check_max_tokens_value(value) -> None:
-    if value is None:
+def _per_layer_values(field: str, values, layers, allow_none: bool):
+    """A token count setting (one value, or one per layer in the order of `layers`) checked; a list comes back in
+    ascending layer order."""
+    if not isinstance(values, (list, tuple)):
+        _check_count_value(field, values, allow_none)
+        return values
+    if len(values) != len(layers):
+        raise ValueError(
+            f"{field}={list(values)} has {len(values)} entries but ats_layers={list(layers)} has {len(layers)}; give "
+            "one value per ATS layer, or a single value for all."
+        )
+    for value in values:
+        _check_count_value(field, value, allow_none)
+    return [value for _, value in sorted(zip(layers, values, strict=True))]
+
+
+def _check_count_value(field: str, value, allow_none: bool) -> None:
+    allowed = ("None, " if allow_none else "") + "an int >= 2 or a float in (0, 1]"
+    if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"ats_max_tokens entries must be None, an int >= 2 or a float in (0, 1]; got {value!r}.")
+        raise ValueError(f"{field} entries must be {allowed}; got {value!r}.")
     if isinstance(value, int) and value < 2:
-        raise ValueError(f"ats_max_tokens={value} is too small: an int must be >= 2 (CLS and one patch token).")
+        raise ValueError(f"{field}={value} is too small: an int must be >= 2 (CLS and one patch token).")
     if isinstance(value, float) and not 0.0 < value <= 1.0:
-        raise ValueError(f"ats_max_tokens={value} is outside (0, 1]: a float is a fraction of the initial tokens.")
+        raise ValueError(f"{field}={value} is outside (0, 1]: a float is a fraction of the initial tokens.")
+
+
+def _resolve_counts(field: str, values, layers, num_reference_tokens: int) -> dict[int, int]:
+    """`{layer: tokens}` for a token count setting: None = all, a fraction rounded half up, or an int."""
+    if not isinstance(values, list):
+        values = [values] * len(layers)
+    resolved = {}
+    for layer_index, value in zip(layers, values, strict=True):
+        if value is None:
+            tokens = num_reference_tokens
+        elif isinstance(value, float):
+            tokens = math.floor(value * num_reference_tokens + 0.5)
+        else:
+            tokens = value
+        if tokens < 2:
+            raise ValueError(
+                f"{field}={value!r} for layer {layer_index} resolves to {tokens} token(s) of {num_reference_tokens}; "
+                "an ATS layer must keep at least 2 (CLS and one patch token)."
+            )
+        resolved[layer_index] = tokens
+    return resolved
 
 
 __all__ = ["ATS_SAMPLERS", "AtsViTConfig", "default_ats_layers", "num_input_tokens", "patch_grid", "patch_shape"]

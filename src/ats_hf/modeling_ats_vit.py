@@ -9,6 +9,7 @@ H = heads, D = hidden size.
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -154,6 +155,14 @@ TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], tor
 }
 
 
+class AtsLayerPlan(NamedTuple):
+    """What an ATS layer does: keep at most `max_tokens` tokens (K, CLS included), packed into exactly `capacity`
+    rows in the static mode or into the batch's largest kept count when `capacity` is None (adaptive)."""
+
+    max_tokens: int
+    capacity: int | None = None
+
+
 def sample_patch_tokens(
     sampler: str, scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int
 ) -> torch.Tensor:
@@ -173,9 +182,10 @@ class PaddingLayout:
 
     token_mask: torch.Tensor
     """(B, M) bool, True for real tokens."""
-    real_rows: torch.Tensor
-    """(T,) long, the real rows' indices among the flattened B * M rows (T = number of real tokens)."""
-    packed_index: torch.Tensor
+    real_rows: torch.Tensor | None = None
+    """(T,) long, the real rows' indices among the flattened B * M rows (T = number of real tokens); None in the
+    static mode, whose shapes may not depend on T: the MLP then runs on every row."""
+    packed_index: torch.Tensor | None = None
     """(B * M,) long, each flattened row's position among the T real rows, or T for a padding row."""
 
     @classmethod
@@ -211,6 +221,31 @@ def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, PaddingL
     if largest == smallest:
         return kept_rows, None
     return kept_rows, PaddingLayout.from_mask(torch.arange(largest, device=counts.device) < counts[:, None], total)
+
+
+def pack_kept_tokens_static(
+    kept_patches: torch.Tensor, scores: torch.Tensor, capacity: int
+) -> tuple[torch.Tensor, PaddingLayout]:
+    """The static mode's packing: exactly `capacity` rows per image, CLS first, then the kept patches in their
+    current order, then masked padding rows; no device-to-host read and no data-dependent shape.
+
+    An image that kept more than `capacity - 1` patches keeps its `capacity - 1` highest-scoring kept patches.
+    Args:
+        kept_patches: (B, P) bool; scores: (B, P) the scores the sampler ranked; capacity: C >= 2.
+    Returns:
+        kept_rows: (B, M) long into the L = P + 1 input rows (padding rows point at CLS), M = min(C, L);
+        the layout of the M rows (`token_mask` only).
+    """
+    num_patches = kept_patches.shape[1]
+    slots = min(capacity - 1, num_patches)
+    # Kept patches rank above every dropped one (-inf); a NaN score (an unscorable image) ranks as a kept one.
+    ranking = scores.masked_fill(~kept_patches, float("-inf"))
+    chosen = ranking.topk(slots, dim=1, sorted=True).indices
+    real = torch.arange(slots, device=scores.device) < kept_patches.sum(dim=1, keepdim=True)
+    # Sorting the chosen positions (padding slots as P, after every real one) restores the current order.
+    positions = chosen.masked_fill(~real, num_patches).sort(dim=1).values
+    kept_rows = torch.nn.functional.pad((positions + 1).masked_fill(~real, 0), (1, 0), value=0)
+    return kept_rows, PaddingLayout(torch.nn.functional.pad(real, (1, 0), value=True))
 
 
 @dataclass
@@ -337,19 +372,19 @@ class AtsViTAttention(ViTAttention):
     """ViT self-attention that, in an ATS layer, scores and samples tokens and attends only from the kept rows."""
 
     def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, max_tokens: int | None = None, **kwargs
+        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, PaddingLayout | None]:
         """
         Args:
             hidden_states: (B, L, D), already layer-normed.
             state: the L rows' positions, padding and attention mask.
-            max_tokens: K for an ATS layer; None for an ordinary layer.
+            plan: K (and the static capacity) for an ATS layer; None for an ordinary layer.
         Returns:
             attention output (B, M, D) after the output projection, attention probabilities (eager only, else
             None), kept_rows (B, M) into the L input rows (None if nothing was sampled, or if every row was kept
             in place), and the padding layout of the M output rows (None if unpadded).
         """
-        if max_tokens is None:
+        if plan is None:
             attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
             return attn_output, attn_weights, None, state.padding
 
@@ -369,8 +404,11 @@ class AtsViTAttention(ViTAttention):
                 cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
             scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
             patch_mask = None if token_mask is None else token_mask[:, 1:]
-            kept_patches = sample_patch_tokens(self.config.ats_sampler, scores, patch_mask, max_tokens)
-            kept_rows, kept_padding = pack_kept_tokens(kept_patches)
+            kept_patches = sample_patch_tokens(self.config.ats_sampler, scores, patch_mask, plan.max_tokens)
+            if plan.capacity is None:
+                kept_rows, kept_padding = pack_kept_tokens(kept_patches)
+            else:
+                kept_rows, kept_padding = pack_kept_tokens_static(kept_patches, scores, plan.capacity)
             if token_mask is None and kept_padding is None and kept_rows.shape[1] == num_tokens:
                 kept_rows = None  # every row kept, in place: nothing to gather
 
@@ -407,24 +445,24 @@ class AtsViTLayer(ViTLayer):
         self.layer_index = layer_index
 
     def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, max_tokens: int | None = None, **kwargs
+        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
     ) -> tuple[torch.Tensor, TokenState]:
         """
         Args:
             hidden_states: (B, L, D).
             state: the L rows' positions, padding and attention mask.
-            max_tokens: K if this layer samples tokens, else None.
+            plan: what this layer samples, if it is an ATS layer, else None.
         Returns:
             hidden_states (B, M, D) and the state of its M rows (the input's when no row was dropped or moved).
         """
         residual = hidden_states
-        attention = self.attention(self.layernorm_before(hidden_states), state, max_tokens, **kwargs)
+        attention = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
         attn_output, _, kept_rows, padding = attention
         if kept_rows is not None:
             residual = _gather_rows(residual, kept_rows)
             state = state.keep(self.attention.config, kept_rows, padding, residual)
         hidden_states = self.dropout(attn_output) + residual
-        if padding is None:
+        if padding is None or padding.real_rows is None:
             hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
         else:
             # The MLP is most of a layer's work: run it on real rows only; padding rows keep their values.
@@ -454,30 +492,37 @@ class AtsViTPreTrainedModel(ViTPreTrainedModel):
 
     @property
     def ats_settings(self) -> dict:
-        """The ATS settings in force: `{"layers": [...], "max_tokens": ..., "sampler": ...}` (`set_ats`'s arguments)."""
+        """The ATS settings in force, as `set_ats`'s keyword arguments: layers, max_tokens, sampler, capacity."""
         config = self.config
-        return {"layers": list(config.ats_layers), "max_tokens": config.ats_max_tokens, "sampler": config.ats_sampler}
+        return {
+            "layers": list(config.ats_layers),
+            "max_tokens": config.ats_max_tokens,
+            "sampler": config.ats_sampler,
+            "capacity": config.ats_capacity,
+        }
 
-    def set_ats(self, *, layers=_UNCHANGED, max_tokens=_UNCHANGED, sampler=_UNCHANGED) -> dict:
+    def set_ats(self, *, layers=_UNCHANGED, max_tokens=_UNCHANGED, sampler=_UNCHANGED, capacity=_UNCHANGED) -> dict:
         """Switch Adaptive Token Sampling on this built model; arguments left out keep their current values.
 
         Args:
             layers: 0-based indices of the layers that sample tokens (`[]`: plain ViT).
             max_tokens: K: None (all tokens, the paper), an int >= 2, a fraction in (0, 1], or one per layer.
             sampler: "inverse_transform" (ATS), "top_k" or "random".
+            capacity: None for the adaptive mode; rows per ATS layer (int >= 2, fraction, or one per layer) for the
+                static mode (see `AtsViTConfig`).
         Returns:
             The previous settings, so that `model.set_ats(**previous)` restores them.
         Raises `ValueError` naming the bad value and the allowed range; then nothing changes. Assigning the config
         fields directly also works (they are validated at the next forward pass); this checks them at once.
         """
+        given = {"layers": layers, "max_tokens": max_tokens, "sampler": sampler, "capacity": capacity}
         previous = self.ats_settings
+        settings = {key: previous[key] if value is _UNCHANGED else value for key, value in given.items()}
         config = self.config
-        settings = (
-            previous["layers"] if layers is _UNCHANGED else layers,
-            previous["max_tokens"] if max_tokens is _UNCHANGED else max_tokens,
-            previous["sampler"] if sampler is _UNCHANGED else sampler,
-        )
-        config.ats_layers, config.ats_max_tokens, config.ats_sampler = config.validated_ats_settings(*settings)
+        checked = config.validated_ats_settings(settings["layers"], settings["max_tokens"], settings["sampler"])
+        capacity = config.validated_ats_capacity(settings["layers"], settings["capacity"])
+        config.ats_layers, config.ats_max_tokens, config.ats_sampler = checked
+        config.ats_capacity = capacity
         return previous
 
     @classmethod
@@ -556,14 +601,14 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
         batch_size = hidden_states.shape[0]
-        max_tokens = self._ats_max_tokens(hidden_states.shape[1])
+        plans = self._ats_plans(hidden_states.shape[1])
         state = TokenState.initial(self.config, hidden_states, attention_mask)
         num_tokens, sampled_token_indices = [], []
         for layer in self.layers:
-            layer_max_tokens = max_tokens.get(layer.layer_index)
-            hidden_states, state = layer(hidden_states, state, layer_max_tokens, **kwargs)
+            plan = plans.get(layer.layer_index)
+            hidden_states, state = layer(hidden_states, state, plan, **kwargs)
             num_tokens.append(state.num_real(batch_size))
-            if layer_max_tokens is not None:
+            if plan is not None:
                 sampled_token_indices.append(state.positions[:, 1:] - 1)
 
         sequence_output = self.layernorm(hidden_states)
@@ -576,14 +621,24 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             token_mask=state.positions.new_ones(state.positions.shape) if token_mask is None else token_mask.long(),
         )
 
-    def _ats_max_tokens(self, num_reference_tokens: int) -> dict[int, int]:
-        """`{layer_index: K}` for the ATS settings in the config now. Settings changed since the last forward pass
-        are validated first (a bad value raises `ValueError`), so a change always takes effect or fails loudly."""
+    def _ats_plans(self, num_reference_tokens: int) -> dict[int, AtsLayerPlan]:
+        """`{layer_index: plan}` for the ATS settings in the config now. Settings changed since the last forward
+        pass are validated first (a bad value raises `ValueError`), so a change always takes effect or fails
+        loudly."""
         config = self.config
-        key = (_frozen(config.ats_layers), _frozen(config.ats_max_tokens), config.ats_sampler, num_reference_tokens)
+        key = (
+            _frozen(config.ats_layers),
+            _frozen(config.ats_max_tokens),
+            config.ats_sampler,
+            _frozen(config.ats_capacity),
+            num_reference_tokens,
+        )
         if key != self._resolved_settings[0]:
             config.check_ats_settings()
-            self._resolved_settings = (key, config.resolve_ats_max_tokens(num_reference_tokens))
+            max_tokens = config.resolve_ats_max_tokens(num_reference_tokens)
+            capacity = config.resolve_ats_capacity(num_reference_tokens) or {}
+            plans = {layer: AtsLayerPlan(k, capacity.get(layer)) for layer, k in max_tokens.items()}
+            self._resolved_settings = (key, plans)
         return self._resolved_settings[1]
 
 
@@ -689,6 +744,7 @@ for _class_name in ("AtsViTModel",):
 
 __all__ = [
     "AtsImageClassifierOutput",
+    "AtsLayerPlan",
     "AtsViTForImageClassification",
     "AtsViTModel",
     "AtsViTModelOutput",
@@ -697,6 +753,7 @@ __all__ = [
     "TokenState",
     "inverse_transform_sampling",
     "pack_kept_tokens",
+    "pack_kept_tokens_static",
     "random_sampling",
     "sample_patch_tokens",
     "significance_scores",
