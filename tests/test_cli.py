@@ -183,3 +183,16 @@ def test_no_import_cycles_in_the_package():
     for name in sorted(graph):
         visit(name)
     assert "ats_hf.benchmark.report" in graph and "ats_hf.benchmark.engine" not in graph["ats_hf.benchmark.report"]
+
+
+def test_benchmark_without_its_extra_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: (
+        None if name == "matplotlib" else find_spec(name, *rest)
+    ))
+    assert main(["benchmark"]) == 2
+    assert capsys.readouterr().err == (
+        "ats-hf benchmark: error: missing matplotlib: install the benchmark extra, pip install 'ats_hf[benchmark]'\n"
+    )

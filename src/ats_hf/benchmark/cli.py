@@ -3,6 +3,7 @@ JSON and plots. Mistakes in the options end in one line, `ats-hf benchmark: erro
 
 import argparse
 import dataclasses
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -70,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`ats-hf benchmark`: run, print the table, write JSON and plots."""
+    needed = ["matplotlib"] + ([] if args.speed_mode else ["datasets"] if args.dataset else ["sklearn"])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)}: install the benchmark extra, pip install 'ats_hf[benchmark]'")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
