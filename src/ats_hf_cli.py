@@ -12,6 +12,7 @@ subcommand raises. Any other exception is a bug and keeps its traceback.
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run `ats-hf ARGV`; returns the exit status (0 ok, 2 usage error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    if command and not sys.stderr.isatty() and "transformers" not in sys.modules:
+        # Progress bars redrawn with '\r' are noise in a log; the commands print plain progress lines instead.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser(command)
     try:
         args, unknown = parser.parse_known_args(argv)

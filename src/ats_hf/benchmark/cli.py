@@ -16,7 +16,7 @@ from ..configuration_ats_vit import AtsViTConfig, default_ats_layers
 from ..data import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
 from ..data.labelled_images import MAX_IMAGES, load_labelled_images
 from ..progress import note
-from ..settings import add_ats_arguments, format_settings, parse_max_tokens, settings_from_args
+from ..settings import add_ats_arguments, parse_max_tokens, settings_from_args
 from . import defaults
 from .engine import DTYPES, GEOMETRIES, run_benchmark, run_speed_benchmark, sweep_methods
 from .report import format_table, write_report
@@ -178,7 +178,6 @@ def _ats_method(config, args: argparse.Namespace) -> Method:
         )
     if not layers:
         raise UsageError("--ats-layers none leaves nothing to compare with dense; give at least one ATS layer")
-    note(f"ATS: {format_settings(layers, max_tokens, sampler)}")
     return Method.from_settings("ats", layers, max_tokens, sampler)
 
 

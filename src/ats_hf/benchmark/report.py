@@ -3,6 +3,7 @@ JSON file, and PNG plots (matplotlib, Agg backend)."""
 
 from pathlib import Path
 
+from ..settings import format_settings
 from .defaults import UNRELIABLE_SPREAD
 from .results import BenchmarkResult, MethodResult
 from .timing import unreliable_timing_message
@@ -42,6 +43,9 @@ def format_table(result: BenchmarkResult) -> str:
         "",
         _grid(header, rows),
     ]
+    ats = next((r.method for r in result.methods if r.method.name == "ats"), None)
+    if ats is not None:
+        lines.append(f"ats: {format_settings(ats.ats_layers, ats.ats_max_tokens, ats.ats_sampler)}.")
     baselines = [r for r in result.methods if r.method.name in ("top-k", "random")]
     if baselines:
         lines.append(
