@@ -1,10 +1,20 @@
-"""The samplers on hand-built score vectors."""
+"""The samplers on hand-built score vectors, with eager ops and with the export-friendly ops torch.export traces."""
 
 import pytest
 import torch
 from official_reference import official_picks
 
 from ats_hf import inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling
+from ats_hf.modeling_ats_vit import _count_below, _stable_sort
+
+
+@pytest.fixture(autouse=True, params=["eager-ops", "export-ops"])
+def sampler_ops(request, monkeypatch):
+    """Every test runs twice: with torch.sort/searchsorted, and with the comparison forms used under torch.export
+    (ONNX has neither a stable sort nor searchsorted); both must select exactly the same tokens."""
+    if request.param == "export-ops":
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    return request.param
 
 
 def kept_positions(scores, max_tokens, patch_mask=None):
@@ -119,3 +129,18 @@ def test_pack_kept_tokens():
     assert unpacked.flatten().tolist() == [1, 2, 3, 0, 4, 5, 6, 7]
     rows, padding = pack_kept_tokens(torch.tensor([[True, False], [False, True]]))
     assert padding is None and rows.tolist() == [[0, 1], [0, 2]]
+
+
+def test_export_ops_sort_and_search_like_eager_ops(monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randint(0, 6, (4, 30), generator=generator).float() / 5  # many ties
+    values[1, 25:] = float("inf")
+    points = torch.rand(4, 17, generator=generator).sort(dim=1).values
+    points[0, :3] = torch.tensor([0.0, 0.2, 0.4])  # exactly on values
+    expected_sort = _stable_sort(values)
+    sorted_values = expected_sort[0]
+    expected_count = _count_below(sorted_values, points)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    exported_sort = _stable_sort(values)
+    assert torch.equal(exported_sort[0], expected_sort[0]) and torch.equal(exported_sort[1], expected_sort[1])
+    assert torch.equal(_count_below(sorted_values, points), expected_count)

@@ -77,12 +77,12 @@ def inverse_transform_sampling(
     batch_size, num_patches = scores.shape
     inf = float("inf")
     if patch_mask is None:
-        sorted_scores, order = torch.sort(scores, dim=1, stable=True)
+        sorted_scores, order = _stable_sort(scores)
         cdf = torch.cumsum(sorted_scores, dim=1)
         cdf_first, cdf_last = cdf[:, :1], cdf[:, -1:]
     else:
         # Padding sorts last and is then zeroed, so the CDF of the real tokens is unchanged.
-        sorted_scores, order = torch.sort(scores.masked_fill(~patch_mask, inf), dim=1, stable=True)
+        sorted_scores, order = _stable_sort(scores.masked_fill(~patch_mask, inf))
         last = (patch_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
         padding = torch.arange(num_patches, device=scores.device) > last
         cdf = torch.cumsum(sorted_scores.masked_fill(padding, 0.0), dim=1)
@@ -103,7 +103,7 @@ def inverse_transform_sampling(
     # Nearest CDF value to each point: the first one at or above it, or the one below when that is no farther
     # and not zero. The last real value is 1, so the sentinel column is never picked.
     padded_cdf = torch.nn.functional.pad(normalized_cdf, (0, 1), value=inf)
-    above = torch.searchsorted(padded_cdf, points)
+    above = _count_below(padded_cdf, points)
     below = (above - 1).clamp_(min=0)
     cdf_below = padded_cdf.gather(1, below)
     take_below = (points - cdf_below <= padded_cdf.gather(1, above) - points) & (cdf_below > 0)
@@ -113,21 +113,50 @@ def inverse_transform_sampling(
     return kept if patch_mask is None else kept & patch_mask
 
 
+def _stable_sort(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) -> values sorted ascending and their (B, N) order, equal values in index order.
+
+    Under torch.export (ONNX has no stable sort) the rank of each value is counted instead, an exact (B, N, N)
+    comparison: rank_j = #{i: v_i < v_j} + #{i < j: v_i == v_j}."""
+    if not torch.compiler.is_exporting():
+        return torch.sort(values, dim=1, stable=True)
+    index = torch.arange(values.shape[1], device=values.device)
+    smaller = values[:, None, :] < values[:, :, None]
+    tied_before = (values[:, None, :] == values[:, :, None]) & (index[None, :] < index[:, None])
+    rank = (smaller | tied_before).sum(dim=2)
+    order = torch.zeros_like(rank).scatter_(1, rank, index.expand_as(rank))
+    return values.gather(1, order), order
+
+
+def _count_below(sorted_values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B, N) ascending values, (B, R) points -> (B, R) long: how many values are below each point (left
+    `searchsorted`). Under torch.export (ONNX has no searchsorted) an exact (B, R, N) comparison."""
+    if not torch.compiler.is_exporting():
+        return torch.searchsorted(sorted_values, points)
+    return (sorted_values[:, None, :] < points[:, :, None]).sum(dim=2)
+
+
 def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tensor:
     """(B, 1) start values -> (B, R) points, evenly spaced from the start up to 1 (the official arithmetic)."""
     if num_points == 1:
         return torch.ones_like(lowest_nonzero)
-    steps, unit = _point_grid(num_points, lowest_nonzero.device)
+    # Eager reuses the grid (two fewer ops per layer); a compiled graph folds it into its kernels instead.
+    grid = _point_grid if torch.compiler.is_compiling() else _cached_point_grid
+    steps, unit = grid(num_points, lowest_nonzero.device)
     return lowest_nonzero + (unit - lowest_nonzero * steps) / (num_points - 1)
 
 
-@functools.lru_cache(maxsize=64)
 def _point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R,) step numbers 0..R-1 and (R,) linspace(0, 1, R) * (R - 1), made once per (R, device)."""
+    """(R,) step numbers 0..R-1 and (R,) linspace(0, 1, R) * (R - 1)."""
+    steps = torch.arange(num_points, device=device, dtype=torch.float32)
+    return steps, torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_point_grid`, made once per (R, device), outside any inference mode so that every mode can read it."""
     with torch.inference_mode(False), torch.no_grad():
-        steps = torch.arange(num_points, device=device, dtype=torch.float32)
-        unit = torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
-    return steps, unit
+        return _point_grid(num_points, device)
 
 
 def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
@@ -245,7 +274,9 @@ def pack_kept_tokens_static(
     # Sorting the chosen positions (padding slots as P, after every real one) restores the current order.
     positions = chosen.masked_fill(~real, num_patches).sort(dim=1).values
     kept_rows = torch.nn.functional.pad((positions + 1).masked_fill(~real, 0), (1, 0), value=0)
-    return kept_rows, PaddingLayout(torch.nn.functional.pad(real, (1, 0), value=True))
+    # cat, not pad: inductor's C++ backend (torch 2.13) fails to compile a padded bool mask fused with its use.
+    token_mask = torch.cat([real.new_ones(real.shape[0], 1), real], dim=1)
+    return kept_rows, PaddingLayout(token_mask)
 
 
 @dataclass
