@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ats_hf_cli import UsageError, int_at_least, positive_int, usage_errors
+
 from .configuration_ats_vit import num_input_tokens, patch_grid, patch_shape
 from .data import DEFAULT_MODEL_DIR
 from .modeling_ats_vit import AtsViTForImageClassification
@@ -166,8 +168,6 @@ def _compose(panels: list[tuple[np.ndarray, str]], header: str, columns: int) ->
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ats-hf visualize`."""
-    from ats_hf_cli import int_at_least, positive_int
-
     parser.add_argument("image", type=Path, help="image file to draw")
     parser.add_argument("--model", help="Hub id or folder of an ATS-ViT / ViT classifier (default: the embedded model)")
     parser.add_argument("--output", type=Path, help="PNG to write (default: IMAGE-ats.png in the current folder)")
@@ -180,8 +180,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`ats-hf visualize`: write the token map PNG."""
     from transformers import AutoImageProcessor
-
-    from ats_hf_cli import UsageError, usage_errors
 
     from .hub.checkpoint import check_source, load_ats_classifier
 

@@ -15,6 +15,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoImageProcessor, PretrainedConfig
 
+from ats_hf_cli import UsageError, usage_errors
+
 from ..flops import gmacs_per_image
 from ..modeling_ats_vit import AtsViTForImageClassification
 from ..settings import add_ats_arguments, settings_from_args
@@ -152,8 +154,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`ats-hf convert`: write the checkpoint (and upload it)."""
-    from ats_hf_cli import UsageError, usage_errors
-
     for path, what in ((args.source, "SOURCE"), (args.image_processor, "--image-processor")):
         if path is not None:
             with usage_errors(FileNotFoundError):
