@@ -12,6 +12,7 @@ from ats_hf.settings import (
     ats_settings_applied,
     format_layers,
     format_max_tokens,
+    parse_capacity,
     parse_layers,
     parse_max_tokens,
     settings_from_args,
@@ -152,3 +153,23 @@ def test_command_line_options_use_the_grammar(capsys):
             parser.parse_args(bad)
         assert exit_info.value.code == 2
     assert "reversed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("adaptive", None), ("64", 64), ("0.5", 0.5), ("40 30,0.2", [40, 30, 0.2])])
+def test_capacity_grammar(text, value):
+    assert parse_capacity(text) == value
+
+
+@pytest.mark.parametrize("text", ["1", "all", "none", "1.5", "", "adaptive 3"])
+def test_capacity_grammar_errors(text):
+    with pytest.raises(ValueError, match="ats capacity"):
+        parse_capacity(text)
+
+
+def test_capacity_option_reaches_set_ats(model, images):
+    parser = argparse.ArgumentParser(prog="cmd")
+    add_ats_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--ats-capacity", "20"]))
+    assert settings == {"capacity": 20}
+    model.set_ats(**settings)
+    assert run(model, images).token_mask.shape[1] == 20

@@ -7,6 +7,8 @@ or both, so `--ats-layers 3-11`, `--ats-layers 3 4 5` and `--ats-layers 1,3,5-7`
     max_tokens  VALUE ("," VALUE)*                        VALUE = "all" | INT >= 2 | FRACTION in (0, 1]
                 one value for every ATS layer, or one per ATS layer
     sampler     "inverse_transform" | "top_k" | "random"
+    capacity    "adaptive" | COUNT ("," COUNT)*              COUNT = INT >= 2 | FRACTION in (0, 1]
+                the static mode's rows per ATS layer (one, or one per ATS layer); "adaptive" switches it off
 
 Whether the layers exist and the number of K values fits is checked against the model by `set_ats`.
 """
@@ -22,6 +24,8 @@ MaxTokens = int | float | list[int | float | None] | None
 LAYERS_HELP = "ATS layers, 0-based: '3-11', '3 4 5', '1,3,5-7' or 'none' (plain ViT)"
 MAX_TOKENS_HELP = "K, most tokens kept incl. CLS: 'all', an int >= 2 or a fraction in (0, 1]; one, or one per layer"
 SAMPLER_HELP = f"token sampler: {', '.join(ATS_SAMPLERS)}"
+CAPACITY_HELP = ("static mode: rows each ATS layer allocates, incl. CLS: an int >= 2 or a fraction in (0, 1]; one, "
+                 "or one per layer; 'adaptive' for the adaptive mode")
 
 
 def _parts(text: str | Iterable[str]) -> list[str]:
@@ -65,13 +69,36 @@ def parse_max_tokens(text: str | Iterable[str]) -> MaxTokens:
 def _max_tokens_value(part: str, shown: str) -> int | float | None:
     if part.lower() == "all":
         return None
+    value = _count(part)
+    if value is None:
+        raise ValueError(f"ats max tokens {shown!r}: {part!r} is not 'all', an int >= 2 or a fraction in (0, 1].")
+    return value
+
+
+def parse_capacity(text: str | Iterable[str]) -> int | float | list[int | float] | None:
+    """'adaptive' -> None (the adaptive mode); '0.5' -> a fraction; '64' -> rows; several -> one per ATS layer."""
+    parts = _parts(text)
+    shown = text if isinstance(text, str) else " ".join(text)
+    if [part.lower() for part in parts] == ["adaptive"]:
+        return None
+    values = [_count(part) for part in parts]
+    if not parts or None in values:
+        raise ValueError(
+            f"ats capacity {shown!r}: write 'adaptive', or rows as an int >= 2 or a fraction in (0, 1], one or one "
+            "per ATS layer."
+        )
+    return values[0] if len(values) == 1 else values
+
+
+def _count(part: str) -> int | float | None:
+    """A token count: an int >= 2 or a fraction in (0, 1]; None if `part` is neither."""
     try:
         value = float(part) if any(c in part for c in ".eE") else int(part)
     except ValueError:
-        value = None
+        return None
     if (isinstance(value, int) and value >= 2) or (isinstance(value, float) and 0.0 < value <= 1.0):
         return value
-    raise ValueError(f"ats max tokens {shown!r}: {part!r} is not 'all', an int >= 2 or a fraction in (0, 1].")
+    return None
 
 
 def parse_sampler(text: str) -> str:
@@ -108,9 +135,11 @@ class _JoinedValues(argparse.Action):
             parser.error(f"{option_string}: {error}")
 
 
-def add_ats_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, sampler: bool = True) -> None:
-    """`--ats-layers`, `--ats-max-tokens` (and `--ats-sampler`) in the one grammar. An option left out sets no
-    attribute at all (keep the model's setting); read them with `settings_from_args`."""
+def add_ats_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, sampler: bool = True, capacity: bool = True
+) -> None:
+    """`--ats-layers`, `--ats-max-tokens` (and `--ats-sampler`, `--ats-capacity`) in the one grammar. An option left
+    out sets no attribute at all (keep the model's setting); read them with `settings_from_args`."""
     parser.add_argument("--ats-layers", nargs="+", action=_JoinedValues, parse=parse_layers, metavar="LAYERS",
                         default=argparse.SUPPRESS, help=LAYERS_HELP + " (default: the model's)")
     parser.add_argument("--ats-max-tokens", nargs="+", action=_JoinedValues, parse=parse_max_tokens, metavar="K",
@@ -118,11 +147,14 @@ def add_ats_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     if sampler:
         parser.add_argument("--ats-sampler", type=_argparse_type(parse_sampler), metavar="NAME",
                             default=argparse.SUPPRESS, help=SAMPLER_HELP + " (default: the model's)")
+    if capacity:
+        parser.add_argument("--ats-capacity", nargs="+", action=_JoinedValues, parse=parse_capacity, metavar="ROWS",
+                            default=argparse.SUPPRESS, help=CAPACITY_HELP + " (default: the model's)")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict:
     """The `set_ats` keyword arguments a command line gave; options left out are not in the dict."""
-    names = ("layers", "max_tokens", "sampler")
+    names = ("layers", "max_tokens", "sampler", "capacity")
     return {name: getattr(args, f"ats_{name}") for name in names if hasattr(args, f"ats_{name}")}
 
 
@@ -161,6 +193,7 @@ def format_max_tokens(max_tokens: MaxTokens) -> str:
 
 
 __all__ = [
+    "CAPACITY_HELP",
     "LAYERS_HELP",
     "MAX_TOKENS_HELP",
     "SAMPLER_HELP",
@@ -169,6 +202,7 @@ __all__ = [
     "format_layers",
     "format_max_tokens",
     "format_settings",
+    "parse_capacity",
     "parse_layers",
     "parse_max_tokens",
     "parse_sampler",
