@@ -140,3 +140,22 @@ def test_capacity_survives_a_save_and_load(images, tmp_path):
     loaded = AtsViTForImageClassification.from_pretrained(tmp_path).eval()
     assert loaded.ats_settings["capacity"] == [40, 30, 20]
     assert torch.equal(run(loaded, images).logits, run(model, images).logits)
+
+
+def test_static_gmacs_count_capacity_rows_and_match_the_flop_counter(images):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ats_hf.flops import dense_gmacs, gmacs_per_image, static_gmacs
+
+    model = build(ats_capacity=[40, 30, 20])
+    model.set_attn_implementation("eager")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        output = model(images)
+    measured = counter.get_total_flops() / 2 / len(images) / 1e9  # FLOPs -> MACs per image
+    executed = static_gmacs(model.config)
+    assert executed < dense_gmacs(model.config)
+    assert abs(executed - measured) / measured < 0.01
+    # The papers' per-image figure counts real kept tokens only: never more than what runs.
+    assert (gmacs_per_image(model.config, output.num_tokens) <= executed + 1e-12).all()
+    with pytest.raises(ValueError, match="needs a static-mode config"):
+        static_gmacs(build().config)

@@ -95,11 +95,29 @@ def dense_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, w
     """GMACs of the same geometry with no token sampling."""
     dense = config
     if hasattr(config, "ats_layers"):
-        dense = config.__class__.from_dict({**config.to_dict(), "ats_layers": [], "ats_max_tokens": None})
+        no_sampling = {"ats_layers": [], "ats_max_tokens": None, "ats_capacity": None}
+        dense = config.__class__.from_dict({**config.to_dict(), **no_sampling})
     if num_input_tokens is None:
         num_input_tokens = input_token_count(config)
     counts = torch.full((1, config.num_hidden_layers), num_input_tokens)
     return float(gmacs_per_image(dense, counts, num_input_tokens=num_input_tokens, with_head=with_head)[0])
 
 
-__all__ = ["MacBreakdown", "dense_gmacs", "gmacs_per_image", "mac_breakdown"]
+def static_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, with_head: bool = True) -> float:
+    """GMACs the static mode computes per image (`config.ats_capacity` set): every ATS layer processes its capacity
+    of rows, padding included, whatever the image keeps. `gmacs_per_image(config, output.num_tokens)` is the cost
+    at the real kept counts (the papers' convention); this is what the hardware executes."""
+    if num_input_tokens is None:
+        num_input_tokens = input_token_count(config)
+    capacity = config.resolve_ats_capacity(num_input_tokens)
+    if capacity is None:
+        raise ValueError("static_gmacs needs a static-mode config (ats_capacity set); this one is adaptive.")
+    rows, counts = num_input_tokens, []
+    for layer in range(config.num_hidden_layers):
+        rows = min(rows, capacity.get(layer, rows))
+        counts.append(rows)
+    tokens = torch.tensor([counts])
+    return float(gmacs_per_image(config, tokens, num_input_tokens=num_input_tokens, with_head=with_head)[0])
+
+
+__all__ = ["MacBreakdown", "dense_gmacs", "gmacs_per_image", "mac_breakdown", "static_gmacs"]
