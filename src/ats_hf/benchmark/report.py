@@ -221,7 +221,8 @@ def _plot_throughput(result: BenchmarkResult, plt):
         bars = axes.bar(xs, speedups, width, color=colour, alpha=0.75, label=r.method.name, yerr=errors,
                         capsize=3, error_kw={"elinewidth": 1, "ecolor": "0.25"},
                         hatch=["//" if t.spread > UNRELIABLE_SPREAD else "" for t in timings])
-        axes.bar_label(bars, [f"{s:.2f}" for s in speedups], fontsize=7, label_type="center")
+        axes.bar_label(bars, [f"{s:.2f}" for s in speedups], fontsize=7, label_type="center",
+                       bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.85, "linewidth": 0})
         axes.scatter(xs, [t.gmacs_ratio for t in timings], color=colour, edgecolor="black", marker="D", s=30,
                      zorder=3)
     axes.scatter([], [], color="white", edgecolor="black", marker="D", label="GMACs ratio (ideal)")
