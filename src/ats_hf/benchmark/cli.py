@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--image-column", help="image column (default: the first Image feature)")
     source.add_argument("--label-column", help="label column (default: the first ClassLabel feature, or 'label')")
     ats = parser.add_argument_group("ATS settings (the model's by default; layers L//4..L-1 if it has none)")
-    add_ats_arguments(ats, sampler=False)
+    add_ats_arguments(ats, sampler=False, capacity=False)  # the benchmark compares samplers, in the adaptive mode
     ats.add_argument("--sweep", type=checked(parse_max_tokens, "K"), nargs="*", default=[], metavar="K",
                      help="extra K values, each on the ATS layers, with matched top-K and random, for the "
                           "accuracy-vs-GMACs plot")
