@@ -1,0 +1,153 @@
+"""Export an ATS-ViT classifier in the static mode to ONNX, check it against PyTorch, and write a ready folder.
+
+The static mode (`ats_capacity` set) has no host read and no data-dependent shape, so `torch.export` traces the
+whole model, sampling included, and the ONNX graph runs in onnxruntime with any batch size. The adaptive mode
+cannot be exported: its row count is data-dependent.
+
+ONNX graph: input `pixel_values` (batch, channels, height, width) float32; outputs `logits` (batch, num_labels),
+`num_tokens` (batch, num_hidden_layers) int64, `sampled_token_indices` (batch, num_ats_layers, max_kept) int64
+(-1 padded) and `token_mask` (batch, rows) int64 - the model's outputs of the same names.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .modeling_ats_vit import AtsViTForImageClassification
+
+ONNX_FILE = "model.onnx"
+ONNX_INPUTS = ("pixel_values",)
+ONNX_OUTPUTS = ("logits", "num_tokens", "sampled_token_indices", "token_mask")
+VERIFICATION_FILE = "onnx_verification.json"
+LOGITS_TOLERANCE = 1e-4
+
+
+class _OnnxOutputs(nn.Module):
+    """The classifier with its outputs as the fixed tuple the ONNX graph returns."""
+
+    def __init__(self, model: AtsViTForImageClassification):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.model(pixel_values=pixel_values)
+        return output.logits, output.num_tokens, output.sampled_token_indices, output.token_mask
+
+
+def check_exportable(model: AtsViTForImageClassification) -> None:
+    """Raise `ValueError` unless the model is in the static mode with at least one ATS layer."""
+    settings = model.ats_settings
+    if not settings["layers"]:
+        raise ValueError("the model has no ATS layers (ats_layers=[]); export the plain ViT with transformers' tools.")
+    if settings["capacity"] is None:
+        raise ValueError(
+            "the model is in the adaptive mode (ats_capacity=None), whose row count depends on the data; set a "
+            "static capacity first, e.g. model.set_ats(capacity=0.5) or `--ats-capacity`, or let `ats-hf calibrate` "
+            "propose one."
+        )
+
+
+def export_onnx(model: AtsViTForImageClassification, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """Write the static-mode `model` as an ONNX graph with a dynamic batch size.
+
+    Args:
+        model: a static-mode classifier (see `check_exportable`), on the CPU.
+        path: the .onnx file to write.
+        example: (B, C, H, W) pixel values that set the image size (any batch size).
+    """
+    check_exportable(model)
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            _OnnxOutputs(model),
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            input_names=list(ONNX_INPUTS),
+            output_names=list(ONNX_OUTPUTS),
+            verbose=False,
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    return path
+
+
+def verify_onnx(
+    path: str | os.PathLike,
+    model: AtsViTForImageClassification,
+    pixel_values: torch.Tensor,
+    batch_sizes: tuple[int, ...] = (1, 3),
+) -> dict:
+    """Run the ONNX graph in onnxruntime (CPU) and the model in PyTorch on the same images, in batches of each size.
+
+    Returns a report: the largest logit difference, whether every kept index, token count and mask is identical,
+    and `passed` (logits within `LOGITS_TOLERANCE` and all identical)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    max_logit_difference, identical, images = 0.0, True, 0
+    for batch_size in batch_sizes:
+        for start in range(0, len(pixel_values), batch_size):
+            batch = pixel_values[start : start + batch_size].float()
+            onnx_outputs = session.run(list(ONNX_OUTPUTS), {"pixel_values": batch.numpy()})
+            with torch.no_grad():
+                expected = _OnnxOutputs(model)(batch)
+            max_logit_difference = max(
+                max_logit_difference, float((torch.from_numpy(onnx_outputs[0]) - expected[0]).abs().max())
+            )
+            pairs = zip(onnx_outputs[1:], expected[1:], strict=True)
+            identical &= all(torch.equal(torch.from_numpy(got), want) for got, want in pairs)
+            images += len(batch)
+    return {
+        "images": images,
+        "batch_sizes": list(batch_sizes),
+        "max_logit_difference": max_logit_difference,
+        "logits_tolerance": LOGITS_TOLERANCE,
+        "identical_kept_tokens": identical,
+        "passed": identical and max_logit_difference <= LOGITS_TOLERANCE,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def export_folder(
+    model: AtsViTForImageClassification,
+    output_dir: str | os.PathLike,
+    pixel_values: torch.Tensor,
+    image_processor=None,
+) -> dict:
+    """Write `output_dir` with model.onnx, config.json, the image processor's preprocessor_config.json (if given)
+    and onnx_verification.json; raise `RuntimeError` (after writing the report) if the graph disagrees with
+    PyTorch on `pixel_values`. Returns the verification report."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().float().eval()
+    path = export_onnx(model, output_dir / ONNX_FILE, pixel_values[:2].float())
+    model.config.save_pretrained(output_dir)
+    if image_processor is not None:
+        image_processor.save_pretrained(output_dir)
+    report = verify_onnx(path, model, pixel_values)
+    (output_dir / VERIFICATION_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        raise RuntimeError(
+            f"the ONNX graph disagrees with PyTorch: largest logit difference {report['max_logit_difference']:.2e} "
+            f"(tolerance {LOGITS_TOLERANCE:g}), identical kept tokens: {report['identical_kept_tokens']}; see "
+            f"{output_dir / VERIFICATION_FILE}"
+        )
+    return report
+
+
+__all__ = [
+    "LOGITS_TOLERANCE",
+    "ONNX_INPUTS",
+    "ONNX_OUTPUTS",
+    "check_exportable",
+    "export_folder",
+    "export_onnx",
+    "verify_onnx",
+]

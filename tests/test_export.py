@@ -1,0 +1,73 @@
+"""Deployment paths of the static mode: torch.compile(fullgraph), torch.export and ONNX Runtime."""
+
+import json
+
+import pytest
+import torch
+from conftest import peaky_weights_, tiny_config
+from transformers import AutoImageProcessor
+
+from ats_hf import AtsViTForImageClassification
+from ats_hf.data import DEFAULT_MODEL_DIR
+from ats_hf.data.labelled_images import load_labelled_images
+from ats_hf.export import check_exportable, export_folder
+
+pytestmark = pytest.mark.slow  # compiling takes about half a minute on 2 CPU cores
+
+
+def build(**overrides):
+    return peaky_weights_(AtsViTForImageClassification(tiny_config(**overrides))).eval()
+
+
+def test_compile_fullgraph_of_the_static_mode_equals_eager(images):
+    torch._dynamo.reset()
+    model = build(ats_capacity=[40, 36, 28])
+    with torch.no_grad():
+        eager = model(images)
+        compiled = torch.compile(model, fullgraph=True)(pixel_values=images)
+    assert not eager.token_mask.all() and (eager.num_tokens[:, -1] == 28).any(), "needs padding and truncation"
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(compiled.sampled_token_indices, eager.sampled_token_indices)
+    assert torch.equal(compiled.num_tokens, eager.num_tokens)
+
+
+def test_the_adaptive_mode_runs_under_plain_compile(images):
+    torch._dynamo.reset()
+    model = build()
+    with torch.no_grad():
+        eager = model(images)
+        compiled = torch.compile(model)(pixel_values=images)
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(compiled.sampled_token_indices, eager.sampled_token_indices)
+
+
+def test_torch_export_of_the_static_mode(images):
+    model = build(ats_capacity=0.5)
+    program = torch.export.export(model, (), {"pixel_values": images})
+    with torch.no_grad():
+        exported, eager = program.module()(pixel_values=images), model(images)
+    torch.testing.assert_close(exported.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(exported.sampled_token_indices, eager.sampled_token_indices)
+
+
+def test_onnx_runtime_matches_pytorch_on_the_embedded_model(tmp_path):
+    model = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR).eval()
+    processor = AutoImageProcessor.from_pretrained(DEFAULT_MODEL_DIR)
+    pixel_values = load_labelled_images(None, processor, model.config.id2label, num_images=24).pixel_values
+    with torch.no_grad():
+        adaptive_counts = model(pixel_values).num_tokens[:, 3]
+    assert (adaptive_counts > 12).any() and (adaptive_counts < 12).any(), "test needs truncated and fitting images"
+    model.set_ats(capacity=12)
+    report = export_folder(model, tmp_path / "onnx", pixel_values, processor)
+    assert report["passed"] and report["identical_kept_tokens"] and report["max_logit_difference"] <= 1e-4
+    assert report["batch_sizes"] == [1, 3] and report["images"] == 48
+    written = {path.name for path in (tmp_path / "onnx").iterdir()}
+    assert {"model.onnx", "config.json", "preprocessor_config.json", "onnx_verification.json"} <= written
+    assert json.loads((tmp_path / "onnx" / "config.json").read_text())["ats_capacity"] == 12
+
+
+def test_only_the_static_mode_exports():
+    with pytest.raises(ValueError, match="adaptive mode"):
+        check_exportable(build())
+    with pytest.raises(ValueError, match="no ATS layers"):
+        check_exportable(build(ats_layers=[]))
