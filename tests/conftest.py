@@ -5,8 +5,9 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import pytest
 import torch
+from transformers import ViTConfig, ViTForImageClassification
 
-from ats_hf import AtsViTConfig
+from ats_hf import AtsViTConfig, AtsViTForImageClassification
 
 TINY = dict(
     hidden_size=32,
@@ -33,9 +34,39 @@ def peaky_weights_(model: torch.nn.Module, scale: float = 12.0) -> torch.nn.Modu
     return model
 
 
+def tiny_model(attn_implementation: str = "sdpa", peaky: bool = True, **overrides) -> AtsViTForImageClassification:
+    """A tiny ATS classifier in eval mode (`tiny_config(**overrides)`), seeded; peaky attention by default, so that
+    images keep different numbers of tokens."""
+    torch.manual_seed(0)
+    model = AtsViTForImageClassification(tiny_config(**overrides)).eval()
+    model.set_attn_implementation(attn_implementation)
+    return peaky_weights_(model) if peaky else model
+
+
+def plain_vit_config(**overrides) -> ViTConfig:
+    """The ViTConfig of `tiny_config(**overrides)`'s geometry, for plain ViT models."""
+    vit_fields = ViTConfig().to_dict()
+    return ViTConfig(**{k: v for k, v in tiny_config(**overrides).to_dict().items() if k in vit_fields})
+
+
+def tiny_plain_vit(**overrides) -> ViTForImageClassification:
+    """A plain transformers ViT classifier of the tiny geometry, in eval mode."""
+    return ViTForImageClassification(plain_vit_config(**overrides)).eval()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test runs with one torch thread: tiny models train ~100x slower when torch's threads fight other
+    processes for 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

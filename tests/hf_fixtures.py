@@ -1,17 +1,15 @@
-"""Shared builders for the HuggingFace-workflow tests: tiny checkpoints, image folders and the example script."""
+"""Builders for the HuggingFace-workflow tests (plain functions, no fixtures): tiny checkpoints with labels, image
+folders, and the example script."""
 
 import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from conftest import peaky_weights_, tiny_config
+from conftest import peaky_weights_, tiny_model, tiny_plain_vit
 from PIL import Image
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
-
-from ats_hf import AtsViTForImageClassification
+from transformers import ViTImageProcessorPil
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run_image_classification.py"
 CLASS_COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 220)}
@@ -23,25 +21,20 @@ def tiny_image_processor() -> ViTImageProcessorPil:
 
 def save_plain_vit(directory: Path, num_labels: int = 3) -> Path:
     """A tiny plain ViT classifier (old weight names, as on the Hub) and its image processor."""
-    fields = ViTConfig().to_dict()
-    config = ViTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in fields})
-    config.num_labels = num_labels
     torch.manual_seed(0)
-    model = peaky_weights_(ViTForImageClassification(config), scale=6.0)
+    model = peaky_weights_(tiny_plain_vit(num_labels=num_labels), scale=6.0)
     model.save_pretrained(directory, save_original_format=True)
     tiny_image_processor().save_pretrained(directory)
     return directory
 
 
-def tiny_ats_classifier(**overrides) -> AtsViTForImageClassification:
-    """A tiny ATS classifier with named labels that drops a different number of tokens per image."""
+def tiny_ats_classifier(**overrides):
+    """`tiny_model` with the named labels of `CLASS_COLOURS` (a classifier of the image folders below)."""
     labels = list(CLASS_COLOURS)
-    config = tiny_config(
+    return tiny_model(
         num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
         **overrides,
     )
-    torch.manual_seed(0)
-    return peaky_weights_(AtsViTForImageClassification(config)).eval()
 
 
 def random_image(seed: int, size: tuple[int, int] = (40, 36), colour: tuple[int, int, int] | None = None):
@@ -68,15 +61,6 @@ def load_example():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models train ~100x slower when torch's threads fight other processes for 2 cores; use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def subprocess_env(**extra) -> dict:

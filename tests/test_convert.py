@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_fixtures import one_torch_thread, random_image, save_plain_vit, tiny_image_processor  # noqa: F401
+from hf_fixtures import random_image, save_plain_vit, tiny_image_processor
 from huggingface_hub import ModelCard
 from transformers import BertConfig, ViTForImageClassification
 

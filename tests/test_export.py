@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import peaky_weights_, tiny_config
+from conftest import tiny_model
 from transformers import AutoImageProcessor
 
 from ats_hf import AtsViTForImageClassification
@@ -15,8 +15,7 @@ from ats_hf.export import check_exportable, export_folder
 pytestmark = pytest.mark.slow  # compiling takes about half a minute on 2 CPU cores
 
 
-def build(**overrides):
-    return peaky_weights_(AtsViTForImageClassification(tiny_config(**overrides))).eval()
+build = tiny_model
 
 
 def test_compile_fullgraph_of_the_static_mode_equals_eager(images):

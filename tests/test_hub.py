@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
-    one_torch_thread,
+from hf_fixtures import (
     random_image,
     subprocess_env,
     tiny_ats_classifier,

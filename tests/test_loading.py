@@ -4,14 +4,12 @@ import json
 
 import pytest
 import torch
-from conftest import peaky_weights_, tiny_config
+from conftest import plain_vit_config, tiny_config, tiny_model, tiny_plain_vit
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
     ViTModel,
 )
 
@@ -19,13 +17,11 @@ from ats_hf import AtsViTConfig, AtsViTForImageClassification, AtsViTModel
 
 
 def plain_vit(num_labels=5):
-    config = ViTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in ViTConfig().to_dict()})
-    config.num_labels = num_labels
-    return ViTForImageClassification(config).eval()
+    return tiny_plain_vit(num_labels=num_labels)
 
 
 def test_round_trip_is_bit_exact(tmp_path, images):
-    model = peaky_weights_(AtsViTForImageClassification(tiny_config(ats_max_tokens=[0.5, 20, None]))).eval()
+    model = tiny_model(ats_max_tokens=[0.5, 20, None])
     model.save_pretrained(tmp_path)
     loaded = AtsViTForImageClassification.from_pretrained(tmp_path).eval()
     with torch.no_grad():
@@ -68,8 +64,7 @@ def test_plain_vit_checkpoint_loads_every_weight(tmp_path, images, original_form
 
 
 def test_plain_vit_model_checkpoint_into_classifier_gets_a_new_head(tmp_path):
-    config = ViTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in ViTConfig().to_dict()})
-    ViTModel(config).save_pretrained(tmp_path)
+    ViTModel(plain_vit_config()).save_pretrained(tmp_path)
     model, info = AtsViTForImageClassification.from_pretrained(tmp_path, num_labels=3, output_loading_info=True)
     assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
     assert model.classifier.out_features == 3

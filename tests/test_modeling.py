@@ -2,18 +2,13 @@
 
 import pytest
 import torch
-from conftest import peaky_weights_, tiny_config
+from conftest import tiny_config, tiny_model, tiny_plain_vit
 from official_reference import reference_forward
-from transformers import ViTConfig, ViTForImageClassification
 
-from ats_hf import AtsViTForImageClassification, AtsViTModel
+from ats_hf import AtsViTModel
 from ats_hf.modeling_ats_vit import AtsLayerPlan, TokenState
 
-
-def build(attn_implementation="sdpa", peaky=True, **overrides):
-    model = AtsViTForImageClassification(tiny_config(**overrides)).eval()
-    model.set_attn_implementation(attn_implementation)
-    return peaky_weights_(model) if peaky else model
+build = tiny_model
 
 
 def kept_lists(output, image_index):
@@ -45,8 +40,7 @@ def test_same_tokens_as_reference_with_fractional_k(images):
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_no_ats_layers_is_plain_vit(images, attn_implementation):
     ats = build(attn_implementation, peaky=False, ats_layers=[])
-    plain_config = ViTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in ViTConfig().to_dict()})
-    plain = ViTForImageClassification(plain_config).eval()
+    plain = tiny_plain_vit()
     plain.set_attn_implementation(attn_implementation)
     plain.load_state_dict(ats.state_dict())
     with torch.no_grad():
@@ -299,8 +293,7 @@ def test_flex_attention_agrees(images):
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 def test_user_mask_matches_plain_vit_on_real_rows(images, attn_implementation):
     ats = build(attn_implementation, ats_layers=[])
-    plain_config = ViTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in ViTConfig().to_dict()})
-    plain = ViTForImageClassification(plain_config).eval()
+    plain = tiny_plain_vit()
     plain.set_attn_implementation(attn_implementation)
     plain.load_state_dict(ats.state_dict())
     mask = torch.ones(6, 65, dtype=torch.long)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hf_fixtures import one_torch_thread, random_image, tiny_ats_classifier, tiny_image_processor  # noqa: F401
+from hf_fixtures import random_image, tiny_ats_classifier, tiny_image_processor
 from transformers import pipeline
 
 from ats_hf import AtsViTForImageClassification

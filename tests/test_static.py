@@ -2,14 +2,12 @@
 
 import pytest
 import torch
-from conftest import peaky_weights_, tiny_config
+from conftest import tiny_model
 
 from ats_hf import AtsViTForImageClassification
 from ats_hf.modeling_ats_vit import pack_kept_tokens, pack_kept_tokens_static
 
-
-def build(**overrides):
-    return peaky_weights_(AtsViTForImageClassification(tiny_config(**overrides))).eval()
+build = tiny_model
 
 
 def run(model, images, **settings):

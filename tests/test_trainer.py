@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from hf_fixtures import (  # noqa: F401  (one_torch_thread is an autouse fixture)
+from hf_fixtures import (
     EXAMPLE,
     load_example,
-    one_torch_thread,
     save_plain_vit,
     subprocess_env,
     tiny_ats_classifier,

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import peaky_weights_, tiny_config
+from conftest import tiny_model
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from ats_hf import AtsViTForImageClassification
 from ats_hf.hub import checkpoint
 from ats_hf.settings import ats_settings_applied
 from ats_hf.visualize import GAP, OUTLINE, kept_patch_grids, token_map
@@ -16,7 +15,7 @@ from ats_hf_cli import main
 
 @pytest.fixture
 def model():
-    return peaky_weights_(AtsViTForImageClassification(tiny_config()).eval())
+    return tiny_model()
 
 
 @pytest.fixture
