@@ -17,6 +17,8 @@ import argparse
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 
+from ats_hf_cli import checked
+
 from .configuration_ats_vit import ATS_SAMPLERS
 
 MaxTokens = int | float | list[int | float | None] | None
@@ -108,19 +110,6 @@ def parse_sampler(text: str) -> str:
     return text
 
 
-def _argparse_type(parse):
-    """Wrap a parser so that argparse reports its ValueError as a usage error (exit status 2, no traceback)."""
-
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    convert.__name__ = parse.__name__.removeprefix("parse_")
-    return convert
-
-
 class _JoinedValues(argparse.Action):
     """Collect `nargs="+"` strings and parse them together with one grammar function."""
 
@@ -145,7 +134,7 @@ def add_ats_arguments(
     parser.add_argument("--ats-max-tokens", nargs="+", action=_JoinedValues, parse=parse_max_tokens, metavar="K",
                         default=argparse.SUPPRESS, help=MAX_TOKENS_HELP + " (default: the model's)")
     if sampler:
-        parser.add_argument("--ats-sampler", type=_argparse_type(parse_sampler), metavar="NAME",
+        parser.add_argument("--ats-sampler", type=checked(parse_sampler), metavar="NAME",
                             default=argparse.SUPPRESS, help=SAMPLER_HELP + " (default: the model's)")
     if capacity:
         parser.add_argument("--ats-capacity", nargs="+", action=_JoinedValues, parse=parse_capacity, metavar="ROWS",
