@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow  # compiling takes about half a minute on 2 CPU co
 build = tiny_model
 
 
-def test_compile_fullgraph_of_the_static_mode_equals_eager(images):
+@pytest.mark.parametrize("merge", [False, True], ids=["drop", "merge"])
+def test_compile_fullgraph_of_the_static_mode_equals_eager(images, merge):
     torch._dynamo.reset()
-    model = build(ats_capacity=[40, 36, 28])
+    model = build(ats_capacity=[40, 36, 28], ats_merge=merge)
     with torch.no_grad():
         eager = model(images)
         compiled = torch.compile(model, fullgraph=True)(pixel_values=images)
@@ -49,8 +50,10 @@ def test_torch_export_of_the_static_mode(images):
     assert torch.equal(exported.sampled_token_indices, eager.sampled_token_indices)
 
 
-def test_onnx_runtime_matches_pytorch_on_the_embedded_model(tmp_path):
+@pytest.mark.parametrize("merge", [False, True], ids=["drop", "merge"])
+def test_onnx_runtime_matches_pytorch_on_the_embedded_model(tmp_path, merge):
     model = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR).eval()
+    model.set_ats(merge=merge)
     processor = AutoImageProcessor.from_pretrained(DEFAULT_MODEL_DIR)
     pixel_values = load_labelled_images(None, processor, model.config.id2label, num_images=24).pixel_values
     with torch.no_grad():

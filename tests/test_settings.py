@@ -18,7 +18,9 @@ from ats_hf.settings import (
     settings_from_args,
 )
 
-DEFAULTS = {"layers": [1, 2, 3, 4, 5], "max_tokens": None, "sampler": "inverse_transform", "capacity": None}
+DEFAULTS = {
+    "layers": [1, 2, 3, 4, 5], "max_tokens": None, "sampler": "inverse_transform", "capacity": None, "merge": False
+}
 
 
 @pytest.fixture
@@ -173,3 +175,14 @@ def test_capacity_option_reaches_set_ats(model, images):
     assert settings == {"capacity": 20}
     model.set_ats(**settings)
     assert run(model, images).token_mask.shape[1] == 20
+
+
+def test_merge_flag_reaches_set_ats(model):
+    parser = argparse.ArgumentParser(prog="cmd")
+    add_ats_arguments(parser)
+    assert settings_from_args(parser.parse_args(["--ats-merge"])) == {"merge": True}
+    assert settings_from_args(parser.parse_args(["--no-ats-merge"])) == {"merge": False}
+    model.set_ats(merge=True)
+    assert model.config.ats_merge is True
+    with pytest.raises(ValueError, match=r"ats_merge='yes' must be True"):
+        model.set_ats(merge="yes")

@@ -71,6 +71,12 @@ class AtsViTConfig(ViTConfig):
         host read and no data-dependent shape, for torch.compile(fullgraph), torch.export and ONNX. Selection is
         the adaptive one whenever an image's kept count fits; an image that samples more keeps its capacity's
         worth of highest-scoring sampled tokens.
+    ats_merge (`bool`, *optional*, defaults to `False`):
+        `False`: dropped tokens leave the sequence (the paper's ATS). `True`: each token an ATS layer drops is merged
+        into the kept patch token whose key is most similar (cosine, heads concatenated; CLS never receives or
+        loses anything): their layer inputs are averaged, weighted by size, and sizes add up; later attention is
+        proportional (each key's logit gets `log(size)`), so a merged token weighs like the tokens it stands for.
+        Needs `eager` or `sdpa` attention.
     """
 
     model_type = "ats_vit"
@@ -81,6 +87,7 @@ class AtsViTConfig(ViTConfig):
     ats_max_tokens: int | float | list[int | float | None] | tuple[int | float | None, ...] | None = None
     ats_sampler: str = "inverse_transform"
     ats_capacity: int | float | list[int | float] | tuple[int | float, ...] | None = None
+    ats_merge: bool = False
 
     def __post_init__(self, **kwargs):
         if self.ats_layers is None:
@@ -94,6 +101,7 @@ class AtsViTConfig(ViTConfig):
             self.ats_layers, self.ats_max_tokens, self.ats_sampler
         )
         self.ats_capacity = self.validated_ats_capacity(self.ats_layers, self.ats_capacity)
+        self.ats_merge = self.validated_ats_merge(self.ats_merge)
 
     def validated_ats_settings(self, layers, max_tokens, sampler) -> tuple[list[int], object, str]:
         """The given ATS settings checked against this config's depth and normalised (layers sorted, lists for
@@ -113,6 +121,13 @@ class AtsViTConfig(ViTConfig):
         if not isinstance(sampler, str) or sampler not in ATS_SAMPLERS:
             raise ValueError(f"ats_sampler={sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
         return sorted(layers), max_tokens, sampler
+
+    @staticmethod
+    def validated_ats_merge(merge) -> bool:
+        """The merge switch, checked: a bool."""
+        if not isinstance(merge, bool):
+            raise ValueError(f"ats_merge={merge!r} must be True (merge dropped tokens) or False (drop them).")
+        return merge
 
     @staticmethod
     def validated_ats_capacity(layers, capacity):

@@ -4,7 +4,8 @@ The count follows what `AtsViTModel` actually computes (see docs/how-ats-works.m
 - ordinary layer, N tokens: q, k, v projections 3 N D^2; attention scores and weighted sum 2 N^2 D;
   output projection N D^2; MLP 2 N D I.
 - ATS layer, N_in tokens in and N_out out: q, k, v projections 3 N_in D^2; CLS attention row N_in D (the
-  scoring overhead); attention of kept rows 2 N_out N_in D; output projection N_out D^2; MLP 2 N_out D I.
+  scoring overhead); attention of kept rows 2 N_out N_in D; output projection N_out D^2; MLP 2 N_out D I; with
+  `ats_merge`, the key similarity of entering to kept rows N_in N_out D.
 - patch embedding (num_patches C p_h p_w D) and classifier head (D num_labels).
 LayerNorm, softmax, GELU, sorting and other element-wise work are not counted (as in the papers).
 """
@@ -17,7 +18,7 @@ from transformers import PretrainedConfig
 from .configuration_ats_vit import num_input_tokens as input_token_count
 from .configuration_ats_vit import patch_shape
 
-_ITEMS = ("patch_embedding", "projections", "attention", "mlp", "ats_scoring", "head")
+_ITEMS = ("patch_embedding", "projections", "attention", "mlp", "ats_scoring", "ats_merging", "head")
 
 
 @dataclass
@@ -29,6 +30,7 @@ class MacBreakdown:
     attention: torch.Tensor
     mlp: torch.Tensor
     ats_scoring: torch.Tensor
+    ats_merging: torch.Tensor
     head: torch.Tensor
 
     @property
@@ -74,6 +76,9 @@ def mac_breakdown(
     attention = 2 * tokens_out * tokens_in * hidden
     mlp = 2 * tokens_out * hidden * intermediate
     ats_scoring = torch.where(is_ats, tokens_in * hidden, torch.zeros_like(tokens_in))
+    # ats_merge: key similarity of every entering row to every kept row.
+    merges = is_ats & bool(getattr(config, "ats_merge", False))
+    ats_merging = torch.where(merges, tokens_in * tokens_out * hidden, torch.zeros_like(tokens_in))
     num_labels = float(config.num_labels) if with_head else 0.0
     patches = float(num_input_tokens - 1)
     return MacBreakdown(
@@ -82,6 +87,7 @@ def mac_breakdown(
         attention=attention.sum(dim=1),
         mlp=mlp.sum(dim=1),
         ats_scoring=ats_scoring.sum(dim=1),
+        ats_merging=ats_merging.sum(dim=1),
         head=torch.full((batch_size,), hidden * num_labels),
     )
 
@@ -95,7 +101,7 @@ def dense_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, w
     """GMACs of the same geometry with no token sampling."""
     dense = config
     if hasattr(config, "ats_layers"):
-        no_sampling = {"ats_layers": [], "ats_max_tokens": None, "ats_capacity": None}
+        no_sampling = {"ats_layers": [], "ats_max_tokens": None, "ats_capacity": None, "ats_merge": False}
         dense = config.__class__.from_dict({**config.to_dict(), **no_sampling})
     if num_input_tokens is None:
         num_input_tokens = input_token_count(config)

@@ -279,6 +279,60 @@ def pack_kept_tokens_static(
     return kept_rows, PaddingLayout(token_mask)
 
 
+class TokenSelection(NamedTuple):
+    """The rows an ATS layer keeps: `kept_rows` (B, M) into its L input rows, their `padding` layout (None if
+    unpadded), and (B, L, D) keys when dropped tokens are merged into kept ones (None when they are dropped)."""
+
+    kept_rows: torch.Tensor
+    padding: PaddingLayout | None
+    merge_keys: torch.Tensor | None = None
+
+
+def merge_dropped_tokens(
+    rows: torch.Tensor,
+    sizes: torch.Tensor | None,
+    keys: torch.Tensor,
+    kept_rows: torch.Tensor,
+    padding: PaddingLayout | None,
+    token_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge every dropped real row into the kept patch row whose key is most similar (cosine); CLS neither
+    receives nor is merged. A kept row becomes the size-weighted mean of itself and the rows it absorbs.
+
+    Args:
+        rows: (B, L, D) values of the current rows; sizes: (B, L) their sizes (None: all 1).
+        keys: (B, L, Dk) keys of the current rows (heads concatenated), the similarity metric.
+        kept_rows: (B, M) indices of the kept rows, CLS first; padding: their layout (None if unpadded).
+        token_mask: (B, L) bool real current rows (None if all real).
+    Returns:
+        (B, M, D) merged values (0 in padding rows) and (B, M) float32 sizes (0 in padding rows).
+    """
+    batch_size, num_rows, width = rows.shape
+    num_slots = kept_rows.shape[1]
+    slots = torch.arange(num_slots, device=rows.device).expand(batch_size, -1)
+    slot_is_real = torch.ones_like(slots, dtype=torch.bool) if padding is None else padding.token_mask
+    # Each current row's own slot if it was kept, else -1; padding slots write into a spare column.
+    slot_of_row = torch.full((batch_size, num_rows + 1), -1, dtype=torch.long, device=rows.device)
+    slot_of_row = slot_of_row.scatter(1, kept_rows.masked_fill(~slot_is_real, num_rows), slots)[:, :num_rows]
+
+    metric = torch.nn.functional.normalize(keys.float(), dim=-1)
+    similarity = metric @ _gather_rows(metric, kept_rows).transpose(1, 2)  # (B, L, M)
+    can_receive = slot_is_real & (slots > 0)
+    nearest = similarity.masked_fill(~can_receive[:, None, :], float("-inf")).argmax(dim=-1)
+    weights = rows.new_ones(batch_size, num_rows, dtype=torch.float32) if sizes is None else sizes
+    if token_mask is not None:
+        weights = weights * token_mask  # padding rows carry nothing...
+        nearest = nearest.masked_fill(~token_mask, num_slots)  # ...into the spare slot M, which is cut off
+    target = torch.where(slot_of_row >= 0, slot_of_row, nearest)
+    merged_sizes = weights.new_zeros(batch_size, num_slots + 1).scatter_add_(1, target, weights)[:, :num_slots]
+    weighted = rows.float() * weights[..., None]
+    merged = weighted.new_zeros(batch_size, num_slots + 1, width).scatter_add_(
+        1, target[..., None].expand(-1, -1, width), weighted
+    )[:, :num_slots]
+    merged = merged / merged_sizes.clamp(min=torch.finfo(torch.float32).tiny)[..., None]
+    return merged.to(rows.dtype), merged_sizes
+
+
 @dataclass
 class TokenState:
     """What the layers know about the rows of the (B, M, D) hidden states besides their values."""
@@ -288,7 +342,11 @@ class TokenState:
     padding: PaddingLayout | None
     """Where the real rows are; None when every row is real."""
     attention_mask: torch.Tensor | None
-    """The M rows' mask over each other, prepared for the configured attention implementation (None: no mask)."""
+    """The M rows' mask over each other, prepared for the configured attention implementation (None: no mask);
+    with `sizes`, the (B, 1, 1, M) float key bias log(size)."""
+    sizes: torch.Tensor | None = None
+    """(B, M) float32: how many input tokens each row stands for (0 for padding), once a layer has merged tokens
+    (`ats_merge`); None while every row is one token."""
 
     @property
     def token_mask(self) -> torch.Tensor | None:
@@ -301,15 +359,28 @@ class TokenState:
             return self.positions.new_full((batch_size,), self.positions.shape[1])
         return self.padding.token_mask.sum(dim=1)
 
-    def keep(
-        self, config: AtsViTConfig, kept_rows: torch.Tensor, padding: PaddingLayout | None, rows: torch.Tensor
-    ) -> "TokenState":
-        """The state of the rows `kept_rows` (B, M') picked from the current ones, laid out as `padding`.
-        `rows` (B, M', D) are the kept rows' values (their dtype sets the mask's)."""
+    def select(
+        self, config: AtsViTConfig, selection: "TokenSelection", rows: torch.Tensor
+    ) -> tuple[torch.Tensor, "TokenState"]:
+        """The values and the state of the rows a layer kept.
+
+        Args:
+            selection: the kept rows (B, M) among the current L, their layout, and the keys to merge by (or None).
+            rows: (B, L, D) the current rows' values (the layer's input, the residual).
+        Returns:
+            (B, M, D) the kept rows' values (merged with the tokens they absorb when merging), and their state.
+        """
+        kept_rows, padding = selection.kept_rows, selection.padding
+        if selection.merge_keys is None:
+            kept, sizes = _gather_rows(rows, kept_rows), None
+        else:
+            kept, sizes = merge_dropped_tokens(
+                rows, self.sizes, selection.merge_keys, kept_rows, padding, self.token_mask
+            )
         positions = self.positions.gather(1, kept_rows)
         if padding is not None:
             positions = positions.masked_fill(~padding.token_mask, 0)
-        return TokenState(positions, padding, _self_attention_mask(config, rows, padding))
+        return kept, TokenState(positions, padding, _self_attention_mask(config, kept, padding, sizes), sizes)
 
     @classmethod
     def initial(
@@ -404,20 +475,19 @@ class AtsViTAttention(ViTAttention):
 
     def forward(
         self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, PaddingLayout | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, "TokenSelection | None"]:
         """
         Args:
             hidden_states: (B, L, D), already layer-normed.
-            state: the L rows' positions, padding and attention mask.
+            state: the L rows' positions, padding, sizes and attention mask.
             plan: K (and the static capacity) for an ATS layer; None for an ordinary layer.
         Returns:
             attention output (B, M, D) after the output projection, attention probabilities (eager only, else
-            None), kept_rows (B, M) into the L input rows (None if nothing was sampled, or if every row was kept
-            in place), and the padding layout of the M output rows (None if unpadded).
+            None), and which rows were kept (None for an ordinary layer, or if every row was kept in place).
         """
         if plan is None:
             attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
-            return attn_output, attn_weights, None, state.padding
+            return attn_output, attn_weights, None
 
         token_mask = state.token_mask
         batch_size, num_tokens, _ = hidden_states.shape
@@ -431,7 +501,9 @@ class AtsViTAttention(ViTAttention):
             cls_query = queries[:, :1].view(batch_size, -1, 1, self.head_dim)
             cls_logits = torch.matmul(_as_float32(cls_query), _as_float32(key_states).transpose(2, 3))
             cls_logits = cls_logits.view(batch_size, -1, num_tokens) * self.scaling
-            if token_mask is not None:
+            if state.sizes is not None:  # proportional attention; log(0) = -inf masks padding
+                cls_logits = cls_logits + state.sizes.log()[:, None, :]
+            elif token_mask is not None:
                 cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
             scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
             patch_mask = None if token_mask is None else token_mask[:, 1:]
@@ -442,13 +514,19 @@ class AtsViTAttention(ViTAttention):
                 kept_rows, kept_padding = pack_kept_tokens_static(kept_patches, scores, plan.capacity)
             if token_mask is None and kept_padding is None and kept_rows.shape[1] == num_tokens:
                 kept_rows = None  # every row kept, in place: nothing to gather
+            merge_keys = None
+            if self.config.ats_merge and kept_rows is not None:
+                merge_keys = key_states.transpose(1, 2).reshape(batch_size, num_tokens, -1)
 
         attn_implementation = self.config._attn_implementation
         all_rows = token_mask is not None and attn_implementation.startswith("flash")
         if not all_rows and kept_rows is not None:
             queries = _gather_rows(queries, kept_rows)
         query_states = queries.view(*queries.shape[:2], -1, self.head_dim).transpose(1, 2)
-        mask = _attention_mask(self.config, queries, hidden_states, token_mask)
+        if state.sizes is None:
+            mask = _attention_mask(self.config, queries, hidden_states, token_mask)
+        else:
+            mask = state.attention_mask  # (B, 1, 1, L) key bias: it serves any number of query rows
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
@@ -464,7 +542,8 @@ class AtsViTAttention(ViTAttention):
         if all_rows and kept_rows is not None:
             # Flash kernels unpad queries by the key mask, so they attend from every real row; keep the kept ones.
             attn_output = _gather_rows(attn_output, kept_rows)
-        return self.o_proj(attn_output), attn_weights, kept_rows, kept_padding
+        selection = None if kept_rows is None else TokenSelection(kept_rows, kept_padding, merge_keys)
+        return self.o_proj(attn_output), attn_weights, selection
 
 
 class AtsViTLayer(ViTLayer):
@@ -487,11 +566,10 @@ class AtsViTLayer(ViTLayer):
             hidden_states (B, M, D) and the state of its M rows (the input's when no row was dropped or moved).
         """
         residual = hidden_states
-        attention = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
-        attn_output, _, kept_rows, padding = attention
-        if kept_rows is not None:
-            residual = _gather_rows(residual, kept_rows)
-            state = state.keep(self.attention.config, kept_rows, padding, residual)
+        attn_output, _, selection = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
+        if selection is not None:
+            residual, state = state.select(self.attention.config, selection, residual)
+        padding = state.padding
         hidden_states = self.dropout(attn_output) + residual
         if padding is None or padding.real_rows is None:
             hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
@@ -530,9 +608,12 @@ class AtsViTPreTrainedModel(ViTPreTrainedModel):
             "max_tokens": config.ats_max_tokens,
             "sampler": config.ats_sampler,
             "capacity": config.ats_capacity,
+            "merge": config.ats_merge,
         }
 
-    def set_ats(self, *, layers=_UNCHANGED, max_tokens=_UNCHANGED, sampler=_UNCHANGED, capacity=_UNCHANGED) -> dict:
+    def set_ats(
+        self, *, layers=_UNCHANGED, max_tokens=_UNCHANGED, sampler=_UNCHANGED, capacity=_UNCHANGED, merge=_UNCHANGED
+    ) -> dict:
         """Switch Adaptive Token Sampling on this built model; arguments left out keep their current values.
 
         Args:
@@ -541,19 +622,21 @@ class AtsViTPreTrainedModel(ViTPreTrainedModel):
             sampler: "inverse_transform" (ATS), "top_k" or "random".
             capacity: None for the adaptive mode; rows per ATS layer (int >= 2, fraction, or one per layer) for the
                 static mode (see `AtsViTConfig`).
+            merge: False drops unsampled tokens (the paper); True merges them into kept ones (see `AtsViTConfig`).
         Returns:
             The previous settings, so that `model.set_ats(**previous)` restores them.
         Raises `ValueError` naming the bad value and the allowed range; then nothing changes. Assigning the config
         fields directly also works (they are validated at the next forward pass); this checks them at once.
         """
-        given = {"layers": layers, "max_tokens": max_tokens, "sampler": sampler, "capacity": capacity}
+        given = {"layers": layers, "max_tokens": max_tokens, "sampler": sampler, "capacity": capacity, "merge": merge}
         previous = self.ats_settings
         settings = {key: previous[key] if value is _UNCHANGED else value for key, value in given.items()}
         config = self.config
         checked = config.validated_ats_settings(settings["layers"], settings["max_tokens"], settings["sampler"])
         capacity = config.validated_ats_capacity(settings["layers"], settings["capacity"])
+        merge = config.validated_ats_merge(settings["merge"])
         config.ats_layers, config.ats_max_tokens, config.ats_sampler = checked
-        config.ats_capacity = capacity
+        config.ats_capacity, config.ats_merge = capacity, merge
         return previous
 
     @classmethod
@@ -662,10 +745,17 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             _frozen(config.ats_max_tokens),
             config.ats_sampler,
             _frozen(config.ats_capacity),
+            config.ats_merge,
+            config._attn_implementation,
             num_reference_tokens,
         )
         if key != self._resolved_settings[0]:
             config.check_ats_settings()
+            if config.ats_merge and config._attn_implementation not in ("eager", "sdpa"):
+                raise ValueError(
+                    f"ats_merge=True needs attn_implementation 'eager' or 'sdpa' (proportional attention adds a "
+                    f"per-key bias), got {config._attn_implementation!r}."
+                )
             max_tokens = config.resolve_ats_max_tokens(num_reference_tokens)
             capacity = config.resolve_ats_capacity(num_reference_tokens) or {}
             plans = {layer: AtsLayerPlan(k, capacity.get(layer)) for layer, k in max_tokens.items()}
@@ -678,8 +768,13 @@ def _frozen(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _self_attention_mask(config, hidden_states: torch.Tensor, padding: PaddingLayout | None):
-    """The mask of (B, L) rows attending to themselves, for the configured attention implementation."""
+def _self_attention_mask(
+    config, hidden_states: torch.Tensor, padding: PaddingLayout | None, sizes: torch.Tensor | None = None
+):
+    """The mask of (B, L) rows attending to themselves, for the configured attention implementation; with sizes,
+    the (B, 1, 1, L) additive key bias log(size) of proportional attention (eager and sdpa take it as it is)."""
+    if sizes is not None:
+        return sizes.log().to(hidden_states.dtype)[:, None, None, :]
     return _attention_mask(config, hidden_states, hidden_states, None if padding is None else padding.token_mask)
 
 
@@ -781,8 +876,10 @@ __all__ = [
     "AtsViTModelOutput",
     "AtsViTPreTrainedModel",
     "PaddingLayout",
+    "TokenSelection",
     "TokenState",
     "inverse_transform_sampling",
+    "merge_dropped_tokens",
     "pack_kept_tokens",
     "pack_kept_tokens_static",
     "random_sampling",

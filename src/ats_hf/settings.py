@@ -9,6 +9,7 @@ or both, so `--ats-layers 3-11`, `--ats-layers 3 4 5` and `--ats-layers 1,3,5-7`
     sampler     "inverse_transform" | "top_k" | "random"
     capacity    "adaptive" | COUNT ("," COUNT)*              COUNT = INT >= 2 | FRACTION in (0, 1]
                 the static mode's rows per ATS layer (one, or one per ATS layer); "adaptive" switches it off
+    merge       the flags --ats-merge / --no-ats-merge: merge dropped tokens into kept ones, or drop them
 
 Whether the layers exist and the number of K values fits is checked against the model by `set_ats`.
 """
@@ -125,10 +126,13 @@ class _JoinedValues(argparse.Action):
 
 
 def add_ats_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, sampler: bool = True, capacity: bool = True
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    sampler: bool = True,
+    capacity: bool = True,
+    merge: bool = True,
 ) -> None:
-    """`--ats-layers`, `--ats-max-tokens` (and `--ats-sampler`, `--ats-capacity`) in the one grammar. An option left
-    out sets no attribute at all (keep the model's setting); read them with `settings_from_args`."""
+    """`--ats-layers`, `--ats-max-tokens` (and `--ats-sampler`, `--ats-capacity`, `--ats-merge`) in the one grammar.
+    An option left out sets no attribute at all (keep the model's setting); read them with `settings_from_args`."""
     parser.add_argument("--ats-layers", nargs="+", action=_JoinedValues, parse=parse_layers, metavar="LAYERS",
                         default=argparse.SUPPRESS, help=LAYERS_HELP + " (default: the model's)")
     parser.add_argument("--ats-max-tokens", nargs="+", action=_JoinedValues, parse=parse_max_tokens, metavar="K",
@@ -139,11 +143,15 @@ def add_ats_arguments(
     if capacity:
         parser.add_argument("--ats-capacity", nargs="+", action=_JoinedValues, parse=parse_capacity, metavar="ROWS",
                             default=argparse.SUPPRESS, help=CAPACITY_HELP + " (default: the model's)")
+    if merge:
+        parser.add_argument("--ats-merge", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help="merge the tokens an ATS layer drops into the most similar kept ones (default: the "
+                                 "model's; the paper drops them)")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict:
     """The `set_ats` keyword arguments a command line gave; options left out are not in the dict."""
-    names = ("layers", "max_tokens", "sampler", "capacity")
+    names = ("layers", "max_tokens", "sampler", "capacity", "merge")
     return {name: getattr(args, f"ats_{name}") for name in names if hasattr(args, f"ats_{name}")}
 
 
