@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # compiling takes about half a minute on 2 CPU co
 build = tiny_model
 
 
-@pytest.mark.parametrize("merge", [False, True], ids=["drop", "merge"])
+@pytest.mark.parametrize("merge", [None, 0.5], ids=["drop", "merge"])
 def test_compile_fullgraph_of_the_static_mode_equals_eager(images, merge):
     torch._dynamo.reset()
     model = build(ats_capacity=[40, 36, 28], ats_merge=merge)
@@ -50,7 +50,7 @@ def test_torch_export_of_the_static_mode(images):
     assert torch.equal(exported.sampled_token_indices, eager.sampled_token_indices)
 
 
-@pytest.mark.parametrize("merge", [False, True], ids=["drop", "merge"])
+@pytest.mark.parametrize("merge", [None, 0.5], ids=["drop", "merge"])
 def test_onnx_runtime_matches_pytorch_on_the_embedded_model(tmp_path, merge):
     model = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR).eval()
     model.set_ats(merge=merge)

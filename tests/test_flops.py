@@ -55,7 +55,7 @@ def test_tiny_dense_matches_flop_counter():
         dict(ats_layers=[0, 2], ats_max_tokens=20),
         dict(ats_max_tokens=25, ats_sampler="top_k"),
         dict(ats_max_tokens=0.4, ats_sampler="random"),
-        dict(ats_max_tokens=0.3, ats_merge=True),
+        dict(ats_max_tokens=0.3, ats_merge=-1.0),
     ],
 )
 def test_tiny_ats_matches_flop_counter(ats_settings):
@@ -65,7 +65,7 @@ def test_tiny_ats_matches_flop_counter(ats_settings):
     assert output.num_tokens[0, -1] < 65, "the model must drop tokens for this test to mean anything"
     breakdown = mac_breakdown(model.config, output.num_tokens)
     assert_within_one_percent(breakdown.total.item(), counter.get_total_flops() / 2)
-    assert (breakdown.ats_merging.item() > 0) == model.config.ats_merge
+    assert (breakdown.ats_merging.item() > 0) == (model.config.ats_merge is not None)
     assert breakdown.total.item() < mac_breakdown(model.config, torch.full_like(output.num_tokens, 65)).total.item()
 
 

@@ -26,6 +26,10 @@ def test_each_dropped_row_joins_its_most_similar_kept_patch_weighted_by_size():
     assert new_sizes.tolist() == [[1.0, 3.0, 2.0, 0.0]]
     torch.testing.assert_close(merged[0, :, 0], torch.tensor([10.0, (1.0 + 2 * 3.0) / 3, (2.0 + 4.0) / 2, 0.0]))
     assert new_sizes.sum() == sizes.sum(), "sizes are conserved; padding carries nothing"
+    # Row 3's similarity to row 1 is 0.993, row 4's to row 2 is 0.995: at 0.994 only row 4 merges, row 3 leaves.
+    merged, new_sizes = merge_dropped_tokens(rows, sizes, keys, kept_rows, padding, token_mask, min_similarity=0.994)
+    assert new_sizes.tolist() == [[1.0, 1.0, 2.0, 0.0]]
+    torch.testing.assert_close(merged[0, :3, 0], torch.tensor([10.0, 1.0, 3.0]))
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
@@ -46,7 +50,7 @@ def test_proportional_attention_weighs_a_merged_row_like_its_copies(attn_impleme
 
 @pytest.mark.parametrize("settings", [dict(), dict(ats_sampler="top_k", ats_max_tokens=0.4)], ids=["ats", "top-k"])
 def test_merging_is_batch_invariant_and_eager_equals_sdpa(images, settings):
-    sdpa, eager = tiny_model(ats_merge=True, **settings), tiny_model("eager", ats_merge=True, **settings)
+    sdpa, eager = tiny_model(ats_merge=-1.0, **settings), tiny_model("eager", ats_merge=-1.0, **settings)
     with torch.no_grad():
         batch, batch_eager = sdpa(images), eager(images)
         dropping = tiny_model(**settings)(images)
@@ -62,7 +66,7 @@ def test_merging_is_batch_invariant_and_eager_equals_sdpa(images, settings):
 
 
 def test_static_merging_equals_adaptive_merging_when_every_image_fits(images):
-    model = tiny_model(ats_merge=True)
+    model = tiny_model(ats_merge=-1.0)
     with torch.no_grad():
         adaptive = model(images)
         model.set_ats(capacity=int(adaptive.num_tokens[:, 1].max()) + 2)
@@ -73,14 +77,14 @@ def test_static_merging_equals_adaptive_merging_when_every_image_fits(images):
 
 
 def test_merging_trains(images):
-    model = tiny_model(ats_merge=True, ats_capacity=24).train()
+    model = tiny_model(ats_merge=-1.0, ats_capacity=24).train()
     model(images, labels=torch.arange(6) % 5).loss.backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
 
 
 def test_merging_needs_eager_or_sdpa(images):
-    model = tiny_model(ats_merge=True)
+    model = tiny_model(ats_merge=-1.0)
     model.config._attn_implementation = "flex_attention"
-    with pytest.raises(ValueError, match="ats_merge=True needs attn_implementation 'eager' or 'sdpa'"):
+    with pytest.raises(ValueError, match="ats_merge needs attn_implementation 'eager' or 'sdpa'"):
         model(images)

@@ -19,7 +19,7 @@ from ats_hf.settings import (
 )
 
 DEFAULTS = {
-    "layers": [1, 2, 3, 4, 5], "max_tokens": None, "sampler": "inverse_transform", "capacity": None, "merge": False
+    "layers": [1, 2, 3, 4, 5], "max_tokens": None, "sampler": "inverse_transform", "capacity": None, "merge": None
 }
 
 
@@ -177,12 +177,17 @@ def test_capacity_option_reaches_set_ats(model, images):
     assert run(model, images).token_mask.shape[1] == 20
 
 
-def test_merge_flag_reaches_set_ats(model):
+def test_merge_option_reaches_set_ats(model, capsys):
     parser = argparse.ArgumentParser(prog="cmd")
     add_ats_arguments(parser)
-    assert settings_from_args(parser.parse_args(["--ats-merge"])) == {"merge": True}
-    assert settings_from_args(parser.parse_args(["--no-ats-merge"])) == {"merge": False}
-    model.set_ats(merge=True)
-    assert model.config.ats_merge is True
-    with pytest.raises(ValueError, match=r"ats_merge='yes' must be True"):
-        model.set_ats(merge="yes")
+    assert settings_from_args(parser.parse_args(["--ats-merge", "0.8"])) == {"merge": 0.8}
+    assert settings_from_args(parser.parse_args(["--ats-merge", "off"])) == {"merge": None}
+    for bad in ("1.5", "yes"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--ats-merge", bad])
+    assert "write 'off' or a cosine similarity in [-1, 1]" in capsys.readouterr().err
+    model.set_ats(merge=-1)
+    assert model.config.ats_merge == -1.0
+    for bad in ("yes", True, 2.0):
+        with pytest.raises(ValueError, match=r"ats_merge=.* must be None .* or the least cosine similarity"):
+            model.set_ats(merge=bad)

@@ -71,12 +71,13 @@ class AtsViTConfig(ViTConfig):
         host read and no data-dependent shape, for torch.compile(fullgraph), torch.export and ONNX. Selection is
         the adaptive one whenever an image's kept count fits; an image that samples more keeps its capacity's
         worth of highest-scoring sampled tokens.
-    ats_merge (`bool`, *optional*, defaults to `False`):
-        `False`: dropped tokens leave the sequence (the paper's ATS). `True`: each token an ATS layer drops is merged
-        into the kept patch token whose key is most similar (cosine, heads concatenated; CLS never receives or
-        loses anything): their layer inputs are averaged, weighted by size, and sizes add up; later attention is
-        proportional (each key's logit gets `log(size)`), so a merged token weighs like the tokens it stands for.
-        Needs `eager` or `sdpa` attention.
+    ats_merge (`float`, *optional*):
+        `None` (default): dropped tokens leave the sequence (the paper's ATS). A float in [-1, 1]: each token an ATS
+        layer drops is merged into the kept patch token whose key is most similar (cosine, heads concatenated; CLS
+        never receives anything) when that similarity is at least this value, and dropped otherwise (-1 merges
+        every dropped token). Merged rows are size-weighted means of the layer inputs, sizes add up, and later
+        attention is proportional (each key's logit gets `log(size)`), so a merged token weighs like the tokens it
+        stands for. Needs `eager` or `sdpa` attention.
     """
 
     model_type = "ats_vit"
@@ -87,7 +88,7 @@ class AtsViTConfig(ViTConfig):
     ats_max_tokens: int | float | list[int | float | None] | tuple[int | float | None, ...] | None = None
     ats_sampler: str = "inverse_transform"
     ats_capacity: int | float | list[int | float] | tuple[int | float, ...] | None = None
-    ats_merge: bool = False
+    ats_merge: float | None = None
 
     def __post_init__(self, **kwargs):
         if self.ats_layers is None:
@@ -123,11 +124,16 @@ class AtsViTConfig(ViTConfig):
         return sorted(layers), max_tokens, sampler
 
     @staticmethod
-    def validated_ats_merge(merge) -> bool:
-        """The merge switch, checked: a bool."""
-        if not isinstance(merge, bool):
-            raise ValueError(f"ats_merge={merge!r} must be True (merge dropped tokens) or False (drop them).")
-        return merge
+    def validated_ats_merge(merge) -> float | None:
+        """The merge threshold, checked: None (drop) or a cosine similarity in [-1, 1]."""
+        if merge is None:
+            return None
+        if isinstance(merge, bool) or not isinstance(merge, (int, float)) or not -1.0 <= merge <= 1.0:
+            raise ValueError(
+                f"ats_merge={merge!r} must be None (drop the tokens an ATS layer does not keep) or the least cosine "
+                "similarity in [-1, 1] at which a dropped token merges into a kept one (-1: merge all)."
+            )
+        return float(merge)
 
     @staticmethod
     def validated_ats_capacity(layers, capacity):

@@ -77,7 +77,7 @@ def mac_breakdown(
     mlp = 2 * tokens_out * hidden * intermediate
     ats_scoring = torch.where(is_ats, tokens_in * hidden, torch.zeros_like(tokens_in))
     # ats_merge: key similarity of every entering row to every kept row.
-    merges = is_ats & bool(getattr(config, "ats_merge", False))
+    merges = is_ats & (getattr(config, "ats_merge", None) is not None)
     ats_merging = torch.where(merges, tokens_in * tokens_out * hidden, torch.zeros_like(tokens_in))
     num_labels = float(config.num_labels) if with_head else 0.0
     patches = float(num_input_tokens - 1)
@@ -101,7 +101,7 @@ def dense_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, w
     """GMACs of the same geometry with no token sampling."""
     dense = config
     if hasattr(config, "ats_layers"):
-        no_sampling = {"ats_layers": [], "ats_max_tokens": None, "ats_capacity": None, "ats_merge": False}
+        no_sampling = {"ats_layers": [], "ats_max_tokens": None, "ats_capacity": None, "ats_merge": None}
         dense = config.__class__.from_dict({**config.to_dict(), **no_sampling})
     if num_input_tokens is None:
         num_input_tokens = input_token_count(config)

@@ -295,9 +295,11 @@ def merge_dropped_tokens(
     kept_rows: torch.Tensor,
     padding: PaddingLayout | None,
     token_mask: torch.Tensor | None,
+    min_similarity: float = -1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge every dropped real row into the kept patch row whose key is most similar (cosine); CLS neither
-    receives nor is merged. A kept row becomes the size-weighted mean of itself and the rows it absorbs.
+    """Merge every dropped real row into the kept patch row whose key is most similar (cosine) when that similarity
+    is at least `min_similarity` (other dropped rows leave); CLS never receives. A kept row becomes the size-weighted
+    mean of itself and the rows it absorbs.
 
     Args:
         rows: (B, L, D) values of the current rows; sizes: (B, L) their sizes (None: all 1).
@@ -318,11 +320,11 @@ def merge_dropped_tokens(
     metric = torch.nn.functional.normalize(keys.float(), dim=-1)
     similarity = metric @ _gather_rows(metric, kept_rows).transpose(1, 2)  # (B, L, M)
     can_receive = slot_is_real & (slots > 0)
-    nearest = similarity.masked_fill(~can_receive[:, None, :], float("-inf")).argmax(dim=-1)
+    best, nearest = similarity.masked_fill(~can_receive[:, None, :], float("-inf")).max(dim=-1)
+    # Dropped rows too far from every kept row, and padding rows, go to the spare slot M, which is cut off.
+    leaves = best < min_similarity if token_mask is None else (best < min_similarity) | ~token_mask
+    nearest = nearest.masked_fill(leaves, num_slots)
     weights = rows.new_ones(batch_size, num_rows, dtype=torch.float32) if sizes is None else sizes
-    if token_mask is not None:
-        weights = weights * token_mask  # padding rows carry nothing...
-        nearest = nearest.masked_fill(~token_mask, num_slots)  # ...into the spare slot M, which is cut off
     target = torch.where(slot_of_row >= 0, slot_of_row, nearest)
     merged_sizes = weights.new_zeros(batch_size, num_slots + 1).scatter_add_(1, target, weights)[:, :num_slots]
     weighted = rows.float() * weights[..., None]
@@ -375,7 +377,7 @@ class TokenState:
             kept, sizes = _gather_rows(rows, kept_rows), None
         else:
             kept, sizes = merge_dropped_tokens(
-                rows, self.sizes, selection.merge_keys, kept_rows, padding, self.token_mask
+                rows, self.sizes, selection.merge_keys, kept_rows, padding, self.token_mask, config.ats_merge
             )
         positions = self.positions.gather(1, kept_rows)
         if padding is not None:
@@ -515,7 +517,7 @@ class AtsViTAttention(ViTAttention):
             if token_mask is None and kept_padding is None and kept_rows.shape[1] == num_tokens:
                 kept_rows = None  # every row kept, in place: nothing to gather
             merge_keys = None
-            if self.config.ats_merge and kept_rows is not None:
+            if self.config.ats_merge is not None and kept_rows is not None:
                 merge_keys = key_states.transpose(1, 2).reshape(batch_size, num_tokens, -1)
 
         attn_implementation = self.config._attn_implementation
@@ -622,7 +624,8 @@ class AtsViTPreTrainedModel(ViTPreTrainedModel):
             sampler: "inverse_transform" (ATS), "top_k" or "random".
             capacity: None for the adaptive mode; rows per ATS layer (int >= 2, fraction, or one per layer) for the
                 static mode (see `AtsViTConfig`).
-            merge: False drops unsampled tokens (the paper); True merges them into kept ones (see `AtsViTConfig`).
+            merge: None drops unsampled tokens (the paper); a cosine similarity in [-1, 1] merges each into its most
+                similar kept token when at least that similar (see `AtsViTConfig`).
         Returns:
             The previous settings, so that `model.set_ats(**previous)` restores them.
         Raises `ValueError` naming the bad value and the allowed range; then nothing changes. Assigning the config
@@ -751,9 +754,9 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
         )
         if key != self._resolved_settings[0]:
             config.check_ats_settings()
-            if config.ats_merge and config._attn_implementation not in ("eager", "sdpa"):
+            if config.ats_merge is not None and config._attn_implementation not in ("eager", "sdpa"):
                 raise ValueError(
-                    f"ats_merge=True needs attn_implementation 'eager' or 'sdpa' (proportional attention adds a "
+                    f"ats_merge needs attn_implementation 'eager' or 'sdpa' (proportional attention adds a "
                     f"per-key bias), got {config._attn_implementation!r}."
                 )
             max_tokens = config.resolve_ats_max_tokens(num_reference_tokens)

@@ -9,7 +9,8 @@ or both, so `--ats-layers 3-11`, `--ats-layers 3 4 5` and `--ats-layers 1,3,5-7`
     sampler     "inverse_transform" | "top_k" | "random"
     capacity    "adaptive" | COUNT ("," COUNT)*              COUNT = INT >= 2 | FRACTION in (0, 1]
                 the static mode's rows per ATS layer (one, or one per ATS layer); "adaptive" switches it off
-    merge       the flags --ats-merge / --no-ats-merge: merge dropped tokens into kept ones, or drop them
+    merge       "off" | SIMILARITY in [-1, 1]: merge each dropped token into its most similar kept one when at least
+                that similar (-1: all), or drop them ("off", the paper)
 
 Whether the layers exist and the number of K values fits is checked against the model by `set_ats`.
 """
@@ -27,6 +28,8 @@ MaxTokens = int | float | list[int | float | None] | None
 LAYERS_HELP = "ATS layers, 0-based: '3-11', '3 4 5', '1,3,5-7' or 'none' (plain ViT)"
 MAX_TOKENS_HELP = "K, most tokens kept incl. CLS: 'all', an int >= 2 or a fraction in (0, 1]; one, or one per layer"
 SAMPLER_HELP = f"token sampler: {', '.join(ATS_SAMPLERS)}"
+MERGE_HELP = ("merge each token an ATS layer drops into its most similar kept token when their key cosine "
+              "similarity is at least SIM (-1: all), or 'off' to drop them as the paper does")
 CAPACITY_HELP = ("static mode: rows each ATS layer allocates, incl. CLS: an int >= 2 or a fraction in (0, 1]; one, "
                  "or one per layer; 'adaptive' for the adaptive mode")
 
@@ -93,6 +96,19 @@ def parse_capacity(text: str | Iterable[str]) -> int | float | list[int | float]
     return values[0] if len(values) == 1 else values
 
 
+def parse_merge(text: str) -> float | None:
+    """'off' -> None (dropped tokens leave); a cosine similarity in [-1, 1] -> the merge threshold."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not -1.0 <= value <= 1.0:
+        raise ValueError(f"ats merge {text!r}: write 'off' or a cosine similarity in [-1, 1] (e.g. 0.8; -1: all).")
+    return value
+
+
 def _count(part: str) -> int | float | None:
     """A token count: an int >= 2 or a fraction in (0, 1]; None if `part` is neither."""
     try:
@@ -144,9 +160,8 @@ def add_ats_arguments(
         parser.add_argument("--ats-capacity", nargs="+", action=_JoinedValues, parse=parse_capacity, metavar="ROWS",
                             default=argparse.SUPPRESS, help=CAPACITY_HELP + " (default: the model's)")
     if merge:
-        parser.add_argument("--ats-merge", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                            help="merge the tokens an ATS layer drops into the most similar kept ones (default: the "
-                                 "model's; the paper drops them)")
+        parser.add_argument("--ats-merge", type=checked(parse_merge), metavar="SIM", default=argparse.SUPPRESS,
+                            help=MERGE_HELP + " (default: the model's)")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict:
@@ -193,6 +208,7 @@ __all__ = [
     "CAPACITY_HELP",
     "LAYERS_HELP",
     "MAX_TOKENS_HELP",
+    "MERGE_HELP",
     "SAMPLER_HELP",
     "add_ats_arguments",
     "ats_settings_applied",
@@ -202,6 +218,7 @@ __all__ = [
     "parse_capacity",
     "parse_layers",
     "parse_max_tokens",
+    "parse_merge",
     "parse_sampler",
     "settings_from_args",
 ]
