@@ -346,3 +346,18 @@ def test_outputs_equal_as_tuple_and_as_dict_with_integer_token_mask(images):
         from_dict = as_dict[key]
         for a, b in zip(*(x if isinstance(x, tuple) else (x,) for x in (from_dict, from_tuple)), strict=True):
             assert a.dtype == b.dtype and torch.allclose(a, b, atol=1e-6), key
+
+
+def test_running_from_a_later_layer_reuses_a_dense_prefix(images):
+    model = build(ats_layers=[2, 3])
+    with torch.no_grad():
+        expected = model.vit(images)
+        hidden = model.vit.embeddings(images)
+        state = TokenState.initial(model.config, hidden, None)
+        for layer in model.vit.layers[:2]:
+            hidden, state = layer(hidden, state)
+        hidden, _, num_tokens, sampled = model.vit.run_layers(hidden, start_layer=2)
+    torch.testing.assert_close(model.vit.layernorm(hidden), expected.last_hidden_state, atol=1e-5, rtol=1e-5)
+    assert torch.equal(num_tokens, expected.num_tokens) and torch.equal(sampled, expected.sampled_token_indices)
+    with pytest.raises(ValueError, match=r"start_layer=3 comes after ATS layer\(s\) \[2\]"):
+        model.vit.run_layers(hidden, start_layer=3)

@@ -717,26 +717,47 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             bool_masked_pos=bool_masked_pos,
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
-        batch_size = hidden_states.shape[0]
-        plans = self._ats_plans(hidden_states.shape[1])
-        state = TokenState.initial(self.config, hidden_states, attention_mask)
-        num_tokens, sampled_token_indices = [], []
-        for layer in self.layers:
-            plan = plans.get(layer.layer_index)
-            hidden_states, state = layer(hidden_states, state, plan, **kwargs)
-            num_tokens.append(state.num_real(batch_size))
-            if plan is not None:
-                sampled_token_indices.append(state.positions[:, 1:] - 1)
-
+        hidden_states, state, num_tokens, sampled = self.run_layers(hidden_states, attention_mask, **kwargs)
         sequence_output = self.layernorm(hidden_states)
         token_mask = state.token_mask
         return AtsViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
-            num_tokens=torch.stack(num_tokens, dim=1),
-            sampled_token_indices=_stack_padded(sampled_token_indices),
+            num_tokens=num_tokens,
+            sampled_token_indices=sampled,
             token_mask=state.positions.new_ones(state.positions.shape) if token_mask is None else token_mask.long(),
         )
+
+    def run_layers(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, start_layer: int = 0, **kwargs
+    ) -> tuple[torch.Tensor, TokenState, torch.Tensor, torch.Tensor | None]:
+        """The encoder layers from `start_layer` on (the final LayerNorm excluded).
+
+        Args:
+            hidden_states: (B, N, D) the input of layer `start_layer` with every token still present, so no ATS layer
+                may come before it (a tuner caches the shared dense prefix this way).
+            attention_mask: (B, N) 1 for real tokens, as in `forward`.
+        Returns:
+            hidden states (B, M, D), their `TokenState`, `num_tokens` (B, num_hidden_layers) (layers before
+            `start_layer` count every token) and `sampled_token_indices` (B, ATS layers, max_kept) or None.
+        """
+        plans = self._ats_plans(hidden_states.shape[1])
+        earlier = sorted(layer for layer in plans if layer < start_layer)
+        if earlier:
+            raise ValueError(
+                f"start_layer={start_layer} comes after ATS layer(s) {earlier}: the layers before it must keep every "
+                "token."
+            )
+        state = TokenState.initial(self.config, hidden_states, attention_mask)
+        num_tokens = [state.num_real(hidden_states.shape[0])] * start_layer
+        sampled_token_indices = []
+        for layer in self.layers[start_layer:]:
+            plan = plans.get(layer.layer_index)
+            hidden_states, state = layer(hidden_states, state, plan, **kwargs)
+            num_tokens.append(state.num_real(hidden_states.shape[0]))
+            if plan is not None:
+                sampled_token_indices.append(state.positions[:, 1:] - 1)
+        return hidden_states, state, torch.stack(num_tokens, dim=1), _stack_padded(sampled_token_indices)
 
     def _ats_plans(self, num_reference_tokens: int) -> dict[int, AtsLayerPlan]:
         """`{layer_index: plan}` for the ATS settings in the config now. Settings changed since the last forward
