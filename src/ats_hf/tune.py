@@ -1,0 +1,456 @@
+"""`ats-hf tune`: choose the ATS settings for a user's budget on their model and data.
+
+The search runs plug and play (no training) over contiguous ranges of ATS layers, K, the sampler and the merge
+option, on a calibration split, and reports accuracy on a separate held-out split, so that the choice is not fitted
+to the numbers it reports. It is fast because candidates share work:
+- the layers before a candidate's first ATS layer are dense for every candidate, so their output is computed once
+  per first layer and cached (`AtsViTModel.run_layers` starts from it);
+- every candidate is first scored on a quarter of the calibration images; only those on or near the
+  accuracy-vs-GMACs Pareto front (within two standard errors) are scored on all of them.
+
+Python API: `tune(model, pixel_values, labels, target) -> TuneResult`; `candidate_grid(...)`.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .configuration_ats_vit import num_input_tokens
+from .flops import dense_gmacs, gmacs_per_image
+from .modeling_ats_vit import AtsViTForImageClassification, TokenState
+from .settings import ats_settings_applied, format_layers, format_max_tokens
+from .tome import tome_forward, tome_gmacs
+
+MAX_TOKENS_GRID = (None, 0.75, 0.5, 0.25)
+SAMPLERS_GRID = ("inverse_transform", "top_k")
+MERGE_GRID = (None, 0.8)
+SCREEN_FRACTION = 0.25  # share of the calibration images every candidate is first scored on
+NEAR_FRONT_ERRORS = 2.0  # candidates within this many standard errors of the screening front are scored fully
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One plug-and-play setting: ATS in `layers` keeping at most K = `max_tokens`, with a sampler and merge option."""
+
+    layers: tuple[int, ...]
+    max_tokens: int | float | None = None
+    sampler: str = "inverse_transform"
+    merge: float | None = None
+
+    @property
+    def settings(self) -> dict:
+        """`model.set_ats` keyword arguments (the adaptive mode)."""
+        return {"layers": list(self.layers), "max_tokens": self.max_tokens, "sampler": self.sampler,
+                "merge": self.merge, "capacity": None}
+
+    @property
+    def label(self) -> str:
+        if not self.layers:
+            return "dense"
+        merge = "" if self.merge is None else f", merge >= {self.merge:g}"
+        layers = format_layers(list(self.layers))
+        return f"layers {layers}, K {format_max_tokens(self.max_tokens)}, {self.sampler}{merge}"
+
+
+@dataclass
+class Score:
+    """Accuracy and mean GMACs of one setting on one split (a ToMe point has `tome_r` and no candidate)."""
+
+    candidate: Candidate | None
+    correct: int
+    images: int
+    gmacs: float
+    tome_r: int | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / self.images
+
+    @property
+    def standard_error(self) -> float:
+        """Binomial standard error of the accuracy, in points."""
+        p = self.correct / self.images
+        return 100.0 * math.sqrt(max(p * (1 - p), 1e-12) / self.images)
+
+    @property
+    def label(self) -> str:
+        return f"ToMe r={self.tome_r}" if self.candidate is None else self.candidate.label
+
+    def as_dict(self, dense: float) -> dict:
+        return {"setting": self.label, "accuracy": self.accuracy, "standard_error": self.standard_error,
+                "gmacs": self.gmacs, "gmacs_fraction": self.gmacs / dense, "images": self.images,
+                "settings": None if self.candidate is None else self.candidate.settings, "tome_r": self.tome_r}
+
+
+@dataclass
+class Target:
+    """What the user wants: at most `max_gmacs_fraction` of dense GMACs (highest accuracy wins), or at most
+    `max_accuracy_drop` points below dense (fewest GMACs win). Exactly one is set."""
+
+    max_gmacs_fraction: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def __post_init__(self):
+        if (self.max_gmacs_fraction is None) == (self.max_accuracy_drop is None):
+            raise ValueError("give exactly one target: a GMACs budget or a largest accepted accuracy drop.")
+        if self.max_gmacs_fraction is not None and not 0.0 < self.max_gmacs_fraction <= 1.0:
+            raise ValueError(f"GMACs budget {self.max_gmacs_fraction} is outside (0, 1] (a fraction of dense).")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise ValueError(f"accuracy drop {self.max_accuracy_drop} must be >= 0 points.")
+
+    def describe(self) -> str:
+        if self.max_gmacs_fraction is not None:
+            return f"at most {self.max_gmacs_fraction:.0%} of dense GMACs, most accurate on the calibration split"
+        return f"at most {self.max_accuracy_drop:g} points below dense, fewest GMACs on the calibration split"
+
+
+@dataclass
+class TuneResult:
+    """The search: dense, every calibration score, the calibration Pareto front, the choice, and held-out scores
+    of the front (and ToMe at matching budgets)."""
+
+    target: Target
+    dense_gmacs: float
+    dense_calibration: Score
+    dense_held_out: Score
+    calibration: list[Score]
+    front: list[Score]
+    chosen: Score | None
+    held_out: dict[str, Score] = field(default_factory=dict)  # by label
+    tome_calibration: list[Score] = field(default_factory=list)
+    tome_held_out: dict[str, Score] = field(default_factory=dict)
+    candidates_screened: int = 0
+    candidates_scored_fully: int = 0
+
+    def to_dict(self) -> dict:
+        dense = self.dense_gmacs
+        return {
+            "target": dataclasses.asdict(self.target),
+            "dense_gmacs": dense,
+            "dense": {"calibration": self.dense_calibration.as_dict(dense),
+                      "held_out": self.dense_held_out.as_dict(dense)},
+            "chosen": None if self.chosen is None else {
+                "calibration": self.chosen.as_dict(dense), "held_out": self.held_out[self.chosen.label].as_dict(dense)},
+            "front": [{"calibration": s.as_dict(dense), "held_out": self.held_out[s.label].as_dict(dense)}
+                      for s in self.front],
+            "tome": [{"calibration": s.as_dict(dense), "held_out": self.tome_held_out[s.label].as_dict(dense)}
+                     for s in self.tome_calibration],
+            "calibration_scores": [s.as_dict(dense) for s in self.calibration],
+            "candidates_screened": self.candidates_screened,
+            "candidates_scored_fully": self.candidates_scored_fully,
+        }
+
+
+def candidate_grid(
+    num_layers: int,
+    first_layers: tuple[int, ...] | None = None,
+    max_tokens: tuple = MAX_TOKENS_GRID,
+    samplers: tuple[str, ...] = SAMPLERS_GRID,
+    merges: tuple = MERGE_GRID,
+) -> list[Candidate]:
+    """Every contiguous range of ATS layers S..E (S in `first_layers`, default 1..L-1), times K, sampler and merge.
+    top-K at K = all keeps every token, so it is left out."""
+    first_layers = tuple(range(1, num_layers)) if first_layers is None else first_layers
+    grid = []
+    for start in first_layers:
+        for end in range(start, num_layers):
+            for k in max_tokens:
+                for sampler in samplers:
+                    if sampler == "top_k" and k is None:
+                        continue
+                    grid += [Candidate(tuple(range(start, end + 1)), k, sampler, merge) for merge in merges]
+    return grid
+
+
+class _PrefixCache:
+    """Dense hidden states at the input of each layer, per batch of images, computed once."""
+
+    def __init__(self, model: AtsViTForImageClassification, pixel_values: torch.Tensor, batch_size: int):
+        vit = model.vit
+        self.inputs: dict[int, list[torch.Tensor]] = {}
+        dense = {"layers": [], "max_tokens": None, "capacity": None, "merge": None}
+        with torch.inference_mode(), ats_settings_applied(model, **dense):
+            for start in range(0, len(pixel_values), batch_size):
+                hidden = vit.embeddings(pixel_values[start : start + batch_size])
+                state = TokenState.initial(model.config, hidden, None)
+                for index, layer in enumerate(vit.layers):
+                    self.inputs.setdefault(index, []).append(hidden)
+                    hidden, state = layer(hidden, state)
+
+
+@torch.inference_mode()
+def _score(
+    model: AtsViTForImageClassification, candidate: Candidate, cache: _PrefixCache, labels: torch.Tensor,
+    num_batches: int | None = None,
+) -> Score:
+    """Accuracy and mean GMACs of `candidate` on the cached images (the first `num_batches` batches)."""
+    start_layer = candidate.layers[0] if candidate.layers else 0
+    batches = cache.inputs[start_layer][:num_batches]
+    correct, gmacs, seen = 0, 0.0, 0
+    reference_tokens = cache.inputs[0][0].shape[1]
+    with ats_settings_applied(model, **candidate.settings):
+        for hidden in batches:
+            output, _, num_tokens, _ = model.vit.run_layers(hidden, start_layer=start_layer)
+            logits = model.classifier(model.vit.layernorm(output)[:, 0])
+            batch_labels = labels[seen : seen + len(hidden)]
+            correct += int((logits.argmax(-1) == batch_labels).sum())
+            gmacs += float(gmacs_per_image(model.config, num_tokens, num_input_tokens=reference_tokens).sum())
+            seen += len(hidden)
+    return Score(candidate, correct, seen, gmacs / seen)
+
+
+def pareto_front(scores: list[Score]) -> list[Score]:
+    """Scores no other score beats in both accuracy (higher) and GMACs (lower), by increasing GMACs."""
+    front, best = [], -1.0
+    for score in sorted(scores, key=lambda s: (s.gmacs, -s.accuracy)):
+        if score.accuracy > best:
+            front.append(score)
+            best = score.accuracy
+    return front
+
+
+def _near_front(scores: list[Score], front: list[Score]) -> list[Score]:
+    """Scores within NEAR_FRONT_ERRORS standard errors of the best front accuracy at their GMACs or fewer."""
+    kept = []
+    for score in scores:
+        reachable = [f.accuracy for f in front if f.gmacs <= score.gmacs]
+        best = max(reachable, default=-1.0)
+        if score.accuracy >= best - NEAR_FRONT_ERRORS * max(score.standard_error, 1e-9):
+            kept.append(score)
+    return kept
+
+
+def choose(front: list[Score], target: Target, dense: Score, dense_gmacs_value: float) -> Score | None:
+    """The front point that meets `target` (see `Target`), or None if none does."""
+    if target.max_gmacs_fraction is not None:
+        within = [s for s in front if s.gmacs <= target.max_gmacs_fraction * dense_gmacs_value]
+        return max(within, key=lambda s: (s.accuracy, -s.gmacs), default=None)
+    good = [s for s in front if s.accuracy >= dense.accuracy - target.max_accuracy_drop]
+    return min(good, key=lambda s: (s.gmacs, -s.accuracy), default=None)
+
+
+def tune(
+    model: AtsViTForImageClassification,
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    target: Target,
+    candidates: list[Candidate] | None = None,
+    held_out_fraction: float = 0.5,
+    batch_size: int = 250,
+    tome_r: tuple[int, ...] = (),
+) -> TuneResult:
+    """Search `candidates` (default `candidate_grid`) on a calibration split of the images and report the front and
+    the choice on the held-out rest. The model's own settings come back afterwards.
+
+    Args:
+        pixel_values: (N, C, H, W) processed images; labels: (N,) model label ids. The last `held_out_fraction`
+            of them is held out (shuffle beforehand if they are ordered).
+        tome_r: ToMe merge counts per block to score next to the front, for comparison.
+    """
+    if len(pixel_values) < 8:
+        raise ValueError(f"tune needs at least 8 labelled images, got {len(pixel_values)}.")
+    model = model.eval()
+    split = len(pixel_values) - max(1, int(len(pixel_values) * held_out_fraction))
+    calib_x, calib_y, held_x, held_y = pixel_values[:split], labels[:split], pixel_values[split:], labels[split:]
+    candidates = candidate_grid(model.config.num_hidden_layers) if candidates is None else candidates
+    reference_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
+    dense_value = dense_gmacs(model.config, reference_tokens)
+    dense = Candidate(())
+    calib_cache = _PrefixCache(model, calib_x, batch_size)
+    held_cache = _PrefixCache(model, held_x, batch_size)
+
+    screen_batches = max(1, round(len(calib_cache.inputs[0]) * SCREEN_FRACTION))
+    screened = [_score(model, c, calib_cache, calib_y, screen_batches) for c in candidates]
+    survivors = _near_front(screened, pareto_front(screened))
+    if screen_batches < len(calib_cache.inputs[0]):
+        scored = [_score(model, s.candidate, calib_cache, calib_y) for s in survivors]
+    else:
+        scored = survivors
+    dense_calibration = _score(model, dense, calib_cache, calib_y)
+    front = pareto_front(scored)
+    chosen = choose(front, target, dense_calibration, dense_value)
+    held_out = {s.label: _score(model, s.candidate, held_cache, held_y) for s in front}
+    tome_calibration = [_tome_score(model, calib_x, calib_y, r, batch_size) for r in tome_r]
+    tome_held_out = {s.label: _tome_score(model, held_x, held_y, s.tome_r, batch_size) for s in tome_calibration}
+    return TuneResult(
+        target=target,
+        dense_gmacs=dense_value,
+        dense_calibration=dense_calibration,
+        dense_held_out=_score(model, dense, held_cache, held_y),
+        calibration=scored,
+        front=front,
+        chosen=chosen,
+        held_out=held_out,
+        tome_calibration=tome_calibration,
+        tome_held_out=tome_held_out,
+        candidates_screened=len(candidates),
+        candidates_scored_fully=len(scored),
+    )
+
+
+@torch.inference_mode()
+def _tome_score(model, pixel_values: torch.Tensor, labels: torch.Tensor, r: int, batch_size: int) -> Score:
+    correct = 0
+    for start in range(0, len(pixel_values), batch_size):
+        logits, _ = tome_forward(model, pixel_values[start : start + batch_size], r)
+        correct += int((logits.argmax(-1) == labels[start : start + batch_size]).sum())
+    return Score(None, correct, len(pixel_values), tome_gmacs(model.config, r, tuple(pixel_values.shape[-2:])), r)
+
+
+def format_report(result: TuneResult) -> str:
+    """The front and the choice as a text table (accuracy +- standard error, in points)."""
+    dense = result.dense_gmacs
+    lines = [f"target: {result.target.describe()}",
+             f"searched {result.candidates_screened} settings; {result.candidates_scored_fully} scored on the whole "
+             f"calibration split ({result.dense_calibration.images} images); held out: "
+             f"{result.dense_held_out.images} images",
+             "",
+             f"{'setting':58} {'GMACs':>8} {'% dense':>8} {'calibration':>14} {'held out':>14}"]
+
+    def row(mark: str, calibration: Score, held: Score) -> str:
+        return (f"{mark}{calibration.label:57.57} {calibration.gmacs:8.4f} {100 * calibration.gmacs / dense:7.1f}% "
+                f"{calibration.accuracy:7.2f} +-{calibration.standard_error:4.2f} "
+                f"{held.accuracy:7.2f} +-{held.standard_error:4.2f}")
+
+    lines.append(row(" ", result.dense_calibration, result.dense_held_out))
+    for score in result.front:
+        lines.append(row("*" if score is result.chosen else " ", score, result.held_out[score.label]))
+    for score in result.tome_calibration:
+        lines.append(row(" ", score, result.tome_held_out[score.label]))
+    lines.append("")
+    if result.chosen is None:
+        lines.append("no setting on the front meets the target; the front above shows what is reachable")
+    else:
+        lines.append(f"chosen (*): {result.chosen.label}")
+    return "\n".join(lines)
+
+
+def plot_front(result: TuneResult, path: Path) -> Path:
+    """Accuracy vs % of dense GMACs: every calibration score, the front (held-out accuracy with error bars),
+    ToMe and the choice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = result.dense_gmacs
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.scatter([100 * s.gmacs / dense for s in result.calibration], [s.accuracy for s in result.calibration],
+                 s=10, color="0.7", label="searched (calibration)")
+    front_x = [100 * s.gmacs / dense for s in result.front]
+    held = [result.held_out[s.label] for s in result.front]
+    axes.errorbar(front_x, [h.accuracy for h in held], yerr=[h.standard_error for h in held], marker="o",
+                  color="tab:blue", label="front (held out)")
+    if result.tome_calibration:
+        tome = [result.tome_held_out[s.label] for s in result.tome_calibration]
+        axes.errorbar([100 * s.gmacs / dense for s in tome], [s.accuracy for s in tome],
+                      yerr=[s.standard_error for s in tome], marker="s", color="tab:red", label="ToMe (held out)")
+    if result.chosen is not None:
+        chosen = result.held_out[result.chosen.label]
+        axes.scatter([100 * chosen.gmacs / dense], [chosen.accuracy], s=160, facecolors="none", edgecolors="black",
+                     label="chosen")
+    axes.axhline(result.dense_held_out.accuracy, color="black", linestyle=":", label="dense (held out)")
+    axes.set_xlabel("% of dense GMACs")
+    axes.set_ylabel("top-1 accuracy (%)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `ats-hf tune`."""
+    from ats_hf_cli import non_negative_int, positive_int
+
+    from .cli_inputs import MODEL_HELP, add_data_arguments
+
+    parser.add_argument("--model", help=MODEL_HELP)
+    add_data_arguments(parser, "all, at most 2000; the second half is held out")
+    goal = parser.add_mutually_exclusive_group()
+    goal.add_argument("--gmacs-budget", type=_fraction, metavar="F",
+                      help="at most this fraction of dense GMACs (default: 0.5); the most accurate setting wins")
+    goal.add_argument("--max-accuracy-drop", type=_non_negative_float, metavar="POINTS",
+                      help="at most this many top-1 points below dense; the cheapest setting wins")
+    parser.add_argument("--first-layers", type=non_negative_int, nargs="+", metavar="S",
+                        help="first ATS layers to search (default: 1 .. L-1); ranges S..E for every E >= S")
+    parser.add_argument("--tome-r", type=positive_int, nargs="*", default=None, metavar="R",
+                        help="ToMe merge counts per block to compare (default: 4 6 8 10 12 14)")
+    parser.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass")
+    parser.add_argument("--output", type=Path, help="write a checkpoint with the chosen settings (config, weights, "
+                        "image processor, model card), tune.json and tune.png there")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`ats-hf tune`."""
+    from ats_hf_cli import UsageError
+
+    from .cli_inputs import load_classifier, load_images
+
+    model, processor, name = load_classifier(args.model)
+    data = load_images(args, processor, model.config.id2label)
+    if data.labels is None:
+        raise UsageError("tune needs labelled images: the dataset has no usable labels")
+    target = Target(max_accuracy_drop=args.max_accuracy_drop) if args.max_accuracy_drop is not None else Target(
+        max_gmacs_fraction=args.gmacs_budget or 0.5)
+    tome_r = (4, 6, 8, 10, 12, 14) if args.tome_r is None else tuple(args.tome_r)
+    num_layers = model.config.num_hidden_layers
+    if args.first_layers and max(args.first_layers) >= num_layers:
+        raise UsageError(f"--first-layers {max(args.first_layers)} is outside 0..{num_layers - 1}")
+    candidates = candidate_grid(num_layers, tuple(args.first_layers) if args.first_layers else None)
+    try:
+        result = tune(model, data.pixel_values, data.labels, target, candidates, batch_size=args.batch_size,
+                      tome_r=tome_r)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    print(format_report(result))
+    if args.output is not None:
+        _write_output(model, processor, name, data.description, result, args.output)
+        print(f"\nwrote {args.output}")
+    return 0 if result.chosen is not None else 1
+
+
+def _write_output(model, processor, name: str, data_name: str, result: TuneResult, output: Path) -> None:
+    from .hub.checkpoint import save_ats_checkpoint
+
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "tune.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    plot_front(result, output / "tune.png")
+    if result.chosen is None:
+        return
+    held = result.held_out[result.chosen.label]
+    metrics = {"held-out accuracy": held.accuracy, "calibration accuracy": result.chosen.accuracy,
+               "dense held-out accuracy": result.dense_held_out.accuracy}
+    model.set_ats(**result.chosen.candidate.settings)
+    save_ats_checkpoint(model, output, processor, model_id=output.name, base_model=None, ats_gmacs=held.gmacs,
+                        gmacs_measured_on=data_name, metrics=metrics)
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1]")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+__all__ = ["Candidate", "Score", "Target", "TuneResult", "candidate_grid", "choose", "format_report",
+           "pareto_front", "plot_front", "tune"]

@@ -1,0 +1,67 @@
+"""`ats-hf tune`: the candidate grid, the Pareto front, the choice, and a search on a tiny model."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from ats_hf.tune import Candidate, Score, Target, candidate_grid, choose, pareto_front, tune
+
+
+def score(accuracy: float, gmacs: float, name: str = "x") -> Score:
+    return Score(Candidate((1,), name), correct=int(accuracy * 10), images=1000, gmacs=gmacs)
+
+
+def test_grid_covers_contiguous_ranges_and_skips_top_k_at_all():
+    grid = candidate_grid(4, max_tokens=(None, 0.5), samplers=("inverse_transform", "top_k"), merges=(None,))
+    ranges = {c.layers for c in grid}
+    assert ranges == {(1,), (1, 2), (1, 2, 3), (2,), (2, 3), (3,)}
+    assert len(grid) == 6 * 3  # per range: ATS at K all, ATS at 0.5, top-K at 0.5
+    assert not any(c.sampler == "top_k" and c.max_tokens is None for c in grid)
+    assert {c.layers[0] for c in candidate_grid(6, first_layers=(4,))} == {4}
+
+
+def test_front_keeps_only_undominated_scores():
+    scores = [score(90, 1.0), score(95, 2.0), score(93, 2.5), score(96, 3.0), score(80, 0.5)]
+    assert [(s.accuracy, s.gmacs) for s in pareto_front(scores)] == [(80, 0.5), (90, 1.0), (95, 2.0), (96, 3.0)]
+
+
+def test_choice_meets_the_target():
+    front = pareto_front([score(80, 0.5), score(90, 1.0), score(95, 2.0), score(96, 3.0)])
+    dense = score(96.5, 4.0)
+    assert choose(front, Target(max_gmacs_fraction=0.5), dense, 4.0).gmacs == 2.0
+    assert choose(front, Target(max_accuracy_drop=2.0), dense, 4.0).gmacs == 2.0
+    assert choose(front, Target(max_accuracy_drop=0.1), dense, 4.0) is None
+    for bad in (dict(), dict(max_gmacs_fraction=0.5, max_accuracy_drop=1.0), dict(max_gmacs_fraction=1.5),
+                dict(max_accuracy_drop=-1.0)):
+        with pytest.raises(ValueError):
+            Target(**bad)
+
+
+def test_tune_on_a_tiny_model(images):
+    model = tiny_model(ats_max_tokens=[0.5, 20, None])
+    pixel_values = torch.cat([images] * 4)  # 24 images: 12 calibration, 12 held out
+    pixel_values = pixel_values + 0.3 * torch.randn(pixel_values.shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model.ats_settings
+        model.set_ats(layers=[], max_tokens=None)
+        labels = model(pixel_values).logits.argmax(-1)  # the dense model is right by construction
+        model.set_ats(**before)
+    candidates = candidate_grid(4, max_tokens=(None, 0.25), merges=(None, 0.8))
+    result = tune(model, pixel_values, labels, Target(max_gmacs_fraction=0.9), candidates, batch_size=5,
+                  tome_r=(4,))
+    assert model.ats_settings == before, "the model's own settings come back"
+    assert result.dense_calibration.accuracy == result.dense_held_out.accuracy == 100.0
+    assert result.dense_calibration.images == result.dense_held_out.images == 12
+    assert result.front == pareto_front(result.calibration)
+    assert result.chosen is not None and result.chosen.gmacs <= 0.9 * result.dense_gmacs
+    # The prefix cache gives what the model gives when it runs from the pixels.
+    chosen = result.chosen.candidate
+    with torch.no_grad():
+        model.set_ats(**chosen.settings)
+        direct = model(pixel_values[12:]).logits.argmax(-1)
+        model.set_ats(**before)
+    assert result.held_out[chosen.label].correct == int((direct == labels[12:]).sum())
+    assert {entry["calibration"]["setting"] for entry in result.to_dict()["front"]} == {s.label for s in result.front}
+    assert json.dumps(result.to_dict())  # JSON-serialisable
