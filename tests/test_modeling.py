@@ -223,12 +223,18 @@ def test_training_selection_ignores_dropout_and_gradients_flow(images):
         assert parameter.grad.abs().sum() > 0, name
 
 
-def test_gradient_checkpointing_matches(images):
+MODES = {"adaptive": dict(ats_layers=[1, 3]), "static": dict(ats_capacity=16),
+         "static-merging": dict(ats_capacity=16, ats_merge=-1.0)}
+
+
+@pytest.mark.parametrize("settings", MODES.values(), ids=MODES.keys())
+def test_gradient_checkpointing_matches(images, settings):
     labels = torch.arange(6) % 5
-    model = build(ats_layers=[1, 3])
+    model = build(**settings)
     model.train()
     model(images, labels=labels).loss.backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in expected.values())
     model.zero_grad()
     model.activation_checkpointing_enable()
     model(images, labels=labels).loss.backward()
@@ -236,12 +242,13 @@ def test_gradient_checkpointing_matches(images):
         torch.testing.assert_close(parameter.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("settings", MODES.values(), ids=MODES.keys())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_never_nan(images, dtype):
-    model = build().to(dtype)
+def test_half_precision_never_nan(images, dtype, settings):
+    model = build(**settings).to(dtype)
     with torch.no_grad():
         output = model(images.to(dtype))
-        reference = build()(images)
+        reference = build(**settings)(images)
     assert torch.isfinite(output.logits.float()).all()
     assert output.num_tokens[:, -1].max() < 65
     # Selection uses float32 scores, so low precision keeps about as many tokens as float32.

@@ -98,28 +98,6 @@ def test_no_host_read_in_the_static_mode(images, monkeypatch):
     assert reads == []
 
 
-def test_static_mode_trains_with_gradient_checkpointing(images):
-    labels = torch.arange(6) % 5
-    model = build(ats_capacity=16)
-    model.train()
-    model(images, labels=labels).loss.backward()
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
-    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in expected.values())
-    model.zero_grad()
-    model.activation_checkpointing_enable()
-    model(images, labels=labels).loss.backward()
-    for name, parameter in model.named_parameters():
-        torch.testing.assert_close(parameter.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_static_half_precision_never_nan(images, dtype):
-    model = build(ats_capacity=16).to(dtype)
-    with torch.no_grad():
-        output = model(images.to(dtype))
-    assert torch.isfinite(output.logits.float()).all()
-
-
 @pytest.mark.parametrize(
     "capacity, message",
     [(1, r"ats_capacity=1 is too small"), (1.5, r"ats_capacity=1.5 is outside"), ([10, 10], r"has 2 entries"),
