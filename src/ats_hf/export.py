@@ -6,11 +6,15 @@ cannot be exported: its row count is data-dependent.
 
 ONNX graph: input `pixel_values` (batch, channels, height, width) float32; outputs `logits` (batch, num_labels),
 `num_tokens` (batch, num_hidden_layers) int64, `sampled_token_indices` (batch, num_ats_layers, max_kept) int64
-(-1 padded) and `token_mask` (batch, rows) int64 - the model's outputs of the same names.
+(-1 padded) and `token_mask` (batch, rows) int64 - the model's outputs of the same names. A plain ViT graph
+(`allow_dense=True`, no ATS layers; the benchmark's dense reference) has no `sampled_token_indices`.
 """
 
+import contextlib
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,16 +35,27 @@ class _OnnxOutputs(nn.Module):
     def __init__(self, model: AtsViTForImageClassification):
         super().__init__()
         self.model = model
+        self.names = _output_names(model)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         output = self.model(pixel_values=pixel_values)
-        return output.logits, output.num_tokens, output.sampled_token_indices, output.token_mask
+        return tuple(getattr(output, name) for name in self.names)
 
 
-def check_exportable(model: AtsViTForImageClassification) -> None:
-    """Raise `ValueError` unless the model is in the static mode with at least one ATS layer."""
+def _output_names(model: AtsViTForImageClassification) -> tuple[str, ...]:
+    """The graph's outputs: `ONNX_OUTPUTS`, less `sampled_token_indices` for a model without ATS layers."""
+    if model.ats_settings["layers"]:
+        return ONNX_OUTPUTS
+    return tuple(name for name in ONNX_OUTPUTS if name != "sampled_token_indices")
+
+
+def check_exportable(model: AtsViTForImageClassification, *, allow_dense: bool = False) -> None:
+    """Raise `ValueError` unless the model is in the static mode with at least one ATS layer (or, with
+    `allow_dense`, has no ATS layers at all: a plain ViT, whose shapes are static too)."""
     settings = model.ats_settings
     if not settings["layers"]:
+        if allow_dense:
+            return
         raise ValueError("the model has no ATS layers (ats_layers=[]); export the plain ViT with transformers' tools.")
     if settings["capacity"] is None:
         raise ValueError(
@@ -50,31 +65,59 @@ def check_exportable(model: AtsViTForImageClassification) -> None:
         )
 
 
-def export_onnx(model: AtsViTForImageClassification, path: str | os.PathLike, example: torch.Tensor) -> Path:
+def export_onnx(
+    model: AtsViTForImageClassification, path: str | os.PathLike, example: torch.Tensor, *, allow_dense: bool = False
+) -> Path:
     """Write the static-mode `model` as an ONNX graph with a dynamic batch size.
 
     Args:
         model: a static-mode classifier (see `check_exportable`), on the CPU.
         path: the .onnx file to write.
         example: (B, C, H, W) pixel values that set the image size (any batch size).
+        allow_dense: also export a model without ATS layers (a plain ViT, e.g. as a reference to time against).
     """
-    check_exportable(model)
+    check_exportable(model, allow_dense=allow_dense)
     model = model.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
+    wrapped = _OnnxOutputs(model).eval()
+    with torch.no_grad(), _without_exporter_noise():
         program = torch.onnx.export(
-            _OnnxOutputs(model),
+            wrapped,
             (example,),
             dynamo=True,
             dynamic_shapes=({0: batch},),
             input_names=list(ONNX_INPUTS),
-            output_names=list(ONNX_OUTPUTS),
+            output_names=list(wrapped.names),
             verbose=False,
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
     return path
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+@contextlib.contextmanager
+def _without_exporter_noise():
+    """Silence the ONNX exporter's messages that never concern this model: torchvision's operators are not
+    registered when torchvision is not installed, and a deprecation inside torch's own pytree code."""
+    drop = _DropMessages("torchvision is not installed")
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def verify_onnx(
@@ -90,11 +133,12 @@ def verify_onnx(
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
     max_logit_difference, identical, images = 0.0, True, 0
     for batch_size in batch_sizes:
         for start in range(0, len(pixel_values), batch_size):
             batch = pixel_values[start : start + batch_size].float()
-            onnx_outputs = session.run(list(ONNX_OUTPUTS), {"pixel_values": batch.numpy()})
+            onnx_outputs = session.run(names, {"pixel_values": batch.numpy()})
             with torch.no_grad():
                 expected = _OnnxOutputs(model)(batch)
             max_logit_difference = max(
