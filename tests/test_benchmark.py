@@ -34,6 +34,7 @@ from ats_hf.benchmark.timing import unreliable_timing_message
 from ats_hf.data.labelled_images import to_model_labels
 from ats_hf.flops import gmacs_per_image
 from ats_hf.progress import Progress
+from ats_hf.settings import ats_settings_applied
 from ats_hf_cli import main
 
 
@@ -290,3 +291,90 @@ def test_dataset_classes_are_matched_to_the_model_labels_by_name():
     assert labels.tolist() == [0, 1, 1] and "placeholders" in notes[0]
     with pytest.raises(ValueError, match=r"\['Tabby'\] of the dataset's classes .*\['cat', 'dog'"):
         to_model_labels(table, "label", {0: "cat", 1: "dog", 2: "golden retriever"})
+
+
+def test_a_method_with_a_capacity_survives_a_json_round_trip():
+    for method in (Method("ats", (1, 2, 3), (0.5, None, 20), "inverse_transform", (30, 20, 10)),
+                   Method.from_settings("top-k", [1, 3], 12, "top_k", capacity=0.25), Method("dense")):
+        assert Method.from_dict(json.loads(json.dumps(dataclasses.asdict(method)))) == method
+    method = Method.from_settings("ats", [1, 2], [0.5, 0.25], capacity=[20, 10])
+    assert method.settings == {"layers": [1, 2], "max_tokens": [0.5, 0.25], "sampler": "inverse_transform",
+                               "capacity": [20, 10]}
+    assert method.static and Method("dense").static and not Method("ats", (1,)).static
+
+
+def test_static_mode_baselines_share_the_capacity_rule_and_the_ratio_uses_executed_gmacs(model, data):
+    from ats_hf.flops import static_gmacs
+
+    pixel_values, labels = data
+    model.set_ats(capacity=20)
+    ats = Method.from_config(model.config)
+    assert ats.ats_capacity == 20
+    result = run_benchmark(model, pixel_values, labels, batch_sizes=(4,), timing_images=4, repeats=1)
+    dense, ats_result, top_k, random = result.methods
+    assert top_k.method.ats_capacity == random.method.ats_capacity == 20
+    assert max(ats_result.tokens_per_layer[1:]) <= 20
+    with ats_settings_applied(model, **ats.settings):
+        assert ats_result.executed_gmacs == pytest.approx(static_gmacs(model.config))
+    assert dense.executed_gmacs == pytest.approx(dense.gmacs_mean) and ats_result.gmacs_mean < ats_result.executed_gmacs
+    assert ats_result.timings[4].gmacs_ratio == pytest.approx(dense.gmacs_mean / ats_result.executed_gmacs)
+    assert "GMACs executed" in format_table(result) and "static, capacity 20" in format_table(result)
+    assert model.ats_settings["capacity"] == 20
+
+
+def speed_command(tmp_path, *options) -> dict:
+    """Run `ats-hf benchmark --speed-mode tiny` at batch 1 and 2 with `options`; return its JSON."""
+    argv = ["benchmark", "--speed-mode", "tiny", "--batch-sizes", "1", "2", "--timing-images", "2", "--repeats", "1",
+            "--threads", "1", "--output-dir", str(tmp_path / "out"), *options]
+    assert main(argv) == 0
+    return json.loads((tmp_path / "out" / "benchmark.json").read_text())
+
+
+def test_speed_mode_compiled_static(tmp_path, capsys):
+    torch._dynamo.reset()
+    # The eager backend: dynamo captures each method's whole graph (fullgraph=True fails on any graph break) as it
+    # does for inductor, without inductor's C++ build (the static mode under inductor is tested in test_export.py).
+    saved = speed_command(tmp_path, "--mode", "static", "--runtime", "compile", "--compile-backend", "eager")
+    assert saved["runtime"] == "compile"
+    assert [m["method"]["name"] for m in saved["methods"]] == ["dense", "ats K=0.5", "no-drop"]
+    assert [m["method"]["ats_capacity"] for m in saved["methods"]] == [None, 0.5, 1.0]
+    assert all(m["preparation_seconds"] > 0 and len(m["timings"]) == 2 for m in saved["methods"])
+    ats = saved["methods"][1]
+    assert ats["timings"][0]["gmacs_ratio"] == pytest.approx(saved["dense_gmacs"] / ats["executed_gmacs"])
+    assert "compile s" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # exports two graphs: about 12 s
+def test_onnxruntime_times_exported_graphs_of_dense_and_the_static_mode():
+    from ats_hf.benchmark.engine import speed_model
+
+    model = speed_model("tiny")
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    methods = (Method("dense"), Method("ats", (1, 2, 3), 0.5, ats_capacity=0.5))
+    results = [evaluate_method(model, method, pixel_values) for method in methods]
+    timed = time_methods(model, results, pixel_values, batch_sizes=(1, 2), timing_images=2, repeats=1,
+                         runtime="onnxruntime")
+    assert all(r.preparation_seconds > 0 and r.timings[1].images_per_second > 0 for r in timed)
+    assert [len(r.notes) for r in timed] == [1, 1] and all("matches PyTorch" in r.notes[0] for r in timed)
+    with pytest.raises(ValueError, match="onnxruntime times the static mode only"):
+        time_methods(model, [results[0], evaluate_method(model, Method("ats", (1,)), pixel_values)], pixel_values,
+                     batch_sizes=(1,), timing_images=1, repeats=1, runtime="onnxruntime")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--runtime", "onnxruntime"], "--runtime onnxruntime times the static mode only"),
+        (["--speed-mode", "tiny", "--runtime", "onnxruntime"], "--runtime onnxruntime times the static mode only"),
+        (["--speed-mode", "tiny", "--mode", "static", "--runtime", "onnxruntime", "--dtype", "bfloat16"],
+         "runs on the CPU in float32"),
+        (["--mode", "adaptive", "--ats-capacity", "12"], "--mode adaptive contradicts --ats-capacity 12"),
+        (["--mode", "static"], "--mode static needs a capacity"),
+        (["--ats-capacity", "12", "13"], "ats_capacity=[12, 13] has 2 entries but ats_layers=[3, 4, 5] has 3"),
+        (["--ats-capacity", "1"], "ats capacity '1': write 'adaptive', or rows as an int >= 2"),
+    ],
+)
+def test_mode_and_runtime_mistakes_are_one_line(argv, message, capsys):
+    assert main(["benchmark", "--batch-sizes", "1", *argv]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("ats-hf benchmark: error: ") and message in error[-1], error

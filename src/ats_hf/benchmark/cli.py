@@ -1,5 +1,9 @@
 """`ats-hf benchmark`: options, and a run that loads the model and data, benchmarks, prints the table and writes the
-JSON and plots. Mistakes in the options end in one line, `ats-hf benchmark: error: ...` (exit status 2)."""
+JSON and plots. Mistakes in the options end in one line, `ats-hf benchmark: error: ...` (exit status 2).
+
+Mode and runtime: `--ats-capacity ROWS` (or a model whose config has a capacity, e.g. one saved by `ats-hf calibrate
+--output`) runs ATS and its top-K / random baselines in the static mode, `--mode adaptive` forces the adaptive one;
+`--runtime compile|onnxruntime` times every method in that runtime (onnxruntime: static mode only)."""
 
 import argparse
 import dataclasses
@@ -12,32 +16,30 @@ import torch
 
 from ats_hf_cli import UsageError, checked, non_negative_int, positive_int, usage_errors
 
+from ..cli_inputs import MODEL_HELP, add_data_arguments, load_classifier, load_images
 from ..configuration_ats_vit import AtsViTConfig, default_ats_layers
-from ..data import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
-from ..data.labelled_images import MAX_IMAGES, load_labelled_images
-from ..progress import note
+from ..data.labelled_images import MAX_IMAGES
 from ..settings import add_ats_arguments, parse_max_tokens, settings_from_args
 from . import defaults
 from .engine import DTYPES, GEOMETRIES, run_benchmark, run_speed_benchmark, sweep_methods
 from .report import format_table, write_report
 from .results import BenchmarkResult, Method
+from .runtimes import RUNTIMES
+
+MODES = ("adaptive", "static")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ats-hf benchmark`."""
     accuracy, speed = defaults.ACCURACY_MODE_TIMING, defaults.SPEED_MODE_TIMING
     source = parser.add_argument_group("model and data (accuracy mode)")
-    source.add_argument("--model", help="Hub id or folder of a ViT/DeiT/ATS-ViT classifier (default: the embedded "
-                                        "model)")
-    source.add_argument("--dataset", help="Hub dataset id, image folder (one sub-folder per class) or save_to_disk "
-                                          "folder (default: the embedded synthetic digits test split)")
-    source.add_argument("--split", help="dataset split (default: test, else validation, else train)")
-    source.add_argument("--num-images", type=positive_int,
-                        help=f"images to evaluate (default: all, at most {MAX_IMAGES})")
-    source.add_argument("--image-column", help="image column (default: the first Image feature)")
-    source.add_argument("--label-column", help="label column (default: the first ClassLabel feature, or 'label')")
+    source.add_argument("--model", help=MODEL_HELP)
+    add_data_arguments(source, f"all, at most {MAX_IMAGES}")
     ats = parser.add_argument_group("ATS settings (the model's by default; layers L//4..L-1 if it has none)")
-    add_ats_arguments(ats, sampler=False, capacity=False)  # the benchmark compares samplers, in the adaptive mode
+    add_ats_arguments(ats, sampler=False)  # the benchmark compares samplers
+    ats.add_argument("--mode", choices=MODES, help="adaptive, or static (fixed shapes: --ats-capacity rows per ATS "
+                     "layer; in speed mode the capacity defaults to K, which never truncates); default: static when a "
+                     "capacity is given or in the model's config, else adaptive. top-K and random run in the same mode")
     ats.add_argument("--sweep", type=checked(parse_max_tokens, "K"), nargs="*", default=[], metavar="K",
                      help="extra K values, each on the ATS layers, with matched top-K and random, for the "
                           "accuracy-vs-GMACs plot")
@@ -60,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="eager, sdpa, flash_attention_2, ... (default: %(default)s)")
     timing.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's "
                         "choice); 1 gives steadier timings on a busy machine")
+    timing.add_argument("--runtime", choices=RUNTIMES, default=defaults.RUNTIME,
+                        help="eager PyTorch; torch.compile (fullgraph for static shapes; compiled before timing); "
+                             "or onnxruntime (static mode, CPU, float32; each method exported first) (default: "
+                             "%(default)s)")
+    timing.add_argument("--compile-backend", default=defaults.COMPILE_BACKEND,
+                        help="torch.compile backend with --runtime compile (default: %(default)s)")
+    timing.add_argument("--compile-mode", help="torch.compile mode with --runtime compile, e.g. reduce-overhead "
+                        "(CUDA graphs), max-autotune (default: torch's)")
     parser.add_argument("--eval-batch-size", type=positive_int, default=defaults.EVAL_BATCH_SIZE, metavar="N",
                         help="images per forward pass when measuring accuracy, GMACs and tokens (results do not "
                              "depend on it; default: %(default)s)")
@@ -75,11 +85,19 @@ def run(args: argparse.Namespace) -> int:
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise UsageError(f"missing {', '.join(missing)}: install the benchmark extra, pip install 'ats_hf[benchmark]'")
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if args.runtime == "onnxruntime"
+               and importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)}: --runtime onnxruntime needs the export extra, pip install "
+                         "'ats_hf[export]'")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with usage_errors(RuntimeError, AssertionError, context=f"--device {device!r}"):
         torch.empty(0, device=device)
+    if args.runtime == "onnxruntime" and (torch.device(device).type != "cpu" or args.dtype != "float32"):
+        raise UsageError(f"--runtime onnxruntime runs on the CPU in float32 here, not --device {device} --dtype "
+                         f"{args.dtype}")
     result = _run_speed_mode(args, device) if args.speed_mode else _run_accuracy_mode(args, device)
     command = shlex.join(["ats-hf", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
     result = dataclasses.replace(result, command=command or "ats-hf benchmark")
@@ -94,18 +112,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_accuracy_mode(args: argparse.Namespace, device: str) -> BenchmarkResult:
-    from transformers import AutoImageProcessor
-
-    from ..hub.checkpoint import check_source, load_ats_classifier
-
     if args.dataset is None and (args.split or args.image_column or args.label_column):
         raise UsageError("--split, --image-column and --label-column apply to --dataset only")
-    model_path = args.model or str(DEFAULT_MODEL_DIR)
-    with usage_errors(FileNotFoundError):
-        check_source(model_path, "--model")
-    with usage_errors(OSError, ValueError, context=f"cannot load --model {model_path!r}"):
-        model = load_ats_classifier(model_path, attn_implementation=args.attn_implementation)
-        processor = AutoImageProcessor.from_pretrained(model_path)
+    model, processor, model_name = load_classifier(args.model, attn_implementation=args.attn_implementation)
     model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
     ats = _ats_method(model.config, args)
     num_layers = model.config.num_hidden_layers
@@ -119,11 +128,7 @@ def _run_accuracy_mode(args: argparse.Namespace, device: str) -> BenchmarkResult
         with usage_errors(ValueError, context=f"--sweep {k}"):
             model.config.validated_ats_settings(list(ats.ats_layers), k, "inverse_transform")
 
-    with usage_errors(OSError, ValueError, context=f"cannot read --dataset {args.dataset!r}" if args.dataset else ""):
-        data = load_labelled_images(args.dataset, processor, model.config.id2label, args.split, args.num_images,
-                                    args.image_column, args.label_column, args.seed)
-    for text in data.notes:
-        note(f"note: {text}")
+    data = load_images(args, processor, model.config.id2label, args.seed)
     timing = defaults.ACCURACY_MODE_TIMING
     return run_benchmark(
         model,
@@ -136,9 +141,10 @@ def _run_accuracy_mode(args: argparse.Namespace, device: str) -> BenchmarkResult
         repeats=args.repeats,
         eval_batch_size=args.eval_batch_size,
         seed=args.seed,
-        model_name=args.model or DEFAULT_MODEL_NAME,
+        model_name=model_name,
         data_name=data.description,
         notes=tuple(data.notes),
+        **_runtime_options(args),
     )
 
 
@@ -151,6 +157,10 @@ def _run_speed_mode(args: argparse.Namespace, device: str) -> BenchmarkResult:
         layers, max_tokens, _ = config.validated_ats_settings(layers, settings["max_tokens"], "inverse_transform")
     if not layers:
         raise UsageError("--ats-layers none leaves nothing to compare with dense; give at least one ATS layer")
+    k_rows = [1.0 if k is None else k for k in (max_tokens if isinstance(max_tokens, list) else [max_tokens])]
+    capacity = _capacity(args, settings.get("capacity"), default=k_rows if len(k_rows) > 1 else k_rows[0])
+    with usage_errors(ValueError, context=f"ATS settings for {args.speed_mode}"):
+        capacity = config.validated_ats_capacity(layers, capacity)
     batch_sizes = timing.batch_sizes if args.batch_sizes is None else tuple(args.batch_sizes)
     if not batch_sizes:
         raise UsageError("speed mode only times the methods: give at least one --batch-sizes value")
@@ -165,6 +175,8 @@ def _run_speed_mode(args: argparse.Namespace, device: str) -> BenchmarkResult:
         dtype=DTYPES[args.dtype],
         attn_implementation=args.attn_implementation,
         seed=args.seed,
+        ats_capacity=tuple(capacity) if isinstance(capacity, list) else capacity,
+        **_runtime_options(args),
     )
 
 
@@ -178,7 +190,33 @@ def _ats_method(config, args: argparse.Namespace) -> Method:
         )
     if not layers:
         raise UsageError("--ats-layers none leaves nothing to compare with dense; give at least one ATS layer")
-    return Method.from_settings("ats", layers, max_tokens, sampler)
+    capacity = _capacity(args, settings["capacity"], default=None)
+    with usage_errors(ValueError, context="ATS settings"):
+        capacity = config.validated_ats_capacity(layers, capacity)
+    return Method.from_settings("ats", layers, max_tokens, sampler, capacity)
+
+
+def _capacity(args: argparse.Namespace, capacity, default):
+    """The ATS method's capacity after --mode: `capacity` (from --ats-capacity or the model's config) in the static
+    mode, `default` when --mode static has none (None: an error), None in the adaptive mode."""
+    given = getattr(args, "ats_capacity", None)
+    if args.mode == "adaptive":
+        if given is not None:
+            raise UsageError(f"--mode adaptive contradicts --ats-capacity {given}; give one of them")
+        capacity = None
+    elif args.mode == "static" and capacity is None:
+        if default is None:
+            raise UsageError("--mode static needs a capacity: pass --ats-capacity ROWS (e.g. 0.5), or benchmark a "
+                             "model saved by 'ats-hf calibrate --output DIR'")
+        capacity = default
+    if args.runtime == "onnxruntime" and capacity is None:
+        raise UsageError("--runtime onnxruntime times the static mode only (ONNX has no data-dependent shapes): pass "
+                         "--ats-capacity ROWS or --mode static")
+    return capacity
+
+
+def _runtime_options(args: argparse.Namespace) -> dict:
+    return {"runtime": args.runtime, "compile_backend": args.compile_backend, "compile_mode": args.compile_mode}
 
 
 def _join(values) -> str:

@@ -23,6 +23,8 @@ SWEEP_FROM_LAYERS = (1, 2, 4, 5)  # the embedded model's sweep: ATS in layers S.
 SPEED_MODE_MAX_TOKENS = 0.5  # K of the ATS method in speed mode
 ATTN_IMPLEMENTATION = "sdpa"
 DTYPE = "float32"
+RUNTIME = "eager"  # where methods are timed: eager, compile or onnxruntime
+COMPILE_BACKEND = "inductor"  # torch.compile's backend in the compile runtime
 OUTPUT_DIR = Path("outputs") / "benchmark"
 SPEED_MODE_OUTPUT_DIR = Path("outputs") / "speed-{geometry}"
 # A timing whose repeats differ by more than this fraction of their median ((max - min) / median) is unreliable.

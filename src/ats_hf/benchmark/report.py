@@ -3,7 +3,7 @@ JSON file, and PNG plots (matplotlib, Agg backend)."""
 
 from pathlib import Path
 
-from ..settings import format_settings
+from ..settings import format_max_tokens, format_settings
 from .defaults import UNRELIABLE_SPREAD
 from .results import BenchmarkResult, MethodResult
 from .timing import unreliable_timing_message
@@ -20,12 +20,18 @@ PLOTS = ("accuracy_vs_gmacs.png", "tokens_per_layer.png", "gmacs_per_image.png",
 def format_table(result: BenchmarkResult) -> str:
     """The benchmark as plain-text tables: per method, then tokens per layer, then notes and warnings."""
     batch_sizes = result.batch_sizes
-    header = ["method", "top-1 %", "GMACs mean ± std", "tokens/layer"]
+    static = any(r.method.ats_capacity is not None for r in result.methods)
+    prepared = any(r.preparation_seconds is not None for r in result.methods)
+    preparation = "export s" if result.runtime == "onnxruntime" else "compile s"
+    header = ["method", "top-1 %", "GMACs mean ± std"] + ["GMACs executed"] * static + ["tokens/layer"]
+    header += [preparation] * prepared
     for batch_size in batch_sizes:
         header += [f"img/s bs{batch_size}", f"speed-up bs{batch_size} (GMACs ratio)"]
     rows = []
     for r in result.methods:
-        row = [r.method.name, _accuracy(r), f"{r.gmacs_mean:.4f} ± {r.gmacs_std:.4f}", _mean_tokens(r)]
+        row = [r.method.name, _accuracy(r), f"{r.gmacs_mean:.4f} ± {r.gmacs_std:.4f}"]
+        row += [_executed(r)] * static + [_mean_tokens(r)]
+        row += [_seconds(r.preparation_seconds)] * prepared
         for batch_size in batch_sizes:
             t = r.timings.get(batch_size)
             if t is None:
@@ -39,32 +45,35 @@ def format_table(result: BenchmarkResult) -> str:
         f"ats-hf benchmark: {result.model}",
         f"data: {result.data}",
         f"machine: {machine.get('gpu') or machine['cpu']}, {machine['torch_threads']} threads, "
-        f"{machine['device']} {machine['dtype']}, torch {machine['torch']}",
+        f"{machine['device']} {machine['dtype']}, torch {machine['torch']}; timed in {_runtime(result)}",
         "",
-        _grid(header, rows),
+        format_grid(header, rows),
     ]
-    ats = next((r.method for r in result.methods if r.method.name == "ats"), None)
+    ats = next((r.method for r in result.methods if r.method.family == "ats"), None)
     if ats is not None:
-        lines.append(f"ats: {format_settings(ats.ats_layers, ats.ats_max_tokens, ats.ats_sampler)}.")
+        mode = "adaptive" if ats.ats_capacity is None else f"static, capacity {format_max_tokens(ats.ats_capacity)}"
+        lines.append(f"{ats.name}: {format_settings(ats.ats_layers, ats.ats_max_tokens, ats.ats_sampler)}, {mode}.")
     baselines = [r for r in result.methods if r.method.name in ("top-k", "random")]
     if baselines:
         lines.append(
             f"top-k / random keep K = {list(baselines[0].method.ats_max_tokens)} tokens in layers "
-            f"{list(baselines[0].method.ats_layers)} (ATS's mean, rounded)."
+            f"{list(baselines[0].method.ats_layers)} (ATS's mean, rounded)"
+            + (", static with ATS's capacity setting cut to their K." if static else ".")
         )
     timed = [t for r in result.methods for t in r.timings.values()]
     if timed:
         lines.append(
             "speed-up = measured throughput / dense; GMACs ratio = dense GMACs / method GMACs on the same timed images "
-            f"(the ideal speed-up); ! = repeats differ by more than {100 * UNRELIABLE_SPREAD:.0f}% "
+            f"(the ideal speed-up{'; executed GMACs where fixed' if static else ''}); ! = repeats differ by more "
+            f"than {100 * UNRELIABLE_SPREAD:.0f}% "
             f"(largest spread {100 * max(t.spread for t in timed):.0f}%)."
         )
-    lines += ["", "mean tokens per layer (CLS included)", _grid(
+    lines += ["", "mean tokens per layer (CLS included)", format_grid(
         ["method"] + [f"L{i}" for i in range(len(result.methods[0].tokens_per_layer))],
         [[r.method.name] + [f"{n:.1f}" for n in r.tokens_per_layer] for r in result.methods],
     )]
     if result.sweep:
-        lines += ["", "sweep (accuracy and GMACs only)", _grid(
+        lines += ["", "sweep (accuracy and GMACs only)", format_grid(
             ["method", "top-1 %", "GMACs mean ± std", "tokens/layer"],
             [[r.method.name, _accuracy(r), f"{r.gmacs_mean:.4f} ± {r.gmacs_std:.4f}", _mean_tokens(r)]
              for r in result.sweep],
@@ -237,6 +246,20 @@ def _plot_throughput(result: BenchmarkResult, plt):
     return figure
 
 
+def _runtime(result: BenchmarkResult) -> str:
+    if result.runtime == "onnxruntime":
+        return f"onnxruntime {result.machine.get('onnxruntime', '')}".rstrip()
+    return {"eager": "eager PyTorch", "compile": "torch.compile"}.get(result.runtime, result.runtime)
+
+
+def _executed(r: MethodResult) -> str:
+    return "varies" if r.executed_gmacs is None else f"{r.executed_gmacs:.4f}"
+
+
+def _seconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}"
+
+
 def _accuracy(r: MethodResult) -> str:
     return "-" if r.accuracy is None else f"{r.accuracy:.2f}"
 
@@ -245,7 +268,8 @@ def _mean_tokens(r: MethodResult) -> str:
     return f"{sum(r.tokens_per_layer) / len(r.tokens_per_layer):.1f}"
 
 
-def _grid(header: list[str], rows: list[list[str]]) -> str:
+def format_grid(header: list[str], rows: list[list[str]]) -> str:
+    """Columns of text, left-aligned, with a rule under the header."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * width for width in widths))
@@ -253,4 +277,4 @@ def _grid(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["format_table", "plot_all", "timing_warning", "write_report"]
+__all__ = ["format_grid", "format_table", "plot_all", "timing_warning", "write_report"]

@@ -15,37 +15,63 @@ FAMILIES = {"inverse_transform": "ats", "top_k": "top-k", "random": "random"}  #
 
 @dataclass(frozen=True)
 class Method:
-    """One way to run the model: which layers sample tokens, how many they keep at most (K), and how."""
+    """One way to run the model: which layers sample tokens, how many they keep at most (K), how, and in which
+    execution mode (`ats_capacity`: None = adaptive; rows per ATS layer = static, see `AtsViTConfig`)."""
 
     name: str
     ats_layers: tuple[int, ...] = ()
     ats_max_tokens: int | float | tuple[int | float | None, ...] | None = None
     ats_sampler: str = "inverse_transform"
+    ats_capacity: int | float | tuple[int | float, ...] | None = None
 
     @classmethod
-    def from_settings(cls, name: str, layers, max_tokens=None, sampler: str = "inverse_transform") -> "Method":
+    def from_settings(
+        cls, name: str, layers, max_tokens=None, sampler: str = "inverse_transform", capacity=None
+    ) -> "Method":
         """A method from `set_ats`-style settings (lists become tuples)."""
-        max_tokens = tuple(max_tokens) if isinstance(max_tokens, (list, tuple)) else max_tokens
-        return cls(name, tuple(layers), max_tokens, sampler)
+        return cls(name, tuple(layers), _frozen(max_tokens), sampler, _frozen(capacity))
 
     @classmethod
     def from_config(cls, config) -> "Method":
-        """"ats" with the config's settings; with no ATS layers there, the paper's recipe (layers L//4..L-1, K =
-        all)."""
+        """"ats": the inverse-transform sampler on the config's layers, at its K and capacity; with no ATS layers
+        there, the paper's recipe (layers L//4..L-1, K = all, adaptive)."""
         if config.ats_layers:
-            return cls.from_settings("ats", config.ats_layers, config.ats_max_tokens)
+            return cls.from_settings("ats", config.ats_layers, config.ats_max_tokens, capacity=config.ats_capacity)
         return cls("ats", tuple(default_ats_layers(config.num_hidden_layers)))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Method":
+        """The inverse of `asdict(method)` after a JSON round trip (lists become tuples)."""
+        return cls.from_settings(data["name"], data.get("ats_layers", ()), data.get("ats_max_tokens"),
+                                 data.get("ats_sampler", "inverse_transform"), data.get("ats_capacity"))
 
     @property
     def settings(self) -> dict:
         """The keyword arguments of `model.set_ats` / `ats_settings_applied` for this method."""
-        max_tokens = list(self.ats_max_tokens) if isinstance(self.ats_max_tokens, tuple) else self.ats_max_tokens
-        return {"layers": list(self.ats_layers), "max_tokens": max_tokens, "sampler": self.ats_sampler}
+        return {
+            "layers": list(self.ats_layers),
+            "max_tokens": _listed(self.ats_max_tokens),
+            "sampler": self.ats_sampler,
+            "capacity": _listed(self.ats_capacity),
+        }
 
     @property
     def family(self) -> str:
         """dense, ats, top-k or random: which curve of the plots the method belongs to."""
         return FAMILIES[self.ats_sampler] if self.ats_layers else "dense"
+
+    @property
+    def static(self) -> bool:
+        """Whether the method has fixed shapes (torch.compile(fullgraph), ONNX): the static mode, or no ATS layers."""
+        return self.ats_capacity is not None or not self.ats_layers
+
+
+def _frozen(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _listed(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
@@ -57,7 +83,9 @@ class TimingResult:
     images_per_second: float  # median over the repeats
     samples: tuple[float, ...]  # images per second of every timed repeat
     reference_images_per_second: float  # the reference's median, on the same images
-    gmacs_ratio: float  # reference's mean GMACs / this method's, on the same timed images: the ideal speed-up
+    # The ideal speed-up: the reference's GMACs / this method's on the same timed images, each method's executed
+    # GMACs when it has them (static mode, dense), else its mean real-token GMACs (adaptive mode).
+    gmacs_ratio: float
 
     @property
     def speedup(self) -> float:
@@ -96,6 +124,11 @@ class MethodResult:
     tokens_per_layer_std: tuple[float, ...]
     timings: dict[int, TimingResult] = field(default_factory=dict)  # batch size -> timing
     gmacs: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (N,) per image; not in JSON
+    # GMACs per image the hardware executes when it is the same for every image: the static mode's capacity rows
+    # (`flops.static_gmacs`), or dense; None in the adaptive mode (rows = the batch's largest kept count).
+    executed_gmacs: float | None = None
+    preparation_seconds: float | None = None  # compiling (first calls) or exporting before timing; None in eager
+    notes: tuple[str, ...] = ()  # what the runtime reported, e.g. the exported graph's check against PyTorch
 
     def to_dict(self) -> dict:
         return {
@@ -105,6 +138,9 @@ class MethodResult:
             "gmacs_std": self.gmacs_std,
             "tokens_per_layer": list(self.tokens_per_layer),
             "tokens_per_layer_std": list(self.tokens_per_layer_std),
+            "executed_gmacs": self.executed_gmacs,
+            "preparation_seconds": self.preparation_seconds,
+            "notes": list(self.notes),
             "timings": [timing.to_dict() for timing in self.timings.values()],
         }
 
@@ -123,6 +159,7 @@ class BenchmarkResult:
     machine: dict
     command: str = ""
     notes: list[str] = field(default_factory=list)
+    runtime: str = "eager"  # where the methods were timed: eager, compile or onnxruntime
 
     def method(self, name: str) -> MethodResult:
         for result in self.methods:
@@ -141,6 +178,7 @@ class BenchmarkResult:
             "data": self.data,
             "num_images": self.num_images,
             "dense_gmacs": self.dense_gmacs,
+            "runtime": self.runtime,
             "command": self.command,
             "machine": self.machine,
             "notes": list(self.notes),
