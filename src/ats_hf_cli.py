@@ -21,6 +21,8 @@ SUBCOMMANDS = {  # name -> (module, one-line help)
     "benchmark": ("ats_hf.benchmark.cli", "Compare dense, ATS, top-K and random: accuracy, GMACs, throughput."),
     "visualize": ("ats_hf.visualize", "Draw the patches each ATS layer keeps for an image."),
     "convert": ("ats_hf.hub.convert", "Turn a plain ViT/DeiT checkpoint into a shareable ATS checkpoint."),
+    "calibrate": ("ats_hf.calibration", "Propose the static mode's capacities from the kept counts on images."),
+    "export": ("ats_hf.export_cli", "Write a verified ONNX folder of the static mode (model.onnx, config, processor)."),
 }
 
 

@@ -77,9 +77,10 @@ def test_every_command_has_help(command, capsys):
     "forms, layers",
     [(["3-5"], [3, 4, 5]), (["3", "4", "5"], [3, 4, 5]), (["1,3,4-5"], [1, 3, 4, 5]), (["none"], [])],
 )
-@pytest.mark.parametrize("command", ["benchmark", "visualize", "convert"])
+@pytest.mark.parametrize("command", ["benchmark", "visualize", "convert", "calibrate", "export"])
 def test_every_command_takes_the_same_settings_grammar(command, forms, layers):
-    positional = {"benchmark": [], "visualize": ["image.png"], "convert": ["source", "output"]}[command]
+    positional = {"benchmark": [], "visualize": ["image.png"], "convert": ["source", "output"], "calibrate": [],
+                  "export": ["output"]}[command]
     args = build_parser(command).parse_args([command, *positional, "--ats-layers", *forms, "--ats-max-tokens",
                                              "0.5"])
     assert (args.ats_layers, args.ats_max_tokens) == (layers, 0.5)
@@ -101,6 +102,8 @@ def test_every_command_takes_the_same_settings_grammar(command, forms, layers):
         (["--sweep", "1"], "'1' is not 'all', an int >= 2 or a fraction"),
         (["--ats-layers", "5-3"], "the range '5-3' is reversed; write '3-5'"),
         (["--ats-sampler", "top_k"], "unrecognized arguments: --ats-sampler"),  # the benchmark compares samplers
+        (["--runtime", "tensorrt"], "argument --runtime: invalid choice: 'tensorrt'"),
+        (["--mode", "fixed"], "argument --mode: invalid choice: 'fixed'"),
     ],
 )
 def test_benchmark_rejects_values_that_make_no_sense(argv, message, capsys):

@@ -42,11 +42,16 @@ def load_classifier(model: str | None, what: str = "--model", **kwargs):
     return classifier, processor, model or DEFAULT_MODEL_NAME
 
 
+def check_data_options(args: argparse.Namespace) -> None:
+    """Refuse dataset options without --dataset (before anything slow is loaded)."""
+    if args.dataset is None and (args.split or args.image_column or args.label_column):
+        raise UsageError("--split, --image-column and --label-column apply to --dataset only")
+
+
 def load_images(args: argparse.Namespace, processor, id2label: dict, seed: int = 0) -> LabelledImages:
     """The labelled images the data options name (the embedded test split without --dataset); notes go to
     stderr."""
-    if args.dataset is None and (args.split or args.image_column or args.label_column):
-        raise UsageError("--split, --image-column and --label-column apply to --dataset only")
+    check_data_options(args)
     with usage_errors(OSError, ValueError, context=f"cannot read --dataset {args.dataset!r}" if args.dataset else ""):
         data = load_labelled_images(args.dataset, processor, id2label, args.split, args.num_images,
                                     args.image_column, args.label_column, seed)
@@ -55,4 +60,4 @@ def load_images(args: argparse.Namespace, processor, id2label: dict, seed: int =
     return data
 
 
-__all__ = ["MAX_IMAGES", "MODEL_HELP", "add_data_arguments", "load_classifier", "load_images"]
+__all__ = ["MAX_IMAGES", "MODEL_HELP", "add_data_arguments", "check_data_options", "load_classifier", "load_images"]

@@ -16,7 +16,7 @@ import torch
 
 from ats_hf_cli import UsageError, checked, non_negative_int, positive_int, usage_errors
 
-from ..cli_inputs import MODEL_HELP, add_data_arguments, load_classifier, load_images
+from ..cli_inputs import MODEL_HELP, add_data_arguments, check_data_options, load_classifier, load_images
 from ..configuration_ats_vit import AtsViTConfig, default_ats_layers
 from ..data.labelled_images import MAX_IMAGES
 from ..settings import add_ats_arguments, parse_max_tokens, settings_from_args
@@ -112,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_accuracy_mode(args: argparse.Namespace, device: str) -> BenchmarkResult:
-    if args.dataset is None and (args.split or args.image_column or args.label_column):
-        raise UsageError("--split, --image-column and --label-column apply to --dataset only")
+    check_data_options(args)
     model, processor, model_name = load_classifier(args.model, attn_implementation=args.attn_implementation)
     model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
     ats = _ats_method(model.config, args)

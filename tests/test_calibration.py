@@ -1,0 +1,116 @@
+"""Choosing the static mode's capacities: `calibrate_capacity` and `ats-hf calibrate`."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import peaky_weights_, tiny_config
+
+from ats_hf import AtsViTForImageClassification
+from ats_hf.calibration import calibrate_capacity
+from ats_hf.flops import gmacs_per_image, static_gmacs
+from ats_hf_cli import main
+
+
+@pytest.fixture
+def model():
+    return peaky_weights_(AtsViTForImageClassification(tiny_config()).eval())
+
+
+@pytest.fixture
+def data():
+    generator = torch.Generator().manual_seed(3)
+    return torch.randn(30, 3, 32, 32, generator=generator), torch.randint(0, 5, (30,), generator=generator)
+
+
+def test_capacities_are_the_quantile_of_the_adaptive_kept_counts(model, data):
+    pixel_values, labels = data
+    model.set_ats(max_tokens=[40, 30, 30], capacity=50)  # calibrates these settings; the static mode comes back
+    before = model.ats_settings
+    result = calibrate_capacity(model, pixel_values, labels, quantile=0.8, batch_size=7)
+    assert model.ats_settings == before
+
+    with torch.no_grad():
+        model.set_ats(capacity=None)
+        adaptive = model(pixel_values)
+        model.set_ats(**before)
+    counts = adaptive.num_tokens[:, [1, 2, 3]].numpy()
+    expected = [math.ceil(round(float(np.quantile(counts[:, i], 0.8)), 6)) for i in range(3)]
+    assert result.capacity == dict(zip([1, 2, 3], expected, strict=True))
+    assert len(set(expected)) > 1 and min(expected) < 30, "the test needs capacities that truncate"
+    assert {key: result.settings[key] for key in ("layers", "max_tokens", "sampler", "capacity")} == {
+        "layers": [1, 2, 3], "max_tokens": [40, 30, 30], "sampler": "inverse_transform", "capacity": expected}
+    over = counts > np.array(expected)
+    assert result.predicted_truncated == int(over.any(axis=1).sum()) > 0
+    assert [layer.over_capacity for layer in result.layers] == over.sum(axis=0).tolist()
+    assert [layer.kept_max for layer in result.layers] == counts.max(axis=0).tolist()
+    assert result.truncated >= result.predicted_truncated
+
+    with torch.no_grad():
+        model.set_ats(**result.settings)
+        static = model(pixel_values)
+        assert result.executed_gmacs == pytest.approx(static_gmacs(model.config))
+        model.set_ats(**before)
+    assert result.static_gmacs == pytest.approx(gmacs_per_image(model.config, static.num_tokens).mean().item())
+    assert result.adaptive_gmacs == pytest.approx(gmacs_per_image(model.config, adaptive.num_tokens).mean().item())
+    assert result.static_accuracy == pytest.approx(100 * (static.logits.argmax(-1) == labels).float().mean().item())
+    assert result.dense_accuracy is not None and result.dense_gmacs > result.executed_gmacs
+    json.dumps(result.to_dict())
+
+
+def test_at_quantile_one_the_static_mode_keeps_what_the_adaptive_mode_keeps(model, data):
+    pixel_values, labels = data
+    result = calibrate_capacity(model, pixel_values, labels, quantile=1.0)
+    assert result.predicted_truncated == result.truncated == 0
+    assert [layer.capacity for layer in result.layers] == [layer.kept_max for layer in result.layers]
+    assert result.static_accuracy == result.adaptive_accuracy
+    assert result.static_gmacs == pytest.approx(result.adaptive_gmacs)
+    assert result.executed_gmacs >= result.static_gmacs
+    assert model.ats_settings["capacity"] is None
+    assert calibrate_capacity(model, pixel_values, quantile=1.0).static_accuracy is None  # no labels
+
+
+def test_calibration_refuses_what_it_cannot_calibrate(model, data):
+    with pytest.raises(ValueError, match=r"quantile=0 must be in \(0, 1\]"):
+        calibrate_capacity(model, data[0], quantile=0)
+    model.set_ats(layers=[])
+    with pytest.raises(ValueError, match="no ATS layers"):
+        calibrate_capacity(model, data[0])
+
+
+def test_command_saves_a_checkpoint_with_the_capacities(tmp_path, capsys):
+    output = tmp_path / "calibrated"
+    assert main(["calibrate", "--num-images", "40", "--quantile", "0.9", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((output / "calibration.json").read_text())
+    capacity = saved["settings"]["capacity"]
+    assert f"--ats-capacity {','.join(map(str, capacity))}" in printed and "truncated images" in printed
+    assert saved["num_images"] == 40 and saved["quantile"] == 0.9 and saved["static_accuracy"] is not None
+    reloaded = AtsViTForImageClassification.from_pretrained(output)
+    assert reloaded.ats_settings["capacity"] == capacity and reloaded.ats_settings["layers"] == [3, 4, 5]
+    assert (output / "preprocessor_config.json").is_file() and (output / "modeling_ats_vit.py").is_file()
+    assert main(["calibrate", "--num-images", "4", "--output", str(output)]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--quantile", "0"], "argument --quantile: 0 is not allowed: the quantile must be in (0, 1]"),
+        (["--quantile", "1.5"], "the quantile must be in (0, 1]"),
+        (["--quantile", "high"], "'high' is not a number"),
+        (["--ats-layers", "none"], "the model has no ATS layers: give --ats-layers"),
+        (["--ats-capacity", "12"], "unrecognized arguments: --ats-capacity"),
+        (["--split", "test"], "--split, --image-column and --label-column apply to --dataset only"),
+    ],
+)
+def test_command_mistakes_are_one_line(argv, message, capsys):
+    assert main(["calibrate", *argv]) == 2
+    error = capsys.readouterr().err
+    # The last line: transformers' progress bar may come first here (the command turns it off only when it is the
+    # first to import transformers, as in a real run).
+    assert "Traceback" not in error and error.endswith("\n")
+    line = error.strip().splitlines()[-1]
+    assert line.startswith("ats-hf calibrate: error: ") and message in line, error
