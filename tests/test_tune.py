@@ -65,3 +65,23 @@ def test_tune_on_a_tiny_model(images):
     assert result.held_out[chosen.label].correct == int((direct == labels[12:]).sum())
     assert {entry["calibration"]["setting"] for entry in result.to_dict()["front"]} == {s.label for s in result.front}
     assert json.dumps(result.to_dict())  # JSON-serialisable
+
+
+def test_command_on_the_embedded_model(tmp_path, capsys):
+    from ats_hf_cli import main
+
+    code = main(["tune", "--num-images", "40", "--first-layers", "4", "--tome-r", "8", "--gmacs-budget", "0.95",
+                 "--output", str(tmp_path / "tuned")])
+    report = capsys.readouterr().out
+    assert code == 0 and "chosen (*): layers 4" in report and "ToMe r=8" in report
+    written = {path.name for path in (tmp_path / "tuned").iterdir()}
+    assert {"tune.json", "tune.png", "config.json", "model.safetensors", "README.md"} <= written
+    saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert saved["ats_layers"][0] == 4
+
+
+def test_command_rejects_a_first_layer_beyond_the_model(capsys):
+    from ats_hf_cli import main
+
+    assert main(["tune", "--num-images", "8", "--first-layers", "9"]) == 2
+    assert "--first-layers 9 is outside 0..5" in capsys.readouterr().err
