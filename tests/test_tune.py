@@ -85,3 +85,18 @@ def test_command_rejects_a_first_layer_beyond_the_model(capsys):
 
     assert main(["tune", "--num-images", "8", "--first-layers", "9"]) == 2
     assert "--first-layers 9 is outside 0..5" in capsys.readouterr().err
+
+
+def test_command_on_a_user_checkpoint_and_image_folder(tmp_path, capsys):
+    from hf_fixtures import tiny_ats_classifier, tiny_image_processor, write_image_folder
+
+    from ats_hf.hub.checkpoint import save_ats_checkpoint
+    from ats_hf_cli import main
+
+    save_ats_checkpoint(tiny_ats_classifier(), tmp_path / "model", tiny_image_processor(), model_id="tiny")
+    folder = write_image_folder(tmp_path / "images", per_class=6)
+    code = main(["tune", "--model", str(tmp_path / "model"), "--dataset", str(folder), "--first-layers", "2",
+                 "--tome-r", "2", "--max-accuracy-drop", "100"])
+    report = capsys.readouterr().out
+    assert code == 0, report
+    assert "held out: 9 images" in report and "chosen (*): layers 2" in report
