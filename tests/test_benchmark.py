@@ -35,6 +35,7 @@ from ats_hf.data.labelled_images import to_model_labels
 from ats_hf.flops import gmacs_per_image
 from ats_hf.progress import Progress
 from ats_hf.settings import ats_settings_applied
+from ats_hf.tome import tome_forward, tome_gmacs
 from ats_hf_cli import main
 
 
@@ -53,8 +54,9 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     pixel_values, labels = data
     result = run_benchmark(model, pixel_values, labels, batch_sizes=(1, 8), timing_images=4, repeats=1,
                            eval_batch_size=5)
-    assert [r.method.name for r in result.methods] == ["dense", "ats", "top-k", "random"]
-    dense, ats, top_k, random = result.methods
+    names = [r.method.name for r in result.methods]
+    assert names[:4] == ["dense", "ats", "top-k", "random"] and names[4].startswith("tome r=")
+    dense, ats, top_k, random, tome = result.methods
     assert result.method("top-k") is top_k
 
     with torch.no_grad():
@@ -78,6 +80,17 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     assert dense.timings[1].speedup == 1.0 and dense.timings[1].gmacs_ratio == 1.0
     assert ats.timings[8].gmacs_ratio == pytest.approx(dense.gmacs[:8].mean().item() / ats.gmacs[:8].mean().item())
     assert model.config.ats_layers == [1, 2, 3] and model.config.ats_sampler == "inverse_transform"
+
+    # ToMe: the r whose GMACs come closest to ATS's, its accuracy what tome_forward gives.
+    r = tome.method.tome_r
+    assert tome.method.family == "tome" and tome.timings[8].images_per_second > 0
+    gap = abs(tome_gmacs(model.config, r) - ats.gmacs_mean)
+    assert all(abs(tome_gmacs(model.config, other) - ats.gmacs_mean) >= gap for other in range(0, 33))
+    logits, counts = tome_forward(model, pixel_values, r)
+    assert tome.accuracy == pytest.approx(100 * (logits.argmax(-1) == labels).float().mean().item())
+    assert tome.tokens_per_layer == tuple(float(c) for c in counts)
+    assert tome.gmacs_mean == pytest.approx(tome.executed_gmacs, rel=1e-6)
+    assert Method.from_dict(json.loads(json.dumps(dataclasses.asdict(tome.method)))) == tome.method
 
 
 def test_prediction_does_not_depend_on_eval_batch_size(model, data):
@@ -116,7 +129,8 @@ def test_report_table_json_and_plots(model, data, tmp_path):
         ["benchmark.json", "accuracy_vs_gmacs.png", "tokens_per_layer.png", "gmacs_per_image.png", "throughput.png"]
     )
     saved = json.loads((tmp_path / "benchmark.json").read_text())
-    assert [m["method"]["name"] for m in saved["methods"]] == ["dense", "ats", "top-k", "random"]
+    assert [m["method"]["name"] for m in saved["methods"]][:4] == ["dense", "ats", "top-k", "random"]
+    assert saved["methods"][4]["method"]["tome_r"] is not None
     assert saved["methods"][1]["timings"][0]["efficiency"] == pytest.approx(
         result.methods[1].timings[1].speedup / result.methods[1].timings[1].gmacs_ratio
     )
@@ -258,7 +272,7 @@ def test_command_on_a_saved_model_and_an_image_folder(named_model, tmp_path, cap
     assert "top-k" in printed and "img/s bs1" in printed
     saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
     assert saved["num_images"] == 6 and saved["methods"][1]["method"]["ats_max_tokens"] == 0.5
-    assert [m["accuracy"] for m in saved["methods"]] == [50.0] * 4
+    assert [m["accuracy"] for m in saved["methods"]] == [50.0] * 5  # dense, ATS, top-K, random, ToMe
     assert saved["sweep"] == [] and saved["notes"] == []
 
 
@@ -299,7 +313,7 @@ def test_a_method_with_a_capacity_survives_a_json_round_trip():
         assert Method.from_dict(json.loads(json.dumps(dataclasses.asdict(method)))) == method
     method = Method.from_settings("ats", [1, 2], [0.5, 0.25], capacity=[20, 10])
     assert method.settings == {"layers": [1, 2], "max_tokens": [0.5, 0.25], "sampler": "inverse_transform",
-                               "capacity": [20, 10]}
+                               "capacity": [20, 10], "merge": None}
     assert method.static and Method("dense").static and not Method("ats", (1,)).static
 
 
@@ -311,7 +325,7 @@ def test_static_mode_baselines_share_the_capacity_rule_and_the_ratio_uses_execut
     ats = Method.from_config(model.config)
     assert ats.ats_capacity == 20
     result = run_benchmark(model, pixel_values, labels, batch_sizes=(4,), timing_images=4, repeats=1)
-    dense, ats_result, top_k, random = result.methods
+    dense, ats_result, top_k, random, _ = result.methods
     assert top_k.method.ats_capacity == random.method.ats_capacity == 20
     assert max(ats_result.tokens_per_layer[1:]) <= 20
     with ats_settings_applied(model, **ats.settings):

@@ -28,6 +28,7 @@ from ..flops import gmacs_per_image, static_gmacs
 from ..modeling_ats_vit import AtsViTForImageClassification
 from ..progress import Progress, note
 from ..settings import ats_settings_applied, format_max_tokens
+from ..tome import tome_forward, tome_gmacs
 from .defaults import (
     ACCURACY_MODE_TIMING,
     ATTN_IMPLEMENTATION,
@@ -69,6 +70,15 @@ def matched_baselines(ats: MethodResult) -> list[Method]:
     ]
 
 
+def matched_tome(ats: MethodResult, config: AtsViTConfig, image_size: tuple[int, int]) -> Method:
+    """ToMe with the r (the same in every block) whose GMACs come closest to ATS's mean real-token GMACs, at equal
+    or higher GMACs when two are equally close."""
+    tokens = num_input_tokens(config, image_size)
+    candidates = range(0, (tokens - 1) // 2 + 1)
+    r = min(candidates, key=lambda r: (abs(tome_gmacs(config, r, image_size) - ats.gmacs_mean), r))
+    return Method(f"tome r={r}", tome_r=r)
+
+
 def sweep_methods(
     ats: Method, num_layers: int, max_tokens: tuple = (), from_layers: tuple[int, ...] = ()
 ) -> tuple[Method, ...]:
@@ -108,13 +118,17 @@ def evaluate_method(
     correct, gmacs, tokens = 0, [], []
     with ats_settings_applied(model, **method.settings), Progress(len(pixel_values), f"eval {method.name}") as progress:
         for start in range(0, len(pixel_values), batch_size):
-            output = model(pixel_values[start : start + batch_size].to(device))
+            logits, num_tokens = _classify(model, method, pixel_values[start : start + batch_size].to(device))
             if labels is not None:
-                correct += (output.logits.argmax(-1).cpu() == labels[start : start + batch_size]).sum().item()
-            gmacs.append(gmacs_per_image(model.config, output.num_tokens.cpu(), num_input_tokens=input_tokens))
-            tokens.append(output.num_tokens.cpu().double())
-            progress.update(len(output.num_tokens))
-        executed = executed_gmacs(model.config, input_tokens)
+                correct += (logits.argmax(-1).cpu() == labels[start : start + batch_size]).sum().item()
+            if method.tome_r is None:
+                gmacs.append(gmacs_per_image(model.config, num_tokens, num_input_tokens=input_tokens))
+            else:
+                image_size = tuple(pixel_values.shape[-2:])
+                gmacs.append(torch.full((len(num_tokens),), tome_gmacs(model.config, method.tome_r, image_size)))
+            tokens.append(num_tokens.double())
+            progress.update(len(num_tokens))
+        executed = executed_gmacs(model.config, input_tokens) if method.tome_r is None else gmacs[0][0].item()
     gmacs, tokens = torch.cat(gmacs), torch.cat(tokens)
     return MethodResult(
         method=method,
@@ -126,6 +140,16 @@ def evaluate_method(
         gmacs=gmacs,
         executed_gmacs=gmacs.mean().item() if executed is None and not method.ats_layers else executed,
     )
+
+
+@torch.inference_mode()
+def _classify(model: AtsViTForImageClassification, method: Method, batch: torch.Tensor):
+    """(logits, (B, layers) tokens out of each layer on the CPU) of one batch under `method` (settings applied)."""
+    if method.tome_r is None:
+        output = model(batch)
+        return output.logits, output.num_tokens.cpu()
+    logits, counts = tome_forward(model, batch, method.tome_r)
+    return logits, torch.tensor(counts).expand(len(batch), -1)
 
 
 def executed_gmacs(config: AtsViTConfig, num_input_tokens: int) -> float | None:
@@ -263,6 +287,8 @@ def run_benchmark(
 
     dense, ats_result = evaluate(Method("dense")), evaluate(ats)
     methods = [dense, ats_result] + [evaluate(baseline) for baseline in matched_baselines(ats_result)]
+    if runtime == "eager" or not batch_sizes:  # ToMe runs in eager PyTorch only
+        methods.append(evaluate(matched_tome(ats_result, model.config, tuple(pixel_values.shape[-2:]))))
     sweep_results = []
     for method in sweep:
         point = evaluate(method)

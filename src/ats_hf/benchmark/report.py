@@ -13,6 +13,7 @@ FAMILY_STYLE = {  # family -> (colour, marker, line style)
     "ats": ("tab:blue", "o", "-"),
     "top-k": ("tab:orange", "s", "--"),
     "random": ("tab:green", "^", ":"),
+    "tome": ("tab:red", "D", "-."),
 }
 PLOTS = ("accuracy_vs_gmacs.png", "tokens_per_layer.png", "gmacs_per_image.png", "throughput.png")
 

@@ -1,6 +1,7 @@
 """What the benchmark measures, as dataclasses: the compared methods, their accuracy / GMACs / tokens, their timings,
 and a whole run, with its JSON form."""
 
+import dataclasses
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -10,26 +11,30 @@ import torch
 
 from ..configuration_ats_vit import default_ats_layers
 
-FAMILIES = {"inverse_transform": "ats", "top_k": "top-k", "random": "random"}  # sampler -> family
+FAMILIES = {"inverse_transform": "ats", "top_k": "top-k", "random": "random"}  # sampler -> family (ToMe: "tome")
 
 
 @dataclass(frozen=True)
 class Method:
-    """One way to run the model: which layers sample tokens, how many they keep at most (K), how, and in which
-    execution mode (`ats_capacity`: None = adaptive; rows per ATS layer = static, see `AtsViTConfig`)."""
+    """One way to run the model: which layers sample tokens, how many they keep at most (K), how, in which
+    execution mode (`ats_capacity`: None = adaptive; rows per ATS layer = static, see `AtsViTConfig`) and whether
+    dropped tokens merge (`ats_merge`); or, with `tome_r` set, Token Merging with r tokens merged per block (the
+    peer baseline, `ats_hf.tome`) on the same weights, its ATS fields unused."""
 
     name: str
     ats_layers: tuple[int, ...] = ()
     ats_max_tokens: int | float | tuple[int | float | None, ...] | None = None
     ats_sampler: str = "inverse_transform"
     ats_capacity: int | float | tuple[int | float, ...] | None = None
+    ats_merge: float | None = None
+    tome_r: int | None = None
 
     @classmethod
     def from_settings(
-        cls, name: str, layers, max_tokens=None, sampler: str = "inverse_transform", capacity=None
+        cls, name: str, layers, max_tokens=None, sampler: str = "inverse_transform", capacity=None, merge=None
     ) -> "Method":
         """A method from `set_ats`-style settings (lists become tuples)."""
-        return cls(name, tuple(layers), _frozen(max_tokens), sampler, _frozen(capacity))
+        return cls(name, tuple(layers), _frozen(max_tokens), sampler, _frozen(capacity), merge)
 
     @classmethod
     def from_config(cls, config) -> "Method":
@@ -42,8 +47,10 @@ class Method:
     @classmethod
     def from_dict(cls, data: dict) -> "Method":
         """The inverse of `asdict(method)` after a JSON round trip (lists become tuples)."""
-        return cls.from_settings(data["name"], data.get("ats_layers", ()), data.get("ats_max_tokens"),
-                                 data.get("ats_sampler", "inverse_transform"), data.get("ats_capacity"))
+        method = cls.from_settings(data["name"], data.get("ats_layers", ()), data.get("ats_max_tokens"),
+                                   data.get("ats_sampler", "inverse_transform"), data.get("ats_capacity"),
+                                   data.get("ats_merge"))
+        return dataclasses.replace(method, tome_r=data.get("tome_r"))
 
     @property
     def settings(self) -> dict:
@@ -53,11 +60,14 @@ class Method:
             "max_tokens": _listed(self.ats_max_tokens),
             "sampler": self.ats_sampler,
             "capacity": _listed(self.ats_capacity),
+            "merge": self.ats_merge,
         }
 
     @property
     def family(self) -> str:
-        """dense, ats, top-k or random: which curve of the plots the method belongs to."""
+        """dense, ats, top-k, random or tome: which curve of the plots the method belongs to."""
+        if self.tome_r is not None:
+            return "tome"
         return FAMILIES[self.ats_sampler] if self.ats_layers else "dense"
 
     @property

@@ -25,6 +25,7 @@ import torch
 
 from ..modeling_ats_vit import AtsViTForImageClassification
 from ..settings import ats_settings_applied
+from ..tome import tome_forward
 from .defaults import COMPILE_BACKEND
 from .results import Method
 from .timing import synchronize
@@ -50,6 +51,8 @@ def check_runtime(runtime: str, method: Method, device: torch.device, dtype: tor
     """Raise `ValueError` when `method` cannot run in `runtime` on that device and dtype."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}.")
+    if method.tome_r is not None and runtime != "eager":
+        raise ValueError(f"method {method.name!r} (ToMe) is timed in eager PyTorch only, not {runtime}.")
     if runtime != "onnxruntime":
         return
     if not method.static:
@@ -84,7 +87,10 @@ def prepare_pass(
 def _eager_pass(model: AtsViTForImageClassification, method: Method, batches: list[torch.Tensor]) -> int:
     with torch.inference_mode(), ats_settings_applied(model, **method.settings):
         for batch in batches:
-            model(batch)
+            if method.tome_r is None:
+                model(batch)
+            else:
+                tome_forward(model, batch, method.tome_r)
     return sum(len(batch) for batch in batches)
 
 
