@@ -107,13 +107,16 @@ def test_sweep_adds_matched_points(model, data):
     pixel_values, labels = data
     ats = Method.from_config(model.config)
     result = run_benchmark(model, pixel_values, labels, sweep=sweep_methods(ats, 4, (0.5, 12), (2,)), batch_sizes=())
-    names = [r.method.name for r in result.sweep]
+    names = [r.method.name for r in result.sweep if r.method.tome_r is None]
     assert names == ["ats K=0.5", "top-k (as ats K=0.5)", "random (as ats K=0.5)",
                      "ats K=12", "top-k (as ats K=12)", "random (as ats K=12)",
                      "ats layers 2-3", "top-k (as ats layers 2-3)", "random (as ats layers 2-3)"]
-    assert max(result.sweep[3].tokens_per_layer) == 65 and max(result.sweep[3].tokens_per_layer[1:]) <= 12
-    assert result.sweep[6].tokens_per_layer[:2] == (65.0, 65.0) and result.sweep[6].tokens_per_layer[2] < 65
-    assert result.sweep[7].method.ats_layers == (2, 3)
+    tome = [r.method.name for r in result.sweep if r.method.tome_r is not None]
+    assert tome and all(name.startswith("tome r=") and "(as ats" in name for name in tome)
+    sweep = [r for r in result.sweep if r.method.tome_r is None]
+    assert max(sweep[3].tokens_per_layer) == 65 and max(sweep[3].tokens_per_layer[1:]) <= 12
+    assert sweep[6].tokens_per_layer[:2] == (65.0, 65.0) and sweep[6].tokens_per_layer[2] < 65
+    assert sweep[7].method.ats_layers == (2, 3)
     assert all(not r.timings for r in result.methods)
 
 

@@ -287,12 +287,16 @@ def run_benchmark(
 
     dense, ats_result = evaluate(Method("dense")), evaluate(ats)
     methods = [dense, ats_result] + [evaluate(baseline) for baseline in matched_baselines(ats_result)]
+    image_size = tuple(pixel_values.shape[-2:])
     if runtime == "eager" or not batch_sizes:  # ToMe runs in eager PyTorch only
-        methods.append(evaluate(matched_tome(ats_result, model.config, tuple(pixel_values.shape[-2:]))))
+        methods.append(evaluate(matched_tome(ats_result, model.config, image_size)))
     sweep_results = []
     for method in sweep:
         point = evaluate(method)
         sweep_results += [point] + [evaluate(baseline) for baseline in matched_baselines(point)]
+        tome = matched_tome(point, model.config, image_size)
+        if tome not in [r.method for r in sweep_results]:
+            sweep_results.append(evaluate(dataclasses.replace(tome, name=f"{tome.name} (as {method.name})")))
     if batch_sizes:
         methods = time_methods(model, methods, pixel_values, batch_sizes, timing_images, repeats, seed,
                                runtime=runtime, compile_backend=compile_backend, compile_mode=compile_mode)
