@@ -395,3 +395,15 @@ def test_mode_and_runtime_mistakes_are_one_line(argv, message, capsys):
     assert main(["benchmark", "--batch-sizes", "1", *argv]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("ats-hf benchmark: error: ") and message in error[-1], error
+
+
+def test_merge_option_reaches_the_ats_method(tmp_path, capsys):
+    from ats_hf_cli import main
+
+    code = main(["benchmark", "--num-images", "20", "--batch-sizes", "--sweep-from-layer", "--ats-merge", "0.8",
+                 "--output-dir", str(tmp_path)])
+    assert code == 0
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert saved["methods"][1]["method"]["ats_merge"] == 0.8
+    assert main(["benchmark", "--speed-mode", "tiny", "--ats-merge", "0.8"]) == 2
+    assert "--ats-merge applies to the accuracy mode" in capsys.readouterr().err

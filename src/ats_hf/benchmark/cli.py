@@ -151,6 +151,8 @@ def _run_speed_mode(args: argparse.Namespace, device: str) -> BenchmarkResult:
     timing = defaults.SPEED_MODE_TIMING
     config = AtsViTConfig(**GEOMETRIES[args.speed_mode])
     settings = {"max_tokens": defaults.SPEED_MODE_MAX_TOKENS, **settings_from_args(args)}
+    if settings.get("merge") is not None:
+        raise UsageError("speed mode times ATS that drops tokens; --ats-merge applies to the accuracy mode")
     layers = settings.get("layers", default_ats_layers(config.num_hidden_layers))
     with usage_errors(ValueError, context=f"ATS settings for {args.speed_mode}"):
         layers, max_tokens, _ = config.validated_ats_settings(layers, settings["max_tokens"], "inverse_transform")
@@ -192,7 +194,8 @@ def _ats_method(config, args: argparse.Namespace) -> Method:
     capacity = _capacity(args, settings["capacity"], default=None)
     with usage_errors(ValueError, context="ATS settings"):
         capacity = config.validated_ats_capacity(layers, capacity)
-    return Method.from_settings("ats", layers, max_tokens, sampler, capacity)
+        merge = config.validated_ats_merge(settings["merge"])
+    return Method.from_settings("ats", layers, max_tokens, sampler, capacity, merge)
 
 
 def _capacity(args: argparse.Namespace, capacity, default):

@@ -41,7 +41,8 @@ class Method:
         """"ats": the inverse-transform sampler on the config's layers, at its K and capacity; with no ATS layers
         there, the paper's recipe (layers L//4..L-1, K = all, adaptive)."""
         if config.ats_layers:
-            return cls.from_settings("ats", config.ats_layers, config.ats_max_tokens, capacity=config.ats_capacity)
+            return cls.from_settings("ats", config.ats_layers, config.ats_max_tokens, capacity=config.ats_capacity,
+                                     merge=config.ats_merge)
         return cls("ats", tuple(default_ats_layers(config.num_hidden_layers)))
 
     @classmethod
