@@ -73,3 +73,17 @@ def test_only_the_static_mode_exports():
         check_exportable(build())
     with pytest.raises(ValueError, match="no ATS layers"):
         check_exportable(build(ats_layers=[]))
+
+
+def test_a_compiled_model_compiles_once(images):
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model = build()
+    model.set_ats(capacity=0.5)
+    counter = CompileCounter()
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    with torch.no_grad():
+        compiled(pixel_values=images)
+        compiled(pixel_values=images)
+    assert counter.frame_count == 1

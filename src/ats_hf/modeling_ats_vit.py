@@ -30,7 +30,7 @@ from transformers.models.vit.modeling_vit import (
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_ats_vit import AtsViTConfig
+from .configuration_ats_vit import AtsViTConfig, num_input_tokens
 
 # ----------------------------------------------------------------------------------------------------------------
 # Scoring and sampling: pure functions, tensors in, tensors out.
@@ -640,7 +640,15 @@ class AtsViTPreTrainedModel(ViTPreTrainedModel):
         merge = config.validated_ats_merge(settings["merge"])
         config.ats_layers, config.ats_max_tokens, config.ats_sampler = checked
         config.ats_capacity, config.ats_merge = capacity, merge
+        self._resolve_ats_plans()
         return previous
+
+    def _resolve_ats_plans(self) -> None:
+        """Resolve the settings for the configured image size now, so that the first forward pass of a compiled
+        model finds them ready (filling the cache inside it would make torch.compile compile a second time)."""
+        for module in self.modules():
+            if isinstance(module, AtsViTModel):
+                module._ats_plans(num_input_tokens(self.config))
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -688,6 +696,7 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
         self.pooler = ViTPooler(config) if add_pooling_layer else None
         self._resolved_settings = (None, {})
         self.post_init()
+        self._resolve_ats_plans()
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
