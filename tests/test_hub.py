@@ -196,3 +196,11 @@ def test_model_card_without_known_ats_cost_or_license(tmp_path):
     assert "not measured" in card.text and "| ATS (mean" not in card.text
     with pytest.raises(ValueError, match="gmacs_measured_on"):
         build_model_card(config, model_id="x", ats_gmacs=1.0)
+
+
+def test_model_card_states_the_static_mode_and_merging(tmp_path):
+    config = tiny_ats_classifier(ats_capacity=[30, 20, 10], ats_merge=0.8).config
+    text = write_model_card(tmp_path, config, model_id="someone/vit-ats-static").read_text()
+    assert "static mode, rows per ATS layer: layer 1: 30, layer 2: 20, layer 3: 10" in text
+    assert "cosine similarity >= 0.8" in text
+    assert "adaptive mode (None)" in write_model_card(tmp_path, tiny_ats_classifier().config, model_id="x").read_text()

@@ -105,6 +105,11 @@ def _settings_section(config: AtsViTConfig) -> str:
         ("`ats_layers`", f"{config.ats_layers} of {config.num_hidden_layers} layers (0-based)"),
         ("`ats_max_tokens`", f"{config.ats_max_tokens!r} -> most tokens kept, CLS included: {budget}"),
         ("`ats_sampler`", f"`{config.ats_sampler}`"),
+        ("`ats_capacity`", "adaptive mode (None)" if config.ats_capacity is None else
+         f"{config.ats_capacity!r} -> static mode, rows per ATS layer: "
+         + ", ".join(f"layer {i}: {rows}" for i, rows in config.resolve_ats_capacity(num_reference_tokens).items())),
+        ("`ats_merge`", "dropped tokens leave (None)" if config.ats_merge is None else
+         f"dropped tokens merge into kept ones at cosine similarity >= {config.ats_merge:g}"),
         ("input tokens", f"{num_reference_tokens} (CLS + {num_reference_tokens - 1} patches)"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
