@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,6 +53,24 @@ def plain_vit_config(**overrides) -> ViTConfig:
 def tiny_plain_vit(**overrides) -> ViTForImageClassification:
     """A plain transformers ViT classifier of the tiny geometry, in eval mode."""
     return ViTForImageClassification(plain_vit_config(**overrides)).eval()
+
+
+@contextlib.contextmanager
+def counting_host_reads(monkeypatch):
+    """Inside the block, record the name of every tensor method call that reads data back to the host."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    try:
+        yield reads
+    finally:
+        monkeypatch.undo()
 
 
 @pytest.fixture(autouse=True)

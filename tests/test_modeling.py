@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model, tiny_plain_vit
+from conftest import counting_host_reads, tiny_config, tiny_model, tiny_plain_vit
 from official_reference import reference_forward
 
 from ats_hf import AtsViTModel
@@ -267,18 +267,8 @@ def test_at_most_one_host_read_per_ats_layer(images, monkeypatch):
     model = build("sdpa")
     mask = torch.ones(6, 65, dtype=torch.long)
     mask[0, 5:9] = 0
-    reads = []
-    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, _name=name, **kwargs):
-            reads.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    with torch.no_grad():
+    with torch.no_grad(), counting_host_reads(monkeypatch) as reads:
         output = model(images, attention_mask=mask)
-    monkeypatch.undo()
     assert not output.token_mask.all(), "test needs a padded batch"
     # One read per ATS layer (the kept counts) plus one for the user's mask.
     assert len(reads) <= len(model.config.ats_layers) + 1, reads

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import counting_host_reads, tiny_model
 
 from ats_hf import AtsViTForImageClassification
 from ats_hf.modeling_ats_vit import pack_kept_tokens, pack_kept_tokens_static
@@ -82,18 +82,8 @@ def test_truncated_images_keep_capacity_and_stay_batch_invariant(images):
 def test_no_host_read_in_the_static_mode(images, monkeypatch):
     model = build(ats_capacity=20)
     run(model, images)  # settings resolved and cached
-    reads = []
-    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *args, _original=original, _name=name, **kwargs):
-            reads.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    with torch.no_grad():
+    with torch.no_grad(), counting_host_reads(monkeypatch) as reads:
         output = model(images)
-    monkeypatch.undo()
     assert not output.token_mask.all(), "test needs padding"
     assert reads == []
 
