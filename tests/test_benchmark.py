@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import peaky_weights_, tiny_config
+from conftest import peaky_weights_, tiny_config, tiny_model
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
@@ -41,7 +41,7 @@ from ats_hf_cli import main
 
 @pytest.fixture
 def model():
-    return peaky_weights_(AtsViTForImageClassification(tiny_config()).eval())
+    return tiny_model()
 
 
 @pytest.fixture

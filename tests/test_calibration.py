@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import peaky_weights_, tiny_config
+from conftest import tiny_model
 
 from ats_hf import AtsViTForImageClassification
 from ats_hf.calibration import calibrate_capacity
@@ -16,7 +16,7 @@ from ats_hf_cli import main
 
 @pytest.fixture
 def model():
-    return peaky_weights_(AtsViTForImageClassification(tiny_config()).eval())
+    return tiny_model()
 
 
 @pytest.fixture
