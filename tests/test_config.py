@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_config
 from transformers import AutoConfig, ViTConfig
 
-from ats_hf import AtsViTConfig, AtsViTForImageClassification, configuration_ats_vit
+from ats_hf import AtsViTConfig, AtsViTForImageClassification, configuration_ats_core
 from ats_hf.configuration_ats_vit import num_input_tokens, patch_grid
 
 
@@ -85,11 +85,11 @@ def test_remote_code_with_a_too_old_transformers_says_which_version_it_needs():
     script = f"""
 import importlib.util, transformers
 transformers.__version__ = "5.8.1"
-spec = importlib.util.spec_from_file_location("configuration_ats_vit", {configuration_ats_vit.__file__!r})
+spec = importlib.util.spec_from_file_location("configuration_ats_core", {configuration_ats_core.__file__!r})
 try:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 except ImportError as error:
     print(error)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert "ATS-ViT needs transformers >= 5.9, found 5.8.1" in result.stdout, result.stderr
+    assert "ATS models need transformers >= 5.9, found 5.8.1" in result.stdout, result.stderr

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from ats_hf.modeling_ats_vit import PaddingLayout, TokenState, _self_attention_mask, merge_dropped_tokens
+from ats_hf.modeling_ats_core import PaddingLayout, TokenState, _self_attention_mask, merge_dropped_tokens
 
 
 def test_merging_nothing_changes_nothing():

@@ -6,7 +6,7 @@ from conftest import counting_host_reads, tiny_config, tiny_model, tiny_plain_vi
 from official_reference import reference_forward
 
 from ats_hf import AtsViTModel
-from ats_hf.modeling_ats_vit import AtsLayerPlan, TokenState
+from ats_hf.modeling_ats_core import AtsLayerPlan, TokenState
 
 build = tiny_model
 
@@ -353,7 +353,7 @@ def test_running_from_a_later_layer_reuses_a_dense_prefix(images):
         state = TokenState.initial(model.config, hidden, None)
         for layer in model.vit.layers[:2]:
             hidden, state = layer(hidden, state)
-        hidden, _, num_tokens, sampled = model.vit.run_layers(hidden, start_layer=2)
+        hidden, _, num_tokens, sampled, _ = model.vit.run_layers(hidden, start_layer=2)
     torch.testing.assert_close(model.vit.layernorm(hidden), expected.last_hidden_state, atol=1e-5, rtol=1e-5)
     assert torch.equal(num_tokens, expected.num_tokens) and torch.equal(sampled, expected.sampled_token_indices)
     with pytest.raises(ValueError, match=r"start_layer=3 comes after ATS layer\(s\) \[2\]"):

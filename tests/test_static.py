@@ -5,7 +5,7 @@ import torch
 from conftest import counting_host_reads, tiny_model
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf.modeling_ats_vit import pack_kept_tokens, pack_kept_tokens_static
+from ats_hf.modeling_ats_core import pack_kept_tokens, pack_kept_tokens_static
 
 build = tiny_model
 

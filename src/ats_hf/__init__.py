@@ -7,17 +7,19 @@ the classes so that `save_pretrained` writes the modeling code and an `auto_map`
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_ats_vit import ATS_SAMPLERS, AtsViTConfig
+from .modeling_ats_core import (
+    inverse_transform_sampling,
+    pack_kept_tokens,
+    random_sampling,
+    significance_scores,
+    top_k_sampling,
+)
 from .modeling_ats_vit import (
     AtsImageClassifierOutput,
     AtsViTForImageClassification,
     AtsViTModel,
     AtsViTModelOutput,
     AtsViTPreTrainedModel,
-    inverse_transform_sampling,
-    pack_kept_tokens,
-    random_sampling,
-    significance_scores,
-    top_k_sampling,
 )
 
 __version__ = "0.1.0"

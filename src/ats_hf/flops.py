@@ -2,11 +2,12 @@
 
 The count follows what `AtsViTModel` actually computes (see docs/how-ats-works.md):
 - ordinary layer, N tokens: q, k, v projections 3 N D^2; attention scores and weighted sum 2 N^2 D;
-  output projection N D^2; MLP 2 N D I.
+  output projection N D^2; MLP 2 N D I (a gated SwiGLU MLP, as in some DINOv2 models: 3 N D I).
 - ATS layer, N_in tokens in and N_out out: q, k, v projections 3 N_in D^2; CLS attention row N_in D (the
   scoring overhead); attention of kept rows 2 N_out N_in D; output projection N_out D^2; MLP 2 N_out D I; with
   `ats_merge`, the key similarity of entering to kept rows N_in N_out D.
-- patch embedding (num_patches C p_h p_w D) and classifier head (D num_labels).
+- patch embedding (num_patches C p_h p_w D) and classifier head (D num_labels; a head on more than the CLS
+  feature, as DINOv2's CLS + mean, is counted at D num_labels too).
 LayerNorm, softmax, GELU, sorting and other element-wise work are not counted (as in the papers).
 """
 
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PretrainedConfig
 
-from .configuration_ats_vit import num_input_tokens as input_token_count
-from .configuration_ats_vit import patch_shape
+from .configuration_ats_core import num_input_tokens as input_token_count
+from .configuration_ats_core import num_special_tokens, patch_shape
 
 _ITEMS = ("patch_embedding", "projections", "attention", "mlp", "ats_scoring", "ats_merging", "head")
 
@@ -52,7 +53,7 @@ def mac_breakdown(
     """Itemised multiply-adds per image.
 
     Args:
-        config: a ViT or ATS-ViT config (hidden_size, intermediate_size, patch_size, num_channels, num_labels).
+        config: a ViT-family or ATS config (hidden_size, MLP width, patch_size, num_channels, num_labels).
         num_tokens: (B, num_hidden_layers) tokens each layer outputs per image (`output.num_tokens`).
         num_input_tokens: tokens entering layer 0, CLS included; defaults to the config's image size.
         with_head: count the classifier (D x num_labels); False for a base model.
@@ -61,7 +62,7 @@ def mac_breakdown(
     batch_size, num_layers = counts.shape
     if num_layers != config.num_hidden_layers:
         raise ValueError(f"num_tokens has {num_layers} layers; the config has {config.num_hidden_layers}.")
-    hidden, intermediate = float(config.hidden_size), float(config.intermediate_size)
+    hidden = float(config.hidden_size)
     if num_input_tokens is None:
         num_input_tokens = input_token_count(config)
     patch_h, patch_w = patch_shape(config)
@@ -74,13 +75,13 @@ def mac_breakdown(
     # N rows in an ordinary layer).
     projections = (3 * tokens_in + tokens_out) * hidden**2
     attention = 2 * tokens_out * tokens_in * hidden
-    mlp = 2 * tokens_out * hidden * intermediate
+    mlp = tokens_out * mlp_macs_per_token(config)
     ats_scoring = torch.where(is_ats, tokens_in * hidden, torch.zeros_like(tokens_in))
     # ats_merge: key similarity of every entering row to every kept row.
     merges = is_ats & (getattr(config, "ats_merge", None) is not None)
     ats_merging = torch.where(merges, tokens_in * tokens_out * hidden, torch.zeros_like(tokens_in))
     num_labels = float(config.num_labels) if with_head else 0.0
-    patches = float(num_input_tokens - 1)
+    patches = float(num_input_tokens - num_special_tokens(config))
     return MacBreakdown(
         patch_embedding=torch.full((batch_size,), patches * config.num_channels * patch_h * patch_w * hidden),
         projections=projections.sum(dim=1),
@@ -90,6 +91,16 @@ def mac_breakdown(
         ats_merging=ats_merging.sum(dim=1),
         head=torch.full((batch_size,), hidden * num_labels),
     )
+
+
+def mlp_macs_per_token(config: PretrainedConfig) -> float:
+    """Multiply-adds of one token's MLP: 2 D I (fc1, fc2), or 3 D I for a gated SwiGLU MLP (DINOv2's
+    `use_swiglu_ffn`, whose width is two thirds of D * mlp_ratio rounded up to a multiple of 8)."""
+    hidden = config.hidden_size
+    if getattr(config, "use_swiglu_ffn", False):
+        return 3.0 * hidden * ((int(int(hidden * config.mlp_ratio) * 2 / 3) + 7) // 8 * 8)
+    width = getattr(config, "intermediate_size", None) or int(hidden * config.mlp_ratio)
+    return 2.0 * hidden * width
 
 
 def gmacs_per_image(config: PretrainedConfig, num_tokens: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -126,4 +137,4 @@ def static_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, 
     return float(gmacs_per_image(config, tokens, num_input_tokens=num_input_tokens, with_head=with_head)[0])
 
 
-__all__ = ["MacBreakdown", "dense_gmacs", "gmacs_per_image", "mac_breakdown", "static_gmacs"]
+__all__ = ["MacBreakdown", "dense_gmacs", "gmacs_per_image", "mac_breakdown", "mlp_macs_per_token", "static_gmacs"]

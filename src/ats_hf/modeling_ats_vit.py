@@ -1,22 +1,18 @@
 """ATS-ViT: Vision Transformer with Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for transformers.
 
-Self-contained for the Hub: imports only torch, transformers and `.configuration_ats_vit`.
+Self-contained for the Hub: imports only torch, transformers and the ATS core beside it (`.modeling_ats_core`,
+`.configuration_ats_vit`). The core does the scoring, sampling and packing; this file adds ViT's layer layout. The
+one special token is CLS.
 
-Shapes: B = batch, L = tokens entering a layer (CLS first), P = L - 1 patch tokens, M = rows a layer outputs,
-H = heads, D = hidden size.
+Shapes: B = batch, L = tokens entering a layer (CLS first), M = rows a layer outputs, D = hidden size.
 """
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import (
     ViTAttention,
     ViTEmbeddings,
@@ -25,425 +21,21 @@ from transformers.models.vit.modeling_vit import (
     ViTModel,
     ViTPooler,
     ViTPreTrainedModel,
-    eager_attention_forward,
 )
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_ats_vit import AtsViTConfig, num_input_tokens
-
-# ----------------------------------------------------------------------------------------------------------------
-# Scoring and sampling: pure functions, tensors in, tensors out.
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def significance_scores(
-    cls_attention: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Significance score of every patch token: CLS attention (summed over heads) times value norm, normalised.
-
-    Args:
-        cls_attention: (B, H, L) attention probabilities of the CLS query over all L keys.
-        values: (B, L, D) value vectors, all heads concatenated.
-        token_mask: (B, L) bool, True for real tokens; None if all are real.
-    Returns:
-        (B, P) float32 scores summing to 1 per image (all zero if an image has no scored patch); padding scores 0.
-    """
-    attention = cls_attention[:, :, 1:].sum(dim=1, dtype=torch.float32)
-    scores = attention * torch.linalg.vector_norm(values[:, 1:], dim=-1, dtype=torch.float32)
-    if token_mask is not None:
-        scores = scores.masked_fill(~token_mask[:, 1:], 0.0)
-    # An all-zero row stays zero: 0 / tiny = 0; any other row has total >= tiny and is divided by it exactly.
-    return scores / scores.sum(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-
-
-def inverse_transform_sampling(
-    scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int
-) -> torch.Tensor:
-    """The paper's sampler: nearest-CDF matching of `max_tokens - 1` evenly spaced points, then de-duplication.
-
-    Per image, over its own real patch tokens only: sort scores ascending, take the cumulative sum, min-max
-    normalise it to [0, 1], place R = max_tokens - 1 points from the smallest non-zero normalised value up to 1,
-    and keep the token whose normalised CDF is nearest to each point (ties to the lower one). The lowest token is
-    never kept; an image with a flat CDF (one patch left, or all scores zero) keeps its last-sorted patch.
-
-    Args:
-        scores: (B, P) float32 significance scores, >= 0.
-        patch_mask: (B, P) bool, True for real patch tokens; None if all are real.
-        max_tokens: K >= 2, the most tokens kept, CLS included.
-    Returns:
-        (B, P) bool, True for kept patch tokens.
-    """
-    batch_size, num_patches = scores.shape
-    inf = float("inf")
-    if patch_mask is None:
-        sorted_scores, order = _stable_sort(scores)
-        cdf = torch.cumsum(sorted_scores, dim=1)
-        cdf_first, cdf_last = cdf[:, :1], cdf[:, -1:]
-    else:
-        # Padding sorts last and is then zeroed, so the CDF of the real tokens is unchanged.
-        sorted_scores, order = _stable_sort(scores.masked_fill(~patch_mask, inf))
-        last = (patch_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
-        padding = torch.arange(num_patches, device=scores.device) > last
-        cdf = torch.cumsum(sorted_scores.masked_fill(padding, 0.0), dim=1)
-        cdf_first, cdf_last = cdf[:, :1], cdf.gather(1, last)
-
-    span = (cdf_last - cdf_first).clamp(min=torch.finfo(torch.float32).tiny)
-    normalized_cdf = (cdf - cdf_first) / span
-    # x / x is exactly 1, so writing 1 at the last real token changes nothing unless the CDF is flat (span 0).
-    if patch_mask is None:
-        normalized_cdf[:, -1] = 1.0
-    else:
-        normalized_cdf = normalized_cdf.scatter_(1, last, 1.0).masked_fill_(padding, inf)
-
-    # The normalised CDF rises from 0 to 1: its smallest non-zero value is the smallest positive one.
-    lowest_nonzero = torch.where(normalized_cdf > 0, normalized_cdf, 1.0).amin(dim=1, keepdim=True)
-    points = _sample_points(lowest_nonzero, max_tokens - 1)
-
-    # Nearest CDF value to each point: the first one at or above it, or the one below when that is no farther
-    # and not zero. The last real value is 1, so the sentinel column is never picked.
-    padded_cdf = torch.nn.functional.pad(normalized_cdf, (0, 1), value=inf)
-    above = _count_below(padded_cdf, points)
-    below = (above - 1).clamp_(min=0)
-    cdf_below = padded_cdf.gather(1, below)
-    take_below = (points - cdf_below <= padded_cdf.gather(1, above) - points) & (cdf_below > 0)
-    picked = order.gather(1, torch.where(take_below, below, above))
-
-    kept = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=scores.device).scatter_(1, picked, True)
-    return kept if patch_mask is None else kept & patch_mask
-
-
-def _stable_sort(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N) -> values sorted ascending and their (B, N) order, equal values in index order.
-
-    Under torch.export (ONNX has no stable sort) the rank of each value is counted instead, an exact (B, N, N)
-    comparison: rank_j = #{i: v_i < v_j} + #{i < j: v_i == v_j}."""
-    if not torch.compiler.is_exporting():
-        return torch.sort(values, dim=1, stable=True)
-    index = torch.arange(values.shape[1], device=values.device)
-    smaller = values[:, None, :] < values[:, :, None]
-    tied_before = (values[:, None, :] == values[:, :, None]) & (index[None, :] < index[:, None])
-    rank = (smaller | tied_before).sum(dim=2)
-    order = torch.zeros_like(rank).scatter_(1, rank, index.expand_as(rank))
-    return values.gather(1, order), order
-
-
-def _count_below(sorted_values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B, N) ascending values, (B, R) points -> (B, R) long: how many values are below each point (left
-    `searchsorted`). Under torch.export (ONNX has no searchsorted) an exact (B, R, N) comparison."""
-    if not torch.compiler.is_exporting():
-        return torch.searchsorted(sorted_values, points)
-    return (sorted_values[:, None, :] < points[:, :, None]).sum(dim=2)
-
-
-def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tensor:
-    """(B, 1) start values -> (B, R) points, evenly spaced from the start up to 1 (the official arithmetic)."""
-    if num_points == 1:
-        return torch.ones_like(lowest_nonzero)
-    # Eager reuses the grid (two fewer ops per layer); a compiled graph folds it into its kernels instead.
-    grid = _point_grid if torch.compiler.is_compiling() else _cached_point_grid
-    steps, unit = grid(num_points, lowest_nonzero.device)
-    return lowest_nonzero + (unit - lowest_nonzero * steps) / (num_points - 1)
-
-
-def _point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R,) step numbers 0..R-1 and (R,) linspace(0, 1, R) * (R - 1)."""
-    steps = torch.arange(num_points, device=device, dtype=torch.float32)
-    return steps, torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_point_grid`, made once per (R, device), outside any inference mode so that every mode can read it."""
-    with torch.inference_mode(False), torch.no_grad():
-        return _point_grid(num_points, device)
-
-
-def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
-    """Ablation baseline: keep the `max_tokens - 1` highest-scoring real patch tokens. (B, P) -> (B, P) bool."""
-    return _keep_largest(scores, patch_mask, max_tokens - 1)
-
-
-def random_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
-    """Ablation baseline: keep `max_tokens - 1` uniformly random real patch tokens (torch's global RNG)."""
-    return _keep_largest(torch.rand_like(scores), patch_mask, max_tokens - 1)
-
-
-def _keep_largest(keys: torch.Tensor, patch_mask: torch.Tensor | None, count: int) -> torch.Tensor:
-    if patch_mask is not None:
-        keys = keys.masked_fill(~patch_mask, float("-inf"))
-    chosen = keys.topk(min(count, keys.shape[1]), dim=1).indices
-    kept = torch.zeros_like(keys, dtype=torch.bool).scatter_(1, chosen, True)
-    return kept if patch_mask is None else kept & patch_mask
-
-
-TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], torch.Tensor]] = {
-    "inverse_transform": inverse_transform_sampling,
-    "top_k": top_k_sampling,
-    "random": random_sampling,
-}
-
-
-class AtsLayerPlan(NamedTuple):
-    """What an ATS layer does: keep at most `max_tokens` tokens (K, CLS included), packed into exactly `capacity`
-    rows in the static mode or into the batch's largest kept count when `capacity` is None (adaptive)."""
-
-    max_tokens: int
-    capacity: int | None = None
-
-
-def sample_patch_tokens(
-    sampler: str, scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int
-) -> torch.Tensor:
-    """The patch tokens `sampler` (a name in `TOKEN_SAMPLERS`) keeps. (B, P) scores -> (B, P) bool.
-
-    An image whose scores are not finite (a NaN or inf in its input makes its whole row NaN) cannot be ranked: it
-    keeps every real patch token, so it never falls below the documented minimum and is never counted as cheap.
-    """
-    kept = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens)
-    unscorable = scores.isnan().any(dim=1, keepdim=True)
-    return kept | (unscorable if patch_mask is None else unscorable & patch_mask)
-
-
-@dataclass
-class PaddingLayout:
-    """Where the real tokens of a padded (B, M, D) batch are."""
-
-    token_mask: torch.Tensor
-    """(B, M) bool, True for real tokens."""
-    real_rows: torch.Tensor | None = None
-    """(T,) long, the real rows' indices among the flattened B * M rows (T = number of real tokens); None in the
-    static mode, whose shapes may not depend on T: the MLP then runs on every row."""
-    packed_index: torch.Tensor | None = None
-    """(B * M,) long, each flattened row's position among the T real rows, or T for a padding row."""
-
-    @classmethod
-    def from_mask(cls, token_mask: torch.Tensor, num_real: int) -> "PaddingLayout":
-        """token_mask: (B, M) bool with `num_real` True entries (known on the host, so no read happens here)."""
-        flat = token_mask.flatten()
-        real_rows = torch.nonzero_static(flat, size=num_real).flatten()
-        packed_index = (torch.cumsum(flat, dim=0) - 1).masked_fill_(~flat, num_real)
-        return cls(token_mask, real_rows, packed_index)
-
-    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """(T, ...) values of the real rows -> (B * M, ...) with zeros in padding rows, by one gather."""
-        with_zero_row = torch.cat([packed, packed.new_zeros(1, *packed.shape[1:])])
-        return with_zero_row.index_select(0, self.packed_index)
-
-
-def pack_kept_tokens(kept_patches: torch.Tensor) -> tuple[torch.Tensor, PaddingLayout | None]:
-    """Rows to keep, CLS first then kept patches in their current order, packed to the front of each image.
-
-    Args:
-        kept_patches: (B, P) bool.
-    Returns:
-        kept_rows: (B, M) long indices into the L = P + 1 input rows, M = 1 + the largest kept count.
-        padding: the layout of the (B, M) output, or None when every image keeps M rows.
-    The only device-to-host read of an ATS layer happens here (inside `nonzero` for a single image).
-    """
-    kept = torch.nn.functional.pad(kept_patches, (1, 0), value=True)
-    if kept.shape[0] == 1:
-        return kept[0].nonzero().view(1, -1), None
-    counts = kept.sum(dim=1)
-    largest, smallest, total = torch.stack([counts.max(), counts.min(), counts.sum()]).tolist()
-    kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
-    if largest == smallest:
-        return kept_rows, None
-    return kept_rows, PaddingLayout.from_mask(torch.arange(largest, device=counts.device) < counts[:, None], total)
-
-
-def pack_kept_tokens_static(
-    kept_patches: torch.Tensor, scores: torch.Tensor, capacity: int
-) -> tuple[torch.Tensor, PaddingLayout]:
-    """The static mode's packing: exactly `capacity` rows per image, CLS first, then the kept patches in their
-    current order, then masked padding rows; no device-to-host read and no data-dependent shape.
-
-    An image that kept more than `capacity - 1` patches keeps its `capacity - 1` highest-scoring kept patches.
-    Args:
-        kept_patches: (B, P) bool; scores: (B, P) the scores the sampler ranked; capacity: C >= 2.
-    Returns:
-        kept_rows: (B, M) long into the L = P + 1 input rows (padding rows point at CLS), M = min(C, L);
-        the layout of the M rows (`token_mask` only).
-    """
-    num_patches = kept_patches.shape[1]
-    slots = min(capacity - 1, num_patches)
-    # Kept patches rank above every dropped one (-inf); a NaN score (an unscorable image) ranks as a kept one.
-    ranking = scores.masked_fill(~kept_patches, float("-inf"))
-    chosen = ranking.topk(slots, dim=1, sorted=True).indices
-    real = torch.arange(slots, device=scores.device) < kept_patches.sum(dim=1, keepdim=True)
-    # Sorting the chosen positions (padding slots as P, after every real one) restores the current order.
-    positions = chosen.masked_fill(~real, num_patches).sort(dim=1).values
-    kept_rows = torch.nn.functional.pad((positions + 1).masked_fill(~real, 0), (1, 0), value=0)
-    # cat, not pad: inductor's C++ backend (torch 2.13) fails to compile a padded bool mask fused with its use.
-    token_mask = torch.cat([real.new_ones(real.shape[0], 1), real], dim=1)
-    return kept_rows, PaddingLayout(token_mask)
-
-
-class TokenSelection(NamedTuple):
-    """The rows an ATS layer keeps: `kept_rows` (B, M) into its L input rows, their `padding` layout (None if
-    unpadded), and (B, L, D) keys when dropped tokens are merged into kept ones (None when they are dropped)."""
-
-    kept_rows: torch.Tensor
-    padding: PaddingLayout | None
-    merge_keys: torch.Tensor | None = None
-
-
-def merge_dropped_tokens(
-    rows: torch.Tensor,
-    sizes: torch.Tensor | None,
-    keys: torch.Tensor,
-    kept_rows: torch.Tensor,
-    padding: PaddingLayout | None,
-    token_mask: torch.Tensor | None,
-    min_similarity: float = -1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge every dropped real row into the kept patch row whose key is most similar (cosine) when that similarity
-    is at least `min_similarity` (other dropped rows leave); CLS never receives. A kept row becomes the size-weighted
-    mean of itself and the rows it absorbs.
-
-    Args:
-        rows: (B, L, D) values of the current rows; sizes: (B, L) their sizes (None: all 1).
-        keys: (B, L, Dk) keys of the current rows (heads concatenated), the similarity metric.
-        kept_rows: (B, M) indices of the kept rows, CLS first; padding: their layout (None if unpadded).
-        token_mask: (B, L) bool real current rows (None if all real).
-    Returns:
-        (B, M, D) merged values (0 in padding rows) and (B, M) float32 sizes (0 in padding rows).
-    """
-    batch_size, num_rows, width = rows.shape
-    num_slots = kept_rows.shape[1]
-    slots = torch.arange(num_slots, device=rows.device).expand(batch_size, -1)
-    slot_is_real = torch.ones_like(slots, dtype=torch.bool) if padding is None else padding.token_mask
-    # Each current row's own slot if it was kept, else -1; padding slots write into a spare column.
-    slot_of_row = torch.full((batch_size, num_rows + 1), -1, dtype=torch.long, device=rows.device)
-    slot_of_row = slot_of_row.scatter(1, kept_rows.masked_fill(~slot_is_real, num_rows), slots)[:, :num_rows]
-
-    metric = torch.nn.functional.normalize(keys.float(), dim=-1)
-    similarity = metric @ _gather_rows(metric, kept_rows).transpose(1, 2)  # (B, L, M)
-    can_receive = slot_is_real & (slots > 0)
-    best, nearest = similarity.masked_fill(~can_receive[:, None, :], float("-inf")).max(dim=-1)
-    # Dropped rows too far from every kept row, and padding rows, go to the spare slot M, which is cut off.
-    leaves = best < min_similarity if token_mask is None else (best < min_similarity) | ~token_mask
-    nearest = nearest.masked_fill(leaves, num_slots)
-    weights = rows.new_ones(batch_size, num_rows, dtype=torch.float32) if sizes is None else sizes
-    target = torch.where(slot_of_row >= 0, slot_of_row, nearest)
-    merged_sizes = weights.new_zeros(batch_size, num_slots + 1).scatter_add_(1, target, weights)[:, :num_slots]
-    weighted = rows.float() * weights[..., None]
-    merged = weighted.new_zeros(batch_size, num_slots + 1, width).scatter_add_(
-        1, target[..., None].expand(-1, -1, width), weighted
-    )[:, :num_slots]
-    merged = merged / merged_sizes.clamp(min=torch.finfo(torch.float32).tiny)[..., None]
-    return merged.to(rows.dtype), merged_sizes
-
-
-@dataclass
-class TokenState:
-    """What the layers know about the rows of the (B, M, D) hidden states besides their values."""
-
-    positions: torch.Tensor
-    """(B, M) long: each row's index in the first layer's input (0 = CLS, 1 + p = patch p); 0 in padding rows."""
-    padding: PaddingLayout | None
-    """Where the real rows are; None when every row is real."""
-    attention_mask: torch.Tensor | None
-    """The M rows' mask over each other, prepared for the configured attention implementation (None: no mask);
-    with `sizes`, the (B, 1, 1, M) float key bias log(size)."""
-    sizes: torch.Tensor | None = None
-    """(B, M) float32: how many input tokens each row stands for (0 for padding), once a layer has merged tokens
-    (`ats_merge`); None while every row is one token."""
-
-    @property
-    def token_mask(self) -> torch.Tensor | None:
-        """(B, M) bool, True for real rows; None when every row is real."""
-        return None if self.padding is None else self.padding.token_mask
-
-    def num_real(self, batch_size: int) -> torch.Tensor:
-        """(B,) long: real rows per image."""
-        if self.padding is None:
-            return self.positions.new_full((batch_size,), self.positions.shape[1])
-        return self.padding.token_mask.sum(dim=1)
-
-    def select(
-        self, config: AtsViTConfig, selection: "TokenSelection", rows: torch.Tensor
-    ) -> tuple[torch.Tensor, "TokenState"]:
-        """The values and the state of the rows a layer kept.
-
-        Args:
-            selection: the kept rows (B, M) among the current L, their layout, and the keys to merge by (or None).
-            rows: (B, L, D) the current rows' values (the layer's input, the residual).
-        Returns:
-            (B, M, D) the kept rows' values (merged with the tokens they absorb when merging), and their state.
-        """
-        kept_rows, padding = selection.kept_rows, selection.padding
-        if selection.merge_keys is None:
-            kept, sizes = _gather_rows(rows, kept_rows), None
-        else:
-            kept, sizes = merge_dropped_tokens(
-                rows, self.sizes, selection.merge_keys, kept_rows, padding, self.token_mask, config.ats_merge
-            )
-        positions = self.positions.gather(1, kept_rows)
-        if padding is not None:
-            positions = positions.masked_fill(~padding.token_mask, 0)
-        return kept, TokenState(positions, padding, _self_attention_mask(config, kept, padding, sizes), sizes)
-
-    @classmethod
-    def initial(
-        cls, config: AtsViTConfig, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
-    ) -> "TokenState":
-        """The state of the first layer's (B, L, D) input rows under a user's (B, L) `attention_mask` (1 = real)."""
-        batch_size, num_tokens = hidden_states.shape[:2]
-        positions = torch.arange(num_tokens, device=hidden_states.device).expand(batch_size, -1)
-        padding = _input_padding(attention_mask, batch_size, num_tokens, hidden_states.device)
-        return cls(positions, padding, _self_attention_mask(config, hidden_states, padding))
-
-
-def _input_padding(
-    attention_mask: torch.Tensor | None, batch_size: int, num_tokens: int, device: torch.device
-) -> PaddingLayout | None:
-    """A user's 2-D attention mask over input tokens as a padding layout, or None when it masks nothing."""
-    if attention_mask is None:
-        return None
-    if attention_mask.shape != (batch_size, num_tokens):
-        raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}; ATS-ViT takes a 2-D mask of shape "
-            f"(batch_size, sequence_length) = ({batch_size}, {num_tokens}), CLS first."
-        )
-    token_mask = attention_mask.to(device=device, dtype=torch.bool)
-    num_real, cls_masked = torch.stack([token_mask.sum(), (~token_mask[:, 0]).sum()]).tolist()
-    if cls_masked:
-        images = (~token_mask[:, 0]).nonzero().flatten().tolist()
-        raise ValueError(
-            f"attention_mask masks the CLS token (position 0) of image(s) {images}; every image needs its CLS token "
-            "(its attention row scores the patches and its output is the prediction), so position 0 must be 1."
-        )
-    if num_real == token_mask.numel():
-        return None
-    return PaddingLayout.from_mask(token_mask, num_real)
-
-
-def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(B, L, ...) rows picked by (B, M) indices -> (B, M, ...), as one index_select over the flattened batch."""
-    batch_size, num_rows = tensor.shape[:2]
-    if batch_size == 1:
-        return tensor.index_select(1, rows[0])
-    offsets = torch.arange(0, batch_size * num_rows, num_rows, device=rows.device)[:, None]
-    flat = tensor.reshape(batch_size * num_rows, *tensor.shape[2:]).index_select(0, (rows + offsets).flatten())
-    return flat.view(*rows.shape, *tensor.shape[2:])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Outputs
-# ----------------------------------------------------------------------------------------------------------------
-
-
-_OUTPUT_DOC = r"""
-    num_tokens (`torch.LongTensor` of shape `(batch_size, num_hidden_layers)`):
-        Real tokens (CLS included) each layer outputs for each image.
-    sampled_token_indices (`torch.LongTensor` of shape `(batch_size, num_ats_layers, max_kept)`):
-        For each image and ATS layer, the original patch positions (0-based over patches, CLS excluded) of the patch
-        tokens the layer kept, ascending, padded with -1. `max_kept` is the most any image kept in any ATS layer.
-        None when the model has no ATS layers.
-    token_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-        1 where the final hidden states hold a real token, 0 for padding (transformers' attention-mask convention).
-"""
+from .configuration_ats_vit import AtsViTConfig
+from .modeling_ats_core import (
+    ATS_OUTPUT_DOC,
+    AtsAttentionMixin,
+    AtsEncoderMixin,
+    AtsLayerPlan,
+    AtsPreTrainedMixin,
+    TokenSelection,
+    TokenState,
+    update_real_rows,
+)
 
 
 @dataclass
@@ -462,90 +54,23 @@ class AtsImageClassifierOutput(ImageClassifierOutput):
 
 AtsViTModelOutput.__doc__ = (
     "[`BaseModelOutputWithPooling`] of ATS-ViT; `last_hidden_state` holds real tokens packed to the front of each "
-    "row (see `token_mask`).\n" + _OUTPUT_DOC
+    "row (see `token_mask`), or the full token grid with `config.ats_dense_output`.\n" + ATS_OUTPUT_DOC
 )
-AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of ATS-ViT.\n" + _OUTPUT_DOC
+AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of ATS-ViT.\n" + ATS_OUTPUT_DOC
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Layers
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class AtsViTAttention(ViTAttention):
+class AtsViTAttention(AtsAttentionMixin, ViTAttention):
     """ViT self-attention that, in an ATS layer, scores and samples tokens and attends only from the kept rows."""
 
     def forward(
         self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, "TokenSelection | None"]:
-        """
-        Args:
-            hidden_states: (B, L, D), already layer-normed.
-            state: the L rows' positions, padding, sizes and attention mask.
-            plan: K (and the static capacity) for an ATS layer; None for an ordinary layer.
-        Returns:
-            attention output (B, M, D) after the output projection, attention probabilities (eager only, else
-            None), and which rows were kept (None for an ordinary layer, or if every row was kept in place).
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor | None, TokenSelection | None]:
+        """hidden_states: (B, L, D), layer-normed; plan: None in an ordinary layer. Returns the (B, M, D) output,
+        the attention probabilities (eager only) and the kept rows (None if all were kept in place)."""
         if plan is None:
             attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
             return attn_output, attn_weights, None
-
-        token_mask = state.token_mask
-        batch_size, num_tokens, _ = hidden_states.shape
-        queries = self.q_proj(hidden_states)
-        key_states = self.k_proj(hidden_states).view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
-        values = self.v_proj(hidden_states)
-        value_states = values.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
-
-        with torch.no_grad():  # the selection is discrete: no gradient flows through the scores
-            # (B, 1, D) is laid out as (B, H, 1, head_dim): the CLS query of every head, no transpose needed.
-            cls_query = queries[:, :1].view(batch_size, -1, 1, self.head_dim)
-            cls_logits = torch.matmul(_as_float32(cls_query), _as_float32(key_states).transpose(2, 3))
-            cls_logits = cls_logits.view(batch_size, -1, num_tokens) * self.scaling
-            if state.sizes is not None:  # proportional attention; log(0) = -inf masks padding
-                cls_logits = cls_logits + state.sizes.log()[:, None, :]
-            elif token_mask is not None:
-                cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
-            scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask)
-            patch_mask = None if token_mask is None else token_mask[:, 1:]
-            kept_patches = sample_patch_tokens(self.config.ats_sampler, scores, patch_mask, plan.max_tokens)
-            if plan.capacity is None:
-                kept_rows, kept_padding = pack_kept_tokens(kept_patches)
-            else:
-                kept_rows, kept_padding = pack_kept_tokens_static(kept_patches, scores, plan.capacity)
-            if token_mask is None and kept_padding is None and kept_rows.shape[1] == num_tokens:
-                kept_rows = None  # every row kept, in place: nothing to gather
-            merge_keys = None
-            if self.config.ats_merge is not None and kept_rows is not None:
-                merge_keys = key_states.transpose(1, 2).reshape(batch_size, num_tokens, -1)
-
-        attn_implementation = self.config._attn_implementation
-        all_rows = token_mask is not None and attn_implementation.startswith("flash")
-        if not all_rows and kept_rows is not None:
-            queries = _gather_rows(queries, kept_rows)
-        query_states = queries.view(*queries.shape[:2], -1, self.head_dim).transpose(1, 2)
-        if state.sizes is None:
-            mask = _attention_mask(self.config, queries, hidden_states, token_mask)
-        else:
-            mask = state.attention_mask  # (B, 1, 1, L) key bias: it serves any number of query rows
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        attn_output = attn_output.reshape(*queries.shape[:2], -1)
-        if all_rows and kept_rows is not None:
-            # Flash kernels unpad queries by the key mask, so they attend from every real row; keep the kept ones.
-            attn_output = _gather_rows(attn_output, kept_rows)
-        selection = None if kept_rows is None else TokenSelection(kept_rows, kept_padding, merge_keys)
-        return self.o_proj(attn_output), attn_weights, selection
+        return self.ats_forward(hidden_states, state, plan, self.o_proj, self.scaling, self.attention_dropout, **kwargs)
 
 
 class AtsViTLayer(ViTLayer):
@@ -559,131 +84,32 @@ class AtsViTLayer(ViTLayer):
     def forward(
         self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
     ) -> tuple[torch.Tensor, TokenState]:
-        """
-        Args:
-            hidden_states: (B, L, D).
-            state: the L rows' positions, padding and attention mask.
-            plan: what this layer samples, if it is an ATS layer, else None.
-        Returns:
-            hidden_states (B, M, D) and the state of its M rows (the input's when no row was dropped or moved).
-        """
+        """(B, L, D) in -> (B, M, D) out and the state of its M rows (the input's when no row was dropped)."""
         residual = hidden_states
         attn_output, _, selection = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
         if selection is not None:
             residual, state = state.select(self.attention.config, selection, residual)
-        padding = state.padding
         hidden_states = self.dropout(attn_output) + residual
-        if padding is None or padding.real_rows is None:
-            hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + hidden_states
-        else:
-            # The MLP is most of a layer's work: run it on real rows only; padding rows keep their values.
-            real = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, padding.real_rows)
-            update = self.dropout(self.mlp(self.layernorm_after(real)))
-            hidden_states = hidden_states + padding.unpack(update).view_as(hidden_states)
+        hidden_states = update_real_rows(
+            hidden_states, state.padding, lambda rows: self.dropout(self.mlp(self.layernorm_after(rows)))
+        )
         return hidden_states, state
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------------------------
-
-
-_REMOTE_CODE_AUTO_MAP = {
-    "AutoConfig": "configuration_ats_vit.AtsViTConfig",
-    "AutoModel": "modeling_ats_vit.AtsViTModel",
-    "AutoModelForImageClassification": "modeling_ats_vit.AtsViTForImageClassification",
-}
-_UNCHANGED = object()
-
-
-class AtsViTPreTrainedModel(ViTPreTrainedModel):
+class AtsViTPreTrainedModel(AtsPreTrainedMixin, ViTPreTrainedModel):
     config_class = AtsViTConfig
     config: AtsViTConfig
     _no_split_modules = ["ViTEmbeddings", "AtsViTLayer"]
-
-    @property
-    def ats_settings(self) -> dict:
-        """The ATS settings in force, as `set_ats`'s keyword arguments: layers, max_tokens, sampler, capacity."""
-        config = self.config
-        return {
-            "layers": list(config.ats_layers),
-            "max_tokens": config.ats_max_tokens,
-            "sampler": config.ats_sampler,
-            "capacity": config.ats_capacity,
-            "merge": config.ats_merge,
-        }
-
-    def set_ats(
-        self, *, layers=_UNCHANGED, max_tokens=_UNCHANGED, sampler=_UNCHANGED, capacity=_UNCHANGED, merge=_UNCHANGED
-    ) -> dict:
-        """Switch Adaptive Token Sampling on this built model; arguments left out keep their current values.
-
-        Args:
-            layers: 0-based indices of the layers that sample tokens (`[]`: plain ViT).
-            max_tokens: K: None (all tokens, the paper), an int >= 2, a fraction in (0, 1], or one per layer.
-            sampler: "inverse_transform" (ATS), "top_k" or "random".
-            capacity: None for the adaptive mode; rows per ATS layer (int >= 2, fraction, or one per layer) for the
-                static mode (see `AtsViTConfig`).
-            merge: None drops unsampled tokens (the paper); a cosine similarity in [-1, 1] merges each into its most
-                similar kept token when at least that similar (see `AtsViTConfig`).
-        Returns:
-            The previous settings, so that `model.set_ats(**previous)` restores them.
-        Raises `ValueError` naming the bad value and the allowed range; then nothing changes. Assigning the config
-        fields directly also works (they are validated at the next forward pass); this checks them at once.
-        """
-        given = {"layers": layers, "max_tokens": max_tokens, "sampler": sampler, "capacity": capacity, "merge": merge}
-        previous = self.ats_settings
-        settings = {key: previous[key] if value is _UNCHANGED else value for key, value in given.items()}
-        config = self.config
-        checked = config.validated_ats_settings(settings["layers"], settings["max_tokens"], settings["sampler"])
-        capacity = config.validated_ats_capacity(settings["layers"], settings["capacity"])
-        merge = config.validated_ats_merge(settings["merge"])
-        config.ats_layers, config.ats_max_tokens, config.ats_sampler = checked
-        config.ats_capacity, config.ats_merge = capacity, merge
-        self._resolve_ats_plans()
-        return previous
-
-    def _resolve_ats_plans(self) -> None:
-        """Resolve the settings for the configured image size now, so that the first forward pass of a compiled
-        model finds them ready (filling the cache inside it would make torch.compile compile a second time)."""
-        for module in self.modules():
-            if isinstance(module, AtsViTModel):
-                module._ats_plans(num_input_tokens(self.config))
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, but a checkpoint that would leave weights randomly initialised is an
-        error, not a warning. Only a task head (`classifier`, `pooler`) may be new, and the mask token of a model
-        built with `use_mask_token=True`; so may any weight whose shape the user chose to replace with
-        `ignore_mismatched_sizes=True`. Unexpected weights are an error too, except a head the loaded class has no
-        place for. To load partially on purpose, pass `output_loading_info=True`: it returns `(model, info)` with
-        transformers' usual missing / unexpected / mismatched keys instead of raising."""
-        if kwargs.get("output_loading_info"):
-            return super().from_pretrained(*args, **kwargs)
-        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = sorted(key for key in loading_info["missing_keys"] if not _may_be_new(key))
-        unexpected = sorted(key for key in loading_info["unexpected_keys"] if not _is_head_weight(key))
-        if missing or unexpected:
-            raise ValueError(
-                f"Loading {cls.__name__} from {args[0] if args else kwargs.get('pretrained_model_name_or_path')!r} "
-                f"would leave {len(missing)} weight(s) randomly initialised {missing[:8]} and ignore "
-                f"{len(unexpected)} checkpoint weight(s) {unexpected[:8]}. Expected a ViT/DeiT (non-distilled) or "
-                "ATS-ViT checkpoint of the same architecture; pass output_loading_info=True to load partially and "
-                "inspect the keys yourself."
-            )
-        return model
-
-    def save_pretrained(self, *args, save_original_format: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, writing current weight names by default, so that every reader
-        (`from_pretrained`, Trainer's checkpoint restore, remote code) reads them back as saved. A class registered
-        for an auto class also gets an `auto_map` for AutoConfig, AutoModel and AutoModelForImageClassification
-        (transformers alone names only the saved class), so remote-code users can load it with any of them."""
-        if self._auto_class is not None:
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_REMOTE_CODE_AUTO_MAP}
-        return super().save_pretrained(*args, save_original_format=save_original_format, **kwargs)
+    _ats_optional_weights = ("classifier.", "pooler.", "vit.pooler.")
+    _ats_expected_checkpoints = "a ViT/DeiT (non-distilled) or ATS-ViT checkpoint of the same architecture"
+    _ats_auto_map = {
+        "AutoConfig": "configuration_ats_vit.AtsViTConfig",
+        "AutoModel": "modeling_ats_vit.AtsViTModel",
+        "AutoModelForImageClassification": "modeling_ats_vit.AtsViTForImageClassification",
+    }
 
 
-class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
+class AtsViTModel(AtsEncoderMixin, AtsViTPreTrainedModel, ViTModel):
     """[`ViTModel`] with Adaptive Token Sampling in `config.ats_layers`."""
 
     def __init__(self, config: AtsViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
@@ -694,9 +120,13 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
         self.layers = nn.ModuleList([AtsViTLayer(config, index) for index in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViTPooler(config) if add_pooling_layer else None
-        self._resolved_settings = (None, {})
+        self._init_ats_plans()
         self.post_init()
         self._resolve_ats_plans()
+
+    @property
+    def ats_encoder_layers(self) -> nn.ModuleList:
+        return self.layers
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -726,129 +156,28 @@ class AtsViTModel(AtsViTPreTrainedModel, ViTModel):
             bool_masked_pos=bool_masked_pos,
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
-        hidden_states, state, num_tokens, sampled = self.run_layers(hidden_states, attention_mask, **kwargs)
-        sequence_output = self.layernorm(hidden_states)
-        token_mask = state.token_mask
+        run = self.run_layers(hidden_states, attention_mask, **kwargs)
+        sequence_output = self.layernorm(run.hidden_states)
+        pooler_output = self.pooler(sequence_output) if self.pooler is not None else None
+        if run.dense_hidden_states is not None:
+            sequence_output = self.layernorm(run.dense_hidden_states)
+            token_mask = attention_mask
+        else:
+            token_mask = run.state.token_mask
         return AtsViTModelOutput(
             last_hidden_state=sequence_output,
-            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
-            num_tokens=num_tokens,
-            sampled_token_indices=sampled,
-            token_mask=state.positions.new_ones(state.positions.shape) if token_mask is None else token_mask.long(),
+            pooler_output=pooler_output,
+            num_tokens=run.num_tokens,
+            sampled_token_indices=run.sampled_token_indices,
+            token_mask=_as_long_mask(token_mask, sequence_output),
         )
 
-    def run_layers(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, start_layer: int = 0, **kwargs
-    ) -> tuple[torch.Tensor, TokenState, torch.Tensor, torch.Tensor | None]:
-        """The encoder layers from `start_layer` on (the final LayerNorm excluded).
 
-        Args:
-            hidden_states: (B, N, D) the input of layer `start_layer` with every token still present, so no ATS layer
-                may come before it (a tuner caches the shared dense prefix this way).
-            attention_mask: (B, N) 1 for real tokens, as in `forward`.
-        Returns:
-            hidden states (B, M, D), their `TokenState`, `num_tokens` (B, num_hidden_layers) (layers before
-            `start_layer` count every token) and `sampled_token_indices` (B, ATS layers, max_kept) or None.
-        """
-        plans = self._ats_plans(hidden_states.shape[1])
-        earlier = sorted(layer for layer in plans if layer < start_layer)
-        if earlier:
-            raise ValueError(
-                f"start_layer={start_layer} comes after ATS layer(s) {earlier}: the layers before it must keep every "
-                "token."
-            )
-        state = TokenState.initial(self.config, hidden_states, attention_mask)
-        num_tokens = [state.num_real(hidden_states.shape[0])] * start_layer
-        sampled_token_indices = []
-        for layer in self.layers[start_layer:]:
-            plan = plans.get(layer.layer_index)
-            hidden_states, state = layer(hidden_states, state, plan, **kwargs)
-            num_tokens.append(state.num_real(hidden_states.shape[0]))
-            if plan is not None:
-                sampled_token_indices.append(state.positions[:, 1:] - 1)
-        return hidden_states, state, torch.stack(num_tokens, dim=1), _stack_padded(sampled_token_indices)
-
-    def _ats_plans(self, num_reference_tokens: int) -> dict[int, AtsLayerPlan]:
-        """`{layer_index: plan}` for the ATS settings in the config now. Settings changed since the last forward
-        pass are validated first (a bad value raises `ValueError`), so a change always takes effect or fails
-        loudly."""
-        config = self.config
-        key = (
-            _frozen(config.ats_layers),
-            _frozen(config.ats_max_tokens),
-            config.ats_sampler,
-            _frozen(config.ats_capacity),
-            config.ats_merge,
-            config._attn_implementation,
-            num_reference_tokens,
-        )
-        if key != self._resolved_settings[0]:
-            config.check_ats_settings()
-            if config.ats_merge is not None and config._attn_implementation not in ("eager", "sdpa"):
-                raise ValueError(
-                    f"ats_merge needs attn_implementation 'eager' or 'sdpa' (proportional attention adds a "
-                    f"per-key bias), got {config._attn_implementation!r}."
-                )
-            max_tokens = config.resolve_ats_max_tokens(num_reference_tokens)
-            capacity = config.resolve_ats_capacity(num_reference_tokens) or {}
-            plans = {layer: AtsLayerPlan(k, capacity.get(layer)) for layer, k in max_tokens.items()}
-            self._resolved_settings = (key, plans)
-        return self._resolved_settings[1]
-
-
-def _frozen(value):
-    """A list setting as a tuple, so that comparing it with an earlier copy sees in-place edits."""
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _self_attention_mask(
-    config, hidden_states: torch.Tensor, padding: PaddingLayout | None, sizes: torch.Tensor | None = None
-):
-    """The mask of (B, L) rows attending to themselves, for the configured attention implementation; with sizes,
-    the (B, 1, 1, L) additive key bias log(size) of proportional attention (eager and sdpa take it as it is)."""
-    if sizes is not None:
-        return sizes.log().to(hidden_states.dtype)[:, None, None, :]
-    return _attention_mask(config, hidden_states, hidden_states, None if padding is None else padding.token_mask)
-
-
-def _attention_mask(config, queries: torch.Tensor, keys: torch.Tensor, token_mask: torch.Tensor | None):
-    """The key-padding mask for (B, M) query rows over (B, L) key rows, for the configured attention implementation.
-
-    A padding layout exists only when there is padding, so transformers' all-real check (a device-to-host read) is
-    skipped. Eager and sdpa take no mask at all when every key is real (what transformers would return), so that
-    case skips the mask builder's Python work."""
-    if token_mask is None and config._attn_implementation in ("eager", "sdpa"):
-        return None
-    return create_bidirectional_mask(
-        config=config,
-        inputs_embeds=queries,
-        attention_mask=token_mask,
-        encoder_hidden_states=keys,
-        allow_is_bidirectional_skip=token_mask is None,
-    )
-
-
-def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor in float32 for scoring, without a dispatched no-op `.float()` call when it already is."""
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
-
-
-def _is_head_weight(key: str) -> bool:
-    """Weights of a task head, which a checkpoint of another task may lack or carry extra."""
-    return key.split(".")[0] in ("classifier", "pooler") or key.startswith("vit.pooler.")
-
-
-def _may_be_new(key: str) -> bool:
-    """Weights a checkpoint may lack: a task head, or the mask token the user asked for (`use_mask_token=True`)."""
-    return _is_head_weight(key) or key.endswith("embeddings.mask_token")
-
-
-def _stack_padded(rows: list[torch.Tensor]) -> torch.Tensor | None:
-    """Per-layer (B, m_i) index tensors -> (B, layers, max m_i), padded with -1; None for no layers."""
-    if not rows:
-        return None
-    width = max(row.shape[1] for row in rows)
-    return torch.stack([torch.nn.functional.pad(row, (0, width - row.shape[1]), value=-1) for row in rows], dim=1)
+def _as_long_mask(token_mask: torch.Tensor | None, hidden_states: torch.Tensor) -> torch.Tensor:
+    """(B, M) 0/1 long mask of real rows for (B, M, D) hidden states (all ones when `token_mask` is None)."""
+    if token_mask is None:
+        return torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
+    return token_mask.long()
 
 
 class AtsViTForImageClassification(AtsViTPreTrainedModel, ViTForImageClassification):
@@ -898,25 +227,12 @@ class AtsViTForImageClassification(AtsViTPreTrainedModel, ViTForImageClassificat
 
 # Plain ViT/DeiT checkpoints on the Hub use the old weight names (`encoder.layer.N.attention.attention.query`).
 # transformers renames them through a mapping keyed by class name, which subclasses do not inherit: register it.
-for _class_name in ("AtsViTModel",):
-    register_checkpoint_conversion_mapping(_class_name, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
+register_checkpoint_conversion_mapping("AtsViTModel", get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
 
 __all__ = [
     "AtsImageClassifierOutput",
-    "AtsLayerPlan",
     "AtsViTForImageClassification",
     "AtsViTModel",
     "AtsViTModelOutput",
     "AtsViTPreTrainedModel",
-    "PaddingLayout",
-    "TokenSelection",
-    "TokenState",
-    "inverse_transform_sampling",
-    "merge_dropped_tokens",
-    "pack_kept_tokens",
-    "pack_kept_tokens_static",
-    "random_sampling",
-    "sample_patch_tokens",
-    "significance_scores",
-    "top_k_sampling",
 ]

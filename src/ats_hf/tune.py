@@ -22,7 +22,8 @@ import torch
 
 from .configuration_ats_vit import num_input_tokens
 from .flops import dense_gmacs, gmacs_per_image
-from .modeling_ats_vit import AtsViTForImageClassification, TokenState
+from .modeling_ats_core import TokenState
+from .modeling_ats_vit import AtsViTForImageClassification
 from .settings import ats_settings_applied, format_layers, format_max_tokens
 from .tome import tome_forward, tome_gmacs
 
@@ -195,7 +196,8 @@ def _score(
     reference_tokens = cache.inputs[0][0].shape[1]
     with ats_settings_applied(model, **candidate.settings):
         for hidden in batches:
-            output, _, num_tokens, _ = model.vit.run_layers(hidden, start_layer=start_layer)
+            run = model.vit.run_layers(hidden, start_layer=start_layer)
+            output, num_tokens = run.hidden_states, run.num_tokens
             logits = model.classifier(model.vit.layernorm(output)[:, 0])
             batch_labels = labels[seen : seen + len(hidden)]
             correct += int((logits.argmax(-1) == batch_labels).sum())

@@ -1,17 +1,21 @@
-"""Loading, saving and uploading ATS-ViT checkpoints (Hub ids or local folders)."""
+"""Loading, saving and uploading ATS checkpoints of every family (Hub ids or local folders)."""
 
 import os
 import re
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
-from ..configuration_ats_vit import AtsViTConfig
 from ..modeling_ats_vit import AtsViTForImageClassification
 from .model_card import write_model_card
 
-SUPPORTED_MODEL_TYPES = ("vit", "ats_vit")
+# The ATS image classifier for each source `model_type` (upstream or ATS): the one place a family is detected.
+CLASSIFIER_FOR_MODEL_TYPE = {
+    "vit": AtsViTForImageClassification,
+    "ats_vit": AtsViTForImageClassification,
+}
+SUPPORTED_MODEL_TYPES = tuple(CLASSIFIER_FOR_MODEL_TYPE)
 UPLOAD_IGNORE = ["checkpoint-*", "_*"]
 # What a Hub repo id can look like: "name" or "namespace/name" (letters, digits, '-', '_', '.').
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -34,25 +38,31 @@ def check_source(source: str | os.PathLike, what: str = "model") -> None:
         raise FileNotFoundError(f"{what} folder {os.fspath(source)!r} does not exist")
 
 
-def load_ats_classifier(source: str | os.PathLike, **kwargs) -> AtsViTForImageClassification:
-    """`AtsViTForImageClassification.from_pretrained(source, **kwargs)` for a ViT, non-distilled DeiT or ATS-ViT
-    checkpoint (Hub id or directory); other model types raise `ValueError` naming the type, a missing local folder
-    `FileNotFoundError`. Keyword arguments override config fields (`ats_layers`, `ats_max_tokens`, `ats_sampler`,
+def ats_classifier_class(source: str | os.PathLike, **hub_kwargs) -> type:
+    """The ATS image-classification class for `source`'s `model_type` (see `CLASSIFIER_FOR_MODEL_TYPE`); another
+    model type raises `ValueError` naming it and the supported ones."""
+    config_dict, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
+    model_type = config_dict.get("model_type")
+    if model_type not in CLASSIFIER_FOR_MODEL_TYPE:
+        raise ValueError(
+            f"{str(source)!r} is a {model_type!r} checkpoint; ATS loads model_type "
+            f"{', '.join(repr(name) for name in SUPPORTED_MODEL_TYPES)} (see docs/families.md)."
+        )
+    return CLASSIFIER_FOR_MODEL_TYPE[model_type]
+
+
+def load_ats_classifier(source: str | os.PathLike, **kwargs):
+    """`from_pretrained(source, **kwargs)` of the ATS image classifier of `source`'s family (Hub id or directory);
+    unsupported model types raise `ValueError` naming the type, a missing local folder `FileNotFoundError`. Keyword
+    arguments override config fields (`ats_layers`, `ats_max_tokens`, `ats_sampler`,
     `id2label`, ...) as in transformers."""
     check_source(source)
     hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "revision", "token") if key in kwargs}
-    config_dict, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
-    model_type = config_dict.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{str(source)!r} is a {model_type!r} checkpoint; ATS-ViT loads model_type 'vit' (google/vit-*, the "
-            "non-distilled facebook/deit-*) or 'ats_vit'. Distilled DeiT ('deit') is not supported."
-        )
-    return AtsViTForImageClassification.from_pretrained(source, **kwargs)
+    return ats_classifier_class(source, **hub_kwargs).from_pretrained(source, **kwargs)
 
 
 def save_ats_checkpoint(
-    model: AtsViTForImageClassification,
+    model,
     save_directory: str | os.PathLike,
     image_processor=None,
     **card_kwargs,
@@ -84,7 +94,7 @@ def push_checkpoint(
     api = HfApi(token=token)
     created_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if card_kwargs is not None and created_id != card_kwargs.get("model_id"):
-        config = AtsViTConfig.from_pretrained(directory)
+        config = AutoConfig.from_pretrained(directory)
         write_model_card(directory, config, **{**card_kwargs, "model_id": created_id})
     api.upload_folder(
         repo_id=created_id, folder_path=str(directory), commit_message=commit_message, ignore_patterns=UPLOAD_IGNORE
@@ -92,4 +102,12 @@ def push_checkpoint(
     return created_id
 
 
-__all__ = ["check_source", "is_local_path", "load_ats_classifier", "push_checkpoint", "save_ats_checkpoint"]
+__all__ = [
+    "CLASSIFIER_FOR_MODEL_TYPE",
+    "ats_classifier_class",
+    "check_source",
+    "is_local_path",
+    "load_ats_classifier",
+    "push_checkpoint",
+    "save_ats_checkpoint",
+]
