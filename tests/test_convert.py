@@ -18,8 +18,10 @@ from ats_hf_cli import main
 CHECKPOINT_FILES = {
     "README.md",
     "config.json",
+    "configuration_ats_core.py",
     "configuration_ats_vit.py",
     "model.safetensors",
+    "modeling_ats_core.py",
     "modeling_ats_vit.py",
     "preprocessor_config.json",
 }

@@ -1,10 +1,12 @@
 """ats_hf: Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for HuggingFace transformers ViT models.
 
-Importing the package registers `ats_vit` with AutoConfig, AutoModel and AutoModelForImageClassification, and marks
-the classes so that `save_pretrained` writes the modeling code and an `auto_map` for `trust_remote_code` users.
+Importing the package registers every family (`ats_vit`, ...) with AutoConfig, AutoModel and its task auto classes,
+and marks the classes so that `save_pretrained` writes the modeling code and an `auto_map` for `trust_remote_code`
+users.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+import transformers
+from transformers import AutoConfig, AutoModel
 
 from .configuration_ats_vit import ATS_SAMPLERS, AtsViTConfig
 from .modeling_ats_core import (
@@ -24,12 +26,19 @@ from .modeling_ats_vit import (
 
 __version__ = "0.1.0"
 
-AutoConfig.register(AtsViTConfig.model_type, AtsViTConfig, exist_ok=True)
-AutoModel.register(AtsViTConfig, AtsViTModel, exist_ok=True)
-AutoModelForImageClassification.register(AtsViTConfig, AtsViTForImageClassification, exist_ok=True)
-AtsViTConfig.register_for_auto_class()
-AtsViTModel.register_for_auto_class("AutoModel")
-AtsViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+# Each family: its config, its base model, and its task models by auto class. Registering makes the Auto classes
+# build them, and marks them so that `save_pretrained` writes the code and an `auto_map` for `trust_remote_code`.
+_FAMILIES = [
+    (AtsViTConfig, AtsViTModel, {"AutoModelForImageClassification": AtsViTForImageClassification}),
+]
+for _config_class, _base_model, _task_models in _FAMILIES:
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _base_model, exist_ok=True)
+    _config_class.register_for_auto_class()
+    _base_model.register_for_auto_class("AutoModel")
+    for _auto_name, _model_class in _task_models.items():
+        getattr(transformers, _auto_name).register(_config_class, _model_class, exist_ok=True)
+        _model_class.register_for_auto_class(_auto_name)
 
 # Tooling is imported on first use (PEP 562), so that `import ats_hf` loads only the model and its registration.
 _LAZY_TOOLING = {

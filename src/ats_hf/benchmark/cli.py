@@ -17,11 +17,11 @@ import torch
 from ats_hf_cli import UsageError, checked, non_negative_int, positive_int, usage_errors
 
 from ..cli_inputs import MODEL_HELP, add_data_arguments, check_data_options, load_classifier, load_images
-from ..configuration_ats_vit import AtsViTConfig, default_ats_layers
+from ..configuration_ats_vit import default_ats_layers
 from ..data.labelled_images import MAX_IMAGES
 from ..settings import add_ats_arguments, parse_max_tokens, settings_from_args
 from . import defaults
-from .engine import DTYPES, GEOMETRIES, run_benchmark, run_speed_benchmark, sweep_methods
+from .engine import DTYPES, GEOMETRIES, run_benchmark, run_speed_benchmark, speed_config, sweep_methods
 from .report import format_table, write_report
 from .results import BenchmarkResult, Method
 from .runtimes import RUNTIMES
@@ -149,7 +149,7 @@ def _run_accuracy_mode(args: argparse.Namespace, device: str) -> BenchmarkResult
 
 def _run_speed_mode(args: argparse.Namespace, device: str) -> BenchmarkResult:
     timing = defaults.SPEED_MODE_TIMING
-    config = AtsViTConfig(**GEOMETRIES[args.speed_mode])
+    config = speed_config(args.speed_mode)
     settings = {"max_tokens": defaults.SPEED_MODE_MAX_TOKENS, **settings_from_args(args)}
     if settings.get("merge") is not None:
         raise UsageError("speed mode times ATS that drops tokens; --ats-merge applies to the accuracy mode")

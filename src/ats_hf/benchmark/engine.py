@@ -42,7 +42,10 @@ from .results import BenchmarkResult, Method, MethodResult, TimingResult
 from .runtimes import check_runtime, prepare_pass
 from .timing import interleaved_throughput, unreliable_timing_message
 
-# Named ViT geometries for speed mode: image size, patch size, width, depth, heads, MLP size.
+# The ATS image classifier of each family a speed-mode geometry may name (`family`, default "vit").
+SPEED_FAMILIES = {"vit": AtsViTForImageClassification}
+# Named geometries for speed mode: image size, patch size, width, depth, heads, MLP size (and the family, if not
+# ViT, with its own fields).
 GEOMETRIES = {
     "deit-tiny": dict(image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
                       intermediate_size=768),
@@ -336,14 +339,24 @@ def _runtime_notes(methods: list[MethodResult], runtime: str, backend: str, mode
     return lines + [line for r in methods for line in r.notes]
 
 
-def speed_model(geometry: str | dict, num_labels: int = 1000, seed: int = SEED) -> AtsViTForImageClassification:
-    """A randomly initialised ATS-ViT of a named geometry (see `GEOMETRIES`) or of a dict of config fields."""
+def speed_config(geometry: str | dict, num_labels: int = 1000):
+    """The ATS config of a named geometry (see `GEOMETRIES`) or of a dict of config fields (`family` picks the
+    model family, default "vit")."""
     if isinstance(geometry, str) and geometry not in GEOMETRIES:
         raise ValueError(f"geometry={geometry!r} is unknown; choose one of {', '.join(GEOMETRIES)}, or pass config "
                          "fields.")
+    fields = dict(GEOMETRIES[geometry] if isinstance(geometry, str) else geometry)
+    model_class = SPEED_FAMILIES[fields.pop("family", "vit")]
+    return model_class.config_class(**{"num_labels": num_labels, **fields})
+
+
+def speed_model(geometry: str | dict, num_labels: int = 1000, seed: int = SEED) -> AtsViTForImageClassification:
+    """A randomly initialised ATS image classifier of a named geometry or of a dict of config fields (see
+    `speed_config`)."""
+    config = speed_config(geometry, num_labels)
+    family = (GEOMETRIES[geometry] if isinstance(geometry, str) else geometry).get("family", "vit")
     torch.manual_seed(seed)
-    fields = GEOMETRIES[geometry] if isinstance(geometry, str) else geometry
-    return AtsViTForImageClassification(AtsViTConfig(**{"num_labels": num_labels, **fields})).eval()
+    return SPEED_FAMILIES[family](config).eval()
 
 
 def run_speed_benchmark(
@@ -442,11 +455,13 @@ def describe_machine(parameter: torch.Tensor, runtime: str = "eager") -> dict:
 __all__ = [
     "DTYPES",
     "GEOMETRIES",
+    "SPEED_FAMILIES",
     "describe_machine",
     "evaluate_method",
     "matched_baselines",
     "run_benchmark",
     "run_speed_benchmark",
+    "speed_config",
     "speed_model",
     "sweep_methods",
     "time_methods",
