@@ -4,8 +4,12 @@
 The start can be a plain ViT/DeiT checkpoint or an ATS checkpoint (Hub id or directory); --ats_layers,
 --ats_max_tokens and --ats_sampler set or change its ATS settings, in the same forms as `ats-hf` takes
 (`--ats_layers 3-11`, `--ats_layers 3 4 5`, `--ats_layers 1,3,5-7`, `--ats_max_tokens all`, ...). Data comes from a
-Hub dataset (--dataset_name) or from image folders (--train_dir / --validation_dir: one subfolder per class, read by
-datasets' imagefolder loader).
+Hub dataset (--dataset_name), from image folders (--train_dir / --validation_dir: one subfolder per class, read by
+datasets' imagefolder loader), or offline from ats_hf's synthetic digits (--dataset_name synthetic-digits: renders
+--max_train_samples training images, default 20000, and validates on the fixed 2000-image test split).
+With --distill_from, the loss is logit distillation from a frozen teacher (`ats_hf.distillation`):
+(1 - alpha) * CE + alpha * T^2 * KL(teacher || student); `--distill_from dense` is the starting checkpoint itself with
+ATS switched off, the usual way to recover the accuracy that token sampling costs.
 Evaluation reports top-1 accuracy (eval_accuracy), the mean GMACs per image of the evaluated model (eval_gmacs) and
 the same geometry's dense GMACs (eval_dense_gmacs). The output directory is a ready-to-share ATS checkpoint: weights,
 config, image processor, modeling code and a model card.
@@ -17,6 +21,14 @@ config, image processor, modeling code and a model card.
         --eval_strategy epoch --save_strategy epoch --load_best_model_at_end --metric_for_best_model accuracy
 
     accelerate launch --num_processes 2 examples/run_image_classification.py ...  # same arguments
+
+    # ATS in the loop with the dense model as teacher, on the embedded model and data (offline; see
+    # docs/fine-tuning.md, "Recovering accuracy with distillation", and scripts/finetune_recovery.py):
+    python examples/run_image_classification.py \\
+        --model_name_or_path src/ats_hf/data/default_model --ats_layers 2-3 --ats_max_tokens all \\
+        --dataset_name synthetic-digits --distill_from dense --distillation_alpha 0.5 --distillation_temperature 2 \\
+        --output_dir digits-ats-kd --do_train --do_eval --max_steps 600 --per_device_train_batch_size 64 \\
+        --learning_rate 1e-4 --warmup_steps 30 --lr_scheduler_type cosine --weight_decay 0.05
 """
 
 import logging
@@ -32,6 +44,7 @@ from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import AutoImageProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ats_hf import ATS_SAMPLERS
+from ats_hf.distillation import DistillationTrainer, check_distillation_settings
 from ats_hf.flops import dense_gmacs, gmacs_per_image
 from ats_hf.hub.checkpoint import load_ats_classifier, push_checkpoint
 from ats_hf.hub.model_card import write_model_card
@@ -39,6 +52,10 @@ from ats_hf.metrics import ATS_ACCURACY
 from ats_hf.settings import LAYERS_HELP, MAX_TOKENS_HELP, parse_layers, parse_max_tokens, parse_sampler
 
 logger = logging.getLogger(__name__)
+
+SYNTHETIC_DIGITS = "synthetic-digits"  # --dataset_name value: ats_hf's own offline data, not a Hub dataset
+DEFAULT_SYNTHETIC_TRAIN_IMAGES = 20000
+DENSE_TEACHER = "dense"  # --distill_from value: the starting checkpoint with ATS switched off
 
 
 @dataclass
@@ -66,6 +83,17 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Replace a classifier head whose size differs from the dataset's labels."}
     )
+    distill_from: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Teacher for logit distillation: a checkpoint (Hub id or directory) with the dataset's classes, "
+            f"or '{DENSE_TEACHER}' for model_name_or_path itself with ATS switched off. Default: no distillation."
+        },
+    )
+    distillation_alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the distillation term in [0, 1] (0: plain cross-entropy)."}
+    )
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Distillation temperature T > 0."})
 
     def ats_config_overrides(self) -> dict:
         """The ATS config fields given (`ats_layers`, `ats_max_tokens`, `ats_sampler`), parsed with ats_hf's one
@@ -82,7 +110,14 @@ class ModelArguments:
 
 @dataclass
 class DataTrainingArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (needs a network)."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": f"A dataset on the Hub (needs a network), or '{SYNTHETIC_DIGITS}': ats_hf's synthetic digits, "
+            f"offline (max_train_samples renderings of the training digits, default {DEFAULT_SYNTHETIC_TRAIN_IMAGES}; "
+            "validation: the fixed 2000-image test split)."
+        },
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
     train_dir: str | None = field(default=None, metadata={"help": "Image folder of the training data."})
     validation_dir: str | None = field(default=None, metadata={"help": "Image folder of the validation data."})
@@ -115,14 +150,34 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataTrain
         else:
             model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         model_args.ats_config_overrides()
+        check_distillation_settings(model_args.distillation_alpha, model_args.distillation_temperature)
     except ValueError as error:  # one line, as ats-hf reports a bad option value
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     return model_args, data_args, training_args
 
 
-def load_data(data_args: DataTrainingArguments, model_args: ModelArguments) -> DatasetDict:
+def synthetic_digits(num_train_images: int, seed: int, num_validation_images: int | None = None) -> DatasetDict:
+    """ats_hf's synthetic digits: `num_train_images` new renderings of the training digits (a pure function of
+    `seed`) and the fixed test split (its first `num_validation_images`, default all 2000) as validation; `image`
+    (PIL) and `label` (ClassLabel "0".."9") columns. Test images never show a training digit."""
+    from ats_hf.data.synthetic_digits import TEST_SIZE, as_dataset, generate, test_split
+
+    chunk = 1000  # rendering holds a few float copies of every canvas: render in chunks
+    train = [
+        generate("train", min(chunk, num_train_images - start), seed=seed * 1_000_003 + start // chunk)
+        for start in range(0, num_train_images, chunk)
+    ]
+    train_images, train_labels = (torch.cat(parts) for parts in zip(*train, strict=True))
+    validation = test_split(min(num_validation_images or TEST_SIZE, TEST_SIZE))
+    return DatasetDict(train=as_dataset(train_images, train_labels), validation=as_dataset(*validation))
+
+
+def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int = 42) -> DatasetDict:
     """The dataset with a 'train' and/or 'validation' split, capped to max_*_samples."""
-    if data_args.dataset_name is not None:
+    if data_args.dataset_name == SYNTHETIC_DIGITS:
+        num_train_images = data_args.max_train_samples or DEFAULT_SYNTHETIC_TRAIN_IMAGES
+        dataset = synthetic_digits(num_train_images, seed, data_args.max_eval_samples)
+    elif data_args.dataset_name is not None:
         dataset = load_dataset(
             data_args.dataset_name,
             data_args.dataset_config_name,
@@ -162,7 +217,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     training_args.remove_unused_columns = False
     set_seed(training_args.seed)
 
-    dataset = load_data(data_args, model_args)
+    dataset = load_data(data_args, model_args, seed=training_args.seed)
     labels_feature = next(iter(dataset.values())).features[data_args.label_column_name]
     if not isinstance(labels_feature, ClassLabel):
         raise ValueError(f"Column {data_args.label_column_name!r} is {labels_feature}; expected a ClassLabel.")
@@ -216,7 +271,14 @@ def main(argv: list[str] | None = None) -> Trainer:
         raise ValueError("--do_train needs training data: --dataset_name with a train split, or --train_dir.")
     if training_args.do_eval and "validation" not in dataset:
         raise ValueError("--do_eval needs validation data: a validation split, --validation_dir or train_val_split.")
-    trainer = Trainer(
+    distillation = {}
+    if model_args.distill_from is not None:
+        distillation = {
+            "teacher": load_teacher(model_args, labels),
+            "alpha": model_args.distillation_alpha,
+            "temperature": model_args.distillation_temperature,
+        }
+    trainer = (DistillationTrainer if distillation else Trainer)(
         model=model,
         args=training_args,
         train_dataset=dataset["train"].with_transform(to_model_inputs) if training_args.do_train else None,
@@ -225,6 +287,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         processing_class=image_processor,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=to_predictions_and_gmacs,
+        **distillation,
     )
 
     if training_args.do_train:
@@ -260,13 +323,32 @@ def main(argv: list[str] | None = None) -> Trainer:
     return trainer
 
 
+def load_teacher(model_args: ModelArguments, labels: list[str]):
+    """The distillation teacher of `--distill_from`, with the dataset's labels. Its classifier head must already have
+    one output per label (loading fails otherwise, never leaving a random head); `dense` is model_name_or_path with
+    `set_ats(layers=[])`, other checkpoints keep their own ATS settings."""
+    dense = model_args.distill_from == DENSE_TEACHER
+    teacher = load_ats_classifier(
+        model_args.model_name_or_path if dense else model_args.distill_from,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision if dense else "main",
+        token=model_args.token,
+    )
+    if dense:
+        teacher.set_ats(layers=[])
+    return teacher
+
+
 def card_arguments(model_args, data_args, eval_metrics: dict, num_eval_images: int) -> dict:
     """Model-card fields (see `ats_hf.hub.model_card.build_model_card`): base model, dataset, measured GMACs,
     accuracy."""
     source = model_args.model_name_or_path
     card_kwargs = {
         "base_model": None if os.path.isdir(source) else source,
-        "datasets": [data_args.dataset_name] if data_args.dataset_name else None,
+        "datasets": [data_args.dataset_name] if data_args.dataset_name not in (None, SYNTHETIC_DIGITS) else None,
     }
     if eval_metrics:
         data_dir = data_args.validation_dir or data_args.train_dir
