@@ -704,7 +704,8 @@ class AtsEncoderMixin:
             hidden_states, state = layer(hidden_states, state, plan, **kwargs)
             num_tokens.append(state.num_real(hidden_states.shape[0]))
             if plan is not None:
-                sampled_token_indices.append(state.positions[:, num_special:] - num_special)
+                # Padding rows sit at position 0 (CLS): with S > 1 they would read -S; -1 is the documented pad.
+                sampled_token_indices.append((state.positions[:, num_special:] - num_special).clamp(min=-1))
         if dense is not None:
             dense = _write_rows(dense, hidden_states, state)
         return AtsEncoderRun(
