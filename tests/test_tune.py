@@ -6,7 +6,17 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from ats_hf.tune import Candidate, Score, Target, candidate_grid, choose, pareto_front, tune
+from ats_hf.tune import (
+    Candidate,
+    Score,
+    SpeedSpec,
+    Target,
+    candidate_grid,
+    choose,
+    format_report,
+    pareto_front,
+    tune,
+)
 
 
 def score(accuracy: float, gmacs: float, name: str = "x") -> Score:
@@ -34,9 +44,51 @@ def test_choice_meets_the_target():
     assert choose(front, Target(max_accuracy_drop=2.0), dense, 4.0).gmacs == 2.0
     assert choose(front, Target(max_accuracy_drop=0.1), dense, 4.0) is None
     for bad in (dict(), dict(max_gmacs_fraction=0.5, max_accuracy_drop=1.0), dict(max_gmacs_fraction=1.5),
-                dict(max_accuracy_drop=-1.0)):
+                dict(max_accuracy_drop=-1.0), dict(min_speedup=0.0), dict(min_speedup=1.2, max_accuracy_drop=1.0)):
         with pytest.raises(ValueError):
             Target(**bad)
+
+
+def test_a_speed_up_target_picks_the_most_accurate_point_measured_fast_enough():
+    front = pareto_front([score(80, 0.5, "a"), score(90, 1.0, "b"), score(95, 2.0, "c"), score(96, 3.0, "d")])
+    dense = score(96.5, 4.0)
+    speedups = {front[0].label: 2.5, front[1].label: 1.4, front[2].label: 1.6, front[3].label: 1.1}
+    # Measured speed need not follow GMACs: "c" (more GMACs than "b") is faster and more accurate.
+    assert choose(front, Target(min_speedup=1.5), dense, 4.0, speedups) is front[2]
+    assert choose(front, Target(min_speedup=3.0), dense, 4.0, speedups) is None
+    assert choose(front, Target(min_speedup=1.5), dense, 4.0, {}) is None, "an unmeasured point never qualifies"
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(dict(runtime="tensorrt"), "runtime='tensorrt' is unknown"), (dict(batch_size=0), "batch_size=0 must be >= 1"),
+     (dict(capacity_quantile=1.5), r"capacity_quantile=1.5 must be in \(0, 1\]")],
+)
+def test_speed_spec_rejects_bad_values(bad, message):
+    with pytest.raises(ValueError, match=message):
+        SpeedSpec(**bad)
+
+
+@pytest.mark.parametrize("runtime", ["eager", "compile"])
+def test_tune_times_the_front_and_meets_a_speed_up_target(images, runtime):
+    model = tiny_model(ats_max_tokens=[0.5, 20, None])
+    pixel_values = torch.cat([images] * 2)  # 6 calibration, 6 held out
+    with torch.no_grad():
+        labels = model(pixel_values).logits.argmax(-1)
+    candidates = candidate_grid(4, first_layers=(1, 3), max_tokens=(0.25,), merges=(None,))
+    speed = SpeedSpec(runtime, batch_size=2, images=4, repeats=1)
+    with pytest.raises(ValueError, match="a speed-up target needs a SpeedSpec"):
+        tune(model, pixel_values, labels, Target(min_speedup=0.01), candidates, batch_size=3)
+    result = tune(model, pixel_values, labels, Target(min_speedup=0.01), candidates, batch_size=3,
+                  tome_r=(4,) if runtime == "eager" else (), speed=speed)
+    assert set(result.speedups) == {s.label for s in result.front} | ({"ToMe r=4"} if runtime == "eager" else set())
+    assert all(value > 0 for value in result.speedups.values())
+    assert result.chosen is not None and result.chosen in result.front
+    assert result.chosen.accuracy == max(s.accuracy for s in result.front)
+    report = format_report(result)
+    assert f"{runtime}, {'static' if runtime == 'compile' else 'adaptive'} mode, batch 2" in report
+    assert f"{result.speedups[result.chosen.label]:8.2f}x" in report
+    assert json.loads(json.dumps(result.to_dict()))["speed"]["speedups"] == result.speedups
 
 
 def test_tune_on_a_tiny_model(images):
@@ -74,6 +126,7 @@ def test_command_on_the_embedded_model(tmp_path, capsys):
                  "--output", str(tmp_path / "tuned")])
     report = capsys.readouterr().out
     assert code == 0 and "chosen (*): layers 4" in report and "ToMe r=8" in report
+    assert "speed-up: measured throughput / dense's (eager, adaptive mode, batch 1" in report
     written = {path.name for path in (tmp_path / "tuned").iterdir()}
     assert {"tune.json", "tune.png", "config.json", "model.safetensors", "README.md"} <= written
     saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
@@ -85,6 +138,10 @@ def test_command_rejects_a_first_layer_beyond_the_model(capsys):
 
     assert main(["tune", "--num-images", "8", "--first-layers", "9"]) == 2
     assert "--first-layers 9 is outside 0..5" in capsys.readouterr().err
+    assert main(["tune", "--num-images", "8", "--min-speedup", "1.2", "--no-speed"]) == 2
+    assert "--min-speedup needs the front timed" in capsys.readouterr().err
+    assert main(["tune", "--min-speedup", "0"]) == 2
+    assert "argument --min-speedup: '0' is not a number > 0" in capsys.readouterr().err
 
 
 def test_command_on_a_user_checkpoint_and_image_folder(tmp_path, capsys):
@@ -96,7 +153,7 @@ def test_command_on_a_user_checkpoint_and_image_folder(tmp_path, capsys):
     save_ats_checkpoint(tiny_ats_classifier(), tmp_path / "model", tiny_image_processor(), model_id="tiny")
     folder = write_image_folder(tmp_path / "images", per_class=6)
     code = main(["tune", "--model", str(tmp_path / "model"), "--dataset", str(folder), "--first-layers", "2",
-                 "--tome-r", "2", "--max-accuracy-drop", "100"])
+                 "--tome-r", "2", "--max-accuracy-drop", "100", "--no-speed"])
     report = capsys.readouterr().out
     assert code == 0, report
     assert "held out: 9 images" in report and "chosen (*): layers 2" in report

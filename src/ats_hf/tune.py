@@ -8,7 +8,10 @@ to the numbers it reports. It is fast because candidates share work:
 - every candidate is first scored on a quarter of the calibration images; only those on or near the
   accuracy-vs-GMACs Pareto front (within two standard errors) are scored on all of them.
 
-Python API: `tune(model, pixel_values, labels, target) -> TuneResult`; `candidate_grid(...)`.
+The front's points (and ToMe's) are then timed against dense in a named runtime and batch size (`SpeedSpec`), so the
+report shows measured speed-ups next to GMACs, and a target may be a measured speed-up.
+
+Python API: `tune(model, pixel_values, labels, target, speed=SpeedSpec()) -> TuneResult`; `candidate_grid(...)`.
 """
 
 import argparse
@@ -90,24 +93,67 @@ class Score:
 
 @dataclass
 class Target:
-    """What the user wants: at most `max_gmacs_fraction` of dense GMACs (highest accuracy wins), or at most
-    `max_accuracy_drop` points below dense (fewest GMACs win). Exactly one is set."""
+    """What the user wants: at most `max_gmacs_fraction` of dense GMACs (highest accuracy wins), at most
+    `max_accuracy_drop` points below dense (fewest GMACs win), or a measured speed-up over dense of at least
+    `min_speedup` in the `SpeedSpec`'s runtime and batch size (highest accuracy wins). Exactly one is set."""
 
     max_gmacs_fraction: float | None = None
     max_accuracy_drop: float | None = None
+    min_speedup: float | None = None
 
     def __post_init__(self):
-        if (self.max_gmacs_fraction is None) == (self.max_accuracy_drop is None):
-            raise ValueError("give exactly one target: a GMACs budget or a largest accepted accuracy drop.")
+        given = [v for v in (self.max_gmacs_fraction, self.max_accuracy_drop, self.min_speedup) if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one target: a GMACs budget, a largest accepted accuracy drop or a least speed-up."
+            )
         if self.max_gmacs_fraction is not None and not 0.0 < self.max_gmacs_fraction <= 1.0:
             raise ValueError(f"GMACs budget {self.max_gmacs_fraction} is outside (0, 1] (a fraction of dense).")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise ValueError(f"accuracy drop {self.max_accuracy_drop} must be >= 0 points.")
+        if self.min_speedup is not None and not self.min_speedup > 0:
+            raise ValueError(f"speed-up {self.min_speedup} must be > 0 (a ratio to dense throughput, e.g. 1.5).")
 
-    def describe(self) -> str:
+    def describe(self, speed: "SpeedSpec | None" = None) -> str:
         if self.max_gmacs_fraction is not None:
             return f"at most {self.max_gmacs_fraction:.0%} of dense GMACs, most accurate on the calibration split"
-        return f"at most {self.max_accuracy_drop:g} points below dense, fewest GMACs on the calibration split"
+        if self.max_accuracy_drop is not None:
+            return f"at most {self.max_accuracy_drop:g} points below dense, fewest GMACs on the calibration split"
+        where = "" if speed is None else f" ({speed.describe()})"
+        return f"at least {self.min_speedup:g}x dense throughput{where}, most accurate on the calibration split"
+
+
+@dataclass(frozen=True)
+class SpeedSpec:
+    """Where the front is timed: `runtime` (eager, compile or onnxruntime; the last two time the static mode, with
+    capacities calibrated at `capacity_quantile` of the calibration split's kept counts), `batch_size`, the first
+    `images` calibration images, `repeats` interleaved timed passes per setting (median)."""
+
+    runtime: str = "eager"
+    batch_size: int = 1
+    images: int = 64
+    repeats: int = 5
+    capacity_quantile: float = 0.99
+
+    def __post_init__(self):
+        from .benchmark.runtimes import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime={self.runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}.")
+        for name in ("batch_size", "images", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        if not 0.0 < self.capacity_quantile <= 1.0:
+            raise ValueError(f"capacity_quantile={self.capacity_quantile} must be in (0, 1].")
+
+    @property
+    def static(self) -> bool:
+        """Whether the settings are timed in the static mode (compiled graphs and ONNX want fixed shapes)."""
+        return self.runtime != "eager"
+
+    def describe(self) -> str:
+        mode = "static mode" if self.static else "adaptive mode"
+        return f"{self.runtime}, {mode}, batch {self.batch_size}, {torch.get_num_threads()} thread(s)"
 
 
 @dataclass
@@ -127,6 +173,11 @@ class TuneResult:
     tome_held_out: dict[str, Score] = field(default_factory=dict)
     candidates_screened: int = 0
     candidates_scored_fully: int = 0
+    speed: "SpeedSpec | None" = None
+    speedups: dict[str, float] = field(default_factory=dict)  # measured speed-up over dense, by label
+
+    def speedup(self, score: Score) -> float | None:
+        return self.speedups.get(score.label)
 
     def to_dict(self) -> dict:
         dense = self.dense_gmacs
@@ -142,6 +193,8 @@ class TuneResult:
             "tome": [{"calibration": s.as_dict(dense), "held_out": self.tome_held_out[s.label].as_dict(dense)}
                      for s in self.tome_calibration],
             "calibration_scores": [s.as_dict(dense) for s in self.calibration],
+            "speed": None if self.speed is None else {
+                **dataclasses.asdict(self.speed), "threads": torch.get_num_threads(), "speedups": self.speedups},
             "candidates_screened": self.candidates_screened,
             "candidates_scored_fully": self.candidates_scored_fully,
         }
@@ -227,8 +280,14 @@ def _near_front(scores: list[Score], front: list[Score]) -> list[Score]:
     return kept
 
 
-def choose(front: list[Score], target: Target, dense: Score, dense_gmacs_value: float) -> Score | None:
-    """The front point that meets `target` (see `Target`), or None if none does."""
+def choose(
+    front: list[Score], target: Target, dense: Score, dense_gmacs_value: float, speedups: dict[str, float] | None = None
+) -> Score | None:
+    """The front point that meets `target` (see `Target`), or None if none does; a speed-up target reads the
+    measured `speedups` (by label)."""
+    if target.min_speedup is not None:
+        fast = [s for s in front if (speedups or {}).get(s.label, 0.0) >= target.min_speedup]
+        return max(fast, key=lambda s: (s.accuracy, -s.gmacs), default=None)
     if target.max_gmacs_fraction is not None:
         within = [s for s in front if s.gmacs <= target.max_gmacs_fraction * dense_gmacs_value]
         return max(within, key=lambda s: (s.accuracy, -s.gmacs), default=None)
@@ -245,6 +304,7 @@ def tune(
     held_out_fraction: float = 0.5,
     batch_size: int = 250,
     tome_r: tuple[int, ...] = (),
+    speed: SpeedSpec | None = None,
 ) -> TuneResult:
     """Search `candidates` (default `candidate_grid`) on a calibration split of the images and report the front and
     the choice on the held-out rest. The model's own settings come back afterwards.
@@ -253,7 +313,10 @@ def tune(
         pixel_values: (N, C, H, W) processed images; labels: (N,) model label ids. The last `held_out_fraction`
             of them is held out (shuffle beforehand if they are ordered).
         tome_r: ToMe merge counts per block to score next to the front, for comparison.
+        speed: time the front (and ToMe, in eager) against dense there; required by a speed-up target.
     """
+    if target.min_speedup is not None and speed is None:
+        raise ValueError("a speed-up target needs a SpeedSpec (where to time): pass speed=SpeedSpec(...).")
     if len(pixel_values) < 8:
         raise ValueError(f"tune needs at least 8 labelled images, got {len(pixel_values)}.")
     model = model.eval()
@@ -275,9 +338,10 @@ def tune(
         scored = survivors
     dense_calibration = _score(model, dense, calib_cache, calib_y)
     front = pareto_front(scored)
-    chosen = choose(front, target, dense_calibration, dense_value)
-    held_out = {s.label: _score(model, s.candidate, held_cache, held_y) for s in front}
     tome_calibration = [_tome_score(model, calib_x, calib_y, r, batch_size) for r in tome_r]
+    speedups = {} if speed is None else measure_speedups(model, front, tome_calibration, calib_x, speed)
+    chosen = choose(front, target, dense_calibration, dense_value, speedups)
+    held_out = {s.label: _score(model, s.candidate, held_cache, held_y) for s in front}
     tome_held_out = {s.label: _tome_score(model, held_x, held_y, s.tome_r, batch_size) for s in tome_calibration}
     return TuneResult(
         target=target,
@@ -292,7 +356,38 @@ def tune(
         tome_held_out=tome_held_out,
         candidates_screened=len(candidates),
         candidates_scored_fully=len(scored),
+        speed=speed,
+        speedups=speedups,
     )
+
+
+def measure_speedups(
+    model: AtsViTForImageClassification,
+    front: list[Score],
+    tome: list[Score],
+    pixel_values: torch.Tensor,
+    speed: SpeedSpec,
+) -> dict[str, float]:
+    """Measured throughput / dense throughput of every front point (and ToMe point, in eager), timed interleaved
+    on the first `speed.images` of `pixel_values` (N, C, H, W). Returns `{label: speed-up}`."""
+    from .benchmark.engine import evaluate_method, time_methods
+    from .benchmark.results import Method
+    from .calibration import calibrate_capacity
+
+    images = pixel_values[: speed.images]
+    methods = [Method("dense")]
+    for score in front:
+        settings = score.candidate.settings
+        if speed.static and settings["layers"]:
+            with ats_settings_applied(model, **settings):
+                settings = calibrate_capacity(model, pixel_values, quantile=speed.capacity_quantile).settings
+            settings = {**settings, "merge": score.candidate.merge}
+        methods.append(Method.from_settings(score.label, **settings))
+    if not speed.static:
+        methods += [Method(score.label, tome_r=score.tome_r) for score in tome]
+    results = [evaluate_method(model, method, images, batch_size=speed.batch_size) for method in methods]
+    timed = time_methods(model, results, images, (speed.batch_size,), len(images), speed.repeats, runtime=speed.runtime)
+    return {result.method.name: result.timings[speed.batch_size].speedup for result in timed[1:]}
 
 
 @torch.inference_mode()
@@ -307,18 +402,23 @@ def _tome_score(model, pixel_values: torch.Tensor, labels: torch.Tensor, r: int,
 def format_report(result: TuneResult) -> str:
     """The front and the choice as a text table (accuracy +- standard error, in points)."""
     dense = result.dense_gmacs
-    lines = [f"target: {result.target.describe()}",
+    lines = [f"target: {result.target.describe(result.speed)}",
              f"searched {result.candidates_screened} settings; {result.candidates_scored_fully} scored on the whole "
              f"calibration split ({result.dense_calibration.images} images); held out: "
              f"{result.dense_held_out.images} images",
              "",
-             f"{'setting':58} {'GMACs':>8} {'% dense':>8} {'calibration':>14} {'held out':>14}"]
+             f"{'setting':58} {'GMACs':>8} {'% dense':>8} {'calibration':>14} {'held out':>14} {'speed-up':>9}"]
 
     def row(mark: str, calibration: Score, held: Score) -> str:
+        speedup = 1.0 if calibration is result.dense_calibration else result.speedup(calibration)
+        measured = "" if result.speed is None else ("      n/a" if speedup is None else f"{speedup:8.2f}x")
         return (f"{mark}{calibration.label:57.57} {calibration.gmacs:8.4f} {100 * calibration.gmacs / dense:7.1f}% "
                 f"{calibration.accuracy:7.2f} +-{calibration.standard_error:4.2f} "
-                f"{held.accuracy:7.2f} +-{held.standard_error:4.2f}")
+                f"{held.accuracy:7.2f} +-{held.standard_error:4.2f} {measured}").rstrip()
 
+    if result.speed is not None:
+        lines.insert(2, f"speed-up: measured throughput / dense's ({result.speed.describe()}, "
+                        f"{result.speed.images} calibration images, median of {result.speed.repeats})")
     lines.append(row(" ", result.dense_calibration, result.dense_held_out))
     for score in result.front:
         lines.append(row("*" if score is result.chosen else " ", score, result.held_out[score.label]))
@@ -379,6 +479,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="at most this fraction of dense GMACs (default: 0.5); the most accurate setting wins")
     goal.add_argument("--max-accuracy-drop", type=_non_negative_float, metavar="POINTS",
                       help="at most this many top-1 points below dense; the cheapest setting wins")
+    goal.add_argument("--min-speedup", type=_positive_float, metavar="X",
+                      help="at least this measured speed-up over dense (--speed-runtime, --speed-batch-size); the most "
+                      "accurate setting wins")
+    parser.add_argument("--speed-runtime", choices=("eager", "compile", "onnxruntime"), default="eager",
+                        help="where the front is timed (default: eager; compile and onnxruntime time the static mode "
+                        "with capacities calibrated on the calibration split)")
+    parser.add_argument("--speed-batch-size", type=positive_int, default=1, help="batch size of the timing "
+                        "(default: 1)")
+    parser.add_argument("--speed-images", type=positive_int, default=64, help="calibration images timed per pass")
+    parser.add_argument("--no-speed", action="store_true", help="do not time the front (not with --min-speedup)")
     parser.add_argument("--first-layers", type=non_negative_int, nargs="+", metavar="S",
                         help="first ATS layers to search (default: 1 .. L-1); ranges S..E for every E >= S")
     parser.add_argument("--tome-r", type=positive_int, nargs="*", default=None, metavar="R",
@@ -398,8 +508,15 @@ def run(args: argparse.Namespace) -> int:
     data = load_images(args, processor, model.config.id2label)
     if data.labels is None:
         raise UsageError("tune needs labelled images: the dataset has no usable labels")
-    target = Target(max_accuracy_drop=args.max_accuracy_drop) if args.max_accuracy_drop is not None else Target(
-        max_gmacs_fraction=args.gmacs_budget or 0.5)
+    if args.max_accuracy_drop is not None:
+        target = Target(max_accuracy_drop=args.max_accuracy_drop)
+    elif args.min_speedup is not None:
+        target = Target(min_speedup=args.min_speedup)
+    else:
+        target = Target(max_gmacs_fraction=args.gmacs_budget or 0.5)
+    if args.no_speed and args.min_speedup is not None:
+        raise UsageError("--min-speedup needs the front timed: leave out --no-speed")
+    speed = None if args.no_speed else SpeedSpec(args.speed_runtime, args.speed_batch_size, args.speed_images)
     tome_r = (4, 6, 8, 10, 12, 14) if args.tome_r is None else tuple(args.tome_r)
     num_layers = model.config.num_hidden_layers
     if args.first_layers and max(args.first_layers) >= num_layers:
@@ -407,7 +524,7 @@ def run(args: argparse.Namespace) -> int:
     candidates = candidate_grid(num_layers, tuple(args.first_layers) if args.first_layers else None)
     try:
         result = tune(model, data.pixel_values, data.labels, target, candidates, batch_size=args.batch_size,
-                      tome_r=tome_r)
+                      tome_r=tome_r, speed=speed)
     except ValueError as error:
         raise UsageError(str(error)) from error
     print(format_report(result))
@@ -440,6 +557,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = _float(text)
     if value < 0:
@@ -454,5 +578,5 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-__all__ = ["Candidate", "Score", "Target", "TuneResult", "candidate_grid", "choose", "format_report",
-           "pareto_front", "plot_front", "tune"]
+__all__ = ["Candidate", "Score", "SpeedSpec", "Target", "TuneResult", "candidate_grid", "choose", "format_report",
+           "measure_speedups", "pareto_front", "plot_front", "tune"]
