@@ -23,7 +23,7 @@ SUBCOMMANDS = {  # name -> (module, one-line help)
     "convert": ("ats_hf.hub.convert", "Turn a plain ViT/DeiT checkpoint into a shareable ATS checkpoint."),
     "calibrate": ("ats_hf.calibration", "Propose the static mode's capacities from the kept counts on images."),
     "export": ("ats_hf.export_cli", "Write a verified ONNX folder of the static mode (model.onnx, config, processor)."),
-    "tune": ("ats_hf.tune", "Choose ATS settings for a GMACs budget or an accuracy drop on your data (vs ToMe)."),
+    "tune": ("ats_hf.tune", "Choose ATS settings for a GMACs budget, accuracy drop or measured speed-up (vs ToMe)."),
 }
 
 
