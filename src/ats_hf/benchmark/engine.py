@@ -25,6 +25,9 @@ import torch
 
 from ..configuration_ats_vit import AtsViTConfig, num_input_tokens
 from ..flops import gmacs_per_image, static_gmacs
+from ..modeling_ats_clip import AtsCLIPForImageClassification
+from ..modeling_ats_deit import AtsDeiTForImageClassificationWithTeacher
+from ..modeling_ats_dinov2 import AtsDinov2ForImageClassification
 from ..modeling_ats_vit import AtsViTForImageClassification
 from ..progress import Progress, note
 from ..settings import ats_settings_applied, format_max_tokens
@@ -43,7 +46,12 @@ from .runtimes import check_runtime, prepare_pass
 from .timing import interleaved_throughput, unreliable_timing_message
 
 # The ATS image classifier of each family a speed-mode geometry may name (`family`, default "vit").
-SPEED_FAMILIES = {"vit": AtsViTForImageClassification}
+SPEED_FAMILIES = {
+    "vit": AtsViTForImageClassification,
+    "clip": AtsCLIPForImageClassification,
+    "dinov2": AtsDinov2ForImageClassification,
+    "deit": AtsDeiTForImageClassificationWithTeacher,
+}
 # Named geometries for speed mode: image size, patch size, width, depth, heads, MLP size (and the family, if not
 # ViT, with its own fields).
 GEOMETRIES = {
@@ -53,6 +61,19 @@ GEOMETRIES = {
                    intermediate_size=1536),
     "deit-b": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                    intermediate_size=3072),
+    # CLIP vision towers (ViT-B/16 and ViT-L/14 at 336 px: 197 and 577 tokens; quick_gelu, pre-norm before layer 0).
+    "clip-b16": dict(family="clip", image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
+                     num_attention_heads=12, intermediate_size=3072),
+    "clip-l14-336": dict(family="clip", image_size=336, patch_size=14, hidden_size=1024, num_hidden_layers=24,
+                         num_attention_heads=16, intermediate_size=4096),
+    # DINOv2 with 4 registers (ViT-S/14 and ViT-B/14 at 224 px: 256 patches + CLS + 4 registers = 261 tokens).
+    "dinov2-s14-reg": dict(family="dinov2", image_size=224, patch_size=14, hidden_size=384, num_hidden_layers=12,
+                          num_attention_heads=6, mlp_ratio=4, num_register_tokens=4),
+    "dinov2-b14-reg": dict(family="dinov2", image_size=224, patch_size=14, hidden_size=768, num_hidden_layers=12,
+                          num_attention_heads=12, mlp_ratio=4, num_register_tokens=4),
+    # Distilled DeiT-S (CLS and distillation tokens, two heads): 196 patches + 2 = 198 tokens.
+    "deit-s-distilled": dict(family="deit", image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12,
+                             num_attention_heads=6, intermediate_size=1536),
     # For tests and dry runs: 17 tokens, 4 layers.
     "tiny": dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                  intermediate_size=128),

@@ -7,6 +7,9 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from transformers import AutoConfig, PretrainedConfig
 
+from ..modeling_ats_clip import AtsCLIPForImageClassification
+from ..modeling_ats_deit import AtsDeiTForImageClassification, AtsDeiTForImageClassificationWithTeacher
+from ..modeling_ats_dinov2 import AtsDinov2ForImageClassification
 from ..modeling_ats_vit import AtsViTForImageClassification
 from .model_card import write_model_card
 
@@ -14,6 +17,23 @@ from .model_card import write_model_card
 CLASSIFIER_FOR_MODEL_TYPE = {
     "vit": AtsViTForImageClassification,
     "ats_vit": AtsViTForImageClassification,
+    "deit": AtsDeiTForImageClassificationWithTeacher,  # the distilled checkpoints (facebook/deit-*-distilled-*)
+    "ats_deit": AtsDeiTForImageClassificationWithTeacher,
+    # CLIP: the vision tower of a full CLIP (CLIPModel, CLIPForImageClassification) or of a CLIPVisionModel.
+    "clip": AtsCLIPForImageClassification,
+    "clip_vision_model": AtsCLIPForImageClassification,
+    "ats_clip": AtsCLIPForImageClassification,
+    "ats_clip_vision_model": AtsCLIPForImageClassification,
+    # DINOv2 with and without registers: one ATS class for both.
+    "dinov2": AtsDinov2ForImageClassification,
+    "dinov2_with_registers": AtsDinov2ForImageClassification,
+    "ats_dinov2": AtsDinov2ForImageClassification,
+}
+# A family's other classifier, taken instead when the checkpoint's `config.architectures` names it (upstream or ATS
+# name) and it is of the same family: DeiT's CLS-only head, whose checkpoints share model_type "deit"/"ats_deit".
+CLASSIFIER_FOR_ARCHITECTURE = {
+    "DeiTForImageClassification": AtsDeiTForImageClassification,
+    "AtsDeiTForImageClassification": AtsDeiTForImageClassification,
 }
 SUPPORTED_MODEL_TYPES = tuple(CLASSIFIER_FOR_MODEL_TYPE)
 UPLOAD_IGNORE = ["checkpoint-*", "_*"]
@@ -39,8 +59,9 @@ def check_source(source: str | os.PathLike, what: str = "model") -> None:
 
 
 def ats_classifier_class(source: str | os.PathLike, **hub_kwargs) -> type:
-    """The ATS image-classification class for `source`'s `model_type` (see `CLASSIFIER_FOR_MODEL_TYPE`); another
-    model type raises `ValueError` naming it and the supported ones."""
+    """The ATS image-classification class for `source`'s `model_type` (see `CLASSIFIER_FOR_MODEL_TYPE`, and
+    `CLASSIFIER_FOR_ARCHITECTURE` for a family with two heads); another model type raises `ValueError` naming it and
+    the supported ones."""
     config_dict, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
     model_type = config_dict.get("model_type")
     if model_type not in CLASSIFIER_FOR_MODEL_TYPE:
@@ -48,7 +69,12 @@ def ats_classifier_class(source: str | os.PathLike, **hub_kwargs) -> type:
             f"{str(source)!r} is a {model_type!r} checkpoint; ATS loads model_type "
             f"{', '.join(repr(name) for name in SUPPORTED_MODEL_TYPES)} (see docs/families.md)."
         )
-    return CLASSIFIER_FOR_MODEL_TYPE[model_type]
+    default = CLASSIFIER_FOR_MODEL_TYPE[model_type]
+    for architecture in config_dict.get("architectures") or []:
+        chosen = CLASSIFIER_FOR_ARCHITECTURE.get(architecture)
+        if chosen is not None and chosen.config_class is default.config_class:
+            return chosen
+    return default
 
 
 def load_ats_classifier(source: str | os.PathLike, **kwargs):
@@ -103,6 +129,7 @@ def push_checkpoint(
 
 
 __all__ = [
+    "CLASSIFIER_FOR_ARCHITECTURE",
     "CLASSIFIER_FOR_MODEL_TYPE",
     "ats_classifier_class",
     "check_source",
