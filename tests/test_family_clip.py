@@ -397,3 +397,30 @@ def test_new_heads_get_clips_initialisation():
     projection = AtsCLIPVisionModelWithProjection(AtsCLIPVisionConfig(**VISION))
     for weight in (classifier.classifier.weight, projection.visual_projection.weight):
         assert weight.std().item() == pytest.approx(32**-0.5, rel=0.1)
+
+
+def test_interpolated_positions_match_upstream_and_set_the_default_k(upstream):
+    larger = torch.randn(2, 3, 48, 48)  # 144 patches + CLS
+    model = eval_ats(AtsCLIPVisionModel.from_pretrained(upstream["root"] / "vision"))
+    with torch.no_grad():
+        sampled = model(larger, interpolate_pos_encoding=True)
+        model.set_ats(layers=[])
+        dense = model(larger, interpolate_pos_encoding=True)
+        reference = upstream["vision"](larger, interpolate_pos_encoding=True)
+    assert (dense.last_hidden_state - reference.last_hidden_state).abs().max() <= 1e-5
+    assert sampled.num_tokens[:, 0].tolist() == [145, 145] and (sampled.num_tokens[:, -1] < 145).all()
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(upstream, images):
+    model = AtsCLIPForImageClassification.from_pretrained(upstream["root"] / "classifier", ats_max_tokens=0.5).train()
+    labels = torch.arange(len(images)) % 3
+    gradients = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.zero_grad()
+        loss = model(images, labels=labels).loss
+        loss.backward()
+        gradients.append((loss.detach(), model.vision_model.encoder.layers[1].self_attn.q_proj.weight.grad.clone()))
+    assert torch.equal(gradients[0][0], gradients[1][0]) and torch.allclose(gradients[0][1], gradients[1][1])
+    assert gradients[0][1].abs().sum() > 0
