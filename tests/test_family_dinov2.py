@@ -1,0 +1,380 @@
+"""The DINOv2 family (issue #11): DINOv2 with and without registers, against transformers' own models and a per-image
+reference of the official ATS arithmetic."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import peaky_weights_
+from hf_fixtures import random_image, subprocess_env, tiny_image_processor
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from official_reference import official_picks
+from safetensors import safe_open
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+    pipeline,
+)
+
+from ats_hf import AtsDinov2Config, AtsDinov2ForImageClassification, AtsDinov2Model, load_ats_classifier
+from ats_hf.benchmark.engine import speed_model
+from ats_hf.flops import gmacs_per_image, mac_breakdown
+from ats_hf.hub import convert
+
+# 32 px images, 4 px patches: 64 patches; with 2 registers, S = 3 special tokens and N = 67 tokens.
+TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=2, image_size=32, patch_size=4,
+            num_labels=5)
+REGISTERS = [0, 2]
+
+
+def upstream_classifier(registers: int, peaky: bool = True, **fields):
+    """transformers' own DINOv2 classifier of the tiny geometry (the registers flavour if `registers`), seeded."""
+    torch.manual_seed(0)
+    if registers:
+        model = Dinov2WithRegistersForImageClassification(
+            Dinov2WithRegistersConfig(num_register_tokens=registers, **TINY, **fields)
+        )
+    else:
+        model = Dinov2ForImageClassification(Dinov2Config(**TINY, **fields))
+    model = model.eval()
+    return peaky_weights_(model) if peaky else model
+
+
+def ats_twin(upstream, **ats_fields) -> AtsDinov2ForImageClassification:
+    """An ATS classifier holding `upstream`'s weights (same names, so a strict state-dict load)."""
+    registers = getattr(upstream.config, "num_register_tokens", 0)
+    extra = {"use_swiglu_ffn": upstream.config.use_swiglu_ffn}
+    config = AtsDinov2Config(**TINY, num_register_tokens=registers, **extra, **ats_fields)
+    model = AtsDinov2ForImageClassification(config).eval()
+    model.load_state_dict(upstream.state_dict())
+    return model
+
+
+def kept_lists(output, image_index: int) -> list[list[int]]:
+    return [row[row >= 0].tolist() for row in output.sampled_token_indices[image_index]]
+
+
+@torch.no_grad()
+def reference_forward(upstream, image: torch.Tensor, max_tokens: dict[int, int]):
+    """One image through upstream's own layers, dropping rows by the official sampler after each ATS layer: scores =
+    CLS attention row (its query from the layer-normed input), summed over heads, over the patch keys, times the
+    patches' value norms. Returns the logits and, per ATS layer, the kept patch positions."""
+    backbone = upstream.base_model
+    num_special = 1 + getattr(upstream.config, "num_register_tokens", 0)
+    heads = upstream.config.num_attention_heads
+    x = backbone.embeddings(image[None])
+    positions = list(range(x.shape[1]))
+    kept_per_layer = []
+    for index, layer in enumerate(backbone.encoder.layer):
+        out = layer(x)
+        if index in max_tokens:
+            attention, normed, n = layer.attention, layer.norm1(x), x.shape[1]
+            query = attention.q_proj(normed)[:, :1].view(1, 1, heads, -1).transpose(1, 2)
+            keys = attention.k_proj(normed).view(1, n, heads, -1).transpose(1, 2)
+            cls_row = torch.softmax(query @ keys.transpose(2, 3) * attention.scaling, dim=-1)[0, :, 0]  # (H, n)
+            scores = cls_row[:, num_special:].sum(0) * attention.v_proj(normed)[0, num_special:].norm(dim=-1)
+            picks = official_picks(scores, max_tokens[index] - num_special + 1)
+            rows = list(range(num_special)) + [num_special + p for p in picks]
+            out, positions = out[:, rows], [positions[r] for r in rows]
+            assert positions[:num_special] == list(range(num_special))
+            kept_per_layer.append(sorted(p - num_special for p in positions[num_special:]))
+        x = out
+    sequence = backbone.layernorm(x)[0]
+    features = torch.cat([sequence[0], sequence[num_special:].mean(dim=0)])
+    return upstream.classifier(features), kept_per_layer
+
+
+@pytest.mark.parametrize("registers", REGISTERS)
+def test_upstream_config_loads_into_the_ats_config(registers, tmp_path):
+    upstream_classifier(registers).config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).model_type == ("dinov2_with_registers" if registers else "dinov2")
+    config = AtsDinov2Config.from_pretrained(tmp_path, ats_layers=[2])
+    assert config.model_type == "ats_dinov2" and config.num_register_tokens == registers
+    assert config.ats_num_special_tokens == 1 + registers and config.ats_layers == [2]
+    with pytest.raises(StrictDataclassClassValidationError, match="num_register_tokens=-1 must be an int >= 0"):
+        AtsDinov2Config(num_register_tokens=-1)
+    with pytest.raises(ValueError, match=rf"an int must be >= {registers + 2}"):
+        AtsDinov2Config(**TINY, num_register_tokens=registers, ats_max_tokens=registers + 1)
+
+
+@pytest.mark.parametrize("registers", REGISTERS)
+@pytest.mark.parametrize("swiglu", [False, True], ids=["mlp", "swiglu"])
+@pytest.mark.parametrize("original_format", [False, True], ids=["current-names", "original-names"])
+def test_upstream_checkpoints_load_strictly_and_without_ats_layers_equal_upstream(
+    registers, swiglu, original_format, images, tmp_path
+):
+    upstream = upstream_classifier(registers, peaky=False, use_swiglu_ffn=swiglu)
+    upstream.save_pretrained(tmp_path, save_original_format=original_format)
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        names = list(weights.keys())
+    assert any("attention.attention.query" in name for name in names) == original_format
+    assert any("mlp.weights_in" in name for name in names) == (original_format and swiglu)
+
+    # The strict from_pretrained raises on any missing or unexpected weight.
+    ats = AtsDinov2ForImageClassification.from_pretrained(tmp_path, ats_layers=[]).eval()
+    ats_base = AtsDinov2Model.from_pretrained(tmp_path, ats_layers=[]).eval()
+    with torch.no_grad():
+        ours, theirs = ats(images, output_hidden_states=True), upstream(images, output_hidden_states=True)
+        our_base, their_base = ats_base(images), upstream.base_model(images)
+    assert (ours.logits - theirs.logits).abs().max() <= 1e-5
+    for a, b in zip(ours.hidden_states, theirs.hidden_states, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert (our_base.last_hidden_state - their_base.last_hidden_state).abs().max() <= 1e-5
+    assert (our_base.pooler_output - their_base.pooler_output).abs().max() <= 1e-5
+    assert ours.num_tokens.eq(65 + registers).all() and ours.sampled_token_indices is None
+
+
+@pytest.mark.parametrize("registers", REGISTERS)
+def test_position_embeddings_are_interpolated_to_other_sizes_as_upstream(registers):
+    """Upstream always interpolates (no flag); K defaults follow the actual token count."""
+    upstream = upstream_classifier(registers)
+    pixel_values = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        dense, theirs = ats_twin(upstream, ats_layers=[])(pixel_values), upstream(pixel_values)
+        sampled = ats_twin(upstream, ats_max_tokens=0.5)(pixel_values)
+    assert (dense.logits - theirs.logits).abs().max() <= 1e-5
+    tokens = 12 * 10 + 1 + registers
+    assert dense.num_tokens.eq(tokens).all() and sampled.num_tokens[:, 1:].max() <= (tokens + 1) // 2
+
+
+@pytest.mark.parametrize("registers", REGISTERS)
+@pytest.mark.parametrize(("attn_implementation", "max_tokens"), [("sdpa", None), ("eager", [0.5, 20, None])])
+def test_kept_tokens_and_logits_equal_the_reference(registers, attn_implementation, max_tokens, images):
+    upstream = upstream_classifier(registers)
+    model = ats_twin(upstream, ats_max_tokens=max_tokens)
+    model.set_attn_implementation(attn_implementation)
+    with torch.no_grad():
+        output = model(images)
+    assert output.num_tokens[:, -1].float().mean() < 40, "the test needs a model that drops tokens"
+    resolved = model.config.resolve_ats_max_tokens(65 + registers)
+    for i, image in enumerate(images):
+        logits, kept = reference_forward(upstream, image, resolved)
+        assert kept_lists(output, i) == kept
+        torch.testing.assert_close(output.logits[i], logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("registers", REGISTERS)
+def test_special_tokens_are_always_kept_and_never_scored(registers, images):
+    model = ats_twin(upstream_classifier(registers), ats_max_tokens=registers + 2)  # one patch per ATS layer
+    num_special = 1 + registers
+    base = model.base_model
+    with torch.no_grad():
+        run = base.encoder.run_layers(base.embeddings(images))
+    assert run.state.positions.shape[1] == num_special + 1
+    assert torch.equal(run.state.positions[:, :num_special], torch.arange(num_special).expand(len(images), -1))
+    assert (run.state.positions[:, num_special:] >= num_special).all()  # the kept patch is a patch
+    assert run.num_tokens[:, 1:].eq(num_special + 1).all()
+
+
+def test_batch_invariance_with_registers(images):
+    model = ats_twin(upstream_classifier(2))
+    with torch.no_grad():
+        batched = model(images)
+        alone = [model(image[None]) for image in images]
+    assert len(set(batched.num_tokens[:, -1].tolist())) > 1, "images should keep different numbers of tokens"
+    for i, single in enumerate(alone):
+        torch.testing.assert_close(batched.logits[i], single.logits[0], atol=1e-5, rtol=1e-5)
+        assert kept_lists(batched, i) == kept_lists(single, 0)
+        assert torch.equal(batched.num_tokens[i], single.num_tokens[0])
+
+
+def test_the_head_pools_kept_patches_only(images):
+    """Hand-computed: concat(CLS, mean of each image's real kept patch rows), registers and padding excluded."""
+    model = ats_twin(upstream_classifier(2))
+    with torch.no_grad():
+        output = model(images)
+        base = model.base_model(images)
+    features = []
+    for hidden, mask in zip(base.last_hidden_state, base.token_mask, strict=True):
+        patches = hidden[3:][mask[3:].bool()]
+        assert len(patches) == len(kept_lists(base, len(features))[-1])
+        features.append(torch.cat([hidden[0], patches.mean(dim=0)]))
+    torch.testing.assert_close(output.logits, model.classifier(torch.stack(features)), atol=1e-6, rtol=1e-6)
+    assert base.token_mask.eq(0).any(), "the batch should have padding rows"
+
+
+@pytest.mark.parametrize("batch_size", [1, 6])
+def test_static_mode_equals_adaptive_when_every_image_fits(batch_size, images):
+    upstream = upstream_classifier(2)
+    adaptive = ats_twin(upstream)
+    static = ats_twin(upstream, ats_capacity=1.0)
+    with torch.no_grad():
+        a, s = adaptive(images[:batch_size]), static(images[:batch_size])
+    torch.testing.assert_close(s.logits, a.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(s.num_tokens, a.num_tokens)
+    for i in range(batch_size):
+        assert kept_lists(s, i) == kept_lists(a, i)
+    assert s.token_mask.shape[1] == 67  # static: the capacity's rows whatever is kept
+
+
+@pytest.mark.parametrize("capacity", [None, 40])
+def test_sampled_token_indices_are_padded_with_minus_one(capacity, images):
+    """Padding rows point at CLS; with 3 special tokens they must still read -1, not -3."""
+    with torch.no_grad():
+        output = ats_twin(upstream_classifier(2), ats_capacity=capacity)(images)
+    indices = output.sampled_token_indices
+    assert indices.min() == -1 and ((indices >= 0) | (indices == -1)).all()
+    kept_counts = [len(kept_lists(output, i)[-1]) for i in range(6)]
+    assert kept_counts == (output.num_tokens[:, -1] - 3).tolist()
+
+
+@pytest.mark.parametrize("capacity", [None, 40])
+def test_dense_output_is_the_full_grid_and_the_head_still_pools_kept_tokens(capacity, images):
+    upstream = upstream_classifier(2)
+    packed = ats_twin(upstream, ats_capacity=capacity)
+    dense = ats_twin(upstream, ats_capacity=capacity, ats_dense_output=True)
+    with torch.no_grad():
+        p, d = packed.base_model(images), dense.base_model(images)
+        p_logits, d_logits = packed(images).logits, dense(images).logits
+    assert d.last_hidden_state.shape == (6, 67, 32)
+    torch.testing.assert_close(d_logits, p_logits, atol=1e-5, rtol=1e-5)
+    for i in range(6):
+        real = p.token_mask[i].bool()
+        grid_rows = torch.cat([torch.arange(3), 3 + torch.tensor(kept_lists(p, i)[-1], dtype=torch.long)])
+        torch.testing.assert_close(d.last_hidden_state[i, grid_rows], p.last_hidden_state[i, real], atol=1e-6, rtol=0)
+    torch.testing.assert_close(d.pooler_output, p.pooler_output, atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def ats_checkpoint(tmp_path_factory):
+    """A saved ATS-DINOv2 (2 registers, peaky) with a tiny image processor."""
+    directory = tmp_path_factory.mktemp("dinov2") / "ats-dinov2"
+    ats_twin(upstream_classifier(2), ats_max_tokens=[0.5, 20, None]).save_pretrained(directory)
+    tiny_image_processor().save_pretrained(directory)
+    return directory
+
+
+def test_pipeline_in_batches_equals_one_image_at_a_time(ats_checkpoint):
+    classifier = pipeline("image-classification", model=str(ats_checkpoint))
+    assert isinstance(classifier.model, AtsDinov2ForImageClassification)
+    images = [random_image(seed, size=(24 + 8 * seed, 40)) for seed in range(3)]
+    pixel_values = tiny_image_processor()(images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        assert len(set(classifier.model(pixel_values).num_tokens[:, -1].tolist())) > 1
+    batched = classifier(images, batch_size=2, top_k=3)
+    for image, result in zip(images, batched, strict=True):
+        alone = classifier(image, top_k=3)
+        assert [entry["label"] for entry in result] == [entry["label"] for entry in alone]
+        assert [entry["score"] for entry in result] == pytest.approx([entry["score"] for entry in alone], abs=1e-6)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockAtsHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ats_hf" or name.startswith("ats_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+
+    sys.meta_path.insert(0, BlockAtsHf())
+    import torch
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+    with torch.no_grad():
+        outputs = model(pixel_values=torch.load("pixel_values.pt"))
+    torch.save({"logits": outputs.logits, "num_tokens": outputs.num_tokens}, "remote_outputs.pt")
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] == "ats_hf")
+    result = {"module": type(model).__module__, "base": type(base).__name__, "loaded": loaded}
+    json.dump(result, open("remote.json", "w"))
+    """
+)
+
+
+def test_loads_with_remote_code_where_ats_hf_cannot_be_imported(ats_checkpoint, images, tmp_path):
+    auto_map = json.loads((ats_checkpoint / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForImageClassification"] == "modeling_ats_dinov2.AtsDinov2ForImageClassification"
+    torch.save(images, tmp_path / "pixel_values.pt")
+    run = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(ats_checkpoint)],
+        cwd=tmp_path, env=subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules")),
+        capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    remote = json.loads((tmp_path / "remote.json").read_text())
+    assert remote["module"].startswith("transformers_modules.") and remote["loaded"] == []
+    assert remote["base"] == "AtsDinov2Model"
+    local = AtsDinov2ForImageClassification.from_pretrained(ats_checkpoint).eval()
+    with torch.no_grad():
+        expected = local(images)
+    outputs = torch.load(tmp_path / "remote_outputs.pt")
+    assert torch.equal(outputs["logits"], expected.logits)
+    assert torch.equal(outputs["num_tokens"], expected.num_tokens)
+    assert len(set(expected.num_tokens[:, -1].tolist())) > 1
+
+
+@pytest.mark.parametrize("registers", REGISTERS)
+def test_load_ats_classifier_and_convert_detect_the_family(registers, images, tmp_path):
+    upstream = upstream_classifier(registers)
+    upstream.save_pretrained(tmp_path / "upstream", save_original_format=True)
+    tiny_image_processor().save_pretrained(tmp_path / "upstream")
+    model = load_ats_classifier(tmp_path / "upstream", ats_layers=[2, 3]).eval()
+    assert type(model) is AtsDinov2ForImageClassification and model.config.num_register_tokens == registers
+
+    out = convert.convert_to_ats(tmp_path / "upstream", tmp_path / "ats", ats_layers=[1, 2, 3], ats_max_tokens=0.5)
+    assert (out / "modeling_ats_dinov2.py").exists() and (out / "configuration_ats_dinov2.py").exists()
+    converted = AutoModelForImageClassification.from_pretrained(out).eval()
+    assert type(converted) is AtsDinov2ForImageClassification and converted.config.ats_max_tokens == 0.5
+    expected = ats_twin(upstream, ats_max_tokens=0.5)
+    with torch.no_grad():
+        assert torch.equal(converted(images).logits, expected(images).logits)
+
+
+def eager_flops(model, images) -> tuple:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.set_attn_implementation("eager")  # FlopCounterMode does not see inside CPU sdpa kernels
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        output = model(images)
+    return output, counter.get_total_flops() / 2  # FLOPs -> MACs
+
+
+@pytest.mark.parametrize("swiglu", [False, True], ids=["mlp", "swiglu"])
+def test_gmacs_match_a_hand_count_and_the_flop_counter(swiglu, images):
+    model = ats_twin(upstream_classifier(2, use_swiglu_ffn=swiglu), ats_layers=[])
+    output, measured = eager_flops(model, images[:1])
+    breakdown = mac_breakdown(model.config, output.num_tokens)
+    n, d, layers, labels = 67, 32, 4, 5
+    width = (int(64 * 2 / 3) + 7) // 8 * 8 if swiglu else 64
+    mlp = n * d * width * (3 if swiglu else 2)
+    hand = 64 * 3 * 16 * d + layers * (4 * n * d * d + 2 * n * n * d + mlp) + d * labels
+    assert breakdown.total.item() == hand
+    # The counter also sees the head's second half (the patch mean, D x num_labels), which flops.py leaves out.
+    assert measured == hand + d * labels
+
+    ats = ats_twin(upstream_classifier(2, use_swiglu_ffn=swiglu))
+    output, measured = eager_flops(ats, images[:1])
+    ours = gmacs_per_image(ats.config, output.num_tokens).item() * 1e9
+    assert output.num_tokens[0, -1] < n
+    assert abs(ours + d * labels - measured) <= 1e-3 * measured
+
+
+def test_speed_mode_geometries_build():
+    model = speed_model({"family": "dinov2", "image_size": 28, "patch_size": 14, "hidden_size": 32,
+                         "num_hidden_layers": 2, "num_attention_heads": 2, "num_register_tokens": 4}, num_labels=3)
+    assert type(model) is AtsDinov2ForImageClassification and model.config.ats_num_special_tokens == 5
+    from ats_hf.benchmark.engine import GEOMETRIES, speed_config
+
+    for name, heads in (("dinov2-s14-reg", 6), ("dinov2-b14-reg", 12)):
+        config = speed_config(name)
+        assert type(config) is AtsDinov2Config and config.num_attention_heads == heads
+        assert (config.image_size, config.patch_size, config.num_register_tokens) == (224, 14, 4)
+        assert GEOMETRIES[name]["family"] == "dinov2"
+
+
+def test_training_with_stochastic_depth_runs_and_gradients_flow(images):
+    model = ats_twin(upstream_classifier(2, drop_path_rate=0.2)).train()
+    output = model(images, labels=torch.arange(6) % 5)
+    output.loss.backward()
+    assert output.loss.isfinite()
+    grad = model.base_model.embeddings.patch_embeddings.projection.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
