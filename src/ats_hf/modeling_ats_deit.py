@@ -1,0 +1,366 @@
+"""ATS-DeiT: distilled DeiT with Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for transformers.
+
+Self-contained for the Hub: imports only torch, transformers and the ATS core beside it (`.modeling_ats_core`,
+`.configuration_ats_deit`). The core does the scoring, sampling and packing; this file adds DeiT's layer layout
+(ViT's: layernorm_before, attention with q/k/v/o projections, layernorm_after, MLP) and its heads.
+
+DeiT's embeddings output [CLS, distillation token, patches]: S = 2 special tokens, both always kept and never
+scored. The significance scores come from the CLS token's attention row, as in the paper; the distillation token's
+row would be an alternative, which this implementation does not use (docs/family-deit.md).
+
+Shapes: B = batch, L = tokens entering a layer (CLS, distillation token, then patches), M = rows a layer outputs,
+D = hidden size.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.models.deit.modeling_deit import (
+    DeiTAttention,
+    DeiTEmbeddings,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    DeiTLayer,
+    DeiTModel,
+    DeiTPooler,
+    DeiTPreTrainedModel,
+)
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_ats_deit import AtsDeiTConfig
+from .modeling_ats_core import (
+    ATS_OUTPUT_DOC,
+    AtsAttentionMixin,
+    AtsEncoderMixin,
+    AtsLayerPlan,
+    AtsPreTrainedMixin,
+    TokenSelection,
+    TokenState,
+    update_real_rows,
+)
+
+DISTILLATION_TOKEN = 1
+"""Position of the distillation token in the embeddings' output (CLS is 0, patches start at 2)."""
+
+
+@dataclass
+class AtsDeiTModelOutput(BaseModelOutputWithPooling):
+    num_tokens: torch.LongTensor | None = None
+    sampled_token_indices: torch.LongTensor | None = None
+    token_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class AtsDeiTImageClassifierOutput(ImageClassifierOutput):
+    num_tokens: torch.LongTensor | None = None
+    sampled_token_indices: torch.LongTensor | None = None
+    token_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class AtsDeiTForImageClassificationWithTeacherOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cls_logits: torch.FloatTensor | None = None
+    distillation_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    num_tokens: torch.LongTensor | None = None
+    sampled_token_indices: torch.LongTensor | None = None
+    token_mask: torch.LongTensor | None = None
+
+
+AtsDeiTModelOutput.__doc__ = (
+    "[`BaseModelOutputWithPooling`] of ATS-DeiT; `last_hidden_state` holds real tokens packed to the front of each "
+    "row, CLS and the distillation token first (see `token_mask`), or the full token grid with "
+    "`config.ats_dense_output`.\n" + ATS_OUTPUT_DOC
+)
+AtsDeiTImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of ATS-DeiT with the CLS head.\n" + ATS_OUTPUT_DOC
+AtsDeiTForImageClassificationWithTeacherOutput.__doc__ = (
+    r"""Output of [`AtsDeiTForImageClassificationWithTeacher`].
+
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
+        The mean of the two heads' losses against `labels`.
+    logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels)`):
+        The prediction: the average of `cls_logits` and `distillation_logits`, as in upstream DeiT.
+    cls_logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels)`):
+        The classification head on the final CLS token.
+    distillation_logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels)`):
+        The distillation head on the final distillation token.
+    hidden_states, attentions: as in transformers, when requested (rows of ATS layers' outputs are the kept ones).
+"""
+    + ATS_OUTPUT_DOC
+)
+
+
+class AtsDeiTAttention(AtsAttentionMixin, DeiTAttention):
+    """DeiT self-attention that, in an ATS layer, scores patches by the CLS row, samples them, and attends only
+    from the kept rows (CLS and the distillation token always among them)."""
+
+    def forward(
+        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None, TokenSelection | None]:
+        """hidden_states: (B, L, D), layer-normed; plan: None in an ordinary layer. Returns the (B, M, D) output,
+        the attention probabilities (eager only) and the kept rows (None if all were kept in place)."""
+        if plan is None:
+            attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
+            return attn_output, attn_weights, None
+        return self.ats_forward(hidden_states, state, plan, self.o_proj, self.scaling, self.attention_dropout, **kwargs)
+
+
+class AtsDeiTLayer(DeiTLayer):
+    """A DeiT encoder layer; in an ATS layer the attention samples tokens and the rest runs on kept rows only."""
+
+    def __init__(self, config: AtsDeiTConfig, layer_index: int):
+        super().__init__(config)
+        self.attention = AtsDeiTAttention(config)
+        self.layer_index = layer_index
+
+    def forward(
+        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
+    ) -> tuple[torch.Tensor, TokenState]:
+        """(B, L, D) in -> (B, M, D) out and the state of its M rows (the input's when no row was dropped)."""
+        residual = hidden_states
+        attn_output, _, selection = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
+        if selection is not None:
+            residual, state = state.select(self.attention.config, selection, residual)
+        hidden_states = self.dropout(attn_output) + residual
+        hidden_states = update_real_rows(
+            hidden_states, state.padding, lambda rows: self.dropout(self.mlp(self.layernorm_after(rows)))
+        )
+        return hidden_states, state
+
+
+class AtsDeiTPreTrainedModel(AtsPreTrainedMixin, DeiTPreTrainedModel):
+    config_class = AtsDeiTConfig
+    config: AtsDeiTConfig
+    _no_split_modules = ["DeiTEmbeddings", "AtsDeiTLayer"]
+    # Either head may be new or left over: a base DeiTModel checkpoint has none, a distilled one has two.
+    _ats_optional_weights = ("cls_classifier.", "distillation_classifier.", "classifier.", "pooler.", "deit.pooler.")
+    _ats_expected_checkpoints = "a distilled DeiT (model_type 'deit') or ATS-DeiT checkpoint of the same architecture"
+    _ats_auto_map = {
+        "AutoConfig": "configuration_ats_deit.AtsDeiTConfig",
+        "AutoModel": "modeling_ats_deit.AtsDeiTModel",
+        "AutoModelForImageClassification": "modeling_ats_deit.AtsDeiTForImageClassificationWithTeacher",
+    }
+
+
+class AtsDeiTModel(AtsEncoderMixin, AtsDeiTPreTrainedModel, DeiTModel):
+    """[`DeiTModel`] with Adaptive Token Sampling in `config.ats_layers`; CLS and the distillation token are always
+    kept."""
+
+    def __init__(self, config: AtsDeiTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        # DeiTModel.__init__ would build (and randomly initialise) plain layers only for them to be replaced.
+        AtsDeiTPreTrainedModel.__init__(self, config)
+        config.check_ats_settings()
+        self.embeddings = DeiTEmbeddings(config, use_mask_token=use_mask_token)
+        self.layers = nn.ModuleList([AtsDeiTLayer(config, index) for index in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = DeiTPooler(config) if add_pooling_layer else None
+        self._init_ats_plans()
+        self.post_init()
+        self._resolve_ats_plans()
+
+    @property
+    def ats_encoder_layers(self) -> nn.ModuleList:
+        return self.layers
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsDeiTModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images, as from a DeiT image processor.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Patches to replace by the mask token (models built with `use_mask_token=True`).
+        interpolate_pos_encoding (`bool`, *optional*):
+            Interpolate position embeddings to the input size; K defaults then follow the actual token count.
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 for tokens to attend to, 0 for tokens to ignore (CLS, then the distillation token, then patches; the
+            first two never 0). Ignored tokens are never kept.
+        """
+        if pixel_values is None:
+            raise ValueError("pixel_values is required.")
+        if attention_mask is not None:
+            _check_distillation_token_mask(attention_mask)
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states = self.embeddings(
+            pixel_values.to(expected_dtype),
+            bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        run = self.run_layers(hidden_states, attention_mask, **kwargs)
+        sequence_output = self.layernorm(run.hidden_states)
+        pooler_output = self.pooler(sequence_output) if self.pooler is not None else None
+        if run.dense_hidden_states is not None:
+            sequence_output = self.layernorm(run.dense_hidden_states)
+            token_mask = attention_mask
+        else:
+            token_mask = run.state.token_mask
+        return AtsDeiTModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooler_output,
+            num_tokens=run.num_tokens,
+            sampled_token_indices=run.sampled_token_indices,
+            token_mask=_as_long_mask(token_mask, sequence_output),
+        )
+
+
+def _check_distillation_token_mask(attention_mask: torch.Tensor) -> None:
+    """Raise `ValueError` if a (B, L) user mask ignores the distillation token (position 1), which is always kept
+    and feeds the distillation head. (CLS, position 0, is checked by the core.)"""
+    if attention_mask.dim() != 2 or attention_mask.shape[1] <= DISTILLATION_TOKEN:
+        return  # the core reports the shape
+    masked = attention_mask[:, DISTILLATION_TOKEN] == 0
+    if masked.any():
+        images = masked.nonzero().flatten().tolist()
+        raise ValueError(
+            f"attention_mask masks the distillation token (position 1) of image(s) {images}; DeiT always keeps it "
+            "(its output feeds the distillation head), so positions 0 and 1 must be 1."
+        )
+
+
+def _as_long_mask(token_mask: torch.Tensor | None, hidden_states: torch.Tensor) -> torch.Tensor:
+    """(B, M) 0/1 long mask of real rows for (B, M, D) hidden states (all ones when `token_mask` is None)."""
+    if token_mask is None:
+        return torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
+    return token_mask.long()
+
+
+class AtsDeiTForImageClassificationWithTeacher(AtsDeiTPreTrainedModel, DeiTForImageClassificationWithTeacher):
+    """[`DeiTForImageClassificationWithTeacher`] with Adaptive Token Sampling in `config.ats_layers`: the class of
+    the distilled DeiT checkpoints (`facebook/deit-*-distilled-*`). The prediction is the average of the CLS head
+    and the distillation-token head, as upstream."""
+
+    def __init__(self, config: AtsDeiTConfig):
+        AtsDeiTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.deit = AtsDeiTModel(config, add_pooling_layer=False)
+        self.cls_classifier = _head(config)
+        self.distillation_classifier = _head(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsDeiTForImageClassificationWithTeacherOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices; the loss is the mean of both heads' losses against them (upstream DeiT has no loss here;
+            DeiT's teacher term is not reproduced: see `ats_hf.distillation` for a teacher at fine-tuning).
+        Other arguments as in [`AtsDeiTModel.forward`].
+        """
+        outputs: AtsDeiTModelOutput = self.deit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        sequence_output = outputs.last_hidden_state
+        cls_logits = self.cls_classifier(sequence_output[:, 0, :])
+        distillation_logits = self.distillation_classifier(sequence_output[:, DISTILLATION_TOKEN, :])
+        logits = (cls_logits + distillation_logits) / 2
+        loss = None
+        if labels is not None:
+            loss = (
+                self.loss_function(labels, cls_logits, self.config, **kwargs)
+                + self.loss_function(labels, distillation_logits, self.config, **kwargs)
+            ) / 2
+        return AtsDeiTForImageClassificationWithTeacherOutput(
+            loss=loss,
+            logits=logits,
+            cls_logits=cls_logits,
+            distillation_logits=distillation_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            num_tokens=outputs.num_tokens,
+            sampled_token_indices=outputs.sampled_token_indices,
+            token_mask=outputs.token_mask,
+        )
+
+
+class AtsDeiTForImageClassification(AtsDeiTPreTrainedModel, DeiTForImageClassification):
+    """[`DeiTForImageClassification`] with Adaptive Token Sampling in `config.ats_layers`: one head on the final CLS
+    token (the distillation token still runs through the encoder and is always kept)."""
+
+    _ats_auto_map = {
+        **AtsDeiTPreTrainedModel._ats_auto_map,
+        "AutoModelForImageClassification": "modeling_ats_deit.AtsDeiTForImageClassification",
+    }
+
+    def __init__(self, config: AtsDeiTConfig):
+        AtsDeiTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.deit = AtsDeiTModel(config, add_pooling_layer=False)
+        self.classifier = _head(config)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsDeiTImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices for the loss (regression if `num_labels == 1`).
+        Other arguments as in [`AtsDeiTModel.forward`].
+        """
+        outputs: AtsDeiTModelOutput = self.deit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return AtsDeiTImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            num_tokens=outputs.num_tokens,
+            sampled_token_indices=outputs.sampled_token_indices,
+            token_mask=outputs.token_mask,
+        )
+
+
+def _head(config: AtsDeiTConfig) -> nn.Module:
+    return nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+
+# Distilled DeiT checkpoints on the Hub use the old weight names (`encoder.layer.N.attention.attention.query`).
+# transformers renames them through a mapping keyed by class name, which subclasses do not inherit: register it.
+register_checkpoint_conversion_mapping("AtsDeiTModel", get_checkpoint_conversion_mapping("DeiTModel"), overwrite=True)
+
+__all__ = [
+    "AtsDeiTForImageClassification",
+    "AtsDeiTForImageClassificationWithTeacher",
+    "AtsDeiTForImageClassificationWithTeacherOutput",
+    "AtsDeiTImageClassifierOutput",
+    "AtsDeiTModel",
+    "AtsDeiTModelOutput",
+    "AtsDeiTPreTrainedModel",
+]
