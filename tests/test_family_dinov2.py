@@ -378,3 +378,26 @@ def test_training_with_stochastic_depth_runs_and_gradients_flow(images):
     assert output.loss.isfinite()
     grad = model.base_model.embeddings.patch_embeddings.projection.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_calibration_and_token_map_take_the_family(images):
+    from ats_hf.calibration import calibrate_capacity
+    from ats_hf.visualize import token_map
+
+    model = ats_twin(upstream_classifier(2))
+    with torch.no_grad():
+        kept = model(images).num_tokens
+    result = calibrate_capacity(model, images, quantile=1.0)  # quantile 1: the most any image keeps, specials included
+    assert result.capacity == {layer: int(kept[:, layer].max()) for layer in (1, 2, 3)}
+    assert model.ats_settings["capacity"] is None  # restored
+    picture = token_map(random_image(0), model, tiny_image_processor())
+    assert picture.mode == "RGB" and picture.size[0] > picture.size[1]
+
+
+@pytest.mark.slow  # exports and checks the graph in onnxruntime: about 35 s
+def test_static_mode_exports_to_onnx_and_the_graph_agrees(images, tmp_path):
+    from ats_hf.export import export_onnx, verify_onnx
+
+    model = ats_twin(upstream_classifier(2), ats_capacity=[60, 50, 40])
+    report = verify_onnx(export_onnx(model, tmp_path / "model.onnx", images[:2]), model, images)
+    assert report["passed"] and report["identical_kept_tokens"], report
