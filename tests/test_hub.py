@@ -83,7 +83,8 @@ def python_blocks(markdown: str) -> list[str]:
 
 def test_save_pretrained_ships_the_package_code(tmp_path):
     tiny_ats_classifier().save_pretrained(tmp_path)
-    for name in ("configuration_ats_core.py", "configuration_ats_vit.py", "modeling_ats_core.py", "modeling_ats_vit.py"):
+    for name in ("configuration_ats_core.py", "configuration_ats_vit.py", "modeling_ats_core.py",
+                 "modeling_ats_vit.py"):
         assert (tmp_path / name).read_bytes() == (PACKAGE_DIR / name).read_bytes(), name
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"] == "configuration_ats_vit.AtsViTConfig"

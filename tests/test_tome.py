@@ -69,3 +69,22 @@ def test_gmacs_count_what_runs():
     measured = counter.get_total_flops() / 2 / 1e9
     assert tome_gmacs(config, 8) < dense_gmacs(config)
     assert tome_gmacs(config, 8) == pytest.approx(measured, rel=0.01)
+
+
+def tiny_dinov2():
+    from ats_hf import AtsDinov2Config, AtsDinov2ForImageClassification
+
+    config = AtsDinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+                             num_labels=3, ats_layers=[1])
+    return AtsDinov2ForImageClassification(config).eval()
+
+
+def test_other_families_are_refused_by_name_and_left_out_of_the_benchmark(images):
+    from ats_hf.benchmark.engine import run_benchmark
+
+    model = tiny_dinov2()
+    with pytest.raises(ValueError, match=r"ToMe runs on ViT classifiers here .* not AtsDinov2ForImageClassification"):
+        tome_forward(model, images, 2)
+    result = run_benchmark(model, images, torch.zeros(len(images), dtype=torch.long), batch_sizes=())
+    assert not any(r.method.tome_r is not None for r in result.methods)
+    assert any("ToMe baseline left out" in note for note in result.notes)

@@ -157,3 +157,13 @@ def test_command_on_a_user_checkpoint_and_image_folder(tmp_path, capsys):
     report = capsys.readouterr().out
     assert code == 0, report
     assert "held out: 9 images" in report and "chosen (*): layers 2" in report
+
+
+def test_tune_refuses_other_families_by_name(images):
+    from ats_hf import AtsDinov2Config, AtsDinov2ForImageClassification
+
+    config = AtsDinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+                             num_labels=3)
+    model = AtsDinov2ForImageClassification(config).eval()
+    with pytest.raises(ValueError, match=r"tune searches ATS-ViT classifiers .* AtsDinov2ForImageClassification"):
+        tune(model, torch.cat([images] * 2), torch.zeros(12, dtype=torch.long), Target(max_gmacs_fraction=0.5))

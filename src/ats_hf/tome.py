@@ -69,6 +69,12 @@ def bipartite_merge(
 
 
 @torch.no_grad()
+def supports_tome(model: nn.Module) -> bool:
+    """Whether `tome_forward` can run `model`: a ViT classifier (ATS-ViT or transformers' ViT); the other ATS
+    families (DeiT, DINOv2, CLIP) have no ToMe path here yet."""
+    return hasattr(model, "vit") and hasattr(model.vit, "layers")
+
+
 def tome_forward(model: nn.Module, pixel_values: torch.Tensor, r: int | list[int]) -> tuple[torch.Tensor, list[int]]:
     """Classify with Token Merging on a ViT classifier's weights (an `AtsViTForImageClassification`, any ATS
     settings ignored, or transformers' `ViTForImageClassification`).
@@ -76,6 +82,9 @@ def tome_forward(model: nn.Module, pixel_values: torch.Tensor, r: int | list[int
     Returns:
         (B, num_labels) logits and the number of tokens each block outputs (the same for every image).
     """
+    if not supports_tome(model):
+        raise ValueError(f"ToMe runs on ViT classifiers here (ATS-ViT or ViTForImageClassification), not "
+                         f"{type(model).__name__}.")
     vit = model.vit
     hidden_states = vit.embeddings(pixel_values.to(vit.embeddings.patch_embeddings.projection.weight.dtype))
     batch_size, num_tokens, _ = hidden_states.shape

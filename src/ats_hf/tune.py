@@ -315,6 +315,9 @@ def tune(
         tome_r: ToMe merge counts per block to score next to the front, for comparison.
         speed: time the front (and ToMe, in eager) against dense there; required by a speed-up target.
     """
+    if not isinstance(model, AtsViTForImageClassification):
+        raise ValueError(f"tune searches ATS-ViT classifiers (it reuses their dense prefix); {type(model).__name__} "
+                         "is not supported yet: compare settings with `ats-hf benchmark` instead.")
     if target.min_speedup is not None and speed is None:
         raise ValueError("a speed-up target needs a SpeedSpec (where to time): pass speed=SpeedSpec(...).")
     if len(pixel_values) < 8:

@@ -31,7 +31,7 @@ from ..modeling_ats_dinov2 import AtsDinov2ForImageClassification
 from ..modeling_ats_vit import AtsViTForImageClassification
 from ..progress import Progress, note
 from ..settings import ats_settings_applied, format_max_tokens
-from ..tome import tome_forward, tome_gmacs
+from ..tome import supports_tome, tome_forward, tome_gmacs
 from .defaults import (
     ACCURACY_MODE_TIMING,
     ATTN_IMPLEMENTATION,
@@ -312,14 +312,17 @@ def run_benchmark(
     dense, ats_result = evaluate(Method("dense")), evaluate(ats)
     methods = [dense, ats_result] + [evaluate(baseline) for baseline in matched_baselines(ats_result)]
     image_size = tuple(pixel_values.shape[-2:])
-    if runtime == "eager" or not batch_sizes:  # ToMe runs in eager PyTorch only
+    with_tome = supports_tome(model)
+    if not with_tome:
+        notes = [*notes, f"ToMe baseline left out: it runs on ViT classifiers only, not {type(model).__name__}."]
+    if with_tome and (runtime == "eager" or not batch_sizes):  # ToMe runs in eager PyTorch only
         methods.append(evaluate(matched_tome(ats_result, model.config, image_size)))
     sweep_results = []
     for method in sweep:
         point = evaluate(method)
         sweep_results += [point] + [evaluate(baseline) for baseline in matched_baselines(point)]
         tome = matched_tome(point, model.config, image_size)
-        if tome not in [r.method for r in sweep_results]:
+        if with_tome and tome not in [r.method for r in sweep_results]:
             sweep_results.append(evaluate(dataclasses.replace(tome, name=f"{tome.name} (as {method.name})")))
     if batch_sizes:
         methods = time_methods(model, methods, pixel_values, batch_sizes, timing_images, repeats, seed,

@@ -64,7 +64,7 @@ def convert_to_ats(
     processor = _load_image_processor(image_processor or source)
     source_card = _read_card(source)
     if base_model is None:
-        if _source_model_type(source) == "ats_vit":
+        if (_source_model_type(source) or "").startswith("ats_"):
             base_model = source_card.get("base_model")
         elif not Path(source).is_dir():
             base_model = str(source)
