@@ -205,3 +205,18 @@ def test_model_card_states_the_static_mode_and_merging(tmp_path):
     assert "static mode, rows per ATS layer: layer 1: 30, layer 2: 20, layer 3: 10" in text
     assert "cosine similarity >= 0.8" in text
     assert "adaptive mode (None)" in write_model_card(tmp_path, tiny_ats_classifier().config, model_id="x").read_text()
+
+
+def test_model_card_names_the_family_its_special_tokens_and_its_code_files():
+    from ats_hf import AtsDinov2Config
+    from ats_hf.hub.model_card import build_model_card
+
+    config = AtsDinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+                             num_register_tokens=2, ats_layers=[1])
+    card = str(build_model_card(config, model_id="me/tiny-dinov2"))
+    assert "A DINOv2 model with **Adaptive Token Sampling**" in card
+    assert "| input tokens | 19 (CLS + 2 more special tokens + 16 patches) |" in card
+    assert "`configuration_ats_dinov2.py` and `modeling_ats_dinov2.py`" in card
+    assert "registers the ats_dinov2 model type" in card
+    plain = str(build_model_card(AtsDinov2Config(num_hidden_layers=2, ats_layers=[]), model_id="me/x"))
+    assert "runs as a plain DINOv2" in plain

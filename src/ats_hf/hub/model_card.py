@@ -1,4 +1,4 @@
-"""Model cards for ATS-ViT checkpoints, in the Hub's format: a YAML metadata header, then Markdown.
+"""Model cards for ATS checkpoints of every family, in the Hub's format: a YAML metadata header, then Markdown.
 
 `write_model_card(save_directory, config, ...)` writes README.md next to a saved model; `build_model_card` returns the
 `huggingface_hub.ModelCard` without writing it.
@@ -9,8 +9,18 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from ..configuration_ats_vit import AtsViTConfig, num_input_tokens
+from ..configuration_ats_core import num_input_tokens, num_special_tokens
+from ..configuration_ats_vit import AtsViTConfig
 from ..flops import dense_gmacs
+
+# What a card calls the upstream model of each ATS model type.
+FAMILY_NAMES = {
+    "ats_vit": "ViT/DeiT",
+    "ats_deit": "distilled DeiT",
+    "ats_dinov2": "DINOv2",
+    "ats_clip_vision_model": "CLIP vision",
+    "ats_clip": "CLIP",
+}
 
 TAGS = ["vision", "image-classification", "adaptive-token-sampling", "ats_hf"]
 
@@ -35,12 +45,12 @@ def build_model_card(
     metrics: dict[str, float] | None = None,
     datasets: list[str] | None = None,
 ) -> ModelCard:
-    """The model card of an ATS-ViT checkpoint.
+    """The model card of an ATS checkpoint (any family).
 
     Args:
         config: the checkpoint's config (ATS settings, geometry for the dense GMACs).
         model_id: what users pass to `from_pretrained` (the Hub repo id, or a local path) in the usage snippets.
-        base_model: Hub id of the plain ViT/DeiT the weights come from; `None` if not on the Hub or unknown.
+        base_model: Hub id of the upstream model the weights come from; `None` if not on the Hub or unknown.
         license: the license of the weights (normally the base model's); `None` writes `unknown`.
         ats_gmacs: mean measured GMACs per image with ATS, if known.
         gmacs_measured_on: what `ats_gmacs` was measured on (e.g. "the 50000 ImageNet-1k validation images").
@@ -62,7 +72,7 @@ def build_model_card(
         _settings_section(config),
         _compute_section(config, base_model, ats_gmacs, gmacs_measured_on),
         _metrics_section(metrics),
-        _usage_section(model_id),
+        _usage_section(model_id, config),
         "## Citation\n\n```bibtex\n" + _CITATION + "\n```\n",
     ]
     body = "\n".join(section for section in sections if section)
@@ -80,8 +90,9 @@ def write_model_card(save_directory: str | os.PathLike, config: AtsViTConfig, **
 
 def _title(config: AtsViTConfig, model_id: str, base_model: str | None) -> str:
     name = model_id.rstrip("/").split("/")[-1]
-    source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "A ViT/DeiT image classifier"
-    adaptive = "" if config.ats_layers else " (`ats_layers` is empty: this checkpoint runs as a plain ViT)"
+    family = FAMILY_NAMES.get(config.model_type, config.model_type)
+    source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"A {family} model"
+    adaptive = "" if config.ats_layers else f" (`ats_layers` is empty: this checkpoint runs as a plain {family})"
     return (
         f"# {name}\n\n"
         f"{source} with **Adaptive Token Sampling** (ATS; Fayyaz et al., ECCV 2022){adaptive}, packaged with "
@@ -94,8 +105,15 @@ def _title(config: AtsViTConfig, model_id: str, base_model: str | None) -> str:
     )
 
 
+def _special_tokens(config) -> str:
+    """The special tokens (always kept, never scored) in words: 'CLS', 'CLS + 1 more special token', ..."""
+    extra = num_special_tokens(config) - 1
+    return "CLS" if extra == 0 else f"CLS + {extra} more special token{'s' if extra > 1 else ''}"
+
+
 def _settings_section(config: AtsViTConfig) -> str:
     num_reference_tokens = num_input_tokens(config)
+    special = num_special_tokens(config)
     if config.ats_layers:
         resolved = config.resolve_ats_max_tokens(num_reference_tokens)
         budget = ", ".join(f"layer {index}: {tokens}" for index, tokens in resolved.items())
@@ -103,14 +121,15 @@ def _settings_section(config: AtsViTConfig) -> str:
         budget = "none (no ATS layers)"
     rows = [
         ("`ats_layers`", f"{config.ats_layers} of {config.num_hidden_layers} layers (0-based)"),
-        ("`ats_max_tokens`", f"{config.ats_max_tokens!r} -> most tokens kept, CLS included: {budget}"),
+        ("`ats_max_tokens`", f"{config.ats_max_tokens!r} -> most tokens kept, special tokens included: {budget}"),
         ("`ats_sampler`", f"`{config.ats_sampler}`"),
         ("`ats_capacity`", "adaptive mode (None)" if config.ats_capacity is None else
          f"{config.ats_capacity!r} -> static mode, rows per ATS layer: "
          + ", ".join(f"layer {i}: {rows}" for i, rows in config.resolve_ats_capacity(num_reference_tokens).items())),
         ("`ats_merge`", "dropped tokens leave (None)" if config.ats_merge is None else
          f"dropped tokens merge into kept ones at cosine similarity >= {config.ats_merge:g}"),
-        ("input tokens", f"{num_reference_tokens} (CLS + {num_reference_tokens - 1} patches)"),
+        ("input tokens",
+         f"{num_reference_tokens} ({_special_tokens(config)} + {num_reference_tokens - special} patches)"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     return (
@@ -147,13 +166,15 @@ def _metrics_section(metrics: dict[str, float] | None) -> str:
     return f"## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
 
 
-def _usage_section(model_id: str) -> str:
+def _usage_section(model_id: str, config) -> str:
+    configuration_file = type(config).__module__.rsplit(".", 1)[-1] + ".py"
+    modeling_file = configuration_file.replace("configuration_", "modeling_", 1)
     return f"""## Usage
 
 With ats_hf installed, the model runs from ats_hf's own code:
 
 ```python
-import ats_hf  # registers the ats_vit model type with transformers' Auto classes
+import ats_hf  # registers the {config.model_type} model type with transformers' Auto classes
 from transformers import pipeline
 
 classifier = pipeline("image-classification", model="{model_id}")
@@ -169,9 +190,10 @@ classifier = pipeline("image-classification", model="{model_id}", trust_remote_c
 classifier("image.jpg", top_k=5)
 ```
 
-`trust_remote_code=True` executes this repository's `configuration_ats_vit.py` and `modeling_ats_vit.py` on your
-machine. Read them before you run them, and pin the revision you read (`revision="<commit sha>"`) so that a later
-push cannot change the code you execute.
+`trust_remote_code=True` executes this repository's `{configuration_file}` and `{modeling_file}` (and the ATS core
+they import, `configuration_ats_core.py` and `modeling_ats_core.py`) on your machine. Read them before you run
+them, and pin the revision you read (`revision="<commit sha>"`) so that a later push cannot change the code you
+execute.
 
 Tokens kept and compute per image:
 
@@ -184,7 +206,7 @@ processor = AutoImageProcessor.from_pretrained("{model_id}")
 model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True).eval()
 with torch.no_grad():
     outputs = model(**processor(Image.open("image.jpg"), return_tensors="pt"))
-outputs.num_tokens             # (batch, num_layers): tokens each layer outputs, CLS included
+outputs.num_tokens             # (batch, num_layers): tokens each layer outputs, special tokens included
 outputs.sampled_token_indices  # (batch, ATS layers, max_kept): kept patch positions, -1 padded
 ```
 """
