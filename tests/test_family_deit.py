@@ -227,7 +227,7 @@ def test_user_mask_and_a_masked_distillation_token(images):
         output = model(images, attention_mask=mask)
     assert not any(p in row for p in range(8, 28) for row in kept_lists(output, 2))
     mask[4, 1] = 0
-    with pytest.raises(ValueError, match=r"masks the distillation token \(position 1\) of image\(s\) \[4\]"):
+    with pytest.raises(ValueError, match=r"masks a special token \(position 1\) of image\(s\) \[4\]"):
         model(images, attention_mask=mask)
     mask[4, 1], mask[3, 0] = 1, 0
     with pytest.raises(ValueError, match=r"masks the CLS token \(position 0\) of image\(s\) \[3\]"):

@@ -401,3 +401,14 @@ def test_static_mode_exports_to_onnx_and_the_graph_agrees(images, tmp_path):
     model = ats_twin(upstream_classifier(2), ats_capacity=[60, 50, 40])
     report = verify_onnx(export_onnx(model, tmp_path / "model.onnx", images[:2]), model, images)
     assert report["passed"] and report["identical_kept_tokens"], report
+
+
+def test_a_mask_over_a_register_is_refused_by_position(images):
+    model = ats_twin(upstream_classifier(2), ats_layers=[1])
+    num_tokens = model.config.ats_num_special_tokens + 64
+    mask = torch.ones(len(images), num_tokens, dtype=torch.long)
+    mask[3, 2] = 0
+    with pytest.raises(ValueError, match=r"masks a special token \(positions 1\.\.2\) of image\(s\) \[3\]"):
+        model(images, attention_mask=mask)
+    mask[3, 2], mask[3, 7] = 1, 0  # a patch may be masked
+    assert model(images, attention_mask=mask).logits.shape == (len(images), model.config.num_labels)

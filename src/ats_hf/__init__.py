@@ -1,4 +1,4 @@
-"""ats_hf: Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for HuggingFace transformers ViT models.
+"""ats_hf: Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for HuggingFace transformers ViT-family models.
 
 Importing the package registers every family (`ats_vit`, ...) with AutoConfig, AutoModel and its task auto classes,
 and marks the classes so that `save_pretrained` writes the modeling code and an `auto_map` for `trust_remote_code`
@@ -30,12 +30,7 @@ from .modeling_ats_deit import (
     AtsDeiTForImageClassificationWithTeacher,
     AtsDeiTModel,
 )
-from .modeling_ats_dinov2 import (
-    AtsDinov2ForImageClassification,
-    AtsDinov2ImageClassifierOutput,
-    AtsDinov2Model,
-    AtsDinov2ModelOutput,
-)
+from .modeling_ats_dinov2 import AtsDinov2ForImageClassification, AtsDinov2Model
 from .modeling_ats_vit import (
     AtsImageClassifierOutput,
     AtsViTForImageClassification,
@@ -107,9 +102,7 @@ __all__ = [
     "AtsDeiTModel",
     "AtsDinov2Config",
     "AtsDinov2ForImageClassification",
-    "AtsDinov2ImageClassifierOutput",
     "AtsDinov2Model",
-    "AtsDinov2ModelOutput",
     "AtsImageClassifierOutput",
     "AtsViTConfig",
     "AtsViTForImageClassification",

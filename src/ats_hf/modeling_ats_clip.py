@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.clip.modeling_clip import (
     CLIPAttention,
     CLIPEncoder,
@@ -37,19 +36,13 @@ from .modeling_ats_core import (
     AtsAttentionMixin,
     AtsEncoderMixin,
     AtsEncoderRun,
-    AtsLayerPlan,
+    AtsImageClassifierOutput,
+    AtsLayerMixin,
+    AtsModelOutput,
     AtsPreTrainedMixin,
-    TokenSelection,
-    TokenState,
-    update_real_rows,
+    ats_output_fields,
+    mean_of_kept_patches,
 )
-
-
-@dataclass
-class AtsCLIPVisionModelOutput(BaseModelOutputWithPooling):
-    num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: torch.LongTensor | None = None
-    token_mask: torch.LongTensor | None = None
 
 
 @dataclass
@@ -59,56 +52,32 @@ class AtsCLIPVisionProjectionOutput(CLIPVisionModelOutput):
     token_mask: torch.LongTensor | None = None
 
 
-@dataclass
-class AtsCLIPImageClassifierOutput(ImageClassifierOutput):
-    num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: torch.LongTensor | None = None
-    token_mask: torch.LongTensor | None = None
-
-
-AtsCLIPVisionModelOutput.__doc__ = (
-    "[`BaseModelOutputWithPooling`] of the ATS-CLIP vision tower; `last_hidden_state` (before `post_layernorm`, as "
-    "in CLIP) holds real tokens packed to the front of each row (see `token_mask`), or the full token grid with "
-    "`config.ats_dense_output`; `pooler_output` is `post_layernorm` of the CLS row.\n" + ATS_OUTPUT_DOC
-)
 AtsCLIPVisionProjectionOutput.__doc__ = "[`CLIPVisionModelOutput`] of ATS-CLIP.\n" + ATS_OUTPUT_DOC
-AtsCLIPImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of ATS-CLIP.\n" + ATS_OUTPUT_DOC
 
 
 class AtsCLIPAttention(AtsAttentionMixin, CLIPAttention):
     """CLIP self-attention that, in an ATS layer, scores and samples tokens and attends only from the kept rows."""
 
-    def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, TokenSelection | None]:
-        """hidden_states: (B, L, D), layer-normed; plan: None in an ordinary layer. Returns the (B, M, D) output,
-        the attention probabilities (eager only) and the kept rows (None if all were kept in place)."""
-        if plan is None:
-            attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
-            return attn_output, attn_weights, None
-        return self.ats_forward(hidden_states, state, plan, self.out_proj, self.scale, self.dropout, **kwargs)
+    ats_output_projection_attribute = "out_proj"
+    ats_scaling_attribute = "scale"
+    ats_dropout_attribute = "dropout"
 
 
-class AtsCLIPEncoderLayer(CLIPEncoderLayer):
+class AtsCLIPEncoderLayer(AtsLayerMixin, CLIPEncoderLayer):
     """A CLIP encoder layer; in an ATS layer the attention samples tokens and the rest runs on kept rows only."""
 
-    def __init__(self, config: AtsCLIPVisionConfig, layer_index: int):
-        super().__init__(config)
-        self.self_attn = AtsCLIPAttention(config)
-        self.layer_index = layer_index
+    ats_attention_attribute = "self_attn"
+    ats_attention_class = AtsCLIPAttention
 
-    def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, TokenState]:
-        """(B, L, D) in -> (B, M, D) out and the state of its M rows (the input's when no row was dropped)."""
-        residual = hidden_states
+    def ats_attention_branch(self, hidden_states, state, plan, **kwargs):
         attn_output, _, selection = self.self_attn(self.layer_norm1(hidden_states), state, plan, **kwargs)
-        if selection is not None:
-            residual, state = state.select(self.self_attn.config, selection, residual)
-        hidden_states = update_real_rows(
-            residual + attn_output, state.padding, lambda rows: self.mlp(self.layer_norm2(rows))
-        )
-        return hidden_states, state
+        return attn_output, selection
+
+    def ats_attention_update(self, attn_output):
+        return attn_output
+
+    def ats_mlp_update(self, rows):
+        return self.mlp(self.layer_norm2(rows))
 
 
 class AtsCLIPEncoder(AtsEncoderMixin, CLIPEncoder):
@@ -171,7 +140,7 @@ class AtsCLIPVisionModel(AtsCLIPPreTrainedModel, CLIPVisionModel):
         interpolate_pos_encoding: bool | None = False,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> AtsCLIPVisionModelOutput:
+    ) -> AtsModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images, as from a CLIP image processor.
@@ -184,25 +153,15 @@ class AtsCLIPVisionModel(AtsCLIPPreTrainedModel, CLIPVisionModel):
             raise ValueError("pixel_values is required.")
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         run: AtsEncoderRun = self.encoder(self.pre_layrnorm(hidden_states), attention_mask, **kwargs)
-        pooled_output = self.post_layernorm(run.hidden_states[:, 0, :])
-        if run.dense_hidden_states is not None:
-            last_hidden_state, token_mask = run.dense_hidden_states, attention_mask
-        else:
-            last_hidden_state, token_mask = run.hidden_states, run.state.token_mask
-        return AtsCLIPVisionModelOutput(
+        # CLIP's last_hidden_state is the encoder's output itself; post_layernorm is for the pooled CLS row only.
+        last_hidden_state, token_mask = run.last_hidden_state(nn.Identity(), attention_mask)
+        return AtsModelOutput(
             last_hidden_state=last_hidden_state,
-            pooler_output=pooled_output,
+            pooler_output=self.post_layernorm(last_hidden_state[:, 0, :]),
             num_tokens=run.num_tokens,
             sampled_token_indices=run.sampled_token_indices,
-            token_mask=_as_long_mask(token_mask, last_hidden_state),
+            token_mask=token_mask,
         )
-
-
-def _as_long_mask(token_mask: torch.Tensor | None, hidden_states: torch.Tensor) -> torch.Tensor:
-    """(B, M) 0/1 long mask of real rows for (B, M, D) hidden states (all ones when `token_mask` is None)."""
-    if token_mask is None:
-        return torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
-    return token_mask.long()
 
 
 class AtsCLIPVisionModelWithProjection(AtsCLIPPreTrainedModel, CLIPVisionModelWithProjection):
@@ -234,7 +193,7 @@ class AtsCLIPVisionModelWithProjection(AtsCLIPPreTrainedModel, CLIPVisionModelWi
     ) -> AtsCLIPVisionProjectionOutput:
         """Arguments as in [`AtsCLIPVisionModel.forward`]; `image_embeds` (B, projection_dim) is the projected
         pooled CLS row."""
-        outputs: AtsCLIPVisionModelOutput = self.vision_model(
+        outputs: AtsModelOutput = self.vision_model(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, attention_mask=attention_mask, **kwargs
         )
         return AtsCLIPVisionProjectionOutput(
@@ -281,42 +240,20 @@ class AtsCLIPForImageClassification(AtsCLIPPreTrainedModel, CLIPForImageClassifi
         interpolate_pos_encoding: bool = False,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> AtsCLIPImageClassifierOutput:
+    ) -> AtsImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices for the loss (regression if `num_labels == 1`).
         Other arguments as in [`AtsCLIPVisionModel.forward`].
         """
-        outputs: AtsCLIPVisionModelOutput = self.vision_model(
+        outputs: AtsModelOutput = self.vision_model(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, attention_mask=attention_mask, **kwargs
         )
-        patches = outputs.last_hidden_state[:, 1:]
-        weights = _kept_patch_mask(outputs, self.config.ats_dense_output).to(patches.dtype)
-        pooled = (patches * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
-        logits = self.classifier(pooled)
+        logits = self.classifier(mean_of_kept_patches(outputs, 1, self.config.ats_dense_output))
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return AtsCLIPImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            num_tokens=outputs.num_tokens,
-            sampled_token_indices=outputs.sampled_token_indices,
-            token_mask=outputs.token_mask,
-        )
-
-
-def _kept_patch_mask(outputs: AtsCLIPVisionModelOutput, dense_output: bool) -> torch.Tensor:
-    """(B, P') 0/1 mask of the patch rows of `last_hidden_state` the last layer computed: the real rows when they
-    are packed; on the dense grid, the positions the last ATS layer kept."""
-    patch_mask = outputs.token_mask[:, 1:]
-    if not dense_output or outputs.sampled_token_indices is None:
-        return patch_mask
-    kept = outputs.sampled_token_indices[:, -1]
-    grid = torch.zeros_like(patch_mask)
-    return grid.scatter(1, kept.clamp(min=0), (kept >= 0).to(grid.dtype))
+        return AtsImageClassifierOutput(loss=loss, logits=logits, **ats_output_fields(outputs))
 
 
 class AtsCLIPModel(AtsPreTrainedMixin, CLIPModel):
@@ -369,11 +306,9 @@ register_checkpoint_conversion_mapping(
 
 __all__ = [
     "AtsCLIPForImageClassification",
-    "AtsCLIPImageClassifierOutput",
     "AtsCLIPModel",
     "AtsCLIPPreTrainedModel",
     "AtsCLIPVisionModel",
-    "AtsCLIPVisionModelOutput",
     "AtsCLIPVisionModelWithProjection",
     "AtsCLIPVisionProjectionOutput",
 ]

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import eager_attention_forward
 
@@ -392,14 +393,16 @@ class TokenState:
         """The state of the first layer's (B, L, D) input rows under a user's (B, L) `attention_mask` (1 = real)."""
         batch_size, num_tokens = hidden_states.shape[:2]
         positions = torch.arange(num_tokens, device=hidden_states.device).expand(batch_size, -1)
-        padding = _input_padding(attention_mask, batch_size, num_tokens, hidden_states.device)
+        special = num_special_tokens(config)
+        padding = _input_padding(attention_mask, batch_size, num_tokens, hidden_states.device, special)
         return cls(positions, padding, _self_attention_mask(config, hidden_states, padding))
 
 
 def _input_padding(
-    attention_mask: torch.Tensor | None, batch_size: int, num_tokens: int, device: torch.device
+    attention_mask: torch.Tensor | None, batch_size: int, num_tokens: int, device: torch.device, num_special: int = 1
 ) -> PaddingLayout | None:
-    """A user's 2-D attention mask over input tokens as a padding layout, or None when it masks nothing."""
+    """A user's 2-D attention mask over input tokens as a padding layout, or None when it masks nothing. The S
+    special tokens may not be masked (one host read checks them with the count)."""
     if attention_mask is None:
         return None
     if attention_mask.shape != (batch_size, num_tokens):
@@ -408,12 +411,22 @@ def _input_padding(
             f"(batch_size, sequence_length) = ({batch_size}, {num_tokens}), CLS first."
         )
     token_mask = attention_mask.to(device=device, dtype=torch.bool)
-    num_real, cls_masked = torch.stack([token_mask.sum(), (~token_mask[:, 0]).sum()]).tolist()
+    special_masked = ~token_mask[:, :num_special]
+    num_real, cls_masked, others_masked = torch.stack(
+        [token_mask.sum(), special_masked[:, 0].sum(), special_masked[:, 1:].sum()]
+    ).tolist()
     if cls_masked:
-        images = (~token_mask[:, 0]).nonzero().flatten().tolist()
+        images = special_masked[:, 0].nonzero().flatten().tolist()
         raise ValueError(
             f"attention_mask masks the CLS token (position 0) of image(s) {images}; every image needs its CLS token "
             "(its attention row scores the patches and its output is the prediction), so position 0 must be 1."
+        )
+    if others_masked:
+        images = special_masked.any(dim=1).nonzero().flatten().tolist()
+        positions = "position 1" if num_special == 2 else f"positions 1..{num_special - 1}"
+        raise ValueError(
+            f"attention_mask masks a special token ({positions}) of image(s) {images}; this model's first "
+            f"{num_special} tokens (CLS, then the distillation token or registers) are always kept, so they must be 1."
         )
     if num_real == token_mask.numel():
         return None
@@ -436,29 +449,32 @@ def _gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 class AtsAttentionMixin:
-    """ATS for a family's self-attention module, which provides `q_proj`, `k_proj`, `v_proj` (heads of `head_dim`)
-    and `config`; the family passes its output projection, scale and dropout to `ats_forward`."""
+    """ATS for a family's self-attention module (listed before the upstream class), which provides `q_proj`,
+    `k_proj`, `v_proj` (heads of `head_dim`), `config` and a `forward(hidden_states, attention_mask)`. A family whose
+    output projection, scale or dropout attributes are not named as ViT's sets the `ats_*_attribute` names."""
+
+    ats_output_projection_attribute = "o_proj"
+    ats_scaling_attribute = "scaling"
+    ats_dropout_attribute = "attention_dropout"
+
+    def forward(
+        self, hidden_states: torch.Tensor, state: "TokenState", plan: AtsLayerPlan | None = None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None, "TokenSelection | None"]:
+        """hidden_states: (B, L, D), normed; plan: None in an ordinary layer (the upstream attention, under the
+        state's mask). Returns the (B, M, D) output, the attention probabilities (eager only, else None) and the
+        kept rows (None in an ordinary layer, or if every row was kept in place)."""
+        if plan is None:
+            attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
+            return attn_output, attn_weights, None
+        return self.ats_forward(hidden_states, state, plan, **kwargs)
 
     def ats_forward(
-        self,
-        hidden_states: torch.Tensor,
-        state: TokenState,
-        plan: AtsLayerPlan,
-        output_projection: nn.Module,
-        scaling: float,
-        dropout: float,
-        **kwargs,
+        self, hidden_states: torch.Tensor, state: "TokenState", plan: AtsLayerPlan, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor | None, "TokenSelection | None"]:
-        """Score and sample tokens, then attend only from the kept rows.
-
-        Args:
-            hidden_states: (B, L, D), already normed.
-            state: the L rows' positions, padding, sizes and attention mask.
-            plan: K (and the static capacity) of this ATS layer.
-        Returns:
-            attention output (B, M, D) after `output_projection`, attention probabilities (eager only, else None),
-            and which rows were kept (None if every row was kept in place).
-        """
+        """Score and sample tokens, then attend only from the kept rows (arguments and returns as `forward`)."""
+        output_projection = getattr(self, self.ats_output_projection_attribute)
+        scaling = getattr(self, self.ats_scaling_attribute)
+        dropout = getattr(self, self.ats_dropout_attribute)
         config = self.config
         num_special = num_special_tokens(config)
         token_mask = state.token_mask
@@ -518,6 +534,64 @@ class AtsAttentionMixin:
             attn_output = _gather_rows(attn_output, kept_rows)
         selection = None if kept_rows is None else TokenSelection(kept_rows, kept_padding, merge_keys)
         return output_projection(attn_output), attn_weights, selection
+
+
+class AtsLayerMixin:
+    """A pre-norm encoder layer (listed before the upstream layer class): `x + attention branch(x)`, where an ATS
+    layer keeps only some rows, then `x + MLP branch(x)` on the real rows only. The family says what its branches
+    are (`ats_attention_branch`, `ats_attention_update`, `ats_mlp_update`) and where its ATS attention goes
+    (`ats_attention_attribute`, `ats_attention_class`)."""
+
+    ats_attention_attribute = "attention"
+    ats_attention_class: type
+
+    def __init__(self, config, layer_index: int):
+        super().__init__(config)
+        setattr(self, self.ats_attention_attribute, self.ats_attention_class(config))
+        self.layer_index = layer_index
+
+    def forward(
+        self, hidden_states: torch.Tensor, state: "TokenState", plan: AtsLayerPlan | None = None, **kwargs
+    ) -> tuple[torch.Tensor, "TokenState"]:
+        """(B, L, D) in -> (B, M, D) out and the state of its M rows (the input's when no row was dropped);
+        plan: what this layer samples, if it is an ATS layer, else None."""
+        residual = hidden_states
+        attn_output, selection = self.ats_attention_branch(hidden_states, state, plan, **kwargs)
+        if selection is not None:
+            residual, state = state.select(getattr(self, self.ats_attention_attribute).config, selection, residual)
+        hidden_states = self.ats_attention_update(attn_output) + residual
+        return update_real_rows(hidden_states, self.ats_mlp_padding(state), self.ats_mlp_update), state
+
+    def ats_attention_branch(self, hidden_states: torch.Tensor, state: "TokenState", plan, **kwargs):
+        """(B, L, D) -> the attention output (B, M, D) of the normed rows and the kept rows (or None)."""
+        raise NotImplementedError
+
+    def ats_attention_update(self, attn_output: torch.Tensor) -> torch.Tensor:
+        """What the attention output adds to the residual (dropout, layer scale, ...)."""
+        raise NotImplementedError
+
+    def ats_mlp_update(self, rows: torch.Tensor) -> torch.Tensor:
+        """(T, D) -> (T, D): what the MLP branch adds to each row (norm, MLP, dropout, layer scale, ...)."""
+        raise NotImplementedError
+
+    def ats_mlp_padding(self, state: "TokenState") -> "PaddingLayout | None":
+        """The padding the MLP branch may skip (a family whose MLP branch mixes rows returns None)."""
+        return state.padding
+
+
+class AtsViTStyleLayerMixin(AtsLayerMixin):
+    """The branches of a ViT-style layer (ViT, DeiT): `layernorm_before`, `attention`, `layernorm_after`, `mlp`,
+    `dropout`."""
+
+    def ats_attention_branch(self, hidden_states, state, plan, **kwargs):
+        attn_output, _, selection = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
+        return attn_output, selection
+
+    def ats_attention_update(self, attn_output):
+        return self.dropout(attn_output)
+
+    def ats_mlp_update(self, rows):
+        return self.dropout(self.mlp(self.layernorm_after(rows)))
 
 
 def update_real_rows(
@@ -658,6 +732,20 @@ class AtsEncoderRun(NamedTuple):
     dense_hidden_states: torch.Tensor | None
     """(B, N, D) the full input grid, each token's value from the last layer that computed it
     (`config.ats_dense_output`), else None."""
+
+    def last_hidden_state(
+        self, norm: Callable[[torch.Tensor], torch.Tensor], attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's `last_hidden_state` after the final `norm`: the (B, M, D) kept rows, or the (B, N, D) full
+        grid with `ats_dense_output`; and its (B, M or N) 0/1 long `token_mask` (the grid's is the user's
+        `attention_mask`). Row 0 is CLS either way."""
+        if self.dense_hidden_states is None:
+            hidden_states, token_mask = norm(self.hidden_states), self.state.token_mask
+        else:
+            hidden_states, token_mask = norm(self.dense_hidden_states), attention_mask
+        if token_mask is None:
+            return hidden_states, torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
+        return hidden_states, token_mask.long()
 
 
 class AtsEncoderMixin:
@@ -806,17 +894,71 @@ ATS_OUTPUT_DOC = r"""
         1 where `last_hidden_state` holds a real token, 0 for padding (transformers' attention-mask convention).
 """
 
+
+@dataclass
+class AtsModelOutput(BaseModelOutputWithPooling):
+    num_tokens: torch.LongTensor | None = None
+    sampled_token_indices: torch.LongTensor | None = None
+    token_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class AtsImageClassifierOutput(ImageClassifierOutput):
+    num_tokens: torch.LongTensor | None = None
+    sampled_token_indices: torch.LongTensor | None = None
+    token_mask: torch.LongTensor | None = None
+
+
+AtsModelOutput.__doc__ = (
+    "[`BaseModelOutputWithPooling`] of an ATS base model; `last_hidden_state` holds the real tokens (special tokens "
+    "first) packed to the front of each row (see `token_mask`), or the full token grid with "
+    "`config.ats_dense_output`.\n" + ATS_OUTPUT_DOC
+)
+AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of an ATS image classifier.\n" + ATS_OUTPUT_DOC
+
+
+def mean_of_kept_patches(outputs: AtsModelOutput, num_special: int, dense_output: bool) -> torch.Tensor:
+    """(B, D) mean of the patch tokens the last layer kept, from a base model's outputs (for heads that pool patches,
+    as DINOv2's and CLIP's classifiers): padding rows are left out of packed rows, and on the dense grid
+    (`dense_output`) so are the positions the last ATS layer dropped. Without ATS it is the mean of all patches."""
+    patches = outputs.last_hidden_state[:, num_special:]
+    kept = outputs.token_mask[:, num_special:].bool()
+    if dense_output and outputs.sampled_token_indices is not None:
+        last_kept = outputs.sampled_token_indices[:, -1]
+        num_patches = kept.shape[1]
+        spare = torch.zeros(kept.shape[0], num_patches + 1, dtype=torch.bool, device=kept.device)
+        kept = spare.scatter_(1, last_kept.masked_fill(last_kept < 0, num_patches), True)[:, :num_patches]
+    weights = kept.to(patches.dtype)[..., None]
+    return (patches * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def ats_output_fields(outputs) -> dict:
+    """What a task model passes on from its base model's outputs: hidden states, attentions and the ATS fields."""
+    return {
+        "hidden_states": outputs.hidden_states,
+        "attentions": outputs.attentions,
+        "num_tokens": outputs.num_tokens,
+        "sampled_token_indices": outputs.sampled_token_indices,
+        "token_mask": outputs.token_mask,
+    }
+
 __all__ = [
     "ATS_OUTPUT_DOC",
     "AtsAttentionMixin",
     "AtsEncoderMixin",
     "AtsEncoderRun",
+    "AtsImageClassifierOutput",
+    "AtsLayerMixin",
     "AtsLayerPlan",
+    "AtsModelOutput",
     "AtsPreTrainedMixin",
+    "AtsViTStyleLayerMixin",
     "PaddingLayout",
     "TokenSelection",
     "TokenState",
+    "ats_output_fields",
     "inverse_transform_sampling",
+    "mean_of_kept_patches",
     "merge_dropped_tokens",
     "pack_kept_tokens",
     "pack_kept_tokens_static",

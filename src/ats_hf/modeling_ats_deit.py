@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.deit.modeling_deit import (
     DeiTAttention,
     DeiTEmbeddings,
@@ -37,29 +36,15 @@ from .modeling_ats_core import (
     ATS_OUTPUT_DOC,
     AtsAttentionMixin,
     AtsEncoderMixin,
-    AtsLayerPlan,
+    AtsImageClassifierOutput,
+    AtsModelOutput,
     AtsPreTrainedMixin,
-    TokenSelection,
-    TokenState,
-    update_real_rows,
+    AtsViTStyleLayerMixin,
+    ats_output_fields,
 )
 
 DISTILLATION_TOKEN = 1
 """Position of the distillation token in the embeddings' output (CLS is 0, patches start at 2)."""
-
-
-@dataclass
-class AtsDeiTModelOutput(BaseModelOutputWithPooling):
-    num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: torch.LongTensor | None = None
-    token_mask: torch.LongTensor | None = None
-
-
-@dataclass
-class AtsDeiTImageClassifierOutput(ImageClassifierOutput):
-    num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: torch.LongTensor | None = None
-    token_mask: torch.LongTensor | None = None
 
 
 @dataclass
@@ -75,12 +60,6 @@ class AtsDeiTForImageClassificationWithTeacherOutput(ModelOutput):
     token_mask: torch.LongTensor | None = None
 
 
-AtsDeiTModelOutput.__doc__ = (
-    "[`BaseModelOutputWithPooling`] of ATS-DeiT; `last_hidden_state` holds real tokens packed to the front of each "
-    "row, CLS and the distillation token first (see `token_mask`), or the full token grid with "
-    "`config.ats_dense_output`.\n" + ATS_OUTPUT_DOC
-)
-AtsDeiTImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of ATS-DeiT with the CLS head.\n" + ATS_OUTPUT_DOC
 AtsDeiTForImageClassificationWithTeacherOutput.__doc__ = (
     r"""Output of [`AtsDeiTForImageClassificationWithTeacher`].
 
@@ -102,38 +81,11 @@ class AtsDeiTAttention(AtsAttentionMixin, DeiTAttention):
     """DeiT self-attention that, in an ATS layer, scores patches by the CLS row, samples them, and attends only
     from the kept rows (CLS and the distillation token always among them)."""
 
-    def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, TokenSelection | None]:
-        """hidden_states: (B, L, D), layer-normed; plan: None in an ordinary layer. Returns the (B, M, D) output,
-        the attention probabilities (eager only) and the kept rows (None if all were kept in place)."""
-        if plan is None:
-            attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
-            return attn_output, attn_weights, None
-        return self.ats_forward(hidden_states, state, plan, self.o_proj, self.scaling, self.attention_dropout, **kwargs)
 
-
-class AtsDeiTLayer(DeiTLayer):
+class AtsDeiTLayer(AtsViTStyleLayerMixin, DeiTLayer):
     """A DeiT encoder layer; in an ATS layer the attention samples tokens and the rest runs on kept rows only."""
 
-    def __init__(self, config: AtsDeiTConfig, layer_index: int):
-        super().__init__(config)
-        self.attention = AtsDeiTAttention(config)
-        self.layer_index = layer_index
-
-    def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, TokenState]:
-        """(B, L, D) in -> (B, M, D) out and the state of its M rows (the input's when no row was dropped)."""
-        residual = hidden_states
-        attn_output, _, selection = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
-        if selection is not None:
-            residual, state = state.select(self.attention.config, selection, residual)
-        hidden_states = self.dropout(attn_output) + residual
-        hidden_states = update_real_rows(
-            hidden_states, state.padding, lambda rows: self.dropout(self.mlp(self.layernorm_after(rows)))
-        )
-        return hidden_states, state
+    ats_attention_class = AtsDeiTAttention
 
 
 class AtsDeiTPreTrainedModel(AtsPreTrainedMixin, DeiTPreTrainedModel):
@@ -179,7 +131,7 @@ class AtsDeiTModel(AtsEncoderMixin, AtsDeiTPreTrainedModel, DeiTModel):
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> AtsDeiTModelOutput:
+    ) -> AtsModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images, as from a DeiT image processor.
@@ -193,8 +145,6 @@ class AtsDeiTModel(AtsEncoderMixin, AtsDeiTPreTrainedModel, DeiTModel):
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required.")
-        if attention_mask is not None:
-            _check_distillation_token_mask(attention_mask)
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         hidden_states = self.embeddings(
             pixel_values.to(expected_dtype),
@@ -202,41 +152,14 @@ class AtsDeiTModel(AtsEncoderMixin, AtsDeiTPreTrainedModel, DeiTModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
         run = self.run_layers(hidden_states, attention_mask, **kwargs)
-        sequence_output = self.layernorm(run.hidden_states)
-        pooler_output = self.pooler(sequence_output) if self.pooler is not None else None
-        if run.dense_hidden_states is not None:
-            sequence_output = self.layernorm(run.dense_hidden_states)
-            token_mask = attention_mask
-        else:
-            token_mask = run.state.token_mask
-        return AtsDeiTModelOutput(
+        sequence_output, token_mask = run.last_hidden_state(self.layernorm, attention_mask)
+        return AtsModelOutput(
             last_hidden_state=sequence_output,
-            pooler_output=pooler_output,
+            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
             num_tokens=run.num_tokens,
             sampled_token_indices=run.sampled_token_indices,
-            token_mask=_as_long_mask(token_mask, sequence_output),
+            token_mask=token_mask,
         )
-
-
-def _check_distillation_token_mask(attention_mask: torch.Tensor) -> None:
-    """Raise `ValueError` if a (B, L) user mask ignores the distillation token (position 1), which is always kept
-    and feeds the distillation head. (CLS, position 0, is checked by the core.)"""
-    if attention_mask.dim() != 2 or attention_mask.shape[1] <= DISTILLATION_TOKEN:
-        return  # the core reports the shape
-    masked = attention_mask[:, DISTILLATION_TOKEN] == 0
-    if masked.any():
-        images = masked.nonzero().flatten().tolist()
-        raise ValueError(
-            f"attention_mask masks the distillation token (position 1) of image(s) {images}; DeiT always keeps it "
-            "(its output feeds the distillation head), so positions 0 and 1 must be 1."
-        )
-
-
-def _as_long_mask(token_mask: torch.Tensor | None, hidden_states: torch.Tensor) -> torch.Tensor:
-    """(B, M) 0/1 long mask of real rows for (B, M, D) hidden states (all ones when `token_mask` is None)."""
-    if token_mask is None:
-        return torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
-    return token_mask.long()
 
 
 class AtsDeiTForImageClassificationWithTeacher(AtsDeiTPreTrainedModel, DeiTForImageClassificationWithTeacher):
@@ -267,7 +190,7 @@ class AtsDeiTForImageClassificationWithTeacher(AtsDeiTPreTrainedModel, DeiTForIm
             DeiT's teacher term is not reproduced: see `ats_hf.distillation` for a teacher at fine-tuning).
         Other arguments as in [`AtsDeiTModel.forward`].
         """
-        outputs: AtsDeiTModelOutput = self.deit(
+        outputs: AtsModelOutput = self.deit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             attention_mask=attention_mask,
@@ -288,11 +211,7 @@ class AtsDeiTForImageClassificationWithTeacher(AtsDeiTPreTrainedModel, DeiTForIm
             logits=logits,
             cls_logits=cls_logits,
             distillation_logits=distillation_logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            num_tokens=outputs.num_tokens,
-            sampled_token_indices=outputs.sampled_token_indices,
-            token_mask=outputs.token_mask,
+            **ats_output_fields(outputs),
         )
 
 
@@ -320,13 +239,13 @@ class AtsDeiTForImageClassification(AtsDeiTPreTrainedModel, DeiTForImageClassifi
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> AtsDeiTImageClassifierOutput:
+    ) -> AtsImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices for the loss (regression if `num_labels == 1`).
         Other arguments as in [`AtsDeiTModel.forward`].
         """
-        outputs: AtsDeiTModelOutput = self.deit(
+        outputs: AtsModelOutput = self.deit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             attention_mask=attention_mask,
@@ -336,15 +255,7 @@ class AtsDeiTForImageClassification(AtsDeiTPreTrainedModel, DeiTForImageClassifi
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return AtsDeiTImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            num_tokens=outputs.num_tokens,
-            sampled_token_indices=outputs.sampled_token_indices,
-            token_mask=outputs.token_mask,
-        )
+        return AtsImageClassifierOutput(loss=loss, logits=logits, **ats_output_fields(outputs))
 
 
 def _head(config: AtsDeiTConfig) -> nn.Module:
@@ -359,8 +270,6 @@ __all__ = [
     "AtsDeiTForImageClassification",
     "AtsDeiTForImageClassificationWithTeacher",
     "AtsDeiTForImageClassificationWithTeacherOutput",
-    "AtsDeiTImageClassifierOutput",
     "AtsDeiTModel",
-    "AtsDeiTModelOutput",
     "AtsDeiTPreTrainedModel",
 ]

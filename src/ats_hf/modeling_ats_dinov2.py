@@ -12,13 +12,11 @@ Shapes: B = batch, L = tokens entering a layer (S special tokens first), M = row
 D = hidden size.
 """
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.dinov2.modeling_dinov2 import (
     Dinov2Attention,
     Dinov2Embeddings,
@@ -33,38 +31,16 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ats_dinov2 import AtsDinov2Config
 from .modeling_ats_core import (
-    ATS_OUTPUT_DOC,
     AtsAttentionMixin,
     AtsEncoderMixin,
     AtsEncoderRun,
-    AtsLayerPlan,
+    AtsImageClassifierOutput,
+    AtsLayerMixin,
+    AtsModelOutput,
     AtsPreTrainedMixin,
-    TokenSelection,
-    TokenState,
-    update_real_rows,
+    ats_output_fields,
+    mean_of_kept_patches,
 )
-
-
-@dataclass
-class AtsDinov2ModelOutput(BaseModelOutputWithPooling):
-    num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: torch.LongTensor | None = None
-    token_mask: torch.LongTensor | None = None
-
-
-@dataclass
-class AtsDinov2ImageClassifierOutput(ImageClassifierOutput):
-    num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: torch.LongTensor | None = None
-    token_mask: torch.LongTensor | None = None
-
-
-AtsDinov2ModelOutput.__doc__ = (
-    "[`BaseModelOutputWithPooling`] of ATS-DINOv2; `last_hidden_state` holds real tokens (CLS, registers, kept "
-    "patches) packed to the front of each row (see `token_mask`), or the full token grid with "
-    "`config.ats_dense_output`; `pooler_output` is the layer-normed CLS token, as upstream.\n" + ATS_OUTPUT_DOC
-)
-AtsDinov2ImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of ATS-DINOv2.\n" + ATS_OUTPUT_DOC
 
 
 def upstream_prefix(config: AtsDinov2Config) -> str:
@@ -75,41 +51,26 @@ def upstream_prefix(config: AtsDinov2Config) -> str:
 class AtsDinov2Attention(AtsAttentionMixin, Dinov2Attention):
     """DINOv2 self-attention that, in an ATS layer, scores and samples tokens and attends only from the kept rows."""
 
-    def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, TokenSelection | None]:
-        """hidden_states: (B, L, D), layer-normed; plan: None in an ordinary layer. Returns the (B, M, D) output,
-        the attention probabilities (eager only) and the kept rows (None if all were kept in place)."""
-        if plan is None:
-            attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
-            return attn_output, attn_weights, None
-        return self.ats_forward(hidden_states, state, plan, self.o_proj, self.scaling, self.attention_dropout, **kwargs)
 
+class AtsDinov2Layer(AtsLayerMixin, Dinov2Layer):
+    """A DINOv2 block (layer scale, stochastic depth, MLP or SwiGLU); in an ATS layer the attention samples tokens and
+    the rest runs on kept rows only."""
 
-class AtsDinov2Layer(Dinov2Layer):
-    """A DINOv2 block; in an ATS layer the attention samples tokens and the rest runs on kept rows only."""
+    ats_attention_class = AtsDinov2Attention
 
-    def __init__(self, config: AtsDinov2Config, layer_index: int):
-        super().__init__(config)
-        self.attention = AtsDinov2Attention(config)
-        self.layer_index = layer_index
-        self.stochastic_depth = config.drop_path_rate > 0.0
-
-    def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, TokenState]:
-        """(B, L, D) in -> (B, M, D) out and the state of its M rows (the input's when no row was dropped)."""
-        residual = hidden_states
+    def ats_attention_branch(self, hidden_states, state, plan, **kwargs):
         attn_output, _, selection = self.attention(self.norm1(hidden_states), state, plan, **kwargs)
-        if selection is not None:
-            residual, state = state.select(self.attention.config, selection, residual)
-        hidden_states = self.drop_path(self.layer_scale1(attn_output)) + residual
+        return attn_output, selection
+
+    def ats_attention_update(self, attn_output):
+        return self.drop_path(self.layer_scale1(attn_output))
+
+    def ats_mlp_update(self, rows):
+        return self.drop_path(self.layer_scale2(self.mlp(self.norm2(rows))))
+
+    def ats_mlp_padding(self, state):
         # Stochastic depth drops an image's whole branch: in training it needs the (B, M, D) rows, not packed ones.
-        padding = None if self.training and self.stochastic_depth else state.padding
-        hidden_states = update_real_rows(
-            hidden_states, padding, lambda rows: self.drop_path(self.layer_scale2(self.mlp(self.norm2(rows))))
-        )
-        return hidden_states, state
+        return None if self.training and self.attention.config.drop_path_rate > 0.0 else state.padding
 
 
 class AtsDinov2Encoder(AtsEncoderMixin, nn.Module):
@@ -179,7 +140,7 @@ class AtsDinov2Model(AtsDinov2PreTrainedModel, Dinov2Model):
         bool_masked_pos: torch.BoolTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> AtsDinov2ModelOutput:
+    ) -> AtsModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images, as from a DINOv2 image processor. Position embeddings are interpolated to any size (as upstream);
@@ -194,35 +155,14 @@ class AtsDinov2Model(AtsDinov2PreTrainedModel, Dinov2Model):
             raise ValueError("pixel_values is required.")
         hidden_states = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
         run: AtsEncoderRun = self.encoder(hidden_states, attention_mask, **kwargs)
-        sequence_output = self.layernorm(run.hidden_states)
-        pooler_output = sequence_output[:, 0]
-        token_mask = run.state.token_mask
-        if run.dense_hidden_states is not None:
-            sequence_output = self.layernorm(run.dense_hidden_states)
-            token_mask = attention_mask
-        if token_mask is None:
-            token_mask = torch.ones(sequence_output.shape[:2], dtype=torch.long, device=sequence_output.device)
-        return AtsDinov2ModelOutput(
+        sequence_output, token_mask = run.last_hidden_state(self.layernorm, attention_mask)
+        return AtsModelOutput(
             last_hidden_state=sequence_output,
-            pooler_output=pooler_output,
+            pooler_output=sequence_output[:, 0],
             num_tokens=run.num_tokens,
             sampled_token_indices=run.sampled_token_indices,
-            token_mask=token_mask.long(),
+            token_mask=token_mask,
         )
-
-
-def kept_patch_mask(outputs: AtsDinov2ModelOutput, num_special: int, dense_grid: bool) -> torch.Tensor:
-    """(B, P) bool: the rows of `last_hidden_state[:, num_special:]` that hold a patch token the last layer kept.
-
-    Packed output: the real rows (`token_mask`). Dense grid: the patch positions the last ATS layer kept (all real
-    positions without ATS layers), so that a head pools the kept tokens alone, as it does without the grid."""
-    real = outputs.token_mask[:, num_special:].bool()
-    if not dense_grid or outputs.sampled_token_indices is None:
-        return real
-    last_kept = outputs.sampled_token_indices[:, -1]
-    num_patches = real.shape[1]
-    spare = torch.zeros(real.shape[0], num_patches + 1, dtype=torch.bool, device=real.device)
-    return spare.scatter_(1, last_kept.masked_fill(last_kept < 0, num_patches), True)[:, :num_patches]
 
 
 class AtsDinov2ForImageClassification(AtsDinov2PreTrainedModel, Dinov2ForImageClassification):
@@ -249,32 +189,20 @@ class AtsDinov2ForImageClassification(AtsDinov2PreTrainedModel, Dinov2ForImageCl
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> AtsDinov2ImageClassifierOutput:
+    ) -> AtsImageClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices for the loss (regression if `num_labels == 1`).
         Other arguments as in [`AtsDinov2Model.forward`].
         """
-        outputs: AtsDinov2ModelOutput = self.base_model(pixel_values, attention_mask=attention_mask, **kwargs)
-        num_special = self.config.ats_num_special_tokens
-        hidden_states = outputs.last_hidden_state
-        patch_mask = kept_patch_mask(outputs, num_special, self.config.ats_dense_output)
-        weights = patch_mask.to(hidden_states.dtype)[..., None]
-        patch_sum = (hidden_states[:, num_special:] * weights).sum(dim=1)
-        patch_mean = patch_sum / weights.sum(dim=1).clamp(min=1.0)
-        logits = self.classifier(torch.cat([hidden_states[:, 0], patch_mean], dim=1))
+        outputs: AtsModelOutput = self.base_model(pixel_values, attention_mask=attention_mask, **kwargs)
+        config = self.config
+        patch_mean = mean_of_kept_patches(outputs, config.ats_num_special_tokens, config.ats_dense_output)
+        logits = self.classifier(torch.cat([outputs.last_hidden_state[:, 0], patch_mean], dim=1))
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return AtsDinov2ImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            num_tokens=outputs.num_tokens,
-            sampled_token_indices=outputs.sampled_token_indices,
-            token_mask=outputs.token_mask,
-        )
+        return AtsImageClassifierOutput(loss=loss, logits=logits, **ats_output_fields(outputs))
 
 
 # Older DINOv2 checkpoints (both flavours) use the split attention names (`attention.attention.query`) and, with
@@ -287,9 +215,6 @@ register_checkpoint_conversion_mapping(
 __all__ = [
     "AtsDinov2Encoder",
     "AtsDinov2ForImageClassification",
-    "AtsDinov2ImageClassifierOutput",
     "AtsDinov2Model",
-    "AtsDinov2ModelOutput",
     "AtsDinov2PreTrainedModel",
-    "kept_patch_mask",
 ]

@@ -7,12 +7,9 @@ one special token is CLS.
 Shapes: B = batch, L = tokens entering a layer (CLS first), M = rows a layer outputs, D = hidden size.
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.models.vit.modeling_vit import (
     ViTAttention,
     ViTEmbeddings,
@@ -27,73 +24,27 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ats_vit import AtsViTConfig
 from .modeling_ats_core import (
-    ATS_OUTPUT_DOC,
     AtsAttentionMixin,
     AtsEncoderMixin,
-    AtsLayerPlan,
+    AtsImageClassifierOutput,
+    AtsModelOutput,
     AtsPreTrainedMixin,
-    TokenSelection,
-    TokenState,
-    update_real_rows,
+    AtsViTStyleLayerMixin,
+    ats_output_fields,
 )
 
-
-@dataclass
-class AtsViTModelOutput(BaseModelOutputWithPooling):
-    num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: torch.LongTensor | None = None
-    token_mask: torch.LongTensor | None = None
-
-
-@dataclass
-class AtsImageClassifierOutput(ImageClassifierOutput):
-    num_tokens: torch.LongTensor | None = None
-    sampled_token_indices: torch.LongTensor | None = None
-    token_mask: torch.LongTensor | None = None
-
-
-AtsViTModelOutput.__doc__ = (
-    "[`BaseModelOutputWithPooling`] of ATS-ViT; `last_hidden_state` holds real tokens packed to the front of each "
-    "row (see `token_mask`), or the full token grid with `config.ats_dense_output`.\n" + ATS_OUTPUT_DOC
-)
-AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of ATS-ViT.\n" + ATS_OUTPUT_DOC
+# ATS-ViT's outputs are the core's (the names are ATS-ViT's public API since its first release).
+AtsViTModelOutput = AtsModelOutput
 
 
 class AtsViTAttention(AtsAttentionMixin, ViTAttention):
     """ViT self-attention that, in an ATS layer, scores and samples tokens and attends only from the kept rows."""
 
-    def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, TokenSelection | None]:
-        """hidden_states: (B, L, D), layer-normed; plan: None in an ordinary layer. Returns the (B, M, D) output,
-        the attention probabilities (eager only) and the kept rows (None if all were kept in place)."""
-        if plan is None:
-            attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
-            return attn_output, attn_weights, None
-        return self.ats_forward(hidden_states, state, plan, self.o_proj, self.scaling, self.attention_dropout, **kwargs)
 
-
-class AtsViTLayer(ViTLayer):
+class AtsViTLayer(AtsViTStyleLayerMixin, ViTLayer):
     """A ViT encoder layer; in an ATS layer the attention samples tokens and the rest runs on kept rows only."""
 
-    def __init__(self, config: AtsViTConfig, layer_index: int):
-        super().__init__(config)
-        self.attention = AtsViTAttention(config)
-        self.layer_index = layer_index
-
-    def forward(
-        self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
-    ) -> tuple[torch.Tensor, TokenState]:
-        """(B, L, D) in -> (B, M, D) out and the state of its M rows (the input's when no row was dropped)."""
-        residual = hidden_states
-        attn_output, _, selection = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
-        if selection is not None:
-            residual, state = state.select(self.attention.config, selection, residual)
-        hidden_states = self.dropout(attn_output) + residual
-        hidden_states = update_real_rows(
-            hidden_states, state.padding, lambda rows: self.dropout(self.mlp(self.layernorm_after(rows)))
-        )
-        return hidden_states, state
+    ats_attention_class = AtsViTAttention
 
 
 class AtsViTPreTrainedModel(AtsPreTrainedMixin, ViTPreTrainedModel):
@@ -157,27 +108,14 @@ class AtsViTModel(AtsEncoderMixin, AtsViTPreTrainedModel, ViTModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
         run = self.run_layers(hidden_states, attention_mask, **kwargs)
-        sequence_output = self.layernorm(run.hidden_states)
-        pooler_output = self.pooler(sequence_output) if self.pooler is not None else None
-        if run.dense_hidden_states is not None:
-            sequence_output = self.layernorm(run.dense_hidden_states)
-            token_mask = attention_mask
-        else:
-            token_mask = run.state.token_mask
+        sequence_output, token_mask = run.last_hidden_state(self.layernorm, attention_mask)
         return AtsViTModelOutput(
             last_hidden_state=sequence_output,
-            pooler_output=pooler_output,
+            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
             num_tokens=run.num_tokens,
             sampled_token_indices=run.sampled_token_indices,
-            token_mask=_as_long_mask(token_mask, sequence_output),
+            token_mask=token_mask,
         )
-
-
-def _as_long_mask(token_mask: torch.Tensor | None, hidden_states: torch.Tensor) -> torch.Tensor:
-    """(B, M) 0/1 long mask of real rows for (B, M, D) hidden states (all ones when `token_mask` is None)."""
-    if token_mask is None:
-        return torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
-    return token_mask.long()
 
 
 class AtsViTForImageClassification(AtsViTPreTrainedModel, ViTForImageClassification):
@@ -214,15 +152,7 @@ class AtsViTForImageClassification(AtsViTPreTrainedModel, ViTForImageClassificat
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return AtsImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            num_tokens=outputs.num_tokens,
-            sampled_token_indices=outputs.sampled_token_indices,
-            token_mask=outputs.token_mask,
-        )
+        return AtsImageClassifierOutput(loss=loss, logits=logits, **ats_output_fields(outputs))
 
 
 # Plain ViT/DeiT checkpoints on the Hub use the old weight names (`encoder.layer.N.attention.attention.query`).
