@@ -17,8 +17,10 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.vit.modeling_vit import eager_attention_forward
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ats_core import num_input_tokens, num_special_tokens
 
@@ -917,6 +919,71 @@ AtsModelOutput.__doc__ = (
 AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of an ATS image classifier.\n" + ATS_OUTPUT_DOC
 
 
+class AtsViTStyleModelMixin(AtsEncoderMixin):
+    """The base model of a ViT-style family (ViT, DeiT), listed before the family's PreTrainedModel and upstream base
+    model: `embeddings`, `layers`, `layernorm` and an optional `pooler`, built from the family's classes
+    (`ats_embeddings_class`, `ats_layer_class`, `ats_pooler_class`)."""
+
+    ats_embeddings_class: type
+    ats_layer_class: type
+    ats_pooler_class: type
+
+    def __init__(self, config, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        # The upstream __init__ would build (and randomly initialise) plain layers only for them to be replaced.
+        PreTrainedModel.__init__(self, config)
+        config.check_ats_settings()
+        self.embeddings = self.ats_embeddings_class(config, use_mask_token=use_mask_token)
+        self.layers = nn.ModuleList([self.ats_layer_class(config, index) for index in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = self.ats_pooler_class(config) if add_pooling_layer else None
+        self._init_ats_plans()
+        self.post_init()
+        self._resolve_ats_plans()
+
+    @property
+    def ats_encoder_layers(self) -> nn.ModuleList:
+        return self.layers
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images, as from the family's image processor.
+        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Patches to replace by the mask token (models built with `use_mask_token=True`).
+        interpolate_pos_encoding (`bool`, *optional*):
+            Interpolate position embeddings to the input size; K defaults then follow the actual token count.
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 for tokens to attend to, 0 for tokens to ignore (special tokens first, never 0). Ignored tokens are
+            never kept.
+        """
+        if pixel_values is None:
+            raise ValueError("pixel_values is required.")
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states = self.embeddings(
+            pixel_values.to(expected_dtype),
+            bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        run = self.run_layers(hidden_states, attention_mask, **kwargs)
+        sequence_output, token_mask = run.last_hidden_state(self.layernorm, attention_mask)
+        return AtsModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
+            num_tokens=run.num_tokens,
+            sampled_token_indices=run.sampled_token_indices,
+            token_mask=token_mask,
+        )
+
+
 def mean_of_kept_patches(outputs: AtsModelOutput, num_special: int, dense_output: bool) -> torch.Tensor:
     """(B, D) mean of the patch tokens the last layer kept, from a base model's outputs (for heads that pool patches,
     as DINOv2's and CLIP's classifiers): padding rows are left out of packed rows, and on the dense grid
@@ -953,6 +1020,7 @@ __all__ = [
     "AtsModelOutput",
     "AtsPreTrainedMixin",
     "AtsViTStyleLayerMixin",
+    "AtsViTStyleModelMixin",
     "PaddingLayout",
     "TokenSelection",
     "TokenState",

@@ -28,18 +28,17 @@ from transformers.models.deit.modeling_deit import (
     DeiTPreTrainedModel,
 )
 from transformers.utils import ModelOutput
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_ats_deit import AtsDeiTConfig
 from .modeling_ats_core import (
     ATS_OUTPUT_DOC,
     AtsAttentionMixin,
-    AtsEncoderMixin,
     AtsImageClassifierOutput,
     AtsModelOutput,
     AtsPreTrainedMixin,
     AtsViTStyleLayerMixin,
+    AtsViTStyleModelMixin,
     ats_output_fields,
 )
 
@@ -102,64 +101,13 @@ class AtsDeiTPreTrainedModel(AtsPreTrainedMixin, DeiTPreTrainedModel):
     }
 
 
-class AtsDeiTModel(AtsEncoderMixin, AtsDeiTPreTrainedModel, DeiTModel):
-    """[`DeiTModel`] with Adaptive Token Sampling in `config.ats_layers`; CLS and the distillation token are always
-    kept."""
+class AtsDeiTModel(AtsViTStyleModelMixin, AtsDeiTPreTrainedModel, DeiTModel):
+    """[`DeiTModel`] with Adaptive Token Sampling in `config.ats_layers`; CLS and the distillation token (positions 0
+    and 1 of `attention_mask`, never 0) are always kept. Forward: see `AtsViTStyleModelMixin`."""
 
-    def __init__(self, config: AtsDeiTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
-        # DeiTModel.__init__ would build (and randomly initialise) plain layers only for them to be replaced.
-        AtsDeiTPreTrainedModel.__init__(self, config)
-        config.check_ats_settings()
-        self.embeddings = DeiTEmbeddings(config, use_mask_token=use_mask_token)
-        self.layers = nn.ModuleList([AtsDeiTLayer(config, index) for index in range(config.num_hidden_layers)])
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.pooler = DeiTPooler(config) if add_pooling_layer else None
-        self._init_ats_plans()
-        self.post_init()
-        self._resolve_ats_plans()
-
-    @property
-    def ats_encoder_layers(self) -> nn.ModuleList:
-        return self.layers
-
-    @merge_with_config_defaults
-    @capture_outputs(tie_last_hidden_states=False)
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        bool_masked_pos: torch.BoolTensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> AtsModelOutput:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images, as from a DeiT image processor.
-        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Patches to replace by the mask token (models built with `use_mask_token=True`).
-        interpolate_pos_encoding (`bool`, *optional*):
-            Interpolate position embeddings to the input size; K defaults then follow the actual token count.
-        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
-            1 for tokens to attend to, 0 for tokens to ignore (CLS, then the distillation token, then patches; the
-            first two never 0). Ignored tokens are never kept.
-        """
-        if pixel_values is None:
-            raise ValueError("pixel_values is required.")
-        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
-        hidden_states = self.embeddings(
-            pixel_values.to(expected_dtype),
-            bool_masked_pos=bool_masked_pos,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-        )
-        run = self.run_layers(hidden_states, attention_mask, **kwargs)
-        sequence_output, token_mask = run.last_hidden_state(self.layernorm, attention_mask)
-        return AtsModelOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
-            num_tokens=run.num_tokens,
-            sampled_token_indices=run.sampled_token_indices,
-            token_mask=token_mask,
-        )
+    ats_embeddings_class = DeiTEmbeddings
+    ats_layer_class = AtsDeiTLayer
+    ats_pooler_class = DeiTPooler
 
 
 class AtsDeiTForImageClassificationWithTeacher(AtsDeiTPreTrainedModel, DeiTForImageClassificationWithTeacher):
