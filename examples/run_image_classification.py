@@ -26,9 +26,11 @@ config, image processor, modeling code and a model card.
     # docs/fine-tuning.md, "Recovering accuracy with distillation", and scripts/finetune_recovery.py):
     python examples/run_image_classification.py \\
         --model_name_or_path src/ats_hf/data/default_model --ats_layers 2-3 --ats_max_tokens all \\
-        --dataset_name synthetic-digits --distill_from dense --distillation_alpha 0.5 --distillation_temperature 2 \\
-        --output_dir digits-ats-kd --do_train --do_eval --max_steps 600 --per_device_train_batch_size 64 \\
-        --learning_rate 1e-4 --warmup_steps 30 --lr_scheduler_type cosine --weight_decay 0.05
+        --dataset_name synthetic-digits --max_train_samples 32000 \\
+        --distill_from dense --distillation_alpha 0.5 --distillation_temperature 2 \\
+        --output_dir digits-ats-kd --do_train --do_eval --max_steps 1000 --per_device_train_batch_size 64 \\
+        --learning_rate 1e-4 --warmup_steps 50 --lr_scheduler_type cosine --weight_decay 0.05 --max_grad_norm 1 \\
+        --per_device_eval_batch_size 250 --save_strategy no --report_to none --use_cpu true --seed 0
 """
 
 import logging

@@ -1,12 +1,14 @@
 """Fine-tuning recovery on the embedded model: plug-and-play vs fine-tuned ATS and top-K at equal mean GMACs.
 
-One command (CPU, offline; about 15 minutes with one thread, of which about 10 are training):
+One command (CPU, offline; 12.5 minutes with one thread on a shared 2-core VM, of which 10.1 were training):
 
-    python scripts/finetune_recovery.py --output finetune-recovery
+    python scripts/finetune_recovery.py            # writes finetune-recovery/
+
+Figures, schedule and caveats: docs/fine-tuning.md, "Recovering accuracy with distillation".
 
 It fine-tunes the embedded model (`ats_hf.data.DEFAULT_MODEL_DIR`) twice through
 examples/run_image_classification.py (`Trainer`, logit distillation from the dense model as teacher, on new renderings
-of the training digits):
+of the training digits; by default 1000 steps of batch 64, AdamW at 1e-4 with 50 warm-up steps and cosine decay):
   (a) with ATS in the loop at the tuned setting (`ats-hf tune --gmacs-budget 0.5`: layers 2-3, K all, inverse
       transform sampling);
   (b) with top-K in the same layers, keeping in each layer about ATS's mean kept count after (a), adjusted so that
@@ -44,11 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("finetune-recovery"), help="folder for checkpoints/JSON")
     parser.add_argument("--ats-layers", nargs="+", default=["2-3"], help="ATS layers (default: the tuned 2-3)")
     parser.add_argument("--ats-max-tokens", nargs="+", default=["all"], help="ATS K (default: all)")
-    parser.add_argument("--steps", type=positive_int, default=500, help="optimizer steps per fine-tuning run")
+    parser.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps per fine-tuning run")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--train-images", type=positive_int, default=32000, help="training images rendered")
     parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW, cosine decay)")
-    parser.add_argument("--warmup-steps", type=non_negative_int, default=25)
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=50)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
     parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature T > 0")
