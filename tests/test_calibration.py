@@ -10,6 +10,7 @@ from conftest import tiny_model
 
 from ats_hf import AtsViTForImageClassification
 from ats_hf.calibration import calibrate_capacity
+from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf.flops import gmacs_per_image, static_gmacs
 from ats_hf_cli import main
 
@@ -89,7 +90,9 @@ def test_command_saves_a_checkpoint_with_the_capacities(tmp_path, capsys):
     assert f"--ats-capacity {','.join(map(str, capacity))}" in printed and "truncated images" in printed
     assert saved["num_images"] == 40 and saved["quantile"] == 0.9 and saved["static_accuracy"] is not None
     reloaded = AtsViTForImageClassification.from_pretrained(output)
-    assert reloaded.ats_settings["capacity"] == capacity and reloaded.ats_settings["layers"] == [3, 4, 5]
+    shipped_layers = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR).config.ats_layers
+    assert reloaded.ats_settings["capacity"] == capacity and reloaded.ats_settings["layers"] == shipped_layers
+    assert len(capacity) == len(shipped_layers), "one capacity per ATS layer of the embedded model"
     assert (output / "preprocessor_config.json").is_file() and (output / "modeling_ats_vit.py").is_file()
     assert main(["calibrate", "--num-images", "4", "--output", str(output)]) == 2
     assert "is not empty; pass --overwrite" in capsys.readouterr().err

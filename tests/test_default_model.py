@@ -1,5 +1,9 @@
 """The embedded default model and its reproducible data (ats_hf.data.synthetic_digits)."""
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoImageProcessor
@@ -68,6 +72,19 @@ def test_shipped_files_and_settings():
     model = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR)
     assert model.config.image_size == 64 and model.config.patch_size == 8 and model.config.num_labels == 10
     assert model.config.ats_layers and model.config.ats_sampler == "inverse_transform"
+
+
+def test_shipped_settings_are_the_training_scripts():
+    """config.json carries SHIPPED_ATS_* of scripts/train_default_model.py: the `ats-hf tune --gmacs-budget 0.5`
+    choice written there (docs/tuning.md), so a retrained model ships the same settings."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
+    spec = importlib.util.spec_from_file_location("train_default_model", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    shipped = (module.SHIPPED_ATS_LAYERS, module.SHIPPED_ATS_MAX_TOKENS, "inverse_transform")
+    assert (config["ats_layers"], config["ats_max_tokens"], config["ats_sampler"]) == shipped
+    assert "ats-hf tune --gmacs-budget 0.5" in script.read_text()
 
 
 def test_shipped_model_accuracy_on_a_slice_of_the_test_split():

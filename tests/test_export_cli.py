@@ -4,7 +4,12 @@ import json
 
 import pytest
 
+from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf_cli import build_parser, main
+
+# One capacity more than the embedded model has ATS layers.
+SHIPPED_LAYERS = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["ats_layers"]
+TOO_MANY_CAPACITIES = [12 + i for i in range(len(SHIPPED_LAYERS) + 1)]
 
 
 def last_error_line(capsys) -> str:
@@ -69,7 +74,8 @@ def test_model_is_optional_before_out():
         (["{tmp}/missing", "{tmp}/onnx"], "MODEL folder '{tmp}/missing' does not exist"),
         (["{tmp}/onnx", "--random-images", "--dataset", "x"], "--random-images replaces the dataset options"),
         (["{tmp}/onnx", "--split", "test"], "--split, --image-column and --label-column apply to --dataset only"),
-        (["{tmp}/onnx", "--ats-capacity", "12", "13"], "ats_capacity=[12, 13] has 2 entries"),
+        (["{tmp}/onnx", "--ats-capacity", *map(str, TOO_MANY_CAPACITIES)],
+         f"ats_capacity={TOO_MANY_CAPACITIES} has {len(TOO_MANY_CAPACITIES)} entries"),
         (["{tmp}/onnx", "--ats-layers", "none", "--ats-capacity", "12"], "the model has no ATS layers (ats_layers=[])"),
     ],
 )
