@@ -31,12 +31,17 @@ from ats_hf.benchmark import (
     write_report,
 )
 from ats_hf.benchmark.timing import unreliable_timing_message
+from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf.data.labelled_images import to_model_labels
 from ats_hf.flops import gmacs_per_image
 from ats_hf.progress import Progress
 from ats_hf.settings import ats_settings_applied
 from ats_hf.tome import tome_forward, tome_gmacs
 from ats_hf_cli import main
+
+# The embedded model's shipped ATS layers, and one capacity more than it has ATS layers.
+SHIPPED_LAYERS = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["ats_layers"]
+TOO_MANY_CAPACITIES = [12 + i for i in range(len(SHIPPED_LAYERS) + 1)]
 
 
 @pytest.fixture
@@ -387,7 +392,9 @@ def test_onnxruntime_times_exported_graphs_of_dense_and_the_static_mode():
          "runs on the CPU in float32"),
         (["--mode", "adaptive", "--ats-capacity", "12"], "--mode adaptive contradicts --ats-capacity 12"),
         (["--mode", "static"], "--mode static needs a capacity"),
-        (["--ats-capacity", "12", "13"], "ats_capacity=[12, 13] has 2 entries but ats_layers=[3, 4, 5] has 3"),
+        (["--ats-capacity", *map(str, TOO_MANY_CAPACITIES)],
+         f"ats_capacity={TOO_MANY_CAPACITIES} has {len(TOO_MANY_CAPACITIES)} entries but "
+         f"ats_layers={SHIPPED_LAYERS} has {len(SHIPPED_LAYERS)}"),
         (["--ats-capacity", "1"], "ats capacity '1': write 'adaptive', or rows as an int >= 2"),
     ],
 )
