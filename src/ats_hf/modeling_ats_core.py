@@ -19,7 +19,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.vit.modeling_vit import eager_attention_forward
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ats_core import num_input_tokens, num_special_tokens
@@ -984,6 +984,37 @@ class AtsViTStyleModelMixin(AtsEncoderMixin):
         )
 
 
+class AtsCLSClassifierMixin:
+    """The forward of an image classifier with one linear head on the final CLS row (ViT's, DeiT's CLS-head class),
+    listed before the family's PreTrainedModel; the base model is `self.base_model`, the head `self.classifier`."""
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsImageClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices for the loss (regression if `num_labels == 1`).
+        Other arguments as in the base model's `forward`.
+        """
+        outputs: AtsModelOutput = self.base_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return AtsImageClassifierOutput(loss=loss, logits=logits, **ats_output_fields(outputs))
+
+
 def mean_of_kept_patches(outputs: AtsModelOutput, num_special: int, dense_output: bool) -> torch.Tensor:
     """(B, D) mean of the patch tokens the last layer kept, from a base model's outputs (for heads that pool patches,
     as DINOv2's and CLIP's classifiers): padding rows are left out of packed rows, and on the dense grid
@@ -1012,6 +1043,7 @@ def ats_output_fields(outputs) -> dict:
 __all__ = [
     "ATS_OUTPUT_DOC",
     "AtsAttentionMixin",
+    "AtsCLSClassifierMixin",
     "AtsEncoderMixin",
     "AtsEncoderRun",
     "AtsImageClassifierOutput",

@@ -34,7 +34,7 @@ from .configuration_ats_deit import AtsDeiTConfig
 from .modeling_ats_core import (
     ATS_OUTPUT_DOC,
     AtsAttentionMixin,
-    AtsImageClassifierOutput,
+    AtsCLSClassifierMixin,
     AtsModelOutput,
     AtsPreTrainedMixin,
     AtsViTStyleLayerMixin,
@@ -163,7 +163,7 @@ class AtsDeiTForImageClassificationWithTeacher(AtsDeiTPreTrainedModel, DeiTForIm
         )
 
 
-class AtsDeiTForImageClassification(AtsDeiTPreTrainedModel, DeiTForImageClassification):
+class AtsDeiTForImageClassification(AtsCLSClassifierMixin, AtsDeiTPreTrainedModel, DeiTForImageClassification):
     """[`DeiTForImageClassification`] with Adaptive Token Sampling in `config.ats_layers`: one head on the final CLS
     token (the distillation token still runs through the encoder and is always kept)."""
 
@@ -178,32 +178,6 @@ class AtsDeiTForImageClassification(AtsDeiTPreTrainedModel, DeiTForImageClassifi
         self.deit = AtsDeiTModel(config, add_pooling_layer=False)
         self.classifier = _head(config)
         self.post_init()
-
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> AtsImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices for the loss (regression if `num_labels == 1`).
-        Other arguments as in [`AtsDeiTModel.forward`].
-        """
-        outputs: AtsModelOutput = self.deit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            attention_mask=attention_mask,
-            **kwargs,
-        )
-        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return AtsImageClassifierOutput(loss=loss, logits=logits, **ats_output_fields(outputs))
 
 
 def _head(config: AtsDeiTConfig) -> nn.Module:

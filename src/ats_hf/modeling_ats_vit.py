@@ -7,7 +7,6 @@ one special token is CLS.
 Shapes: B = batch, L = tokens entering a layer (CLS first), M = rows a layer outputs, D = hidden size.
 """
 
-import torch
 from torch import nn
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.models.vit.modeling_vit import (
@@ -19,17 +18,16 @@ from transformers.models.vit.modeling_vit import (
     ViTPooler,
     ViTPreTrainedModel,
 )
-from transformers.utils.generic import can_return_tuple
 
 from .configuration_ats_vit import AtsViTConfig
 from .modeling_ats_core import (
     AtsAttentionMixin,
+    AtsCLSClassifierMixin,
     AtsImageClassifierOutput,
     AtsModelOutput,
     AtsPreTrainedMixin,
     AtsViTStyleLayerMixin,
     AtsViTStyleModelMixin,
-    ats_output_fields,
 )
 
 # ATS-ViT's outputs are the core's (the names are ATS-ViT's public API since its first release).
@@ -67,7 +65,7 @@ class AtsViTModel(AtsViTStyleModelMixin, AtsViTPreTrainedModel, ViTModel):
     ats_pooler_class = ViTPooler
 
 
-class AtsViTForImageClassification(AtsViTPreTrainedModel, ViTForImageClassification):
+class AtsViTForImageClassification(AtsCLSClassifierMixin, AtsViTPreTrainedModel, ViTForImageClassification):
     """[`ViTForImageClassification`] with Adaptive Token Sampling in `config.ats_layers`."""
 
     def __init__(self, config: AtsViTConfig):
@@ -76,32 +74,6 @@ class AtsViTForImageClassification(AtsViTPreTrainedModel, ViTForImageClassificat
         self.vit = AtsViTModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
-
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> AtsImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices for the loss (regression if `num_labels == 1`).
-        Other arguments as in [`AtsViTModel.forward`].
-        """
-        outputs: AtsViTModelOutput = self.vit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            attention_mask=attention_mask,
-            **kwargs,
-        )
-        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return AtsImageClassifierOutput(loss=loss, logits=logits, **ats_output_fields(outputs))
 
 
 # Plain ViT/DeiT checkpoints on the Hub use the old weight names (`encoder.layer.N.attention.attention.query`).
