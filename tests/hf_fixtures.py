@@ -3,6 +3,9 @@ folders, and the example script."""
 
 import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +69,29 @@ def load_example():
 def subprocess_env(**extra) -> dict:
     """Environment for child Python processes: offline, one torch thread each."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+# The start of a child-process script: from then on `import ats_hf` fails, whatever sys.path or the installed packages
+# say, so that the script can only use the code saved with a checkpoint (trust_remote_code).
+BLOCK_ATS_HF = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class BlockAtsHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ats_hf" or name.startswith("ats_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+
+    sys.meta_path.insert(0, BlockAtsHf())
+    """
+)
+
+
+def run_without_ats_hf(script: str, *args, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run `BLOCK_ATS_HF` + `script` in a child Python with `args` (as `sys.argv[1:]`), transformers' remote-code
+    modules cached under `cwd / "modules"`."""
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_ATS_HF + textwrap.dedent(script), *map(str, args)],
+        input=stdin, cwd=cwd, env=subprocess_env(HF_MODULES_CACHE=str(Path(cwd) / "modules")),
+        capture_output=True, text=True, timeout=240,
+    )

@@ -2,14 +2,12 @@
 and against hand-computed token selection; loading, Auto classes, pipelines, remote code, convert and GMACs."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from conftest import peaky_weights_
-from hf_fixtures import random_image, subprocess_env
+from hf_fixtures import random_image, run_without_ats_hf
 from safetensors.torch import load_file, save_file
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
@@ -303,14 +301,7 @@ def test_image_classification_pipeline_batches_like_one_image_at_a_time(upstream
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    class BlockAtsHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "ats_hf" or name.startswith("ats_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-
-    sys.meta_path.insert(0, BlockAtsHf())
+    import sys
     import torch
     from transformers import AutoModelForImageClassification, AutoModelForZeroShotImageClassification
 
@@ -339,11 +330,8 @@ def test_loads_with_trust_remote_code_where_ats_hf_cannot_be_imported(upstream, 
     }
     inputs = {"pixel_values": images, **text_inputs()}
     torch.save(inputs, tmp_path / "inputs.pt")
-    run = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(ats_clip), str(tmp_path / "classifier"), str(tmp_path / "inputs.pt"),
-         str(tmp_path / "outputs.pt")],
-        cwd=tmp_path, env=subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules")), capture_output=True, text=True,
-        timeout=240,
+    run = run_without_ats_hf(
+        REMOTE_SCRIPT, ats_clip, tmp_path / "classifier", tmp_path / "inputs.pt", tmp_path / "outputs.pt", cwd=tmp_path
     )
     assert run.returncode == 0, run.stderr[-4000:]
     remote = torch.load(tmp_path / "outputs.pt")

@@ -1,15 +1,13 @@
 """The distilled DeiT family: two special tokens (CLS, distillation), scores from the CLS row, two heads."""
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import counting_host_reads, peaky_weights_
-from hf_fixtures import random_image, subprocess_env, tiny_image_processor
+from hf_fixtures import random_image, run_without_ats_hf, tiny_image_processor
 from official_reference import official_picks
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -387,14 +385,7 @@ def test_an_upstream_cls_head_checkpoint_gets_the_cls_head_class(tmp_path, image
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockAtsHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "ats_hf" or name.startswith("ats_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-
-    sys.meta_path.insert(0, BlockAtsHf())
+    import json, sys
     import torch
     from transformers import AutoModelForImageClassification
 
@@ -412,11 +403,7 @@ def test_loads_with_trust_remote_code_without_ats_hf(tmp_path):
     save_ats_checkpoint(model, tmp_path / "ckpt", tiny_image_processor())
     pixel_values = tiny_image_processor()([random_image(seed) for seed in range(4)], return_tensors="pt")
     torch.save(pixel_values["pixel_values"], tmp_path / "pixel_values.pt")
-    run = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path / "ckpt")],
-        cwd=tmp_path, env=subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules")),
-        capture_output=True, text=True, timeout=240,
-    )
+    run = run_without_ats_hf(REMOTE_SCRIPT, str(tmp_path / "ckpt"), cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
     remote = json.loads((tmp_path / "remote.json").read_text())
     assert remote["class"] == "AtsDeiTForImageClassificationWithTeacher"

@@ -2,14 +2,12 @@
 reference of the official ATS arithmetic."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from conftest import peaky_weights_
-from hf_fixtures import random_image, subprocess_env, tiny_image_processor
+from hf_fixtures import random_image, run_without_ats_hf, tiny_image_processor
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from official_reference import official_picks
 from safetensors import safe_open
@@ -267,14 +265,7 @@ def test_pipeline_in_batches_equals_one_image_at_a_time(ats_checkpoint):
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockAtsHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "ats_hf" or name.startswith("ats_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-
-    sys.meta_path.insert(0, BlockAtsHf())
+    import json, sys
     import torch
     from transformers import AutoModel, AutoModelForImageClassification
 
@@ -294,11 +285,7 @@ def test_loads_with_remote_code_where_ats_hf_cannot_be_imported(ats_checkpoint, 
     auto_map = json.loads((ats_checkpoint / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageClassification"] == "modeling_ats_dinov2.AtsDinov2ForImageClassification"
     torch.save(images, tmp_path / "pixel_values.pt")
-    run = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(ats_checkpoint)],
-        cwd=tmp_path, env=subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules")),
-        capture_output=True, text=True, timeout=240,
-    )
+    run = run_without_ats_hf(REMOTE_SCRIPT, str(ats_checkpoint), cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
     remote = json.loads((tmp_path / "remote.json").read_text())
     assert remote["module"].startswith("transformers_modules.") and remote["loaded"] == []

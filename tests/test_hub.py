@@ -2,8 +2,6 @@
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import pytest
 import torch
 from hf_fixtures import (
     random_image,
-    subprocess_env,
+    run_without_ats_hf,
     tiny_ats_classifier,
     tiny_image_processor,
 )
@@ -29,14 +27,7 @@ AUTO_CLASSES = {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
 # Runs in a child process in which `import ats_hf` fails, whatever sys.path or the installed packages say.
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockAtsHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "ats_hf" or name.startswith("ats_hf."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-
-    sys.meta_path.insert(0, BlockAtsHf())
+    import json, sys
     try:
         import ats_hf
     except ModuleNotFoundError:
@@ -115,11 +106,7 @@ def test_loads_with_trust_remote_code_where_ats_hf_cannot_be_imported(checkpoint
     assert len(without_ats_hf) == 2
     snippets = "\n".join(without_ats_hf).replace('"image.jpg"', '"image.png"')
 
-    run = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(checkpoint)],
-        input=snippets, cwd=tmp_path, env=subprocess_env(HF_MODULES_CACHE=str(tmp_path / "modules")),
-        capture_output=True, text=True, timeout=240,
-    )
+    run = run_without_ats_hf(REMOTE_SCRIPT, str(checkpoint), cwd=tmp_path, stdin=snippets)
     assert run.returncode == 0, run.stderr[-4000:]
     remote = json.loads((tmp_path / "remote.json").read_text())
     assert remote["model_module"].startswith("transformers_modules.") and remote["loaded"] == []
