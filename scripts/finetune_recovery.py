@@ -30,8 +30,11 @@ from pathlib import Path
 import torch
 
 from ats_hf import AtsViTForImageClassification
+from ats_hf.benchmark.engine import evaluate_method
+from ats_hf.benchmark.results import Method
+from ats_hf.configuration_ats_core import num_input_tokens
 from ats_hf.data import DEFAULT_MODEL_DIR
-from ats_hf.data.synthetic_digits import test_split
+from ats_hf.data.synthetic_digits import test_split, to_pixel_values
 from ats_hf.flops import dense_gmacs, gmacs_per_image
 from ats_hf.settings import format_layers, parse_layers, parse_max_tokens
 from ats_hf_cli import non_negative_int, positive_int
@@ -73,31 +76,17 @@ def load_example():
     return module
 
 
-def to_pixel_values(images: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float, what the embedded model's image processor produces."""
-    return (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
-
-
-@torch.inference_mode()
 def evaluate(model, settings: dict, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict:
     """Top-1 (%), its binomial standard error, mean GMACs per image, fraction of dense and the mean tokens each
-    layer outputs, with `model.set_ats(**settings)` applied."""
-    model.set_ats(**settings)
-    model.eval()
-    correct, gmacs, tokens = 0, [], []
-    for start in range(0, len(labels), EVAL_BATCH):
-        output = model(pixel_values=pixel_values[start : start + EVAL_BATCH])
-        correct += (output.logits.argmax(-1) == labels[start : start + EVAL_BATCH]).sum().item()
-        gmacs.append(gmacs_per_image(model.config, output.num_tokens))
-        tokens.append(output.num_tokens.float())
-    accuracy = correct / len(labels)
-    mean_gmacs = torch.cat(gmacs).mean().item()
+    layer outputs, with `settings` (`set_ats` keyword arguments) applied (the benchmark's `evaluate_method`)."""
+    result = evaluate_method(model.eval(), Method.from_settings("eval", **settings), pixel_values, labels, EVAL_BATCH)
+    accuracy = result.accuracy / 100
     return {
-        "accuracy": 100 * accuracy,
+        "accuracy": result.accuracy,
         "std_error": 100 * math.sqrt(accuracy * (1 - accuracy) / len(labels)),
-        "gmacs": mean_gmacs,
-        "fraction_of_dense": mean_gmacs / dense_gmacs(model.config),
-        "mean_tokens": [round(value, 2) for value in torch.cat(tokens).mean(0).tolist()],
+        "gmacs": result.gmacs_mean,
+        "fraction_of_dense": result.gmacs_mean / dense_gmacs(model.config),
+        "mean_tokens": [round(value, 2) for value in result.tokens_per_layer],
     }
 
 
@@ -105,7 +94,7 @@ def matching_top_k(config, layers: list[int], mean_tokens: list[float], target_g
     """Per-layer top-K counts for `layers` (non-increasing, CLS included) near ATS's mean kept counts `mean_tokens`
     (one per model layer): of the counts whose GMACs are within 0.5% of `target_gmacs`, those closest to ATS's;
     when none is, those with the closest GMACs."""
-    num_input = (config.image_size // config.patch_size) ** 2 + 1
+    num_input = num_input_tokens(config)
     start = [max(2, round(mean_tokens[layer])) for layer in layers]
     best = None
     for offsets in itertools.product(range(-6, 7), repeat=len(layers)):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import ViTImageProcessorPil
 
 from ats_hf import AtsViTConfig, AtsViTForImageClassification
-from ats_hf.data.synthetic_digits import DIGIT_SIZE, IMAGE_SIZE, NUM_CLASSES, generate, test_split
+from ats_hf.data.synthetic_digits import DIGIT_SIZE, IMAGE_SIZE, NUM_CLASSES, generate, test_split, to_pixel_values
 from ats_hf.flops import dense_gmacs, gmacs_per_image
 from ats_hf_cli import non_negative_int, positive_int
 
@@ -66,11 +66,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (results depend on it)")
     return parser.parse_args()
-
-
-def to_pixel_values(images: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float, exactly what the saved image processor produces."""
-    return (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
 
 
 def sincos_position_embeddings(hidden_size: int, grid_size: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ and CLIP's own text part.
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
-from .configuration_ats_core import ATS_CONFIG_DOC, AtsConfigMixin
+from .configuration_ats_core import ATS_CONFIG_DOC, AtsBaseModelTypesMixin, AtsConfigMixin
 
 # Labels of an image classifier sit on the top level of a composite CLIP config (`CLIPForImageClassification`).
 _CLASSIFIER_FIELDS = ("id2label", "label2id", "problem_type")
@@ -35,19 +35,11 @@ class AtsCLIPVisionConfig(AtsConfigMixin, CLIPVisionConfig):
 
 
 @strict
-class AtsCLIPConfig(CLIPConfig):
+class AtsCLIPConfig(AtsBaseModelTypesMixin, CLIPConfig):
     model_type = "ats_clip"
     sub_configs_defaults = {"vision_config": AtsCLIPVisionConfig, "text_config": CLIPTextConfig}
     ats_base_model_types = ("clip",)
     keys_to_ignore_at_inference = ["vision_model_output", "text_model_output"]
-
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """Read a config; an upstream `clip` config is accepted as an ATS one (its vision part gets ATS defaults)."""
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") in cls.ats_base_model_types:
-            config_dict = {**config_dict, "model_type": cls.model_type}
-        return config_dict, kwargs
 
 
 AtsCLIPVisionConfig.__doc__ = (

@@ -88,8 +88,23 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+class AtsBaseModelTypesMixin:
+    """Reads a config whose `model_type` is one of the upstream types in `ats_base_model_types` as this ATS config
+    (listed before the upstream config class)."""
+
+    ats_base_model_types = ()
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Read a config; an upstream config of a base type (`ats_base_model_types`) is accepted as an ATS one."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") in cls.ats_base_model_types:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
+
 @dataclass(kw_only=True, repr=False)
-class AtsConfigMixin:
+class AtsConfigMixin(AtsBaseModelTypesMixin):
     """The ATS fields (documented in `ATS_CONFIG_DOC`) and their checks. A family config lists it first among its
     bases and says which upstream `model_type`s it accepts as a base (`ats_base_model_types`)."""
 
@@ -99,8 +114,6 @@ class AtsConfigMixin:
     ats_capacity: int | float | list[int | float] | tuple[int | float, ...] | None = None
     ats_merge: float | None = None
     ats_dense_output: bool = False
-
-    ats_base_model_types = ()
 
     @property
     def ats_num_special_tokens(self) -> int:
@@ -176,14 +189,6 @@ class AtsConfigMixin:
         max_tokens = self.resolve_ats_max_tokens(num_reference_tokens)
         return {layer: min(rows, max_tokens[layer]) for layer, rows in capacity.items()}
 
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """Read a config; an upstream config of a base type (`ats_base_model_types`) is accepted as an ATS one."""
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") in cls.ats_base_model_types:
-            config_dict = {**config_dict, "model_type": cls.model_type}
-        return config_dict, kwargs
-
 
 def _per_layer_values(field: str, values, layers, allow_none: bool, num_special: int):
     """A token count setting (one value, or one per layer in the order of `layers`) checked; a list comes back in
@@ -242,6 +247,7 @@ def _resolve_counts(field: str, values, layers, num_reference_tokens: int, num_s
 __all__ = [
     "ATS_CONFIG_DOC",
     "ATS_SAMPLERS",
+    "AtsBaseModelTypesMixin",
     "AtsConfigMixin",
     "default_ats_layers",
     "num_input_tokens",

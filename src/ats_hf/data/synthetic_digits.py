@@ -85,6 +85,12 @@ def test_split(num_images: int = TEST_SIZE) -> tuple[torch.Tensor, torch.Tensor]
     return images[:num_images], labels[:num_images]
 
 
+def to_pixel_values(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]: what the embedded model's image processor (mean = std =
+    0.5) makes of them."""
+    return (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+
+
 def as_dataset(images: torch.Tensor, labels: torch.Tensor):
     """A `datasets.Dataset` with an `image` (PIL) and a `label` (ClassLabel "0".."9") column."""
     from datasets import ClassLabel, Dataset, Features, Image
@@ -138,4 +144,5 @@ __all__ = [
     "generate",
     "source_digits",
     "test_split",
+    "to_pixel_values",
 ]
