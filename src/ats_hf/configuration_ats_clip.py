@@ -20,8 +20,6 @@ class AtsCLIPVisionConfig(AtsConfigMixin, CLIPVisionConfig):
     ats_base_model_types = ("clip_vision_model",)
     # Composite configs whose `vision_config` this reads, as `CLIPVisionConfig` does.
     ats_composite_model_types = ("clip", "ats_clip")
-    # Per-image, variable-width outputs that Trainer should not gather during evaluation.
-    keys_to_ignore_at_inference = ["sampled_token_indices", "token_mask", "hidden_states", "attentions"]
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):

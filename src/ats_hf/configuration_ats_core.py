@@ -115,6 +115,9 @@ class AtsConfigMixin(AtsBaseModelTypesMixin):
     ats_merge: float | None = None
     ats_dense_output: bool = False
 
+    # Per-image, variable-width outputs that Trainer should not gather during evaluation.
+    keys_to_ignore_at_inference = ["sampled_token_indices", "token_mask", "hidden_states", "attentions"]
+
     @property
     def ats_num_special_tokens(self) -> int:
         """Leading tokens that are always kept and never scored (1: CLS). Families with more override this."""

@@ -9,32 +9,16 @@ scored; the significance scores come from the CLS token's attention row only (se
 from huggingface_hub.dataclasses import strict
 from transformers import DeiTConfig
 
-from .configuration_ats_core import (
-    ATS_CONFIG_DOC,
-    ATS_SAMPLERS,
-    AtsConfigMixin,
-    default_ats_layers,
-    num_input_tokens,
-    patch_grid,
-    patch_shape,
-)
+from .configuration_ats_core import ATS_CONFIG_DOC, AtsConfigMixin
 
 
 @strict
 class AtsDeiTConfig(AtsConfigMixin, DeiTConfig):
     model_type = "ats_deit"
     ats_base_model_types = ("deit",)
-    # Per-image, variable-width outputs that Trainer should not gather during evaluation, and the two heads'
-    # separate logits (the averaged `logits` is the prediction), so that evaluation sees (logits, num_tokens) as
-    # with every other family.
-    keys_to_ignore_at_inference = [
-        "sampled_token_indices",
-        "token_mask",
-        "hidden_states",
-        "attentions",
-        "cls_logits",
-        "distillation_logits",
-    ]
+    # Also the two heads' separate logits (the averaged `logits` is the prediction), so that evaluation sees
+    # (logits, num_tokens) as with every other family.
+    keys_to_ignore_at_inference = [*AtsConfigMixin.keys_to_ignore_at_inference, "cls_logits", "distillation_logits"]
 
     @property
     def ats_num_special_tokens(self) -> int:
@@ -48,4 +32,4 @@ AtsDeiTConfig.__doc__ = (
     + ATS_CONFIG_DOC
 )
 
-__all__ = ["ATS_SAMPLERS", "AtsDeiTConfig", "default_ats_layers", "num_input_tokens", "patch_grid", "patch_shape"]
+__all__ = ["AtsDeiTConfig"]

@@ -15,8 +15,6 @@ class AtsDinov2Config(AtsConfigMixin, Dinov2Config):
     model_type = "ats_dinov2"
     # A `dinov2_with_registers` config carries `num_register_tokens`; a `dinov2` one leaves it at 0.
     ats_base_model_types = ("dinov2", "dinov2_with_registers")
-    # Per-image, variable-width outputs that Trainer should not gather during evaluation.
-    keys_to_ignore_at_inference = ["sampled_token_indices", "token_mask", "hidden_states", "attentions"]
 
     num_register_tokens: int = 0
 

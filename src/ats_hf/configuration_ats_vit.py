@@ -21,8 +21,6 @@ from .configuration_ats_core import (
 class AtsViTConfig(AtsConfigMixin, ViTConfig):
     model_type = "ats_vit"
     ats_base_model_types = ("vit",)
-    # Per-image, variable-width outputs that Trainer should not gather during evaluation.
-    keys_to_ignore_at_inference = ["sampled_token_indices", "token_mask", "hidden_states", "attentions"]
 
 
 AtsViTConfig.__doc__ = (
