@@ -51,7 +51,7 @@ from ats_hf.flops import dense_gmacs, gmacs_per_image
 from ats_hf.hub.checkpoint import load_ats_classifier, push_checkpoint
 from ats_hf.hub.model_card import write_model_card
 from ats_hf.metrics import ATS_ACCURACY
-from ats_hf.settings import LAYERS_HELP, MAX_TOKENS_HELP, parse_layers, parse_max_tokens, parse_sampler
+from ats_hf_common.grammar import LAYERS_HELP, MAX_TOKENS_HELP, parse_layers, parse_max_tokens, parse_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> Trainer:
 
     model = load_ats_classifier(
         model_args.model_name_or_path,
+        allow_new_head=True,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: index for index, label in enumerate(labels)},

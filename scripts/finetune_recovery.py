@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from ats_hf import AtsViTForImageClassification
+from ats_hf import AtsSettings, AtsViTForImageClassification
 from ats_hf.benchmark.engine import evaluate_method
-from ats_hf.benchmark.results import Method
 from ats_hf.configuration_ats_core import num_input_tokens
 from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf.data.synthetic_digits import test_split, to_pixel_values
 from ats_hf.flops import dense_gmacs, gmacs_per_image
-from ats_hf.settings import format_layers, parse_layers, parse_max_tokens
-from ats_hf_cli import non_negative_int, positive_int
+from ats_hf.methods import AtsMethod
+from ats_hf_cli.options import non_negative_int, positive_int
+from ats_hf_common.grammar import format_layers, parse_layers, parse_max_tokens
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run_image_classification.py"
 TRAINING_BUDGET_S = 15 * 60
@@ -79,7 +79,7 @@ def load_example():
 def evaluate(model, settings: dict, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict:
     """Top-1 (%), its binomial standard error, mean GMACs per image, fraction of dense and the mean tokens each
     layer outputs, with `settings` (`set_ats` keyword arguments) applied (the benchmark's `evaluate_method`)."""
-    result = evaluate_method(model.eval(), Method.from_settings("eval", **settings), pixel_values, labels, EVAL_BATCH)
+    result = evaluate_method(model.eval(), AtsMethod("eval", AtsSettings(**settings)), pixel_values, labels, EVAL_BATCH)
     accuracy = result.accuracy / 100
     return {
         "accuracy": result.accuracy,

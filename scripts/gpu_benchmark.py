@@ -26,13 +26,15 @@ from pathlib import Path
 
 import torch
 
-from ats_hf.benchmark.engine import DTYPES, GEOMETRIES, describe_machine, evaluate_method, speed_model
-from ats_hf.benchmark.results import Method
+from ats_hf import AtsSettings
+from ats_hf.benchmark.engine import DTYPES, GEOMETRIES, evaluate_method, speed_model
 from ats_hf.benchmark.runtimes import prepare_pass
 from ats_hf.benchmark.timing import interleaved_throughput
 from ats_hf.flops import dense_gmacs, static_gmacs
-from ats_hf.settings import ats_settings_applied, format_layers, parse_capacity, parse_layers, parse_max_tokens
-from ats_hf_cli import checked, positive_int
+from ats_hf.methods import AtsMethod, dense_method
+from ats_hf.reporting import describe_machine
+from ats_hf_cli.options import checked, positive_int
+from ats_hf_common.grammar import format_layers, parse_capacity, parse_layers, parse_max_tokens
 
 DEFAULTS = dict(geometries=("deit-s", "deit-b"), batch_sizes=(1, 64, 256), timing_images=256, repeats=5,
                 dtype="bfloat16", layers="3-11", max_tokens=0.5, capacity=0.5, compile_mode="reduce-overhead")
@@ -118,9 +120,9 @@ def measure_geometry(geometry: str, args: argparse.Namespace, log) -> dict:
     model.set_attn_implementation("sdpa")
     layers = [layer for layer in args.ats_layers if layer < model.config.num_hidden_layers]
     methods = {
-        "dense": Method("dense"),
-        "adaptive": Method.from_settings("ats adaptive", layers, args.ats_max_tokens),
-        "static": Method.from_settings("ats static", layers, args.ats_max_tokens, capacity=args.ats_capacity),
+        "dense": dense_method(),
+        "adaptive": AtsMethod("ats adaptive", AtsSettings(layers, args.ats_max_tokens)),
+        "static": AtsMethod("ats static", AtsSettings(layers, args.ats_max_tokens, capacity=args.ats_capacity)),
     }
     config = model.config
     size = config.image_size
@@ -128,8 +130,7 @@ def measure_geometry(geometry: str, args: argparse.Namespace, log) -> dict:
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(count, config.num_channels, size, size, generator=generator).to(device, dtype)
     adaptive = evaluate_method(model, methods["adaptive"], pixel_values, batch_size=max(args.batch_sizes))
-    with ats_settings_applied(model, **methods["static"].settings):
-        executed = static_gmacs(model.config)
+    executed = static_gmacs(model.config, settings=methods["static"].settings)
     gmacs = {"dense": dense_gmacs(config), "adaptive (real tokens)": adaptive.gmacs_mean, "static (executed)": executed}
     log(f"{geometry}: GMACs {json.dumps({k: round(v, 4) for k, v in gmacs.items()})}")
 

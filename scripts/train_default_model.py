@@ -30,7 +30,7 @@ from transformers import ViTImageProcessorPil
 from ats_hf import AtsViTConfig, AtsViTForImageClassification
 from ats_hf.data.synthetic_digits import DIGIT_SIZE, IMAGE_SIZE, NUM_CLASSES, generate, test_split, to_pixel_values
 from ats_hf.flops import dense_gmacs, gmacs_per_image
-from ats_hf_cli import non_negative_int, positive_int
+from ats_hf_cli.options import non_negative_int, positive_int
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "src" / "ats_hf" / "data" / "default_model"
 # Plug-and-play ATS settings stored in the shipped config: the choice of

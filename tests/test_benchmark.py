@@ -13,12 +13,12 @@ from conftest import peaky_weights_, tiny_config, tiny_model
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from ats_hf import AtsViTForImageClassification
+from ats_hf import AtsSettings, AtsViTForImageClassification
 from ats_hf.benchmark import (
     BenchmarkResult,
-    Method,
     MethodResult,
     TimingResult,
+    default_ats_method,
     evaluate_method,
     format_table,
     interleaved_throughput,
@@ -33,10 +33,10 @@ from ats_hf.benchmark import (
 from ats_hf.benchmark.timing import unreliable_timing_message
 from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf.data.labelled_images import to_model_labels
-from ats_hf.flops import gmacs_per_image
+from ats_hf.flops import gmacs_per_image, tome_gmacs
+from ats_hf.methods import AtsMethod, TomeMethod, dense_method, method_from_dict
 from ats_hf.progress import Progress
-from ats_hf.settings import ats_settings_applied
-from ats_hf.tome import tome_forward, tome_gmacs
+from ats_hf.tome import tome_forward
 from ats_hf_cli import main
 
 # The embedded model's shipped ATS layers, and one capacity more than it has ATS layers.
@@ -74,7 +74,7 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
 
     expected_k = tuple(int(np.floor(ats.tokens_per_layer[i] + 0.5)) for i in (1, 2, 3))
     for baseline in (top_k, random):
-        assert baseline.method.ats_max_tokens == expected_k
+        assert baseline.method.settings.max_tokens == expected_k
         assert baseline.tokens_per_layer[1:] == pytest.approx([float(k) for k in expected_k])
         assert baseline.gmacs_mean == pytest.approx(ats.gmacs_mean, rel=0.05)
 
@@ -87,7 +87,7 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     assert model.config.ats_layers == [1, 2, 3] and model.config.ats_sampler == "inverse_transform"
 
     # ToMe: the r whose GMACs come closest to ATS's, its accuracy what tome_forward gives.
-    r = tome.method.tome_r
+    r = tome.method.r
     assert tome.method.family == "tome" and tome.timings[8].images_per_second > 0
     gap = abs(tome_gmacs(model.config, r) - ats.gmacs_mean)
     assert all(abs(tome_gmacs(model.config, other) - ats.gmacs_mean) >= gap for other in range(0, 33))
@@ -95,7 +95,7 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     assert tome.accuracy == pytest.approx(100 * (logits.argmax(-1) == labels).float().mean().item())
     assert tome.tokens_per_layer == tuple(float(c) for c in counts)
     assert tome.gmacs_mean == pytest.approx(tome.executed_gmacs, rel=1e-6)
-    assert Method.from_dict(json.loads(json.dumps(dataclasses.asdict(tome.method)))) == tome.method
+    assert method_from_dict(json.loads(json.dumps(tome.method.to_dict()))) == tome.method
 
 
 def test_prediction_does_not_depend_on_eval_batch_size(model, data):
@@ -110,24 +110,24 @@ def test_prediction_does_not_depend_on_eval_batch_size(model, data):
 
 def test_sweep_adds_matched_points(model, data):
     pixel_values, labels = data
-    ats = Method.from_config(model.config)
+    ats = default_ats_method(model.config)
     result = run_benchmark(model, pixel_values, labels, sweep=sweep_methods(ats, 4, (0.5, 12), (2,)), batch_sizes=())
-    names = [r.method.name for r in result.sweep if r.method.tome_r is None]
+    names = [r.method.name for r in result.sweep if r.method.kind == "ats"]
     assert names == ["ats K=0.5", "top-k (as ats K=0.5)", "random (as ats K=0.5)",
                      "ats K=12", "top-k (as ats K=12)", "random (as ats K=12)",
                      "ats layers 2-3", "top-k (as ats layers 2-3)", "random (as ats layers 2-3)"]
-    tome = [r.method.name for r in result.sweep if r.method.tome_r is not None]
+    tome = [r.method.name for r in result.sweep if r.method.kind == "tome"]
     assert tome and all(name.startswith("tome r=") and "(as ats" in name for name in tome)
-    sweep = [r for r in result.sweep if r.method.tome_r is None]
+    sweep = [r for r in result.sweep if r.method.kind == "ats"]
     assert max(sweep[3].tokens_per_layer) == 65 and max(sweep[3].tokens_per_layer[1:]) <= 12
     assert sweep[6].tokens_per_layer[:2] == (65.0, 65.0) and sweep[6].tokens_per_layer[2] < 65
-    assert sweep[7].method.ats_layers == (2, 3)
+    assert sweep[7].method.settings.layers == (2, 3)
     assert all(not r.timings for r in result.methods)
 
 
 def test_report_table_json_and_plots(model, data, tmp_path):
     pixel_values, labels = data
-    sweep = sweep_methods(Method.from_config(model.config), 4, (0.5,))
+    sweep = sweep_methods(default_ats_method(model.config), 4, (0.5,))
     result = run_benchmark(model, pixel_values, labels, sweep=sweep, batch_sizes=(1, 8), timing_images=2, repeats=1)
     table = format_table(result)
     for text in ("dense", "ats", "top-k", "random", "img/s bs1", "speed-up bs8 (GMACs ratio)", "mean tokens per layer"):
@@ -138,7 +138,8 @@ def test_report_table_json_and_plots(model, data, tmp_path):
     )
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert [m["method"]["name"] for m in saved["methods"]][:4] == ["dense", "ats", "top-k", "random"]
-    assert saved["methods"][4]["method"]["tome_r"] is not None
+    assert saved["methods"][4]["method"] == {"kind": "tome", "name": result.methods[4].method.name,
+                                             "r": result.methods[4].method.r}
     assert saved["methods"][1]["timings"][0]["efficiency"] == pytest.approx(
         result.methods[1].timings[1].speedup / result.methods[1].timings[1].gmacs_ratio
     )
@@ -151,10 +152,11 @@ def test_methods_leave_the_model_settings_and_the_given_results_as_they_were(mod
     pixel_values, labels = data[0][:8], data[1][:8]
     model.set_ats(max_tokens=0.5, sampler="top_k")
     before = model.ats_settings
-    with pytest.raises(ValueError, match="ats_sampler"):
-        evaluate_method(model, Method("bad", (1,), None, "nearest"), pixel_values)
+    with pytest.raises(ValueError, match=r"ats_layers=\[7\] has indices \[7\] outside 0\.\.3"):
+        evaluate_method(model, AtsMethod("bad", AtsSettings((7,))), pixel_values)
     assert model.ats_settings == before
-    results = [evaluate_method(model, method, pixel_values, labels) for method in (Method("dense"), Method("a", (2,)))]
+    methods = (dense_method(), AtsMethod("a", AtsSettings((2,))))
+    results = [evaluate_method(model, method, pixel_values, labels) for method in methods]
     assert model.ats_settings == before
     timed = time_methods(model, results, pixel_values, batch_sizes=(4,), timing_images=4, repeats=1)
     assert all(not r.timings for r in results), "the given results are not filled in"
@@ -166,14 +168,14 @@ def test_matched_baselines_round_half_up_and_keep_at_least_two(model, data):
     ats = run_benchmark(model, *data, batch_sizes=()).methods[1]
     ats = dataclasses.replace(ats, tokens_per_layer=(65.0, 30.5, 1.2, 10.49))
     top_k, random = matched_baselines(ats)
-    assert top_k.ats_max_tokens == random.ats_max_tokens == (31, 2, 10)
-    assert (top_k.ats_sampler, random.ats_sampler) == ("top_k", "random")
+    assert top_k.settings.max_tokens == random.settings.max_tokens == (31, 2, 10)
+    assert (top_k.settings.sampler, random.settings.sampler) == ("top_k", "random")
 
 
 def test_speed_mode_on_a_small_geometry():
     geometry = dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                     intermediate_size=64)
-    result = run_speed_benchmark(geometry, ats_max_tokens=0.5, batch_sizes=(1, 4), timing_images=2, repeats=1)
+    result = run_speed_benchmark(geometry, AtsSettings((1, 2, 3), 0.5), batch_sizes=(1, 4), timing_images=2, repeats=1)
     names = [r.method.name for r in result.methods]
     assert names == ["dense", "ats K=0.5", "ats K=all", "no-drop"]
     dense, half, _, no_drop = result.methods
@@ -207,12 +209,12 @@ def test_interleaved_throughput_takes_the_median_and_rotates():
 def fake_result(ats_samples: tuple[float, ...]) -> BenchmarkResult:
     """Dense and ATS timed at batch 1: dense steady at 100 img/s, ATS's repeats as given."""
 
-    def method_result(method: Method, samples: tuple[float, ...], gmacs_ratio: float) -> MethodResult:
+    def method_result(method, samples: tuple[float, ...], gmacs_ratio: float) -> MethodResult:
         timing = TimingResult(1, 4, statistics.median(samples), samples, 100.0, gmacs_ratio)
         return MethodResult(method, None, 1.0 / gmacs_ratio, 0.0, (65.0, 30.0), (0.0, 0.0), {1: timing})
 
-    methods = [method_result(Method("dense"), (99.0, 100.0, 101.0), 1.0),
-               method_result(Method("ats", (1,)), ats_samples, 1.5)]
+    methods = [method_result(dense_method(), (99.0, 100.0, 101.0), 1.0),
+               method_result(AtsMethod("ats", AtsSettings((1,))), ats_samples, 1.5)]
     machine = {"cpu": "test", "torch_threads": 2, "device": "cpu", "dtype": "float32", "torch": "x"}
     return BenchmarkResult("tiny", "random", 4, 1.0, methods, [], machine)
 
@@ -243,7 +245,7 @@ def test_progress_prints_plain_lines_when_not_a_terminal(model, data, capsys):
     lines = stream.getvalue().splitlines()
     assert lines[:2] == ["eval ats: 1/3", "eval ats: 2/3"] and lines[2].startswith("eval ats: 3/3 done in")
     capsys.readouterr()
-    evaluate_method(model, Method("dense"), data[0][:4], batch_size=2)
+    evaluate_method(model, dense_method(), data[0][:4], batch_size=2)
     assert "eval dense: 4/4 done in" in capsys.readouterr().err  # pytest's stderr is not a terminal
 
 
@@ -279,7 +281,7 @@ def test_command_on_a_saved_model_and_an_image_folder(named_model, tmp_path, cap
     printed = capsys.readouterr().out
     assert "top-k" in printed and "img/s bs1" in printed
     saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
-    assert saved["num_images"] == 6 and saved["methods"][1]["method"]["ats_max_tokens"] == 0.5
+    assert saved["num_images"] == 6 and saved["methods"][1]["method"]["settings"]["max_tokens"] == 0.5
     assert [m["accuracy"] for m in saved["methods"]] == [50.0] * 5  # dense, ATS, top-K, random, ToMe
     assert saved["sweep"] == [] and saved["notes"] == []
 
@@ -315,14 +317,16 @@ def test_dataset_classes_are_matched_to_the_model_labels_by_name():
         to_model_labels(table, "label", {0: "cat", 1: "dog", 2: "golden retriever"})
 
 
-def test_a_method_with_a_capacity_survives_a_json_round_trip():
-    for method in (Method("ats", (1, 2, 3), (0.5, None, 20), "inverse_transform", (30, 20, 10)),
-                   Method.from_settings("top-k", [1, 3], 12, "top_k", capacity=0.25), Method("dense")):
-        assert Method.from_dict(json.loads(json.dumps(dataclasses.asdict(method)))) == method
-    method = Method.from_settings("ats", [1, 2], [0.5, 0.25], capacity=[20, 10])
-    assert method.settings == {"layers": [1, 2], "max_tokens": [0.5, 0.25], "sampler": "inverse_transform",
-                               "capacity": [20, 10], "merge": None}
-    assert method.static and Method("dense").static and not Method("ats", (1,)).static
+def test_methods_survive_a_json_round_trip():
+    for method in (AtsMethod("ats", AtsSettings((1, 2, 3), (0.5, None, 20), capacity=(30, 20, 10))),
+                   AtsMethod("top-k", AtsSettings([1, 3], 12, "top_k", capacity=0.25, merge=0.8)), dense_method(),
+                   TomeMethod("tome r=4", 4)):
+        assert method_from_dict(json.loads(json.dumps(method.to_dict()))) == method
+    method = AtsMethod("ats", AtsSettings([2, 1], [0.5, 0.25], capacity=[20, 10]))
+    assert method.settings.to_dict() == {"layers": [1, 2], "max_tokens": [0.25, 0.5], "sampler": "inverse_transform",
+                                         "capacity": [10, 20], "merge": None}
+    assert method.static and dense_method().static and TomeMethod("t", 2).static
+    assert not AtsMethod("ats", AtsSettings((1,))).static
 
 
 def test_static_mode_baselines_share_the_capacity_rule_and_the_ratio_uses_executed_gmacs(model, data):
@@ -330,18 +334,17 @@ def test_static_mode_baselines_share_the_capacity_rule_and_the_ratio_uses_execut
 
     pixel_values, labels = data
     model.set_ats(capacity=20)
-    ats = Method.from_config(model.config)
-    assert ats.ats_capacity == 20
+    ats = default_ats_method(model.config)
+    assert ats.settings.capacity == 20
     result = run_benchmark(model, pixel_values, labels, batch_sizes=(4,), timing_images=4, repeats=1)
     dense, ats_result, top_k, random, _ = result.methods
-    assert top_k.method.ats_capacity == random.method.ats_capacity == 20
+    assert top_k.method.settings.capacity == random.method.settings.capacity == 20
     assert max(ats_result.tokens_per_layer[1:]) <= 20
-    with ats_settings_applied(model, **ats.settings):
-        assert ats_result.executed_gmacs == pytest.approx(static_gmacs(model.config))
+    assert ats_result.executed_gmacs == pytest.approx(static_gmacs(model.config, settings=ats.settings))
     assert dense.executed_gmacs == pytest.approx(dense.gmacs_mean) and ats_result.gmacs_mean < ats_result.executed_gmacs
     assert ats_result.timings[4].gmacs_ratio == pytest.approx(dense.gmacs_mean / ats_result.executed_gmacs)
-    assert "GMACs executed" in format_table(result) and "static, capacity 20" in format_table(result)
-    assert model.ats_settings["capacity"] == 20
+    assert "GMACs executed" in format_table(result) and "capacity 20, static" in format_table(result)
+    assert model.ats_settings.capacity == 20
 
 
 def speed_command(tmp_path, *options) -> dict:
@@ -359,7 +362,7 @@ def test_speed_mode_compiled_static(tmp_path, capsys):
     saved = speed_command(tmp_path, "--mode", "static", "--runtime", "compile", "--compile-backend", "eager")
     assert saved["runtime"] == "compile"
     assert [m["method"]["name"] for m in saved["methods"]] == ["dense", "ats K=0.5", "no-drop"]
-    assert [m["method"]["ats_capacity"] for m in saved["methods"]] == [None, 0.5, 1.0]
+    assert [m["method"]["settings"]["capacity"] for m in saved["methods"]] == [None, 0.5, 1.0]
     assert all(m["preparation_seconds"] > 0 and len(m["timings"]) == 2 for m in saved["methods"])
     ats = saved["methods"][1]
     assert ats["timings"][0]["gmacs_ratio"] == pytest.approx(saved["dense_gmacs"] / ats["executed_gmacs"])
@@ -372,14 +375,15 @@ def test_onnxruntime_times_exported_graphs_of_dense_and_the_static_mode():
 
     model = speed_model("tiny")
     pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    methods = (Method("dense"), Method("ats", (1, 2, 3), 0.5, ats_capacity=0.5))
+    methods = (dense_method(), AtsMethod("ats", AtsSettings((1, 2, 3), 0.5, capacity=0.5)))
     results = [evaluate_method(model, method, pixel_values) for method in methods]
     timed = time_methods(model, results, pixel_values, batch_sizes=(1, 2), timing_images=2, repeats=1,
                          runtime="onnxruntime")
     assert all(r.preparation_seconds > 0 and r.timings[1].images_per_second > 0 for r in timed)
     assert [len(r.notes) for r in timed] == [1, 1] and all("matches PyTorch" in r.notes[0] for r in timed)
     with pytest.raises(ValueError, match="onnxruntime times the static mode only"):
-        time_methods(model, [results[0], evaluate_method(model, Method("ats", (1,)), pixel_values)], pixel_values,
+        time_methods(model, [results[0], evaluate_method(model, AtsMethod("ats", AtsSettings((1,))), pixel_values)],
+                     pixel_values,
                      batch_sizes=(1,), timing_images=1, repeats=1, runtime="onnxruntime")
 
 
@@ -411,6 +415,6 @@ def test_merge_option_reaches_the_ats_method(tmp_path, capsys):
                  "--output-dir", str(tmp_path)])
     assert code == 0
     saved = json.loads((tmp_path / "benchmark.json").read_text())
-    assert saved["methods"][1]["method"]["ats_merge"] == 0.8
+    assert saved["methods"][1]["method"]["settings"]["merge"] == 0.8
     assert main(["benchmark", "--speed-mode", "tiny", "--ats-merge", "0.8"]) == 2
     assert "--ats-merge applies to the accuracy mode" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from ats_hf import AtsViTForImageClassification
+from ats_hf import AtsSettings, AtsViTForImageClassification
 from ats_hf.calibration import calibrate_capacity
 from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf.flops import gmacs_per_image, static_gmacs
@@ -41,8 +41,7 @@ def test_capacities_are_the_quantile_of_the_adaptive_kept_counts(model, data):
     expected = [math.ceil(round(float(np.quantile(counts[:, i], 0.8)), 6)) for i in range(3)]
     assert result.capacity == dict(zip([1, 2, 3], expected, strict=True))
     assert len(set(expected)) > 1 and min(expected) < 30, "the test needs capacities that truncate"
-    assert {key: result.settings[key] for key in ("layers", "max_tokens", "sampler", "capacity")} == {
-        "layers": [1, 2, 3], "max_tokens": [40, 30, 30], "sampler": "inverse_transform", "capacity": expected}
+    assert result.settings == AtsSettings((1, 2, 3), (40, 30, 30), "inverse_transform", tuple(expected))
     over = counts > np.array(expected)
     assert result.predicted_truncated == int(over.any(axis=1).sum()) > 0
     assert [layer.over_capacity for layer in result.layers] == over.sum(axis=0).tolist()
@@ -91,7 +90,7 @@ def test_command_saves_a_checkpoint_with_the_capacities(tmp_path, capsys):
     assert saved["num_images"] == 40 and saved["quantile"] == 0.9 and saved["static_accuracy"] is not None
     reloaded = AtsViTForImageClassification.from_pretrained(output)
     shipped_layers = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR).config.ats_layers
-    assert reloaded.ats_settings["capacity"] == capacity and reloaded.ats_settings["layers"] == shipped_layers
+    assert reloaded.config.ats_capacity == capacity and reloaded.config.ats_layers == shipped_layers
     assert len(capacity) == len(shipped_layers), "one capacity per ATS layer of the embedded model"
     assert (output / "preprocessor_config.json").is_file() and (output / "modeling_ats_vit.py").is_file()
     assert main(["calibrate", "--num-images", "4", "--output", str(output)]) == 2
@@ -101,10 +100,10 @@ def test_command_saves_a_checkpoint_with_the_capacities(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--quantile", "0"], "argument --quantile: 0 is not allowed: the quantile must be in (0, 1]"),
-        (["--quantile", "1.5"], "the quantile must be in (0, 1]"),
+        (["--quantile", "0"], "argument --quantile: '0' is not a quantile in (0, 1]"),
+        (["--quantile", "1.5"], "'1.5' is not a quantile in (0, 1]"),
         (["--quantile", "high"], "'high' is not a number"),
-        (["--ats-layers", "none"], "the model has no ATS layers: give --ats-layers"),
+        (["--ats-layers", "none"], "--ats-layers none leaves nothing to calibrate; give at least one ATS layer"),
         (["--ats-capacity", "12"], "unrecognized arguments: --ats-capacity"),
         (["--split", "test"], "--split, --image-column and --label-column apply to --dataset only"),
     ],

@@ -7,7 +7,7 @@ from conftest import tiny_config
 from transformers import AutoConfig, ViTConfig
 
 from ats_hf import AtsViTConfig, AtsViTForImageClassification, configuration_ats_core
-from ats_hf.configuration_ats_vit import num_input_tokens, patch_grid
+from ats_hf.configuration_ats_core import num_input_tokens, patch_grid
 
 
 def test_defaults_follow_the_official_recipe():
@@ -30,7 +30,7 @@ def test_max_tokens_resolution():
     "overrides, message",
     [
         (dict(ats_layers=[1, 4]), r"indices \[4\] outside 0\.\.3"),
-        (dict(ats_layers=[-1]), r"indices \[-1\] outside 0\.\.3"),
+        (dict(ats_layers=[-1]), r"ats_layers=\[-1\] has negative indices \[-1\]; layers are 0-based"),
         (dict(ats_layers=[1, 1]), "duplicate"),
         (dict(ats_max_tokens=1), r"ats_max_tokens=1 is too small: an int must be >= 2"),
         (dict(ats_max_tokens=0.0), r"ats_max_tokens=0\.0 is outside \(0, 1\]"),

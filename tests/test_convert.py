@@ -11,12 +11,14 @@ from huggingface_hub import ModelCard
 from transformers import BertConfig, ViTForImageClassification
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf.hub import checkpoint, convert
+from ats_hf.hub import checkpoint
 from ats_hf.hub.convert import convert_to_ats, measure_mean_gmacs
 from ats_hf_cli import main
+from ats_hf_cli.commands import convert
 
 CHECKPOINT_FILES = {
     "README.md",
+    "ats_sampling.py",
     "config.json",
     "configuration_ats_core.py",
     "configuration_ats_vit.py",
@@ -153,7 +155,7 @@ def test_convert_refuses_what_it_cannot_do(plain_vit, tmp_path):
 
     bert = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2)
     bert.save_pretrained(tmp_path / "bert")
-    with pytest.raises(ValueError, match="'bert' checkpoint"):
+    with pytest.raises(ValueError, match="model_type 'bert' is not supported"):
         convert_to_ats(tmp_path / "bert", tmp_path / "out")
 
     ViTForImageClassification.from_pretrained(plain_vit).save_pretrained(tmp_path / "no-processor")
@@ -194,6 +196,6 @@ def test_convert_reports_user_errors_in_one_line(plain_vit, tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     assert main(["convert", str(plain_vit), str(tmp_path / "full")]) == 2
-    assert "is not empty; pass overwrite=True (--overwrite)" in capsys.readouterr().err.splitlines()[-1]
+    assert "is not empty; pass --overwrite to replace what is there" in capsys.readouterr().err.splitlines()[-1]
     assert main(["convert", str(plain_vit), str(tmp_path / "out"), "--ats-layers", "7"]) == 2
     assert "outside 0..3" in capsys.readouterr().err.splitlines()[-1]

@@ -9,9 +9,10 @@ import torch
 from transformers import AutoImageProcessor
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf.benchmark import Method, evaluate_method
+from ats_hf.benchmark import default_ats_method, evaluate_method
 from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf.data import synthetic_digits as digits
+from ats_hf.methods import dense_method
 
 
 def test_generator_is_a_pure_function_of_its_arguments():
@@ -93,8 +94,8 @@ def test_shipped_model_accuracy_on_a_slice_of_the_test_split():
     images, labels = digits.test_split(400)
     pixel_values = processor(images=list(images.numpy()), return_tensors="pt")["pixel_values"]
     assert torch.equal(pixel_values, (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5)
-    dense = evaluate_method(model, Method("dense"), pixel_values, labels, batch_size=200)
-    ats = evaluate_method(model, Method.from_config(model.config), pixel_values, labels, batch_size=200)
+    dense = evaluate_method(model, dense_method(), pixel_values, labels, batch_size=200)
+    ats = evaluate_method(model, default_ats_method(model.config), pixel_values, labels, batch_size=200)
     assert dense.accuracy >= 95.0
     assert ats.accuracy >= dense.accuracy - 1.5
     assert ats.gmacs_mean <= 0.7 * dense.gmacs_mean

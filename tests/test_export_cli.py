@@ -27,14 +27,14 @@ def test_export_writes_a_verified_folder(tmp_path, capsys):
     assert {"model.onnx", "config.json", "preprocessor_config.json", "onnx_verification.json"} <= {
         path.name for path in output.iterdir()}
     report = json.loads((output / "onnx_verification.json").read_text())
-    assert report["passed"] and report["images"] == 8  # 4 images at batch sizes 1 and 3
+    assert report["passed"] and report["images"] == 4  # each at batch sizes 1 and 3
     assert json.loads((output / "config.json").read_text())["ats_capacity"] == 12
 
 
 def test_the_adaptive_mode_is_refused_in_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "onnx")]) == 2
     line = last_error_line(capsys)
-    assert line.startswith("ats-hf export: error: cannot export embedded default model")
+    assert line.startswith("ats-hf export: error: cannot export the embedded default model")
     assert "adaptive mode" in line and "--ats-capacity" in line and "ats-hf calibrate" in line
     assert not (tmp_path / "onnx").exists()
 

@@ -37,7 +37,7 @@ from ats_hf import (
 )
 from ats_hf.benchmark.engine import speed_model
 from ats_hf.flops import dense_gmacs, gmacs_per_image
-from ats_hf.hub.checkpoint import ats_classifier_class, load_ats_classifier
+from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier
 from ats_hf.hub.convert import convert_to_ats
 
 # 32 px images, 4 px patches: 64 patches + CLS = 65 tokens; default ATS layers 1..3.
@@ -345,8 +345,13 @@ def test_loads_with_trust_remote_code_where_ats_hf_cannot_be_imported(upstream, 
 
 
 def test_load_ats_classifier_and_convert_detect_clip(upstream, images, tmp_path):
-    for source in ("clip", "vision", "classifier"):
-        assert ats_classifier_class(upstream["root"] / source) is AtsCLIPForImageClassification
+    # Each checkpoint keeps what it is: no classifier head is invented for the image-text or the vision-only model.
+    expected = {"clip": AtsCLIPModel, "vision": AtsCLIPVisionModel, "classifier": AtsCLIPForImageClassification}
+    for source, model_class in expected.items():
+        assert ats_model_class(upstream["root"] / source) is model_class
+    for source in ("clip", "vision"):
+        with pytest.raises(ValueError, match="without an image-classification head"):
+            load_ats_classifier(upstream["root"] / source)
     model = load_ats_classifier(upstream["root"] / "classifier", ats_layers=[2, 3], ats_max_tokens=0.5)
     assert type(model) is AtsCLIPForImageClassification and model.config.ats_layers == [2, 3]
     output = convert_to_ats(upstream["root"] / "classifier", tmp_path / "out", ats_layers=[2, 3], ats_max_tokens=0.5)

@@ -30,7 +30,7 @@ from ats_hf import (
 from ats_hf.benchmark.engine import GEOMETRIES, speed_config, speed_model
 from ats_hf.configuration_ats_core import num_input_tokens
 from ats_hf.flops import dense_gmacs
-from ats_hf.hub.checkpoint import ats_classifier_class, load_ats_classifier, save_ats_checkpoint
+from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier, save_ats_checkpoint
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32,
             patch_size=4, num_labels=5)
@@ -329,7 +329,7 @@ def test_upstream_distilled_checkpoint_loads_every_weight(tmp_path, images):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(images).logits, plain(images).logits, atol=1e-5, rtol=0)
-    assert ats_classifier_class(tmp_path) is AtsDeiTForImageClassificationWithTeacher
+    assert ats_model_class(tmp_path) is AtsDeiTForImageClassificationWithTeacher
     ats = load_ats_classifier(tmp_path, ats_max_tokens=0.5).eval()
     assert isinstance(ats, AtsDeiTForImageClassificationWithTeacher) and ats.config.model_type == "ats_deit"
     with torch.no_grad():
@@ -377,7 +377,7 @@ def test_an_upstream_cls_head_checkpoint_gets_the_cls_head_class(tmp_path, image
     torch.manual_seed(0)
     plain = distinct_special_tokens_(DeiTForImageClassification(plain_deit_config()).eval())
     plain.save_pretrained(tmp_path, save_original_format=True)
-    assert ats_classifier_class(tmp_path) is AtsDeiTForImageClassification
+    assert ats_model_class(tmp_path) is AtsDeiTForImageClassification
     model = load_ats_classifier(tmp_path, ats_layers=[]).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(images).logits, plain(images).logits, atol=1e-5, rtol=0)

@@ -164,7 +164,7 @@ def test_special_tokens_are_always_kept_and_never_scored(registers, images):
     num_special = 1 + registers
     base = model.base_model
     with torch.no_grad():
-        run = base.encoder.run_layers(base.embeddings(images))
+        run = base.run_layers(base.ats_embed(images))
     assert run.state.positions.shape[1] == num_special + 1
     assert torch.equal(run.state.positions[:, :num_special], torch.arange(num_special).expand(len(images), -1))
     assert (run.state.positions[:, num_special:] >= num_special).all()  # the kept patch is a patch

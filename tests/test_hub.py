@@ -74,7 +74,7 @@ def python_blocks(markdown: str) -> list[str]:
 
 def test_save_pretrained_ships_the_package_code(tmp_path):
     tiny_ats_classifier().save_pretrained(tmp_path)
-    for name in ("configuration_ats_core.py", "configuration_ats_vit.py", "modeling_ats_core.py",
+    for name in ("ats_sampling.py", "configuration_ats_core.py", "configuration_ats_vit.py", "modeling_ats_core.py",
                  "modeling_ats_vit.py"):
         assert (tmp_path / name).read_bytes() == (PACKAGE_DIR / name).read_bytes(), name
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
@@ -202,7 +202,7 @@ def test_model_card_names_the_family_its_special_tokens_and_its_code_files():
                              num_register_tokens=2, ats_layers=[1])
     card = str(build_model_card(config, model_id="me/tiny-dinov2"))
     assert "A DINOv2 model with **Adaptive Token Sampling**" in card
-    assert "| input tokens | 19 (CLS + 2 more special tokens + 16 patches) |" in card
+    assert "| input tokens | 19: 3 special (CLS and the register tokens), 16 patches |" in card
     assert "`configuration_ats_dinov2.py` and `modeling_ats_dinov2.py`" in card
     assert "registers the ats_dinov2 model type" in card
     plain = str(build_model_card(AtsDinov2Config(num_hidden_layers=2, ats_layers=[]), model_id="me/x"))

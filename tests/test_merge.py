@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from ats_hf.modeling_ats_core import PaddingLayout, TokenState, _self_attention_mask, merge_dropped_tokens
+from ats_hf.ats_sampling import PaddingLayout, merge_dropped_tokens
+from ats_hf.modeling_ats_core import TokenState, _self_attention_mask
 
 
 def test_merging_nothing_changes_nothing():

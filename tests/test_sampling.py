@@ -5,7 +5,7 @@ import torch
 from official_reference import official_picks
 
 from ats_hf import inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling
-from ats_hf.modeling_ats_core import _count_below, _stable_sort
+from ats_hf.ats_sampling import _count_below, _stable_sort
 
 
 @pytest.fixture(autouse=True, params=["eager-ops", "export-ops"])

@@ -6,21 +6,11 @@ import pytest
 import torch
 from conftest import peaky_weights_, tiny_config
 
-from ats_hf import AtsViTForImageClassification
-from ats_hf.settings import (
-    add_ats_arguments,
-    ats_settings_applied,
-    format_layers,
-    format_max_tokens,
-    parse_capacity,
-    parse_layers,
-    parse_max_tokens,
-    settings_from_args,
-)
+from ats_hf import AtsSettings, AtsViTForImageClassification
+from ats_hf_cli.options import add_ats_arguments, settings_from_args
+from ats_hf_common.grammar import format_layers, format_max_tokens, parse_capacity, parse_layers, parse_max_tokens
 
-DEFAULTS = {
-    "layers": [1, 2, 3, 4, 5], "max_tokens": None, "sampler": "inverse_transform", "capacity": None, "merge": None
-}
+DEFAULTS = AtsSettings(layers=(1, 2, 3, 4, 5))
 
 
 @pytest.fixture
@@ -37,7 +27,7 @@ def test_set_ats_takes_effect_and_returns_the_previous_settings(model, images):
     before = run(model, images)
     previous = model.set_ats(layers=[4], max_tokens=10, sampler="top_k")
     assert previous == DEFAULTS
-    assert model.config.ats_layers == [4] and model.ats_settings["sampler"] == "top_k"
+    assert model.config.ats_layers == [4] and model.ats_settings.sampler == "top_k"
     after = run(model, images)
     assert after.num_tokens[:, :4].eq(65).all() and after.num_tokens[:, 4:].eq(10).all()
     model.set_ats(**previous)
@@ -46,7 +36,7 @@ def test_set_ats_takes_effect_and_returns_the_previous_settings(model, images):
 
 def test_set_ats_leaves_out_arguments_unchanged(model):
     model.set_ats(max_tokens=0.5)
-    assert model.ats_settings == {**DEFAULTS, "max_tokens": 0.5}
+    assert model.ats_settings == DEFAULTS.replace(max_tokens=0.5)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +50,7 @@ def test_set_ats_leaves_out_arguments_unchanged(model):
     ],
 )
 def test_set_ats_rejects_bad_values_and_changes_nothing(model, settings, message):
-    before = dict(model.ats_settings)
+    before = model.ats_settings
     with pytest.raises(ValueError, match=message):
         model.set_ats(**settings)
     assert model.ats_settings == before
@@ -71,12 +61,13 @@ def test_set_ats_layers_with_a_per_layer_k_list_needs_new_k(model):
     with pytest.raises(ValueError, match=r"ats_max_tokens=\[0.5, 20\] has 2 entries but ats_layers=\[1, 2, 3\] has 3"):
         model.set_ats(layers=[1, 2, 3])
     model.set_ats(layers=[1, 2, 3], max_tokens=0.5)
-    assert model.ats_settings["max_tokens"] == 0.5
+    assert model.ats_settings.max_tokens == 0.5
 
 
 def test_per_layer_k_follows_the_layers_order_given(model):
     model.set_ats(layers=[4, 2], max_tokens=[10, 30])
-    assert model.ats_settings["layers"] == [2, 4] and model.ats_settings["max_tokens"] == [30, 10]
+    assert model.ats_settings.layers == (2, 4) and model.ats_settings.max_tokens == (30, 10)
+    assert model.config.ats_layers == [2, 4] and model.config.ats_max_tokens == [30, 10]
 
 
 @pytest.mark.parametrize(
@@ -107,8 +98,8 @@ def test_a_good_config_field_set_directly_takes_effect(model, images):
 
 
 def test_settings_applied_restores_after_an_error(model, images):
-    with pytest.raises(RuntimeError), ats_settings_applied(model, layers=[5], sampler="random"):
-        assert model.ats_settings["sampler"] == "random"
+    with pytest.raises(RuntimeError), model.ats_settings_applied(layers=[5], sampler="random"):
+        assert model.ats_settings.sampler == "random"
         raise RuntimeError
     assert model.ats_settings == DEFAULTS
 

@@ -5,7 +5,7 @@ import torch
 from conftest import counting_host_reads, tiny_model
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf.modeling_ats_core import pack_kept_tokens, pack_kept_tokens_static
+from ats_hf.ats_sampling import pack_kept_tokens, pack_kept_tokens_static
 
 build = tiny_model
 
@@ -104,7 +104,7 @@ def test_capacity_survives_a_save_and_load(images, tmp_path):
     model = build(ats_capacity=[40, 30, 20])
     model.save_pretrained(tmp_path)
     loaded = AtsViTForImageClassification.from_pretrained(tmp_path).eval()
-    assert loaded.ats_settings["capacity"] == [40, 30, 20]
+    assert loaded.ats_settings.capacity == (40, 30, 20)
     assert torch.equal(run(loaded, images).logits, run(model, images).logits)
 
 
@@ -123,5 +123,5 @@ def test_static_gmacs_count_capacity_rows_and_match_the_flop_counter(images):
     assert abs(executed - measured) / measured < 0.01
     # The papers' per-image figure counts real kept tokens only: never more than what runs.
     assert (gmacs_per_image(model.config, output.num_tokens) <= executed + 1e-12).all()
-    with pytest.raises(ValueError, match="needs a static-mode config"):
+    with pytest.raises(ValueError, match="needs static-mode settings"):
         static_gmacs(build().config)

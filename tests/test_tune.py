@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from ats_hf import AtsSettings
+from ats_hf.methods import AtsMethod
 from ats_hf.tune import (
-    Candidate,
     Score,
     SpeedSpec,
     Target,
@@ -20,7 +21,8 @@ from ats_hf.tune import (
 
 
 def score(accuracy: float, gmacs: float, name: str = "x") -> Score:
-    return Score(Candidate((1,), name), correct=int(accuracy * 10), images=1000, gmacs=gmacs)
+    return Score(AtsMethod(f"{name} {accuracy} {gmacs}", AtsSettings((1,))), correct=int(accuracy * 10), images=1000,
+                 gmacs=gmacs)
 
 
 def test_grid_covers_contiguous_ranges_and_skips_top_k_at_all():
@@ -109,11 +111,9 @@ def test_tune_on_a_tiny_model(images):
     assert result.front == pareto_front(result.calibration)
     assert result.chosen is not None and result.chosen.gmacs <= 0.9 * result.dense_gmacs
     # The prefix cache gives what the model gives when it runs from the pixels.
-    chosen = result.chosen.candidate
-    with torch.no_grad():
-        model.set_ats(**chosen.settings)
+    chosen = result.chosen
+    with torch.no_grad(), model.ats_settings_applied(chosen.method.settings):
         direct = model(pixel_values[12:]).logits.argmax(-1)
-        model.set_ats(**before)
     assert result.held_out[chosen.label].correct == int((direct == labels[12:]).sum())
     assert {entry["calibration"]["setting"] for entry in result.to_dict()["front"]} == {s.label for s in result.front}
     assert json.dumps(result.to_dict())  # JSON-serialisable
@@ -159,11 +159,10 @@ def test_command_on_a_user_checkpoint_and_image_folder(tmp_path, capsys):
     assert "held out: 9 images" in report and "chosen (*): layers 2" in report
 
 
-def test_tune_refuses_other_families_by_name(images):
-    from ats_hf import AtsDinov2Config, AtsDinov2ForImageClassification
+def test_tune_refuses_what_is_no_classifier(images):
+    from ats_hf import AtsDinov2Config, AtsDinov2Model
 
-    config = AtsDinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
-                             num_labels=3)
-    model = AtsDinov2ForImageClassification(config).eval()
-    with pytest.raises(ValueError, match=r"tune searches ATS-ViT classifiers .* AtsDinov2ForImageClassification"):
+    config = AtsDinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+    model = AtsDinov2Model(config).eval()
+    with pytest.raises(ValueError, match=r"tune searches ATS image classifiers; AtsDinov2Model is none"):
         tune(model, torch.cat([images] * 2), torch.zeros(12, dtype=torch.long), Target(max_gmacs_fraction=0.5))

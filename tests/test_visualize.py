@@ -8,7 +8,6 @@ from PIL import Image
 from transformers import ViTImageProcessorPil
 
 from ats_hf.hub import checkpoint
-from ats_hf.settings import ats_settings_applied
 from ats_hf.visualize import GAP, OUTLINE, kept_patch_grids, token_map
 from ats_hf_cli import main
 
@@ -69,7 +68,7 @@ def test_token_map_keeps_the_aspect_ratio_and_shows_the_prediction(model, proces
 
 def test_dropped_patches_stand_out_on_a_black_image(model, processor):
     black = Image.new("RGB", (32, 32))
-    with ats_settings_applied(model, max_tokens=10):
+    with model.ats_settings_applied(max_tokens=10):
         rendered = np.asarray(token_map(black, model, processor, panel_size=96, columns=5)).astype(int)
     title, header = layout(Image.fromarray(rendered.astype(np.uint8)), (96, 96), 4, 1)
     top = GAP + header + title
@@ -80,13 +79,13 @@ def test_dropped_patches_stand_out_on_a_black_image(model, processor):
 
 
 def test_token_map_uses_the_model_settings_in_force(model, processor, picture):
-    with ats_settings_applied(model, layers=[2], max_tokens=10):
+    with model.ats_settings_applied(layers=[2], max_tokens=10):
         one_layer = token_map(picture, model, processor, panel_size=128, columns=5)
     three_layers = token_map(picture, model, processor, panel_size=128, columns=5)
     panel_width = round(128 * 40 / 48)
     assert one_layer.width < three_layers.width and three_layers.width >= 4 * (panel_width + GAP) + GAP
     assert one_layer.height == three_layers.height
-    assert model.ats_settings["layers"] == [1, 2, 3]
+    assert model.ats_settings.layers == (1, 2, 3)
     with pytest.raises(ValueError, match="panel_size=4"):
         token_map(picture, model, processor, panel_size=4)
 
@@ -120,7 +119,7 @@ def test_visualize_checks_the_image_before_loading_a_model(tmp_path, capsys, mon
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(checkpoint, "load_ats_classifier", no_loading)
+    monkeypatch.setattr(checkpoint, "load_classifier_and_processor", no_loading)
     assert main(["visualize", str(tmp_path / "missing.png")]) == 2
     missing = str(tmp_path / "missing.png")
     assert capsys.readouterr().err == f"ats-hf visualize: error: image file {missing!r} does not exist\n"

@@ -8,38 +8,24 @@ capacities to report what they cost and change: accuracy (dense accuracy too, wi
 GMACs, truncated images.
 
     result = calibrate_capacity(model, pixel_values, labels, quantile=0.99)
-    model.set_ats(**result.settings)            # the static mode at the proposed capacities
+    model.set_ats(result.settings)              # the static mode at the proposed capacities
 
     ats-hf calibrate --quantile 0.99 --output calibrated/    # a checkpoint with the capacities in its config
 """
 
-import argparse
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ats_hf_cli import UsageError, checked, positive_int, usage_errors
+from ats_hf_common.grammar import format_layers, format_max_tokens, format_settings
 
-from .benchmark.report import format_grid
-from .cli_inputs import MODEL_HELP, add_data_arguments, check_data_options, load_classifier, load_images
-from .configuration_ats_vit import num_input_tokens
-from .data.labelled_images import MAX_IMAGES
+from .configuration_ats_core import AtsSettings, num_input_tokens, num_special_tokens
 from .flops import dense_gmacs, gmacs_per_image, static_gmacs
-from .hub.checkpoint import save_ats_checkpoint
-from .modeling_ats_vit import AtsViTForImageClassification
 from .progress import Progress
-from .settings import (
-    add_ats_arguments,
-    ats_settings_applied,
-    format_layers,
-    format_max_tokens,
-    format_settings,
-    settings_from_args,
-)
+from .reporting import format_grid
 
 DEFAULT_QUANTILE = 0.99
 DEFAULT_BATCH_SIZE = 64
@@ -72,7 +58,7 @@ class CalibrationResult:
     """
 
     quantile: float
-    settings: dict  # the static mode's `set_ats` keyword arguments: layers, max_tokens, sampler, capacity
+    settings: AtsSettings  # the static mode at the proposed capacities (`model.set_ats(result.settings)`)
     layers: tuple[LayerCalibration, ...]
     num_images: int
     predicted_truncated: int
@@ -94,7 +80,7 @@ class CalibrationResult:
     def to_dict(self) -> dict:
         return {
             "quantile": self.quantile,
-            "settings": self.settings,
+            "settings": self.settings.to_dict(),
             "capacity": {str(layer): rows for layer, rows in self.capacity.items()},
             "layers": [vars(entry) for entry in self.layers],
             "num_images": self.num_images,
@@ -122,7 +108,7 @@ class _Pass:
 
 @torch.inference_mode()
 def calibrate_capacity(
-    model: AtsViTForImageClassification,
+    model,
     pixel_values: torch.Tensor,
     labels: torch.Tensor | None = None,
     quantile: float = DEFAULT_QUANTILE,
@@ -131,7 +117,8 @@ def calibrate_capacity(
     """Propose static-mode capacities for the model's ATS settings (layers, K, sampler) from calibration images.
 
     Args:
-        model: an ATS-ViT classifier with at least one ATS layer (any mode; its settings are restored afterwards).
+        model: an ATS image classifier of any family with at least one ATS layer (any mode; its settings are
+            restored afterwards).
         pixel_values: (N, C, H, W) processed calibration images; labels: (N,) class ids for accuracy, or None.
         quantile: in (0, 1]; each ATS layer's capacity is ceil(this quantile of the adaptive kept counts). 1.0 fits
             every calibration image (the static mode then keeps exactly what the adaptive one keeps).
@@ -143,27 +130,28 @@ def calibrate_capacity(
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
     if len(pixel_values) == 0:
         raise ValueError("calibration needs at least one image.")
-    settings = {**model.ats_settings, "capacity": None}
-    layers = settings["layers"]
+    settings = model.ats_settings.replace(capacity=None)
+    layers = list(settings.layers)
     if not layers:
         raise ValueError("the model has no ATS layers (ats_layers=[]): there is no capacity to calibrate.")
     model.eval()
     config = model.config
     input_tokens = num_input_tokens(config, tuple(pixel_values.shape[-2:]))
-    with ats_settings_applied(model, **settings):
+    with model.ats_settings_applied(settings):
         max_tokens = config.resolve_ats_max_tokens(input_tokens)
         adaptive = _run(model, pixel_values, labels, batch_size, "calibrate: adaptive")
     counts = adaptive.num_tokens[:, layers].double()
     quantiles = torch.quantile(counts, quantile, dim=0)
     # Rounded up, but not past a whole count that the interpolation misses by a rounding error.
-    capacity = [max(2, math.ceil(value - 1e-9)) for value in quantiles.tolist()]
-    static_settings = {**settings, "capacity": capacity}
-    with ats_settings_applied(model, **static_settings):
+    least = num_special_tokens(config) + 1
+    capacity = [max(least, math.ceil(value - 1e-9)) for value in quantiles.tolist()]
+    static_settings = settings.replace(capacity=capacity)
+    with model.ats_settings_applied(static_settings):
         static = _run(model, pixel_values, labels, batch_size, "calibrate: static")
         executed = static_gmacs(config, num_input_tokens=input_tokens)
     dense = None
     if labels is not None:
-        with ats_settings_applied(model, layers=[], max_tokens=None, capacity=None):
+        with model.ats_settings_applied(AtsSettings()):
             dense = _run(model, pixel_values, labels, batch_size, "calibrate: dense")
     differs = (static.kept != adaptive.kept).any(dim=2)  # (N, ATS layers)
     over = counts > torch.tensor(capacity, dtype=counts.dtype)
@@ -206,7 +194,8 @@ def calibrate_capacity(
 
 def _run(model, pixel_values, labels, batch_size: int, description: str) -> _Pass:
     device = next(model.parameters()).device
-    num_patches = num_input_tokens(model.config, tuple(pixel_values.shape[-2:])) - 1
+    config = model.config
+    num_patches = num_input_tokens(config, tuple(pixel_values.shape[-2:])) - num_special_tokens(config)
     num_tokens, kept, correct = [], [], 0
     with Progress(len(pixel_values), description) as progress:
         for start in range(0, len(pixel_values), batch_size):
@@ -252,7 +241,7 @@ def format_result(result: CalibrationResult) -> str:
     settings = result.settings
     share = 100.0 * result.truncated / result.num_images
     return "\n".join([
-        f"ATS settings: {format_settings(settings['layers'], settings['max_tokens'], settings['sampler'])}",
+        f"ATS settings: {format_settings(settings.replace(capacity=None))}",
         f"capacity per ATS layer: ceil of the {result.quantile:g} quantile of the adaptive kept counts (CLS included) "
         f"over {result.num_images} images",
         "",
@@ -263,74 +252,25 @@ def format_result(result: CalibrationResult) -> str:
         f"truncated images: {result.predicted_truncated} of {result.num_images} keep more than the capacity in some "
         f"ATS layer in the adaptive mode; in the static mode {result.truncated} ({share:.1f}%) keep other tokens than "
         "the adaptive mode.",
-        f"static mode: --ats-layers {format_layers(settings['layers'])} --ats-max-tokens "
-        f"{format_max_tokens(settings['max_tokens'])} --ats-capacity {format_max_tokens(settings['capacity'])}",
+        f"static mode: --ats-layers {format_layers(settings.layers)} --ats-max-tokens "
+        f"{format_max_tokens(settings.max_tokens)} --ats-capacity {format_max_tokens(settings.capacity)}",
         *[f"note: {text}" for text in result.notes],
     ])
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `ats-hf calibrate`."""
-    source = parser.add_argument_group("model and calibration images")
-    source.add_argument("--model", help=MODEL_HELP)
-    add_data_arguments(source, f"all, at most {MAX_IMAGES}")
-    ats = parser.add_argument_group("ATS settings to calibrate (default: the model's)")
-    add_ats_arguments(ats, capacity=False)
-    parser.add_argument("--quantile", type=checked(_parse_quantile, "quantile"), default=DEFAULT_QUANTILE,
-                        metavar="Q", help="capacity = ceil(Q quantile of the adaptive kept counts), Q in (0, 1]; 1 "
-                                          "fits every calibration image (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                        help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset shuffle (default: %(default)s)")
-    parser.add_argument("--output", type=Path, metavar="DIR",
-                        help="write a checkpoint (weights, config with the capacities, image processor, code, model "
-                             "card) and calibration.json here (an empty or new folder)")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output folder")
+def save_calibrated_checkpoint(model, processor, result: CalibrationResult, output: Path, model_name: str,
+                               data_name: str) -> None:
+    """A checkpoint of `model` in the static mode at the proposed capacities (weights, config, image processor,
+    code, model card) and calibration.json, in `output` (the caller checks that it may be written)."""
+    from .hub.checkpoint import save_ats_checkpoint
+
+    model.set_ats(result.settings)
+    card = {"ats_gmacs": result.static_gmacs, "gmacs_measured_on": data_name}
+    if result.static_accuracy is not None:
+        card["metrics"] = {"accuracy": result.static_accuracy / 100.0}
+    save_ats_checkpoint(model.cpu(), output, processor, **card)
+    report = {"model": model_name, "data": data_name, **result.to_dict()}
+    (output / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _parse_quantile(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{value:g} is not allowed: the quantile must be in (0, 1]")
-    return value
-
-
-def run(args: argparse.Namespace) -> int:
-    """`ats-hf calibrate`: calibrate, print the tables, optionally save the calibrated checkpoint."""
-    check_data_options(args)
-    output = args.output
-    if output is not None and output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
-        raise UsageError(f"--output {str(output)!r} is not empty; pass --overwrite to write into it")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    with usage_errors(RuntimeError, AssertionError, context=f"--device {device!r}"):
-        torch.empty(0, device=device)
-    model, processor, model_name = load_classifier(args.model)
-    with usage_errors(ValueError, context="ATS settings"):
-        model.set_ats(**settings_from_args(args), capacity=None)
-    if not model.ats_settings["layers"]:
-        raise UsageError("the model has no ATS layers: give --ats-layers (e.g. 3-11) to calibrate")
-    data = load_images(args, processor, model.config.id2label, args.seed)
-    model = model.to(device)
-    result = calibrate_capacity(model, data.pixel_values, data.labels, args.quantile, args.batch_size)
-    print(f"ats-hf calibrate: {model_name}\ndata: {data.description}")
-    print(format_result(result))
-    if output is not None:
-        model.set_ats(**result.settings)
-        card = {"ats_gmacs": result.static_gmacs, "gmacs_measured_on": data.description}
-        if result.static_accuracy is not None:
-            card["metrics"] = {"accuracy": result.static_accuracy / 100.0}
-        with usage_errors(OSError, context=f"cannot write to {os.fspath(output)!r}"):
-            save_ats_checkpoint(model.cpu(), output, processor, **card)
-            (output / "calibration.json").write_text(
-                json.dumps({"model": model_name, "data": data.description, **result.to_dict()}, indent=2) + "\n"
-            )
-        print(f"\nwrote {output} (the static mode at these capacities: `ats-hf export {output} OUT` makes its ONNX "
-              "folder)")
-    return 0
-
-
-__all__ = ["CalibrationResult", "LayerCalibration", "calibrate_capacity", "format_result"]
+__all__ = ["CalibrationResult", "LayerCalibration", "calibrate_capacity", "format_result", "save_calibrated_checkpoint"]

@@ -1,11 +1,14 @@
-"""What every ATS configuration shares: the ATS fields, their checks, and the token geometry.
+"""What every ATS configuration shares: the settings value (`AtsSettings`), the config fields and their checks
+(`AtsConfigMixin`), and the token geometry.
 
-Self-contained for the Hub: imports only the standard library and transformers. Each family's configuration file
-(`configuration_ats_vit.py`, ...) subclasses its upstream config with `AtsConfigMixin` first.
+Self-contained for the Hub: imports only the standard library, transformers and the algorithm beside it
+(`.ats_sampling`, for the sampler names). Each family's configuration file (`configuration_ats_vit.py`, ...)
+subclasses its upstream config with `AtsConfigMixin` first.
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 
 import transformers
 
@@ -18,7 +21,7 @@ if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < MIN_TR
         f"{transformers.__version__}: pip install -U 'transformers>=5.9,<6'"
     )
 
-ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
+from .ats_sampling import ATS_SAMPLERS  # noqa: E402  (after the version check, which must come first)
 
 ATS_CONFIG_DOC = r"""
     ats_layers (`list[int]`, *optional*):
@@ -28,8 +31,9 @@ ATS_CONFIG_DOC = r"""
     ats_max_tokens (`int`, `float`, `list`, *optional*):
         K, the most tokens an ATS layer keeps, special tokens (CLS, ...) included. `None` (default): the model's
         initial token count, as in the paper (the kept count then follows from the sampling alone). An `int`: that
-        many (at least the special tokens and one patch). A `float` in (0, 1]: that fraction of the initial token
-        count, rounded half up. A list gives one such value per ATS layer.
+        many (at least the special tokens and one patch; an int above the initial token count keeps the same tokens
+        as `None`). A `float` in (0, 1]: that fraction of the initial token count, rounded half up. A list gives one
+        such value per ATS layer.
     ats_sampler (`str`, *optional*, defaults to `"inverse_transform"`):
         `"inverse_transform"` (the paper's ATS), or the paper's ablation baselines `"top_k"` (the highest-scoring
         patch tokens) and `"random"` (uniformly random patch tokens).
@@ -54,6 +58,116 @@ ATS_CONFIG_DOC = r"""
         token carrying its value from the last layer that computed it (then the final norm), for feature extraction
         and dense heads. Heads that pool (CLS, mean of patches) still read only the kept tokens.
 """
+
+
+@dataclass(frozen=True)
+class AtsSettings(Mapping):
+    """Where and how ATS samples tokens: one frozen value, checked when it is made (`ValueError` naming the bad value
+    and the allowed range). The config fields, `model.set_ats`, the command lines and every tool use it.
+
+    Fields (lists are accepted and kept as tuples; per-layer values follow the layers in ascending order):
+        layers: 0-based indices of the ATS layers, sorted; `()` is the upstream model.
+        max_tokens: K, the most tokens kept, special tokens included: None (all, the paper), an int, a fraction of
+            the initial tokens in (0, 1], or one such value per layer.
+        sampler: one of `ATS_SAMPLERS`.
+        capacity: None (the adaptive mode), or the static mode's rows per ATS layer (int, fraction, or per layer).
+        merge: None (dropped tokens leave), or the least cosine similarity in [-1, 1] at which one merges.
+
+    What depends on the model (layer indices below its depth, ints above its special tokens) is checked by
+    `check`. The value is also a read-only mapping of its fields, so `model.set_ats(**settings)` works.
+    """
+
+    layers: tuple[int, ...] = ()
+    max_tokens: int | float | tuple[int | float | None, ...] | None = None
+    sampler: str = "inverse_transform"
+    capacity: int | float | tuple[int | float, ...] | None = None
+    merge: float | None = None
+
+    def __post_init__(self):
+        layers = self.layers
+        if not isinstance(layers, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+            raise ValueError(f"ats_layers must be a list of layer indices (ints), got {layers!r}.")
+        negative = [i for i in layers if i < 0]
+        if negative:
+            raise ValueError(f"ats_layers={list(layers)} has negative indices {negative}; layers are 0-based.")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"ats_layers={list(layers)} has duplicate indices; each layer may be listed once.")
+        max_tokens = _per_layer_values("ats_max_tokens", self.max_tokens, layers, allow_none=True)
+        sampler = self.sampler
+        if not isinstance(sampler, str) or sampler not in ATS_SAMPLERS:
+            raise ValueError(f"ats_sampler={sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
+        capacity = None if self.capacity is None else _per_layer_values("ats_capacity", self.capacity, layers, False)
+        merge = self.merge
+        number = not isinstance(merge, bool) and isinstance(merge, (int, float))
+        if merge is not None and not (number and -1 <= merge <= 1):
+            raise ValueError(
+                f"ats_merge={merge!r} must be None (drop the tokens an ATS layer does not keep) or the least cosine "
+                "similarity in [-1, 1] at which a dropped token merges into a kept one (-1: merge all)."
+            )
+        object.__setattr__(self, "layers", tuple(sorted(layers)))
+        object.__setattr__(self, "max_tokens", max_tokens)
+        object.__setattr__(self, "capacity", capacity)
+        object.__setattr__(self, "merge", None if merge is None else float(merge))
+
+    @classmethod
+    def from_config(cls, config) -> "AtsSettings":
+        """The settings in an ATS config's fields (not checked against its geometry: see `AtsConfigMixin`)."""
+        return cls(config.ats_layers, config.ats_max_tokens, config.ats_sampler, config.ats_capacity, config.ats_merge)
+
+    def replace(self, **changes) -> "AtsSettings":
+        """A copy with some fields changed, checked anew."""
+        return AtsSettings(**{**self.to_dict(), **changes})
+
+    def check(self, num_layers: int, num_special: int = 1) -> "AtsSettings":
+        """These settings, after checking them for a model of `num_layers` layers whose first `num_special` tokens
+        are always kept; `ValueError` naming the bad value otherwise."""
+        bad = [i for i in self.layers if i >= num_layers]
+        if bad:
+            raise ValueError(
+                f"ats_layers={list(self.layers)} has indices {bad} outside 0..{num_layers - 1} "
+                f"(num_hidden_layers={num_layers})."
+            )
+        _per_layer_values("ats_max_tokens", self.max_tokens, self.layers, True, num_special)
+        if self.capacity is not None:
+            _per_layer_values("ats_capacity", self.capacity, self.layers, False, num_special)
+        return self
+
+    @property
+    def static(self) -> bool:
+        """Whether the shapes are fixed (the static mode, or no ATS layers): torch.compile(fullgraph), ONNX."""
+        return self.capacity is not None or not self.layers
+
+    def resolve(self, num_reference_tokens: int, num_special: int = 1) -> dict[int, tuple[int, int | None]]:
+        """`{layer: (K, capacity)}` for a model whose embeddings output `num_reference_tokens` tokens (special tokens
+        included): counts as ints (an int K above the token count is the token count), the capacity at most K and
+        None in the adaptive mode. `ValueError` when a fraction resolves to too few tokens."""
+        max_tokens = _resolve_counts("ats_max_tokens", self.max_tokens, self.layers, num_reference_tokens, num_special)
+        if self.capacity is None:
+            return {layer: (k, None) for layer, k in max_tokens.items()}
+        capacity = _resolve_counts("ats_capacity", self.capacity, self.layers, num_reference_tokens, num_special)
+        return {layer: (k, min(capacity[layer], k)) for layer, k in max_tokens.items()}
+
+    def to_dict(self) -> dict:
+        """The fields with lists for tuples (JSON, config fields)."""
+        return {field.name: _listed(getattr(self, field.name)) for field in fields(self)}
+
+    def __getitem__(self, name: str):
+        if name not in _SETTING_NAMES:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_SETTING_NAMES)
+
+    def __len__(self) -> int:
+        return len(_SETTING_NAMES)
+
+
+_SETTING_NAMES = tuple(field.name for field in fields(AtsSettings))
+
+
+def _listed(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def default_ats_layers(num_hidden_layers: int) -> list[int]:
@@ -105,8 +219,9 @@ class AtsBaseModelTypesMixin:
 
 @dataclass(kw_only=True, repr=False)
 class AtsConfigMixin(AtsBaseModelTypesMixin):
-    """The ATS fields (documented in `ATS_CONFIG_DOC`) and their checks. A family config lists it first among its
-    bases and says which upstream `model_type`s it accepts as a base (`ats_base_model_types`)."""
+    """The ATS fields (documented in `ATS_CONFIG_DOC`), read and written as one `AtsSettings` value. A family config
+    lists it first among its bases and says which upstream `model_type`s it accepts as a base
+    (`ats_base_model_types`)."""
 
     ats_layers: list[int] | tuple[int, ...] | None = None
     ats_max_tokens: int | float | list[int | float | None] | tuple[int | float | None, ...] | None = None
@@ -129,73 +244,40 @@ class AtsConfigMixin(AtsBaseModelTypesMixin):
         super().__post_init__(**kwargs)
         self.check_ats_settings()
 
+    @property
+    def ats_settings(self) -> AtsSettings:
+        """The settings in the fields now, checked for this model (`ValueError` naming a bad value)."""
+        return AtsSettings.from_config(self).check(self.num_hidden_layers, self.ats_num_special_tokens)
+
+    def apply_ats_settings(self, settings: AtsSettings) -> None:
+        """Write `settings` into the fields, after checking them for this model (nothing changes on error)."""
+        settings.check(self.num_hidden_layers, self.ats_num_special_tokens)
+        for name, value in settings.to_dict().items():
+            setattr(self, f"ats_{name}", value)
+
     def check_ats_settings(self) -> None:
-        """Normalise the ATS fields in place; raise `ValueError` naming any bad value and what is allowed."""
-        self.ats_layers, self.ats_max_tokens, self.ats_sampler = self.validated_ats_settings(
-            self.ats_layers, self.ats_max_tokens, self.ats_sampler
-        )
-        self.ats_capacity = self.validated_ats_capacity(self.ats_layers, self.ats_capacity)
-        self.ats_merge = self.validated_ats_merge(self.ats_merge)
-
-    def validated_ats_settings(self, layers, max_tokens, sampler) -> tuple[list[int], object, str]:
-        """The given ATS settings checked against this config's depth and normalised (layers sorted, lists for
-        tuples), without changing the config. Raises `ValueError` naming the bad value and the allowed range."""
-        if not isinstance(layers, (list, tuple)) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
-            raise ValueError(f"ats_layers must be a list of layer indices (ints), got {layers!r}.")
-        bad = [i for i in layers if not 0 <= i < self.num_hidden_layers]
-        if bad:
-            raise ValueError(
-                f"ats_layers={list(layers)} has indices {bad} outside 0..{self.num_hidden_layers - 1} "
-                f"(num_hidden_layers={self.num_hidden_layers})."
-            )
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"ats_layers={list(layers)} has duplicate indices; each layer may be listed once.")
-
-        max_tokens = _per_layer_values("ats_max_tokens", max_tokens, layers, True, self.ats_num_special_tokens)
-        if not isinstance(sampler, str) or sampler not in ATS_SAMPLERS:
-            raise ValueError(f"ats_sampler={sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
-        return sorted(layers), max_tokens, sampler
-
-    @staticmethod
-    def validated_ats_merge(merge) -> float | None:
-        """The merge threshold, checked: None (drop) or a cosine similarity in [-1, 1]."""
-        if merge is None:
-            return None
-        if isinstance(merge, bool) or not isinstance(merge, (int, float)) or not -1.0 <= merge <= 1.0:
-            raise ValueError(
-                f"ats_merge={merge!r} must be None (drop the tokens an ATS layer does not keep) or the least cosine "
-                "similarity in [-1, 1] at which a dropped token merges into a kept one (-1: merge all)."
-            )
-        return float(merge)
-
-    def validated_ats_capacity(self, layers, capacity):
-        """The static mode's capacity checked for `layers` (already validated) and normalised; None = adaptive."""
-        if capacity is None:
-            return None
-        return _per_layer_values("ats_capacity", capacity, layers, False, self.ats_num_special_tokens)
+        """Normalise the fields in place (sorted layers, per-layer lists in layer order); `ValueError` naming any bad
+        value and what is allowed."""
+        self.apply_ats_settings(self.ats_settings)
 
     def resolve_ats_max_tokens(self, num_reference_tokens: int) -> dict[int, int]:
-        """K of every ATS layer, for a model whose embeddings output `num_reference_tokens` tokens (specials
-        included). Returns `{layer_index: K}`. Raises `ValueError` when a fraction resolves to too few tokens."""
-        return _resolve_counts(
-            "ats_max_tokens", self.ats_max_tokens, self.ats_layers, num_reference_tokens, self.ats_num_special_tokens
-        )
+        """K of every ATS layer, `{layer_index: K}`, for `num_reference_tokens` initial tokens (see
+        `AtsSettings.resolve`)."""
+        resolved = self.ats_settings.resolve(num_reference_tokens, self.ats_num_special_tokens)
+        return {layer: k for layer, (k, _) in resolved.items()}
 
     def resolve_ats_capacity(self, num_reference_tokens: int) -> dict[int, int] | None:
         """Rows each ATS layer outputs in the static mode, `{layer_index: capacity}` (each at most the layer's K), or
         None in the adaptive mode."""
         if self.ats_capacity is None:
             return None
-        capacity = _resolve_counts(
-            "ats_capacity", self.ats_capacity, self.ats_layers, num_reference_tokens, self.ats_num_special_tokens
-        )
-        max_tokens = self.resolve_ats_max_tokens(num_reference_tokens)
-        return {layer: min(rows, max_tokens[layer]) for layer, rows in capacity.items()}
+        resolved = self.ats_settings.resolve(num_reference_tokens, self.ats_num_special_tokens)
+        return {layer: capacity for layer, (_, capacity) in resolved.items()}
 
 
-def _per_layer_values(field: str, values, layers, allow_none: bool, num_special: int):
-    """A token count setting (one value, or one per layer in the order of `layers`) checked; a list comes back in
-    ascending layer order."""
+def _per_layer_values(field: str, values, layers, allow_none: bool, num_special: int = 1):
+    """A token count setting (one value, or one per layer in the order of `layers`) checked; a sequence comes back
+    as a tuple in ascending layer order."""
     if not isinstance(values, (list, tuple)):
         _check_count_value(field, values, allow_none, num_special)
         return values
@@ -206,7 +288,7 @@ def _per_layer_values(field: str, values, layers, allow_none: bool, num_special:
         )
     for value in values:
         _check_count_value(field, value, allow_none, num_special)
-    return [value for _, value in sorted(zip(layers, values, strict=True))]
+    return tuple(value for _, value in sorted(zip(layers, values, strict=True)))
 
 
 def _check_count_value(field: str, value, allow_none: bool, num_special: int) -> None:
@@ -226,8 +308,8 @@ def _check_count_value(field: str, value, allow_none: bool, num_special: int) ->
 
 
 def _resolve_counts(field: str, values, layers, num_reference_tokens: int, num_special: int) -> dict[int, int]:
-    """`{layer: tokens}` for a token count setting: None = all, a fraction rounded half up, or an int."""
-    if not isinstance(values, list):
+    """`{layer: tokens}` for a token count setting: None = all, a fraction rounded half up, an int (at most all)."""
+    if not isinstance(values, tuple):
         values = [values] * len(layers)
     resolved = {}
     for layer_index, value in zip(layers, values, strict=True):
@@ -236,7 +318,7 @@ def _resolve_counts(field: str, values, layers, num_reference_tokens: int, num_s
         elif isinstance(value, float):
             tokens = math.floor(value * num_reference_tokens + 0.5)
         else:
-            tokens = value
+            tokens = min(value, num_reference_tokens)
         if tokens <= num_special:
             raise ValueError(
                 f"{field}={value!r} for layer {layer_index} resolves to {tokens} token(s) of {num_reference_tokens}; "
@@ -252,6 +334,7 @@ __all__ = [
     "ATS_SAMPLERS",
     "AtsBaseModelTypesMixin",
     "AtsConfigMixin",
+    "AtsSettings",
     "default_ats_layers",
     "num_input_tokens",
     "num_special_tokens",

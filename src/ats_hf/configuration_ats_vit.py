@@ -6,15 +6,7 @@ Self-contained for the Hub: imports only huggingface_hub, transformers and `.con
 from huggingface_hub.dataclasses import strict
 from transformers import ViTConfig
 
-from .configuration_ats_core import (
-    ATS_CONFIG_DOC,
-    ATS_SAMPLERS,
-    AtsConfigMixin,
-    default_ats_layers,
-    num_input_tokens,
-    patch_grid,
-    patch_shape,
-)
+from .configuration_ats_core import ATS_CONFIG_DOC, AtsConfigMixin
 
 
 @strict
@@ -28,4 +20,4 @@ AtsViTConfig.__doc__ = (
     "is CLS.\n" + ATS_CONFIG_DOC
 )
 
-__all__ = ["ATS_SAMPLERS", "AtsViTConfig", "default_ats_layers", "num_input_tokens", "patch_grid", "patch_shape"]
+__all__ = ["AtsViTConfig"]

@@ -1,4 +1,5 @@
-"""Export an ATS-ViT classifier in the static mode to ONNX, check it against PyTorch, and write a ready folder.
+"""Export an ATS image classifier (any family) in the static mode to ONNX, check it against PyTorch, and write a
+ready folder.
 
 The static mode (`ats_capacity` set) has no host read and no data-dependent shape, so `torch.export` traces the
 whole model, sampling included, and the ONNX graph runs in onnxruntime with any batch size. The adaptive mode
@@ -20,8 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .modeling_ats_vit import AtsViTForImageClassification
-
 ONNX_FILE = "model.onnx"
 ONNX_INPUTS = ("pixel_values",)
 ONNX_OUTPUTS = ("logits", "num_tokens", "sampled_token_indices", "token_mask")
@@ -32,7 +31,7 @@ LOGITS_TOLERANCE = 1e-4
 class _OnnxOutputs(nn.Module):
     """The classifier with its outputs as the fixed tuple the ONNX graph returns."""
 
-    def __init__(self, model: AtsViTForImageClassification):
+    def __init__(self, model):
         super().__init__()
         self.model = model
         self.names = _output_names(model)
@@ -42,22 +41,22 @@ class _OnnxOutputs(nn.Module):
         return tuple(getattr(output, name) for name in self.names)
 
 
-def _output_names(model: AtsViTForImageClassification) -> tuple[str, ...]:
+def _output_names(model) -> tuple[str, ...]:
     """The graph's outputs: `ONNX_OUTPUTS`, less `sampled_token_indices` for a model without ATS layers."""
-    if model.ats_settings["layers"]:
+    if model.ats_settings.layers:
         return ONNX_OUTPUTS
     return tuple(name for name in ONNX_OUTPUTS if name != "sampled_token_indices")
 
 
-def check_exportable(model: AtsViTForImageClassification, *, allow_dense: bool = False) -> None:
+def check_exportable(model, *, allow_dense: bool = False) -> None:
     """Raise `ValueError` unless the model is in the static mode with at least one ATS layer (or, with
     `allow_dense`, has no ATS layers at all: a plain ViT, whose shapes are static too)."""
     settings = model.ats_settings
-    if not settings["layers"]:
+    if not settings.layers:
         if allow_dense:
             return
         raise ValueError("the model has no ATS layers (ats_layers=[]); export the plain ViT with transformers' tools.")
-    if settings["capacity"] is None:
+    if settings.capacity is None:
         raise ValueError(
             "the model is in the adaptive mode (ats_capacity=None), whose row count depends on the data; set a "
             "static capacity first, e.g. model.set_ats(capacity=0.5) or `--ats-capacity`, or let `ats-hf calibrate` "
@@ -66,7 +65,7 @@ def check_exportable(model: AtsViTForImageClassification, *, allow_dense: bool =
 
 
 def export_onnx(
-    model: AtsViTForImageClassification, path: str | os.PathLike, example: torch.Tensor, *, allow_dense: bool = False
+    model, path: str | os.PathLike, example: torch.Tensor, *, allow_dense: bool = False
 ) -> Path:
     """Write the static-mode `model` as an ONNX graph with a dynamic batch size.
 
@@ -122,19 +121,20 @@ def _without_exporter_noise():
 
 def verify_onnx(
     path: str | os.PathLike,
-    model: AtsViTForImageClassification,
+    model,
     pixel_values: torch.Tensor,
     batch_sizes: tuple[int, ...] = (1, 3),
 ) -> dict:
     """Run the ONNX graph in onnxruntime (CPU) and the model in PyTorch on the same images, in batches of each size.
 
-    Returns a report: the largest logit difference, whether every kept index, token count and mask is identical,
-    and `passed` (logits within `LOGITS_TOLERANCE` and all identical)."""
+    Returns a report: the number of images (each checked at every batch size), the largest logit difference,
+    whether every kept index, token count and mask is identical, and `passed` (logits within `LOGITS_TOLERANCE` and
+    all identical)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
-    max_logit_difference, identical, images = 0.0, True, 0
+    max_logit_difference, identical = 0.0, True
     for batch_size in batch_sizes:
         for start in range(0, len(pixel_values), batch_size):
             batch = pixel_values[start : start + batch_size].float()
@@ -146,9 +146,8 @@ def verify_onnx(
             )
             pairs = zip(onnx_outputs[1:], expected[1:], strict=True)
             identical &= all(torch.equal(torch.from_numpy(got), want) for got, want in pairs)
-            images += len(batch)
     return {
-        "images": images,
+        "images": len(pixel_values),  # each run once at every batch size
         "batch_sizes": list(batch_sizes),
         "max_logit_difference": max_logit_difference,
         "logits_tolerance": LOGITS_TOLERANCE,
@@ -160,7 +159,7 @@ def verify_onnx(
 
 
 def export_folder(
-    model: AtsViTForImageClassification,
+    model,
     output_dir: str | os.PathLike,
     pixel_values: torch.Tensor,
     image_processor=None,

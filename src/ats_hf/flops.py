@@ -1,6 +1,6 @@
-"""Per-image compute of ViT and ATS-ViT models, in the papers' convention: 1 multiply-add (MAC) = 1 "FLOP".
+"""Per-image compute of every ATS family and method, in the papers' convention: 1 multiply-add (MAC) = 1 "FLOP".
 
-The count follows what `AtsViTModel` actually computes (see docs/how-ats-works.md):
+The count follows what the ATS models actually compute (see docs/how-ats-works.md):
 - ordinary layer, N tokens: q, k, v projections 3 N D^2; attention scores and weighted sum 2 N^2 D;
   output projection N D^2; MLP 2 N D I (a gated SwiGLU MLP, as in some DINOv2 models: 3 N D I).
 - ATS layer, N_in tokens in and N_out out: q, k, v projections 3 N_in D^2; CLS attention row N_in D (the
@@ -8,6 +8,8 @@ The count follows what `AtsViTModel` actually computes (see docs/how-ats-works.m
   `ats_merge`, the key similarity of entering to kept rows N_in N_out D.
 - patch embedding (num_patches C p_h p_w D) and classifier head (D num_labels; a head on more than the CLS
   feature, as DINOv2's CLS + mean, is counted at D num_labels too).
+- Token Merging (`tome_gmacs`): every block runs q, k, v, attention and the output projection on the tokens entering
+  it, the bipartite matching on (N_in / 2)^2 pairs of head-width keys, and the MLP on the tokens left.
 LayerNorm, softmax, GELU, sorting and other element-wise work are not counted (as in the papers).
 """
 
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PretrainedConfig
 
+from .ats_sampling import tome_schedule
+from .configuration_ats_core import AtsSettings, num_special_tokens, patch_shape
 from .configuration_ats_core import num_input_tokens as input_token_count
-from .configuration_ats_core import num_special_tokens, patch_shape
 
 _ITEMS = ("patch_embedding", "projections", "attention", "mlp", "ats_scoring", "ats_merging", "head")
 
@@ -49,6 +52,7 @@ def mac_breakdown(
     num_tokens: torch.Tensor,
     num_input_tokens: int | None = None,
     with_head: bool = True,
+    settings: AtsSettings | None = None,
 ) -> MacBreakdown:
     """Itemised multiply-adds per image.
 
@@ -57,6 +61,7 @@ def mac_breakdown(
         num_tokens: (B, num_hidden_layers) tokens each layer outputs per image (`output.num_tokens`).
         num_input_tokens: tokens entering layer 0, CLS included; defaults to the config's image size.
         with_head: count the classifier (D x num_labels); False for a base model.
+        settings: the ATS settings the counts were taken with (default: the config's).
     """
     counts = num_tokens.to(torch.float64)
     batch_size, num_layers = counts.shape
@@ -68,7 +73,9 @@ def mac_breakdown(
     patch_h, patch_w = patch_shape(config)
     tokens_in = torch.cat([counts.new_full((batch_size, 1), float(num_input_tokens)), counts[:, :-1]], dim=1)
     tokens_out = counts
-    ats_layers = set(getattr(config, "ats_layers", []) or [])
+    if settings is None:
+        settings = AtsSettings.from_config(config) if hasattr(config, "ats_layers") else AtsSettings()
+    ats_layers = set(settings.layers)
     is_ats = torch.tensor([i in ats_layers for i in range(num_layers)], dtype=torch.bool, device=counts.device)
 
     # q, k and v over the N_in rows entering a layer; the output projection over the N_out rows leaving it (the same
@@ -78,7 +85,7 @@ def mac_breakdown(
     mlp = tokens_out * mlp_macs_per_token(config)
     ats_scoring = torch.where(is_ats, tokens_in * hidden, torch.zeros_like(tokens_in))
     # ats_merge: key similarity of every entering row to every kept row.
-    merges = is_ats & (getattr(config, "ats_merge", None) is not None)
+    merges = is_ats & (settings.merge is not None)
     ats_merging = torch.where(merges, tokens_in * tokens_out * hidden, torch.zeros_like(tokens_in))
     num_labels = float(config.num_labels) if with_head else 0.0
     patches = float(num_input_tokens - num_special_tokens(config))
@@ -110,31 +117,67 @@ def gmacs_per_image(config: PretrainedConfig, num_tokens: torch.Tensor, **kwargs
 
 def dense_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, with_head: bool = True) -> float:
     """GMACs of the same geometry with no token sampling."""
-    dense = config
-    if hasattr(config, "ats_layers"):
-        no_sampling = {"ats_layers": [], "ats_max_tokens": None, "ats_capacity": None, "ats_merge": None}
-        dense = config.__class__.from_dict({**config.to_dict(), **no_sampling})
     if num_input_tokens is None:
         num_input_tokens = input_token_count(config)
     counts = torch.full((1, config.num_hidden_layers), num_input_tokens)
-    return float(gmacs_per_image(dense, counts, num_input_tokens=num_input_tokens, with_head=with_head)[0])
+    return float(gmacs_per_image(config, counts, num_input_tokens=num_input_tokens, with_head=with_head,
+                                 settings=AtsSettings())[0])
 
 
-def static_gmacs(config: PretrainedConfig, num_input_tokens: int | None = None, with_head: bool = True) -> float:
-    """GMACs the static mode computes per image (`config.ats_capacity` set): every ATS layer processes its capacity
-    of rows, padding included, whatever the image keeps. `gmacs_per_image(config, output.num_tokens)` is the cost
-    at the real kept counts (the papers' convention); this is what the hardware executes."""
+def static_gmacs(
+    config: PretrainedConfig,
+    num_input_tokens: int | None = None,
+    with_head: bool = True,
+    settings: AtsSettings | None = None,
+) -> float:
+    """GMACs the static mode computes per image (a capacity set): every ATS layer processes its capacity of rows,
+    padding included, whatever the image keeps; with no ATS layers, the dense GMACs. `gmacs_per_image(config,
+    output.num_tokens)` is the cost at the real kept counts (the papers' convention); this is what the hardware
+    executes. `settings` default to the config's."""
     if num_input_tokens is None:
         num_input_tokens = input_token_count(config)
-    capacity = config.resolve_ats_capacity(num_input_tokens)
-    if capacity is None:
-        raise ValueError("static_gmacs needs a static-mode config (ats_capacity set); this one is adaptive.")
+    settings = AtsSettings.from_config(config) if settings is None else settings
+    if not settings.layers:
+        return dense_gmacs(config, num_input_tokens, with_head)
+    if settings.capacity is None:
+        raise ValueError("static_gmacs needs static-mode settings (a capacity set); these are adaptive.")
+    resolved = settings.resolve(num_input_tokens, num_special_tokens(config))
+    capacity = {layer: rows for layer, (_, rows) in resolved.items()}
     rows, counts = num_input_tokens, []
     for layer in range(config.num_hidden_layers):
         rows = min(rows, capacity.get(layer, rows))
         counts.append(rows)
     tokens = torch.tensor([counts])
-    return float(gmacs_per_image(config, tokens, num_input_tokens=num_input_tokens, with_head=with_head)[0])
+    return float(gmacs_per_image(config, tokens, num_input_tokens=num_input_tokens, with_head=with_head,
+                                 settings=settings)[0])
 
 
-__all__ = ["MacBreakdown", "dense_gmacs", "gmacs_per_image", "mac_breakdown", "mlp_macs_per_token", "static_gmacs"]
+def tome_gmacs(config: PretrainedConfig, r: int | list[int], num_input_tokens: int | None = None,
+               with_head: bool = True) -> float:
+    """GMACs per image of Token Merging with merge schedule `r` (see `ats_sampling.tome_schedule`) on the config's
+    geometry."""
+    hidden, intermediate = config.hidden_size, config.intermediate_size
+    tokens = input_token_count(config) if num_input_tokens is None else num_input_tokens
+    special = num_special_tokens(config)
+    patch_h, patch_w = patch_shape(config)
+    total = (tokens - special) * config.num_channels * patch_h * patch_w * hidden
+    for merged in tome_schedule(r, config.num_hidden_layers, tokens, special):
+        total += 4 * tokens * hidden**2 + 2 * tokens * tokens * hidden
+        if merged:
+            total += ((tokens + 1) // 2) * (tokens // 2) * (hidden // config.num_attention_heads)
+        tokens -= merged
+        total += 2 * tokens * hidden * intermediate
+    if with_head:
+        total += hidden * config.num_labels
+    return total / 1e9
+
+
+__all__ = [
+    "MacBreakdown",
+    "dense_gmacs",
+    "gmacs_per_image",
+    "mac_breakdown",
+    "mlp_macs_per_token",
+    "static_gmacs",
+    "tome_gmacs",
+]

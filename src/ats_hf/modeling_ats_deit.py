@@ -1,21 +1,16 @@
 """ATS-DeiT: distilled DeiT with Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for transformers.
 
-Self-contained for the Hub: imports only torch, transformers and the ATS core beside it (`.modeling_ats_core`,
-`.configuration_ats_deit`). The core does the scoring, sampling and packing; this file adds DeiT's layer layout
-(ViT's: layernorm_before, attention with q/k/v/o projections, layernorm_after, MLP) and its heads.
+Self-contained for the Hub: imports only torch, transformers and the ATS core beside it. The core does the scoring,
+sampling, packing, layer loop and heads; this file names DeiT's classes (ViT's layer layout) and its two heads.
 
 DeiT's embeddings output [CLS, distillation token, patches]: S = 2 special tokens, both always kept and never
 scored. The significance scores come from the CLS token's attention row, as in the paper; the distillation token's
 row would be an alternative, which this implementation does not use (docs/family-deit.md).
-
-Shapes: B = batch, L = tokens entering a layer (CLS, distillation token, then patches), M = rows a layer outputs,
-D = hidden size.
 """
 
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.models.deit.modeling_deit import (
     DeiTAttention,
@@ -28,18 +23,16 @@ from transformers.models.deit.modeling_deit import (
     DeiTPreTrainedModel,
 )
 from transformers.utils import ModelOutput
-from transformers.utils.generic import can_return_tuple
 
 from .configuration_ats_deit import AtsDeiTConfig
 from .modeling_ats_core import (
     ATS_OUTPUT_DOC,
     AtsAttentionMixin,
-    AtsCLSClassifierMixin,
-    AtsModelOutput,
+    AtsClassifierMixin,
     AtsPreTrainedMixin,
     AtsViTStyleLayerMixin,
     AtsViTStyleModelMixin,
-    ats_output_fields,
+    linear_head,
 )
 
 DISTILLATION_TOKEN = 1
@@ -66,10 +59,8 @@ AtsDeiTForImageClassificationWithTeacherOutput.__doc__ = (
         The mean of the two heads' losses against `labels`.
     logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels)`):
         The prediction: the average of `cls_logits` and `distillation_logits`, as in upstream DeiT.
-    cls_logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels)`):
-        The classification head on the final CLS token.
-    distillation_logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels)`):
-        The distillation head on the final distillation token.
+    cls_logits, distillation_logits (`torch.FloatTensor` of shape `(batch_size, config.num_labels)`):
+        The classification head on the final CLS token, the distillation head on the final distillation token.
     hidden_states, attentions: as in transformers, when requested (rows of ATS layers' outputs are the kept ones).
 """
     + ATS_OUTPUT_DOC
@@ -94,94 +85,47 @@ class AtsDeiTPreTrainedModel(AtsPreTrainedMixin, DeiTPreTrainedModel):
     # Either head may be new or left over: a base DeiTModel checkpoint has none, a distilled one has two.
     _ats_optional_weights = ("cls_classifier.", "distillation_classifier.", "classifier.", "pooler.", "deit.pooler.")
     _ats_expected_checkpoints = "a distilled DeiT (model_type 'deit') or ATS-DeiT checkpoint of the same architecture"
-    _ats_auto_map = {
-        "AutoConfig": "configuration_ats_deit.AtsDeiTConfig",
-        "AutoModel": "modeling_ats_deit.AtsDeiTModel",
-        "AutoModelForImageClassification": "modeling_ats_deit.AtsDeiTForImageClassificationWithTeacher",
-    }
 
 
 class AtsDeiTModel(AtsViTStyleModelMixin, AtsDeiTPreTrainedModel, DeiTModel):
     """[`DeiTModel`] with Adaptive Token Sampling in `config.ats_layers`; CLS and the distillation token (positions 0
-    and 1 of `attention_mask`, never 0) are always kept. Forward: see `AtsViTStyleModelMixin`."""
+    and 1 of `attention_mask`, never 0) are always kept."""
 
     ats_embeddings_class = DeiTEmbeddings
     ats_layer_class = AtsDeiTLayer
     ats_pooler_class = DeiTPooler
 
 
-class AtsDeiTForImageClassificationWithTeacher(AtsDeiTPreTrainedModel, DeiTForImageClassificationWithTeacher):
+class AtsDeiTForImageClassificationWithTeacher(
+    AtsClassifierMixin, AtsDeiTPreTrainedModel, DeiTForImageClassificationWithTeacher
+):
     """[`DeiTForImageClassificationWithTeacher`] with Adaptive Token Sampling in `config.ats_layers`: the class of
     the distilled DeiT checkpoints (`facebook/deit-*-distilled-*`). The prediction is the average of the CLS head
-    and the distillation-token head, as upstream."""
+    and the distillation-token head, as upstream; with `labels`, the loss is the mean of both heads' losses
+    (upstream has none here; DeiT's teacher term is not reproduced: see `ats_hf.distillation`)."""
 
-    def __init__(self, config: AtsDeiTConfig):
-        AtsDeiTPreTrainedModel.__init__(self, config)
-        self.num_labels = config.num_labels
-        self.deit = AtsDeiTModel(config, add_pooling_layer=False)
-        self.cls_classifier = _head(config)
-        self.distillation_classifier = _head(config)
-        self.post_init()
+    ats_base_model_class = AtsDeiTModel
+    ats_base_model_options = {"add_pooling_layer": False}
+    ats_output_class = AtsDeiTForImageClassificationWithTeacherOutput
 
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> AtsDeiTForImageClassificationWithTeacherOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices; the loss is the mean of both heads' losses against them (upstream DeiT has no loss here;
-            DeiT's teacher term is not reproduced: see `ats_hf.distillation` for a teacher at fine-tuning).
-        Other arguments as in [`AtsDeiTModel.forward`].
-        """
-        outputs: AtsModelOutput = self.deit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            attention_mask=attention_mask,
-            **kwargs,
-        )
+    def ats_build_heads(self, config):
+        self.cls_classifier = linear_head(config.hidden_size, config)
+        self.distillation_classifier = linear_head(config.hidden_size, config)
+
+    def ats_logits(self, outputs):
         sequence_output = outputs.last_hidden_state
-        cls_logits = self.cls_classifier(sequence_output[:, 0, :])
-        distillation_logits = self.distillation_classifier(sequence_output[:, DISTILLATION_TOKEN, :])
-        logits = (cls_logits + distillation_logits) / 2
-        loss = None
-        if labels is not None:
-            loss = (
-                self.loss_function(labels, cls_logits, self.config, **kwargs)
-                + self.loss_function(labels, distillation_logits, self.config, **kwargs)
-            ) / 2
-        return AtsDeiTForImageClassificationWithTeacherOutput(
-            loss=loss,
-            logits=logits,
-            cls_logits=cls_logits,
-            distillation_logits=distillation_logits,
-            **ats_output_fields(outputs),
-        )
+        return {
+            "cls_logits": self.cls_classifier(sequence_output[:, 0]),
+            "distillation_logits": self.distillation_classifier(sequence_output[:, DISTILLATION_TOKEN]),
+        }
 
 
-class AtsDeiTForImageClassification(AtsCLSClassifierMixin, AtsDeiTPreTrainedModel, DeiTForImageClassification):
+class AtsDeiTForImageClassification(AtsClassifierMixin, AtsDeiTPreTrainedModel, DeiTForImageClassification):
     """[`DeiTForImageClassification`] with Adaptive Token Sampling in `config.ats_layers`: one head on the final CLS
     token (the distillation token still runs through the encoder and is always kept)."""
 
-    _ats_auto_map = {
-        **AtsDeiTPreTrainedModel._ats_auto_map,
-        "AutoModelForImageClassification": "modeling_ats_deit.AtsDeiTForImageClassification",
-    }
-
-    def __init__(self, config: AtsDeiTConfig):
-        AtsDeiTPreTrainedModel.__init__(self, config)
-        self.num_labels = config.num_labels
-        self.deit = AtsDeiTModel(config, add_pooling_layer=False)
-        self.classifier = _head(config)
-        self.post_init()
-
-
-def _head(config: AtsDeiTConfig) -> nn.Module:
-    return nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+    ats_base_model_class = AtsDeiTModel
+    ats_base_model_options = {"add_pooling_layer": False}
 
 
 # Distilled DeiT checkpoints on the Hub use the old weight names (`encoder.layer.N.attention.attention.query`).

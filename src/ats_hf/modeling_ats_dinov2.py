@@ -1,17 +1,13 @@
 """ATS-DINOv2: DINOv2 (with or without register tokens) with Adaptive Token Sampling (Fayyaz et al., ECCV 2022).
 
-Self-contained for the Hub: imports only torch, transformers and the ATS core beside it (`.modeling_ats_core`,
-`.configuration_ats_dinov2`). The core does the scoring, sampling and packing; this file adds DINOv2's layer layout
-(layer scale, stochastic depth, MLP or SwiGLU) and its head. One config and one pair of models serve both upstream
-types: `num_register_tokens` > 0 selects the embeddings (and the weight names) of DINOv2 with registers.
+Self-contained for the Hub: imports only torch, transformers and the ATS core beside it. The core does the scoring,
+sampling, packing, layer loop and heads; this file adds DINOv2's layer layout (layer scale, stochastic depth, MLP or
+SwiGLU) and its head. One config and one pair of models serve both upstream types: `num_register_tokens` > 0 selects
+the embeddings (and the weight names) of DINOv2 with registers.
 
 Tokens: CLS, then `num_register_tokens` registers, then patches. The S = 1 + num_register_tokens special tokens are
 always kept and never scored; CLS's attention row scores the patches.
-
-Shapes: B = batch, L = tokens entering a layer (S special tokens first), M = rows a layer outputs, P = patch tokens,
-D = hidden size.
 """
-
 
 import torch
 from torch import nn
@@ -26,26 +22,18 @@ from transformers.models.dinov2.modeling_dinov2 import (
     Dinov2PreTrainedModel,
 )
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import Dinov2WithRegistersEmbeddings
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ats_dinov2 import AtsDinov2Config
 from .modeling_ats_core import (
     AtsAttentionMixin,
-    AtsEncoderMixin,
-    AtsEncoderRun,
-    AtsImageClassifierOutput,
+    AtsBaseModelMixin,
+    AtsClassifierMixin,
     AtsLayerMixin,
-    AtsModelOutput,
+    AtsLayerStack,
     AtsPreTrainedMixin,
-    ats_output_fields,
+    linear_head,
     mean_of_kept_patches,
 )
-
-
-def upstream_prefix(config: AtsDinov2Config) -> str:
-    """The attribute (and weight-name prefix) of the backbone in upstream's classifier of this flavour."""
-    return "dinov2_with_registers" if config.num_register_tokens else "dinov2"
 
 
 class AtsDinov2Attention(AtsAttentionMixin, Dinov2Attention):
@@ -73,24 +61,6 @@ class AtsDinov2Layer(AtsLayerMixin, Dinov2Layer):
         return None if self.training and self.attention.config.drop_path_rate > 0.0 else state.padding
 
 
-class AtsDinov2Encoder(AtsEncoderMixin, nn.Module):
-    """The encoder layers, under upstream's names (`encoder.layer.N`), and the ATS layer loop."""
-
-    def __init__(self, config: AtsDinov2Config):
-        super().__init__()
-        self.config = config
-        self.layer = nn.ModuleList([AtsDinov2Layer(config, index) for index in range(config.num_hidden_layers)])
-        self._init_ats_plans()
-
-    @property
-    def ats_encoder_layers(self) -> nn.ModuleList:
-        return self.layer
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """(B, N, D) embeddings and a (B, N) mask (1 = real) -> an `AtsEncoderRun` (see `run_layers`)."""
-        return self.run_layers(hidden_states, attention_mask, **kwargs)
-
-
 class AtsDinov2PreTrainedModel(AtsPreTrainedMixin, Dinov2PreTrainedModel):
     config_class = AtsDinov2Config
     config: AtsDinov2Config
@@ -99,11 +69,11 @@ class AtsDinov2PreTrainedModel(AtsPreTrainedMixin, Dinov2PreTrainedModel):
     _ats_expected_checkpoints = (
         "a DINOv2 (dinov2 or dinov2_with_registers) or ATS-DINOv2 checkpoint of the same architecture"
     )
-    _ats_auto_map = {
-        "AutoConfig": "configuration_ats_dinov2.AtsDinov2Config",
-        "AutoModel": "modeling_ats_dinov2.AtsDinov2Model",
-        "AutoModelForImageClassification": "modeling_ats_dinov2.AtsDinov2ForImageClassification",
-    }
+
+    @classmethod
+    def ats_base_model_prefix(cls, config):
+        """Upstream's prefix of this flavour: checkpoint weight names carry it."""
+        return "dinov2_with_registers" if config.num_register_tokens else "dinov2"
 
     def _init_weights(self, module) -> None:
         """Upstream's initialisation; DINOv2's covers its own embeddings, the registers flavour's is added here."""
@@ -115,94 +85,43 @@ class AtsDinov2PreTrainedModel(AtsPreTrainedMixin, Dinov2PreTrainedModel):
             init.zeros_(module.register_tokens)
 
 
-class AtsDinov2Model(AtsDinov2PreTrainedModel, Dinov2Model):
+class AtsDinov2Model(AtsBaseModelMixin, AtsDinov2PreTrainedModel, Dinov2Model):
     """[`Dinov2Model`] (or `Dinov2WithRegistersModel` when `config.num_register_tokens` > 0) with Adaptive Token
-    Sampling in `config.ats_layers`."""
+    Sampling in `config.ats_layers`. Position embeddings are interpolated to any image size, as upstream."""
 
-    def __init__(self, config: AtsDinov2Config):
-        # Dinov2Model.__init__ would build (and randomly initialise) plain layers only for them to be replaced.
-        AtsDinov2PreTrainedModel.__init__(self, config)
-        config.check_ats_settings()
-        # Checkpoint weight names carry the flavour's prefix; the loader strips it by this (instance) attribute.
-        self.base_model_prefix = upstream_prefix(config)
+    ats_embedding_options = ("bool_masked_pos",)
+
+    def ats_build(self, config):
         embeddings = Dinov2WithRegistersEmbeddings if config.num_register_tokens else Dinov2Embeddings
         self.embeddings = embeddings(config)
-        self.encoder = AtsDinov2Encoder(config)
+        self.encoder = AtsLayerStack(config, AtsDinov2Layer, "layer")
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.post_init()
-        self._resolve_ats_plans()
 
-    @merge_with_config_defaults
-    @capture_outputs(tie_last_hidden_states=False)
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        bool_masked_pos: torch.BoolTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> AtsModelOutput:
-        r"""
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images, as from a DINOv2 image processor. Position embeddings are interpolated to any size (as upstream);
-            K defaults then follow the actual token count.
-        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
-            Patches to replace by the mask token.
-        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
-            1 for tokens to attend to, 0 for tokens to ignore (CLS, registers, patches; CLS never 0). Ignored tokens
-            are never kept.
-        """
-        if pixel_values is None:
-            raise ValueError("pixel_values is required.")
-        hidden_states = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
-        run: AtsEncoderRun = self.encoder(hidden_states, attention_mask, **kwargs)
-        sequence_output, token_mask = run.last_hidden_state(self.layernorm, attention_mask)
-        return AtsModelOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=sequence_output[:, 0],
-            num_tokens=run.num_tokens,
-            sampled_token_indices=run.sampled_token_indices,
-            token_mask=token_mask,
-        )
+    @property
+    def ats_encoder_layers(self):
+        return self.encoder.layer
+
+    def ats_embed(self, pixel_values, **options):
+        return self.embeddings(pixel_values, **options)
+
+    def ats_pool(self, sequence_output):
+        return sequence_output[:, 0]
 
 
-class AtsDinov2ForImageClassification(AtsDinov2PreTrainedModel, Dinov2ForImageClassification):
+class AtsDinov2ForImageClassification(AtsClassifierMixin, AtsDinov2PreTrainedModel, Dinov2ForImageClassification):
     """[`Dinov2ForImageClassification`] (or the registers flavour) with Adaptive Token Sampling in
-    `config.ats_layers`.
+    `config.ats_layers`: upstream's linear head on concat(CLS, mean of patch tokens), the mean over the patch tokens
+    the last layer kept (padding rows and registers excluded), which is upstream's mean when no token is dropped."""
 
-    The head is upstream's linear layer on concat(CLS, mean of patch tokens); the mean is over the patch tokens the
-    last layer kept (padding rows and registers excluded), which is upstream's mean when no token is dropped."""
+    ats_base_model_class = AtsDinov2Model
 
-    def __init__(self, config: AtsDinov2Config):
-        AtsDinov2PreTrainedModel.__init__(self, config)
-        self.base_model_prefix = upstream_prefix(config)
-        self.num_labels = config.num_labels
-        setattr(self, self.base_model_prefix, AtsDinov2Model(config))
-        self.classifier = (
-            nn.Linear(config.hidden_size * 2, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
-        self.post_init()
+    def ats_build_heads(self, config):
+        self.classifier = linear_head(2 * config.hidden_size, config)
 
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> AtsImageClassifierOutput:
-        r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Class indices for the loss (regression if `num_labels == 1`).
-        Other arguments as in [`AtsDinov2Model.forward`].
-        """
-        outputs: AtsModelOutput = self.base_model(pixel_values, attention_mask=attention_mask, **kwargs)
+    def ats_logits(self, outputs):
         config = self.config
         patch_mean = mean_of_kept_patches(outputs, config.ats_num_special_tokens, config.ats_dense_output)
-        logits = self.classifier(torch.cat([outputs.last_hidden_state[:, 0], patch_mean], dim=1))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-        return AtsImageClassifierOutput(loss=loss, logits=logits, **ats_output_fields(outputs))
+        return {"logits": self.classifier(torch.cat([outputs.last_hidden_state[:, 0], patch_mean], dim=1))}
 
 
 # Older DINOv2 checkpoints (both flavours) use the split attention names (`attention.attention.query`) and, with
@@ -212,9 +131,4 @@ register_checkpoint_conversion_mapping(
     "AtsDinov2Model", get_checkpoint_conversion_mapping("Dinov2Model"), overwrite=True
 )
 
-__all__ = [
-    "AtsDinov2Encoder",
-    "AtsDinov2ForImageClassification",
-    "AtsDinov2Model",
-    "AtsDinov2PreTrainedModel",
-]
+__all__ = ["AtsDinov2ForImageClassification", "AtsDinov2Model", "AtsDinov2PreTrainedModel"]

@@ -1,13 +1,9 @@
 """ATS-ViT: Vision Transformer with Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for transformers.
 
-Self-contained for the Hub: imports only torch, transformers and the ATS core beside it (`.modeling_ats_core`,
-`.configuration_ats_vit`). The core does the scoring, sampling and packing; this file adds ViT's layer layout. The
-one special token is CLS.
-
-Shapes: B = batch, L = tokens entering a layer (CLS first), M = rows a layer outputs, D = hidden size.
+Self-contained for the Hub: imports only torch, transformers and the ATS core beside it. The core does the scoring,
+sampling, packing, layer loop and heads; this file names ViT's classes. The one special token is CLS.
 """
 
-from torch import nn
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.models.vit.modeling_vit import (
     ViTAttention,
@@ -22,7 +18,7 @@ from transformers.models.vit.modeling_vit import (
 from .configuration_ats_vit import AtsViTConfig
 from .modeling_ats_core import (
     AtsAttentionMixin,
-    AtsCLSClassifierMixin,
+    AtsClassifierMixin,
     AtsImageClassifierOutput,
     AtsModelOutput,
     AtsPreTrainedMixin,
@@ -50,30 +46,22 @@ class AtsViTPreTrainedModel(AtsPreTrainedMixin, ViTPreTrainedModel):
     _no_split_modules = ["ViTEmbeddings", "AtsViTLayer"]
     _ats_optional_weights = ("classifier.", "pooler.", "vit.pooler.")
     _ats_expected_checkpoints = "a ViT/DeiT (non-distilled) or ATS-ViT checkpoint of the same architecture"
-    _ats_auto_map = {
-        "AutoConfig": "configuration_ats_vit.AtsViTConfig",
-        "AutoModel": "modeling_ats_vit.AtsViTModel",
-        "AutoModelForImageClassification": "modeling_ats_vit.AtsViTForImageClassification",
-    }
 
 
 class AtsViTModel(AtsViTStyleModelMixin, AtsViTPreTrainedModel, ViTModel):
-    """[`ViTModel`] with Adaptive Token Sampling in `config.ats_layers` (forward: see `AtsViTStyleModelMixin`)."""
+    """[`ViTModel`] with Adaptive Token Sampling in `config.ats_layers`."""
 
     ats_embeddings_class = ViTEmbeddings
     ats_layer_class = AtsViTLayer
     ats_pooler_class = ViTPooler
 
 
-class AtsViTForImageClassification(AtsCLSClassifierMixin, AtsViTPreTrainedModel, ViTForImageClassification):
-    """[`ViTForImageClassification`] with Adaptive Token Sampling in `config.ats_layers`."""
+class AtsViTForImageClassification(AtsClassifierMixin, AtsViTPreTrainedModel, ViTForImageClassification):
+    """[`ViTForImageClassification`] with Adaptive Token Sampling in `config.ats_layers`: a linear head on the final
+    CLS token."""
 
-    def __init__(self, config: AtsViTConfig):
-        AtsViTPreTrainedModel.__init__(self, config)
-        self.num_labels = config.num_labels
-        self.vit = AtsViTModel(config, add_pooling_layer=False)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        self.post_init()
+    ats_base_model_class = AtsViTModel
+    ats_base_model_options = {"add_pooling_layer": False}
 
 
 # Plain ViT/DeiT checkpoints on the Hub use the old weight names (`encoder.layer.N.attention.attention.query`).

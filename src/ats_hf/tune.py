@@ -1,20 +1,20 @@
-"""`ats-hf tune`: choose the ATS settings for a user's budget on their model and data.
+"""Choosing the ATS settings for a user's budget on their model and data (`ats-hf tune`).
 
 The search runs plug and play (no training) over contiguous ranges of ATS layers, K, the sampler and the merge
 option, on a calibration split, and reports accuracy on a separate held-out split, so that the choice is not fitted
-to the numbers it reports. It is fast because candidates share work:
+to the numbers it reports. It works on an image classifier of every family (`forward_from_layer`), and is fast
+because candidates share work:
 - the layers before a candidate's first ATS layer are dense for every candidate, so their output is computed once
-  per first layer and cached (`AtsViTModel.run_layers` starts from it);
+  per first layer and cached (the model runs on from it);
 - every candidate is first scored on a quarter of the calibration images; only those on or near the
   accuracy-vs-GMACs Pareto front (within two standard errors) are scored on all of them.
 
-The front's points (and ToMe's) are then timed against dense in a named runtime and batch size (`SpeedSpec`), so the
-report shows measured speed-ups next to GMACs, and a target may be a measured speed-up.
+The front's points (and ToMe's, on ViT classifiers) are then timed against dense in a named runtime and batch size
+(`SpeedSpec`), so the report shows measured speed-ups next to GMACs, and a target may be a measured speed-up.
 
 Python API: `tune(model, pixel_values, labels, target, speed=SpeedSpec()) -> TuneResult`; `candidate_grid(...)`.
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -23,12 +23,15 @@ from pathlib import Path
 
 import torch
 
-from .configuration_ats_vit import num_input_tokens
-from .flops import dense_gmacs, gmacs_per_image
-from .modeling_ats_core import TokenState
-from .modeling_ats_vit import AtsViTForImageClassification
-from .settings import ats_settings_applied, format_layers, format_max_tokens
-from .tome import tome_forward, tome_gmacs
+from ats_hf_common.grammar import format_settings
+
+from .benchmark.engine import evaluate_method, time_methods
+from .benchmark.runtimes import RUNTIMES
+from .calibration import calibrate_capacity
+from .configuration_ats_core import AtsSettings, num_input_tokens
+from .families import TOME, family_of, is_classifier
+from .flops import dense_gmacs
+from .methods import AtsMethod, Method, TomeMethod, dense_method
 
 MAX_TOKENS_GRID = (None, 0.75, 0.5, 0.25)
 SAMPLERS_GRID = ("inverse_transform", "top_k")
@@ -37,39 +40,14 @@ SCREEN_FRACTION = 0.25  # share of the calibration images every candidate is fir
 NEAR_FRONT_ERRORS = 2.0  # candidates within this many standard errors of the screening front are scored fully
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One plug-and-play setting: ATS in `layers` keeping at most K = `max_tokens`, with a sampler and merge option."""
-
-    layers: tuple[int, ...]
-    max_tokens: int | float | None = None
-    sampler: str = "inverse_transform"
-    merge: float | None = None
-
-    @property
-    def settings(self) -> dict:
-        """`model.set_ats` keyword arguments (the adaptive mode)."""
-        return {"layers": list(self.layers), "max_tokens": self.max_tokens, "sampler": self.sampler,
-                "merge": self.merge, "capacity": None}
-
-    @property
-    def label(self) -> str:
-        if not self.layers:
-            return "dense"
-        merge = "" if self.merge is None else f", merge >= {self.merge:g}"
-        layers = format_layers(list(self.layers))
-        return f"layers {layers}, K {format_max_tokens(self.max_tokens)}, {self.sampler}{merge}"
-
-
 @dataclass
 class Score:
-    """Accuracy and mean GMACs of one setting on one split (a ToMe point has `tome_r` and no candidate)."""
+    """Accuracy and mean GMACs of one method (ATS settings, dense, or ToMe) on one split."""
 
-    candidate: Candidate | None
+    method: Method
     correct: int
     images: int
     gmacs: float
-    tome_r: int | None = None
 
     @property
     def accuracy(self) -> float:
@@ -83,12 +61,17 @@ class Score:
 
     @property
     def label(self) -> str:
-        return f"ToMe r={self.tome_r}" if self.candidate is None else self.candidate.label
+        return self.method.name
 
     def as_dict(self, dense: float) -> dict:
         return {"setting": self.label, "accuracy": self.accuracy, "standard_error": self.standard_error,
                 "gmacs": self.gmacs, "gmacs_fraction": self.gmacs / dense, "images": self.images,
-                "settings": None if self.candidate is None else self.candidate.settings, "tome_r": self.tome_r}
+                "method": self.method.to_dict()}
+
+
+def candidate_method(settings: AtsSettings) -> AtsMethod:
+    """A search point: ATS with `settings` (the adaptive mode), named by them ('layers 2-3, K all, ...')."""
+    return AtsMethod(format_settings(settings) if settings.layers else "dense", settings)
 
 
 @dataclass
@@ -136,8 +119,6 @@ class SpeedSpec:
     capacity_quantile: float = 0.99
 
     def __post_init__(self):
-        from .benchmark.runtimes import RUNTIMES
-
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime={self.runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}.")
         for name in ("batch_size", "images", "repeats"):
@@ -175,6 +156,7 @@ class TuneResult:
     candidates_scored_fully: int = 0
     speed: "SpeedSpec | None" = None
     speedups: dict[str, float] = field(default_factory=dict)  # measured speed-up over dense, by label
+    notes: list[str] = field(default_factory=list)  # what the reader should know (e.g. why ToMe is missing)
 
     def speedup(self, score: Score) -> float | None:
         return self.speedups.get(score.label)
@@ -197,6 +179,7 @@ class TuneResult:
                 **dataclasses.asdict(self.speed), "threads": torch.get_num_threads(), "speedups": self.speedups},
             "candidates_screened": self.candidates_screened,
             "candidates_scored_fully": self.candidates_scored_fully,
+            "notes": list(self.notes),
         }
 
 
@@ -206,7 +189,7 @@ def candidate_grid(
     max_tokens: tuple = MAX_TOKENS_GRID,
     samplers: tuple[str, ...] = SAMPLERS_GRID,
     merges: tuple = MERGE_GRID,
-) -> list[Candidate]:
+) -> list[AtsSettings]:
     """Every contiguous range of ATS layers S..E (S in `first_layers`, default 1..L-1), times K, sampler and merge.
     top-K at K = all keeps every token, so it is left out."""
     first_layers = tuple(range(1, num_layers)) if first_layers is None else first_layers
@@ -217,46 +200,42 @@ def candidate_grid(
                 for sampler in samplers:
                     if sampler == "top_k" and k is None:
                         continue
-                    grid += [Candidate(tuple(range(start, end + 1)), k, sampler, merge) for merge in merges]
+                    grid += [AtsSettings(tuple(range(start, end + 1)), k, sampler, merge=merge) for merge in merges]
     return grid
 
 
 class _PrefixCache:
     """Dense hidden states at the input of each layer, per batch of images, computed once."""
 
-    def __init__(self, model: AtsViTForImageClassification, pixel_values: torch.Tensor, batch_size: int):
-        vit = model.vit
+    def __init__(self, model, pixel_values: torch.Tensor, batch_size: int):
+        base = model.base_model
         self.inputs: dict[int, list[torch.Tensor]] = {}
-        dense = {"layers": [], "max_tokens": None, "capacity": None, "merge": None}
-        with torch.inference_mode(), ats_settings_applied(model, **dense):
+        with torch.inference_mode(), model.ats_settings_applied(AtsSettings()):
             for start in range(0, len(pixel_values), batch_size):
-                hidden = vit.embeddings(pixel_values[start : start + batch_size])
-                state = TokenState.initial(model.config, hidden, None)
-                for index, layer in enumerate(vit.layers):
+                hidden = base.ats_embed(pixel_values[start : start + batch_size])
+                for index in range(model.config.num_hidden_layers):
                     self.inputs.setdefault(index, []).append(hidden)
-                    hidden, state = layer(hidden, state)
+                    hidden = base.run_layers(hidden, None, index, index + 1).hidden_states
 
 
 @torch.inference_mode()
 def _score(
-    model: AtsViTForImageClassification, candidate: Candidate, cache: _PrefixCache, labels: torch.Tensor,
-    num_batches: int | None = None,
+    model, method: AtsMethod, cache: _PrefixCache, labels: torch.Tensor, num_batches: int | None = None
 ) -> Score:
-    """Accuracy and mean GMACs of `candidate` on the cached images (the first `num_batches` batches)."""
-    start_layer = candidate.layers[0] if candidate.layers else 0
+    """Accuracy and mean GMACs of an ATS method on the cached images (the first `num_batches` batches)."""
+    layers = method.settings.layers
+    start_layer = layers[0] if layers else 0
     batches = cache.inputs[start_layer][:num_batches]
     correct, gmacs, seen = 0, 0.0, 0
     reference_tokens = cache.inputs[0][0].shape[1]
-    with ats_settings_applied(model, **candidate.settings):
+    with method.applied(model):
         for hidden in batches:
-            run = model.vit.run_layers(hidden, start_layer=start_layer)
-            output, num_tokens = run.hidden_states, run.num_tokens
-            logits = model.classifier(model.vit.layernorm(output)[:, 0])
+            output = model.forward_from_layer(hidden, start_layer)
             batch_labels = labels[seen : seen + len(hidden)]
-            correct += int((logits.argmax(-1) == batch_labels).sum())
-            gmacs += float(gmacs_per_image(model.config, num_tokens, num_input_tokens=reference_tokens).sum())
+            correct += int((output.logits.argmax(-1) == batch_labels).sum())
+            gmacs += float(method.gmacs(model.config, output.num_tokens, reference_tokens).sum())
             seen += len(hidden)
-    return Score(candidate, correct, seen, gmacs / seen)
+    return Score(method, correct, seen, gmacs / seen)
 
 
 def pareto_front(scores: list[Score]) -> list[Score]:
@@ -296,11 +275,11 @@ def choose(
 
 
 def tune(
-    model: AtsViTForImageClassification,
+    model,
     pixel_values: torch.Tensor,
     labels: torch.Tensor,
     target: Target,
-    candidates: list[Candidate] | None = None,
+    candidates: list[AtsSettings] | None = None,
     held_out_fraction: float = 0.5,
     batch_size: int = 250,
     tome_r: tuple[int, ...] = (),
@@ -310,33 +289,38 @@ def tune(
     the choice on the held-out rest. The model's own settings come back afterwards.
 
     Args:
+        model: an ATS image classifier of any family.
         pixel_values: (N, C, H, W) processed images; labels: (N,) model label ids. The last `held_out_fraction`
             of them is held out (shuffle beforehand if they are ordered).
-        tome_r: ToMe merge counts per block to score next to the front, for comparison.
+        tome_r: ToMe merge counts per block to score next to the front, for comparison (families with ToMe only;
+            others get a note).
         speed: time the front (and ToMe, in eager) against dense there; required by a speed-up target.
     """
-    if not isinstance(model, AtsViTForImageClassification):
-        raise ValueError(f"tune searches ATS-ViT classifiers (it reuses their dense prefix); {type(model).__name__} "
-                         "is not supported yet: compare settings with `ats-hf benchmark` instead.")
+    if not is_classifier(type(model)):
+        raise ValueError(f"tune searches ATS image classifiers; {type(model).__name__} is none (see docs/tuning.md).")
     if target.min_speedup is not None and speed is None:
         raise ValueError("a speed-up target needs a SpeedSpec (where to time): pass speed=SpeedSpec(...).")
     if len(pixel_values) < 8:
         raise ValueError(f"tune needs at least 8 labelled images, got {len(pixel_values)}.")
     model = model.eval()
+    notes = []
+    if tome_r and TOME not in family_of(model).capabilities:
+        notes.append(f"ToMe left out: the {family_of(model).title} family has no ToMe path yet.")
+        tome_r = ()
     split = len(pixel_values) - max(1, int(len(pixel_values) * held_out_fraction))
     calib_x, calib_y, held_x, held_y = pixel_values[:split], labels[:split], pixel_values[split:], labels[split:]
     candidates = candidate_grid(model.config.num_hidden_layers) if candidates is None else candidates
     reference_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
     dense_value = dense_gmacs(model.config, reference_tokens)
-    dense = Candidate(())
+    dense = dense_method()
     calib_cache = _PrefixCache(model, calib_x, batch_size)
     held_cache = _PrefixCache(model, held_x, batch_size)
 
     screen_batches = max(1, round(len(calib_cache.inputs[0]) * SCREEN_FRACTION))
-    screened = [_score(model, c, calib_cache, calib_y, screen_batches) for c in candidates]
+    screened = [_score(model, candidate_method(c), calib_cache, calib_y, screen_batches) for c in candidates]
     survivors = _near_front(screened, pareto_front(screened))
     if screen_batches < len(calib_cache.inputs[0]):
-        scored = [_score(model, s.candidate, calib_cache, calib_y) for s in survivors]
+        scored = [_score(model, s.method, calib_cache, calib_y) for s in survivors]
     else:
         scored = survivors
     dense_calibration = _score(model, dense, calib_cache, calib_y)
@@ -344,8 +328,8 @@ def tune(
     tome_calibration = [_tome_score(model, calib_x, calib_y, r, batch_size) for r in tome_r]
     speedups = {} if speed is None else measure_speedups(model, front, tome_calibration, calib_x, speed)
     chosen = choose(front, target, dense_calibration, dense_value, speedups)
-    held_out = {s.label: _score(model, s.candidate, held_cache, held_y) for s in front}
-    tome_held_out = {s.label: _tome_score(model, held_x, held_y, s.tome_r, batch_size) for s in tome_calibration}
+    held_out = {s.label: _score(model, s.method, held_cache, held_y) for s in front}
+    tome_held_out = {s.label: _tome_score(model, held_x, held_y, s.method.r, batch_size) for s in tome_calibration}
     return TuneResult(
         target=target,
         dense_gmacs=dense_value,
@@ -361,33 +345,25 @@ def tune(
         candidates_scored_fully=len(scored),
         speed=speed,
         speedups=speedups,
+        notes=notes,
     )
 
 
-def measure_speedups(
-    model: AtsViTForImageClassification,
-    front: list[Score],
-    tome: list[Score],
-    pixel_values: torch.Tensor,
-    speed: SpeedSpec,
-) -> dict[str, float]:
+def measure_speedups(model, front: list[Score], tome: list[Score], pixel_values: torch.Tensor,
+                     speed: SpeedSpec) -> dict[str, float]:
     """Measured throughput / dense throughput of every front point (and ToMe point, in eager), timed interleaved
     on the first `speed.images` of `pixel_values` (N, C, H, W). Returns `{label: speed-up}`."""
-    from .benchmark.engine import evaluate_method, time_methods
-    from .benchmark.results import Method
-    from .calibration import calibrate_capacity
-
     images = pixel_values[: speed.images]
-    methods = [Method("dense")]
+    methods = [dense_method()]
     for score in front:
-        settings = score.candidate.settings
-        if speed.static and settings["layers"]:
-            with ats_settings_applied(model, **settings):
-                settings = calibrate_capacity(model, pixel_values, quantile=speed.capacity_quantile).settings
-            settings = {**settings, "merge": score.candidate.merge}
-        methods.append(Method.from_settings(score.label, **settings))
+        settings = score.method.settings
+        if speed.static and settings.layers:
+            with model.ats_settings_applied(settings):
+                calibrated = calibrate_capacity(model, pixel_values, quantile=speed.capacity_quantile).settings
+            settings = calibrated.replace(merge=settings.merge)
+        methods.append(AtsMethod(score.label, settings))
     if not speed.static:
-        methods += [Method(score.label, tome_r=score.tome_r) for score in tome]
+        methods += [score.method for score in tome]
     results = [evaluate_method(model, method, images, batch_size=speed.batch_size) for method in methods]
     timed = time_methods(model, results, images, (speed.batch_size,), len(images), speed.repeats, runtime=speed.runtime)
     return {result.method.name: result.timings[speed.batch_size].speedup for result in timed[1:]}
@@ -395,11 +371,13 @@ def measure_speedups(
 
 @torch.inference_mode()
 def _tome_score(model, pixel_values: torch.Tensor, labels: torch.Tensor, r: int, batch_size: int) -> Score:
+    method = TomeMethod(f"ToMe r={r}", r)
+    tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
     correct = 0
     for start in range(0, len(pixel_values), batch_size):
-        logits, _ = tome_forward(model, pixel_values[start : start + batch_size], r)
+        logits, _ = method.classify(model, pixel_values[start : start + batch_size])
         correct += int((logits.argmax(-1) == labels[start : start + batch_size]).sum())
-    return Score(None, correct, len(pixel_values), tome_gmacs(model.config, r, tuple(pixel_values.shape[-2:])), r)
+    return Score(method, correct, len(pixel_values), method.executed_gmacs(model.config, tokens))
 
 
 def format_report(result: TuneResult) -> str:
@@ -432,6 +410,7 @@ def format_report(result: TuneResult) -> str:
         lines.append("no setting on the front meets the target; the front above shows what is reachable")
     else:
         lines.append(f"chosen (*): {result.chosen.label}")
+    lines += [f"note: {text}" for text in result.notes]
     return "\n".join(lines)
 
 
@@ -469,75 +448,10 @@ def plot_front(result: TuneResult, path: Path) -> Path:
     return path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `ats-hf tune`."""
-    from ats_hf_cli import non_negative_int, positive_int
-
-    from .cli_inputs import MODEL_HELP, add_data_arguments
-
-    parser.add_argument("--model", help=MODEL_HELP)
-    add_data_arguments(parser, "all, at most 2000; the second half is held out")
-    goal = parser.add_mutually_exclusive_group()
-    goal.add_argument("--gmacs-budget", type=_fraction, metavar="F",
-                      help="at most this fraction of dense GMACs (default: 0.5); the most accurate setting wins")
-    goal.add_argument("--max-accuracy-drop", type=_non_negative_float, metavar="POINTS",
-                      help="at most this many top-1 points below dense; the cheapest setting wins")
-    goal.add_argument("--min-speedup", type=_positive_float, metavar="X",
-                      help="at least this measured speed-up over dense (--speed-runtime, --speed-batch-size); the most "
-                      "accurate setting wins")
-    parser.add_argument("--speed-runtime", choices=("eager", "compile", "onnxruntime"), default="eager",
-                        help="where the front is timed (default: eager; compile and onnxruntime time the static mode "
-                        "with capacities calibrated on the calibration split)")
-    parser.add_argument("--speed-batch-size", type=positive_int, default=1, help="batch size of the timing "
-                        "(default: 1)")
-    parser.add_argument("--speed-images", type=positive_int, default=64, help="calibration images timed per pass")
-    parser.add_argument("--no-speed", action="store_true", help="do not time the front (not with --min-speedup)")
-    parser.add_argument("--first-layers", type=non_negative_int, nargs="+", metavar="S",
-                        help="first ATS layers to search (default: 1 .. L-1); ranges S..E for every E >= S")
-    parser.add_argument("--tome-r", type=positive_int, nargs="*", default=None, metavar="R",
-                        help="ToMe merge counts per block to compare (default: 4 6 8 10 12 14)")
-    parser.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass")
-    parser.add_argument("--output", type=Path, help="write a checkpoint with the chosen settings (config, weights, "
-                        "image processor, model card), tune.json and tune.png there")
-
-
-def run(args: argparse.Namespace) -> int:
-    """`ats-hf tune`."""
-    from ats_hf_cli import UsageError
-
-    from .cli_inputs import load_classifier, load_images
-
-    model, processor, name = load_classifier(args.model)
-    data = load_images(args, processor, model.config.id2label)
-    if data.labels is None:
-        raise UsageError("tune needs labelled images: the dataset has no usable labels")
-    if args.max_accuracy_drop is not None:
-        target = Target(max_accuracy_drop=args.max_accuracy_drop)
-    elif args.min_speedup is not None:
-        target = Target(min_speedup=args.min_speedup)
-    else:
-        target = Target(max_gmacs_fraction=args.gmacs_budget or 0.5)
-    if args.no_speed and args.min_speedup is not None:
-        raise UsageError("--min-speedup needs the front timed: leave out --no-speed")
-    speed = None if args.no_speed else SpeedSpec(args.speed_runtime, args.speed_batch_size, args.speed_images)
-    tome_r = (4, 6, 8, 10, 12, 14) if args.tome_r is None else tuple(args.tome_r)
-    num_layers = model.config.num_hidden_layers
-    if args.first_layers and max(args.first_layers) >= num_layers:
-        raise UsageError(f"--first-layers {max(args.first_layers)} is outside 0..{num_layers - 1}")
-    candidates = candidate_grid(num_layers, tuple(args.first_layers) if args.first_layers else None)
-    try:
-        result = tune(model, data.pixel_values, data.labels, target, candidates, batch_size=args.batch_size,
-                      tome_r=tome_r, speed=speed)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    print(format_report(result))
-    if args.output is not None:
-        _write_output(model, processor, name, data.description, result, args.output)
-        print(f"\nwrote {args.output}")
-    return 0 if result.chosen is not None else 1
-
-
-def _write_output(model, processor, name: str, data_name: str, result: TuneResult, output: Path) -> None:
+def write_tune_output(model, processor, result: TuneResult, output: Path, data_name: str) -> None:
+    """Write tune.json and tune.png into `output`, and, when a setting was chosen, a checkpoint with it (config,
+    weights, image processor, code, model card naming the objective and the held-out accuracy). The caller checks
+    that `output` may be written (`ats_hf_common.paths.check_target`)."""
     from .hub.checkpoint import save_ats_checkpoint
 
     output.mkdir(parents=True, exist_ok=True)
@@ -548,38 +462,10 @@ def _write_output(model, processor, name: str, data_name: str, result: TuneResul
     held = result.held_out[result.chosen.label]
     metrics = {"held-out accuracy": held.accuracy, "calibration accuracy": result.chosen.accuracy,
                "dense held-out accuracy": result.dense_held_out.accuracy}
-    model.set_ats(**result.chosen.candidate.settings)
+    model.set_ats(result.chosen.method.settings)
     save_ats_checkpoint(model, output, processor, model_id=output.name, base_model=None, ats_gmacs=held.gmacs,
                         gmacs_measured_on=data_name, metrics=metrics)
 
 
-def _fraction(text: str) -> float:
-    value = _float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1]")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-__all__ = ["Candidate", "Score", "SpeedSpec", "Target", "TuneResult", "candidate_grid", "choose", "format_report",
-           "measure_speedups", "pareto_front", "plot_front", "tune"]
+__all__ = ["Score", "SpeedSpec", "Target", "TuneResult", "candidate_grid", "candidate_method", "choose",
+           "format_report", "measure_speedups", "pareto_front", "plot_front", "tune", "write_tune_output"]

@@ -2,13 +2,13 @@
 with the dropped patches covered by a light hatched veil and the kept ones outlined, titled with the layer's token
 count; the model's prediction heads the picture. The veil and outline read on dark and light images alike.
 
-The model runs with its current ATS settings; try others with `ats_hf.settings.ats_settings_applied`:
+The model (an image classifier of any family) runs with its current ATS settings; try others with
+`model.ats_settings_applied`:
 
-    with ats_settings_applied(model, layers=[2, 3], max_tokens=0.5):
+    with model.ats_settings_applied(layers=[2, 3], max_tokens=0.5):
         picture = token_map("cat.jpg", model, processor)
 """
 
-import argparse
 import math
 from pathlib import Path
 
@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ats_hf_cli import UsageError, int_at_least, positive_int, usage_errors
+from ats_hf_common.grammar import format_settings
 
-from .configuration_ats_vit import num_input_tokens, patch_grid, patch_shape
+from .configuration_ats_core import num_input_tokens, patch_grid, patch_shape
 from .data import DEFAULT_MODEL_DIR
-from .modeling_ats_vit import AtsViTForImageClassification
-from .settings import add_ats_arguments, format_settings, settings_from_args
+from .hub.checkpoint import load_classifier_and_processor
 
 GAP = 8  # pixels between and around panels
 MIN_PANEL_SIZE = 16
@@ -49,7 +48,7 @@ def kept_patch_grids(sampled_token_indices: torch.Tensor, grid_size: tuple[int, 
 
 def token_map(
     image,
-    model: AtsViTForImageClassification | None = None,
+    model=None,
     processor=None,
     panel_size: int = 192,
     columns: int = 5,
@@ -58,7 +57,8 @@ def token_map(
 
     Args:
         image: a path, a PIL image or an (H, W, 3) uint8 array.
-        model, processor: an ATS-ViT classifier and its image processor; both default to the embedded model.
+        model, processor: an ATS image classifier (any family) and its image processor; both default to the
+            embedded model.
         panel_size: the longer side of each panel in pixels (>= 16); columns: panels per row (>= 1).
     Returns:
         An RGB image: a header line with the prediction, then panels (the input first, then one per ATS layer) of
@@ -67,11 +67,12 @@ def token_map(
     if panel_size < MIN_PANEL_SIZE or columns < 1:
         raise ValueError(f"panel_size={panel_size} must be >= {MIN_PANEL_SIZE} and columns={columns} >= 1.")
     if model is None:
-        model = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR)
-    if processor is None:
+        model, default_processor = load_classifier_and_processor(DEFAULT_MODEL_DIR)
+        processor = processor or default_processor
+    elif processor is None:
         from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(model.name_or_path or DEFAULT_MODEL_DIR)
+        processor = AutoImageProcessor.from_pretrained(model.name_or_path)
     if isinstance(image, (str, Path)):
         image = Image.open(image)
     if isinstance(image, np.ndarray):
@@ -86,18 +87,17 @@ def token_map(
     config = model.config
     patch = patch_shape(config)
     grid_size = patch_grid(config, tuple(pixel_values.shape[-2:]))
-    grids = kept_patch_grids(output.sampled_token_indices, grid_size)
+    settings = model.ats_settings
+    grids = [] if output.sampled_token_indices is None else kept_patch_grids(output.sampled_token_indices, grid_size)
     counts = output.num_tokens[0].tolist()
     probabilities = output.logits[0].float().softmax(-1)
     label = int(probabilities.argmax())
-    header = (
-        f"prediction: {config.id2label.get(label, label)} ({100 * probabilities[label]:.1f}%)   "
-        f"ATS {format_settings(config.ats_layers, config.ats_max_tokens, config.ats_sampler)}"
-    )
+    ats = f"ATS {format_settings(settings)}" if settings.layers else "no ATS layers: every layer keeps every token"
+    header = f"prediction: {config.id2label.get(label, label)} ({100 * probabilities[label]:.1f}%)   {ats}"
 
     shown = _panel_pixels(image, pixel_values[0], processor, grid_size, patch, panel_size)
     panels = [(shown, f"input: {num_input_tokens(config, tuple(pixel_values.shape[-2:]))} tokens")]
-    for layer, grid in zip(config.ats_layers, grids, strict=True):
+    for layer, grid in zip(settings.layers, grids, strict=True):
         panels.append((_veil_dropped(shown, grid), f"layer {layer}: {counts[layer]} tokens"))
     return _compose(panels, header, columns)
 
@@ -164,44 +164,6 @@ def _compose(panels: list[tuple[np.ndarray, str]], header: str, columns: int) ->
         draw.text((left, top), title, fill="black", font=font)
         canvas.paste(Image.fromarray(pixels), (left, top + title_height))
     return canvas
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `ats-hf visualize`."""
-    parser.add_argument("image", type=Path, help="image file to draw")
-    parser.add_argument("--model", help="Hub id or folder of an ATS-ViT / ViT classifier (default: the embedded model)")
-    parser.add_argument("--output", type=Path, help="PNG to write (default: IMAGE-ats.png in the current folder)")
-    add_ats_arguments(parser)
-    parser.add_argument("--panel-size", type=int_at_least(MIN_PANEL_SIZE), default=192,
-                        help="longer side of a panel in pixels (default: %(default)s)")
-    parser.add_argument("--columns", type=positive_int, default=5, help="panels per row (default: %(default)s)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """`ats-hf visualize`: write the token map PNG."""
-    from transformers import AutoImageProcessor
-
-    from .hub.checkpoint import check_source, load_ats_classifier
-
-    if not args.image.is_file():
-        raise UsageError(f"image file {str(args.image)!r} does not exist")
-    with usage_errors(OSError, context=f"cannot read image {str(args.image)!r}"):
-        image = Image.open(args.image)
-        image.load()
-    model_path = args.model or str(DEFAULT_MODEL_DIR)
-    with usage_errors(FileNotFoundError):
-        check_source(model_path, "--model")
-    with usage_errors(OSError, ValueError, context=f"cannot load --model {model_path!r}"):
-        model = load_ats_classifier(model_path)
-        processor = AutoImageProcessor.from_pretrained(model_path)
-    with usage_errors(ValueError, context="ATS settings"):
-        model.set_ats(**settings_from_args(args))
-    picture = token_map(image, model, processor, args.panel_size, args.columns)
-    output = args.output or Path(f"{args.image.stem}-ats.png")
-    with usage_errors(OSError, ValueError, context=f"cannot write {str(output)!r}"):
-        picture.save(output)
-    print(f"wrote {output} ({picture.width} x {picture.height})")
-    return 0
 
 
 __all__ = ["kept_patch_grids", "token_map"]

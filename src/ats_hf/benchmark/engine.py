@@ -5,119 +5,92 @@ Two modes:
   in every ATS layer, ATS's mean token count (rounded). Optional sweeps add points to the accuracy-vs-GMACs plot.
 - speed mode (`run_speed_benchmark`): a named geometry with random weights and random images, timing only.
 
-Methods switch the model's ATS settings with `ats_settings_applied` (the model's own settings come back after each
-use). Functions return new result objects and never change the results they are given.
+Methods (`ats_hf.methods`) switch the model's ATS settings while they run (the model's own settings come back after
+each use). Functions return new result objects and never change the results they are given.
 
-Each method runs in the adaptive or the static mode (`Method.ats_capacity`). Accuracy, GMACs and tokens are always
+Each ATS method runs in the adaptive or the static mode (its settings' capacity). Accuracy, GMACs and tokens are always
 measured in eager PyTorch; the timing runs in the chosen runtime (`runtimes`: eager, compile, onnxruntime), which
 computes the same thing (the exported graph is checked against PyTorch).
 """
 
-import contextlib
 import dataclasses
 import functools
 import math
-import os
-import platform
-from pathlib import Path
 
 import torch
 
-from ..configuration_ats_vit import AtsViTConfig, num_input_tokens
-from ..flops import gmacs_per_image, static_gmacs
-from ..modeling_ats_clip import AtsCLIPForImageClassification
-from ..modeling_ats_deit import AtsDeiTForImageClassificationWithTeacher
-from ..modeling_ats_dinov2 import AtsDinov2ForImageClassification
-from ..modeling_ats_vit import AtsViTForImageClassification
-from ..progress import Progress, note
-from ..settings import ats_settings_applied, format_max_tokens
-from ..tome import supports_tome, tome_forward, tome_gmacs
-from .defaults import (
+from ats_hf_common.benchmark_defaults import (
     ACCURACY_MODE_TIMING,
     ATTN_IMPLEMENTATION,
     COMPILE_BACKEND,
     EVAL_BATCH_SIZE,
+    GEOMETRIES,
     SEED,
     SPEED_MODE_MAX_TOKENS,
     SPEED_MODE_TIMING,
 )
-from .results import BenchmarkResult, Method, MethodResult, TimingResult
+from ats_hf_common.grammar import format_max_tokens
+
+from ..configuration_ats_core import AtsSettings, default_ats_layers, num_input_tokens
+from ..families import family_named
+from ..flops import tome_gmacs
+from ..methods import AtsMethod, Method, TomeMethod, dense_method
+from ..progress import Progress, note
+from ..reporting import describe_machine
+from ..tome import supports_tome
+from .results import BenchmarkResult, MethodResult, TimingResult
 from .runtimes import check_runtime, prepare_pass
 from .timing import interleaved_throughput, unreliable_timing_message
 
-# The ATS image classifier of each family a speed-mode geometry may name (`family`, default "vit").
-SPEED_FAMILIES = {
-    "vit": AtsViTForImageClassification,
-    "clip": AtsCLIPForImageClassification,
-    "dinov2": AtsDinov2ForImageClassification,
-    "deit": AtsDeiTForImageClassificationWithTeacher,
-}
-# Named geometries for speed mode: image size, patch size, width, depth, heads, MLP size (and the family, if not
-# ViT, with its own fields).
-GEOMETRIES = {
-    "deit-tiny": dict(image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
-                      intermediate_size=768),
-    "deit-s": dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                   intermediate_size=1536),
-    "deit-b": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                   intermediate_size=3072),
-    # CLIP vision towers (ViT-B/16 and ViT-L/14 at 336 px: 197 and 577 tokens; quick_gelu, pre-norm before layer 0).
-    "clip-b16": dict(family="clip", image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
-                     num_attention_heads=12, intermediate_size=3072),
-    "clip-l14-336": dict(family="clip", image_size=336, patch_size=14, hidden_size=1024, num_hidden_layers=24,
-                         num_attention_heads=16, intermediate_size=4096),
-    # DINOv2 with 4 registers (ViT-S/14 and ViT-B/14 at 224 px: 256 patches + CLS + 4 registers = 261 tokens).
-    "dinov2-s14-reg": dict(family="dinov2", image_size=224, patch_size=14, hidden_size=384, num_hidden_layers=12,
-                          num_attention_heads=6, mlp_ratio=4, num_register_tokens=4),
-    "dinov2-b14-reg": dict(family="dinov2", image_size=224, patch_size=14, hidden_size=768, num_hidden_layers=12,
-                          num_attention_heads=12, mlp_ratio=4, num_register_tokens=4),
-    # Distilled DeiT-S (CLS and distillation tokens, two heads): 196 patches + 2 = 198 tokens.
-    "deit-s-distilled": dict(family="deit", image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12,
-                             num_attention_heads=6, intermediate_size=1536),
-    # For tests and dry runs: 17 tokens, 4 layers.
-    "tiny": dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                 intermediate_size=128),
-}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def matched_baselines(ats: MethodResult) -> list[Method]:
+def default_ats_method(config) -> AtsMethod:
+    """"ats": the inverse-transform sampler on the config's settings; with no ATS layers there, the paper's recipe
+    (layers L//4..L-1, K = all, adaptive)."""
+    settings = config.ats_settings
+    if not settings.layers:
+        settings = AtsSettings(default_ats_layers(config.num_hidden_layers))
+    return AtsMethod("ats", settings.replace(sampler="inverse_transform"))
+
+
+def matched_baselines(ats: MethodResult) -> list[AtsMethod]:
     """top-K and random keeping, in every ATS layer, ATS's mean token count there (rounded, at least 2), in ATS's
     mode: with its capacity setting in the static mode, which the config cuts to their K (so they hold no padding
     rows, and run exactly the rows they keep)."""
     method = ats.method
-    counts = tuple(max(2, math.floor(ats.tokens_per_layer[i] + 0.5)) for i in method.ats_layers)
+    layers, capacity = method.settings.layers, method.settings.capacity
+    counts = tuple(max(2, math.floor(ats.tokens_per_layer[i] + 0.5)) for i in layers)
     suffix = "" if method.name == "ats" else f" (as {method.name})"
     return [
-        Method(f"top-k{suffix}", method.ats_layers, counts, "top_k", method.ats_capacity),
-        Method(f"random{suffix}", method.ats_layers, counts, "random", method.ats_capacity),
+        AtsMethod(f"top-k{suffix}", AtsSettings(layers, counts, "top_k", capacity)),
+        AtsMethod(f"random{suffix}", AtsSettings(layers, counts, "random", capacity)),
     ]
 
 
-def matched_tome(ats: MethodResult, config: AtsViTConfig, image_size: tuple[int, int]) -> Method:
+def matched_tome(ats: MethodResult, config, num_tokens: int) -> TomeMethod:
     """ToMe with the r (the same in every block) whose GMACs come closest to ATS's mean real-token GMACs, at equal
-    or higher GMACs when two are equally close."""
-    tokens = num_input_tokens(config, image_size)
-    candidates = range(0, (tokens - 1) // 2 + 1)
-    r = min(candidates, key=lambda r: (abs(tome_gmacs(config, r, image_size) - ats.gmacs_mean), r))
-    return Method(f"tome r={r}", tome_r=r)
+    or higher GMACs when two are equally close; `num_tokens` enter the first block."""
+    candidates = range(0, (num_tokens - 1) // 2 + 1)
+    r = min(candidates, key=lambda r: (abs(tome_gmacs(config, r, num_tokens) - ats.gmacs_mean), r))
+    return TomeMethod(f"tome r={r}", r)
 
 
 def sweep_methods(
-    ats: Method, num_layers: int, max_tokens: tuple = (), from_layers: tuple[int, ...] = ()
-) -> tuple[Method, ...]:
+    ats: AtsMethod, num_layers: int, max_tokens: tuple = (), from_layers: tuple[int, ...] = ()
+) -> tuple[AtsMethod, ...]:
     """ATS variants around `ats`, in its mode: each K in `max_tokens` on its layers; then ATS in layers
     S..num_layers-1 for each S in `from_layers`, at its K (at K = all when its K is a per-layer list) and capacity (a
     per-layer capacity does not carry over to other layers: those points run adaptive, and say so)."""
-    capacity = ats.ats_capacity
-    by_k = [Method.from_settings(f"ats K={format_max_tokens(k)}", ats.ats_layers, k, capacity=capacity)
+    settings = ats.settings
+    by_k = [AtsMethod(f"ats K={format_max_tokens(k)}", AtsSettings(settings.layers, k, capacity=settings.capacity))
             for k in max_tokens]
-    layer_k = None if isinstance(ats.ats_max_tokens, tuple) else ats.ats_max_tokens
-    layer_capacity = None if isinstance(capacity, tuple) else capacity
-    suffix = " (adaptive)" if layer_capacity is None and capacity is not None else ""
+    layer_k = None if isinstance(settings.max_tokens, tuple) else settings.max_tokens
+    layer_capacity = None if isinstance(settings.capacity, tuple) else settings.capacity
+    suffix = " (adaptive)" if layer_capacity is None and settings.capacity is not None else ""
     by_layers = [
-        Method((f"ats layers {start}-{num_layers - 1}" if start < num_layers - 1 else f"ats layer {start}") + suffix,
-               tuple(range(start, num_layers)), layer_k, ats_capacity=layer_capacity)
+        AtsMethod((f"ats layers {start}-{num_layers - 1}" if start < num_layers - 1 else f"ats layer {start}") + suffix,
+                  AtsSettings(tuple(range(start, num_layers)), layer_k, capacity=layer_capacity))
         for start in from_layers
     ]
     return tuple(by_k + by_layers)
@@ -125,7 +98,7 @@ def sweep_methods(
 
 @torch.inference_mode()
 def evaluate_method(
-    model: AtsViTForImageClassification,
+    model,
     method: Method,
     pixel_values: torch.Tensor,
     labels: torch.Tensor | None = None,
@@ -133,26 +106,21 @@ def evaluate_method(
     seed: int = SEED,
 ) -> MethodResult:
     """Accuracy, per-image GMACs (real tokens; and executed, when fixed) and tokens per layer of one method over
-    `pixel_values` (N, C, H, W), in eager PyTorch."""
+    `pixel_values` (N, C, H, W), in eager PyTorch, on an ATS image classifier of any family."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     input_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
     correct, gmacs, tokens = 0, [], []
-    with ats_settings_applied(model, **method.settings), Progress(len(pixel_values), f"eval {method.name}") as progress:
+    with method.applied(model), Progress(len(pixel_values), f"eval {method.name}") as progress:
         for start in range(0, len(pixel_values), batch_size):
-            logits, num_tokens = _classify(model, method, pixel_values[start : start + batch_size].to(device))
+            logits, num_tokens = method.classify(model, pixel_values[start : start + batch_size].to(device))
             if labels is not None:
                 correct += (logits.argmax(-1).cpu() == labels[start : start + batch_size]).sum().item()
-            if method.tome_r is None:
-                gmacs.append(gmacs_per_image(model.config, num_tokens, num_input_tokens=input_tokens))
-            else:
-                image_size = tuple(pixel_values.shape[-2:])
-                gmacs.append(torch.full((len(num_tokens),), tome_gmacs(model.config, method.tome_r, image_size)))
+            gmacs.append(method.gmacs(model.config, num_tokens, input_tokens))
             tokens.append(num_tokens.double())
             progress.update(len(num_tokens))
-        executed = executed_gmacs(model.config, input_tokens) if method.tome_r is None else gmacs[0][0].item()
     gmacs, tokens = torch.cat(gmacs), torch.cat(tokens)
     return MethodResult(
         method=method,
@@ -162,30 +130,12 @@ def evaluate_method(
         tokens_per_layer=tuple(tokens.mean(0).tolist()),
         tokens_per_layer_std=tuple(tokens.std(0, unbiased=False).tolist()),
         gmacs=gmacs,
-        executed_gmacs=gmacs.mean().item() if executed is None and not method.ats_layers else executed,
+        executed_gmacs=method.executed_gmacs(model.config, input_tokens),
     )
 
 
-@torch.inference_mode()
-def _classify(model: AtsViTForImageClassification, method: Method, batch: torch.Tensor):
-    """(logits, (B, layers) tokens out of each layer on the CPU) of one batch under `method` (settings applied)."""
-    if method.tome_r is None:
-        output = model(batch)
-        return output.logits, output.num_tokens.cpu()
-    logits, counts = tome_forward(model, batch, method.tome_r)
-    return logits, torch.tensor(counts).expand(len(batch), -1)
-
-
-def executed_gmacs(config: AtsViTConfig, num_input_tokens: int) -> float | None:
-    """GMACs per image that the static mode executes (its capacity rows, padding included), None in the adaptive
-    mode or without ATS layers."""
-    if not config.ats_layers or config.ats_capacity is None:
-        return None
-    return static_gmacs(config, num_input_tokens=num_input_tokens)
-
-
 def time_methods(
-    model: AtsViTForImageClassification,
+    model,
     results: list[MethodResult],
     pixel_values: torch.Tensor,
     batch_sizes: tuple[int, ...],
@@ -269,11 +219,11 @@ def _timed_gmacs(result: MethodResult, count: int) -> float:
 
 
 def run_benchmark(
-    model: AtsViTForImageClassification,
+    model,
     pixel_values: torch.Tensor,
     labels: torch.Tensor | None = None,
-    ats: Method | None = None,
-    sweep: tuple[Method, ...] = (),
+    ats: AtsMethod | None = None,
+    sweep: tuple[AtsMethod, ...] = (),
     batch_sizes: tuple[int, ...] = ACCURACY_MODE_TIMING.batch_sizes,
     timing_images: int = ACCURACY_MODE_TIMING.timing_images,
     repeats: int = ACCURACY_MODE_TIMING.repeats,
@@ -282,6 +232,7 @@ def run_benchmark(
     model_name: str = "model",
     data_name: str = "data",
     notes: tuple[str, ...] = (),
+    command: str = "",
     *,
     runtime: str = "eager",
     compile_backend: str = COMPILE_BACKEND,
@@ -290,17 +241,18 @@ def run_benchmark(
     """Compare dense, ATS, and top-K / random at ATS's mean tokens per layer on labelled images.
 
     Args:
-        model: an ATS-ViT classifier (any ATS settings; each method sets its own, and the model's come back).
+        model: an ATS image classifier of any family (any ATS settings; each method sets its own, and the model's
+            come back).
         pixel_values: (N, C, H, W) processed images; labels: (N,) class indices, or None to skip accuracy.
         ats: the ATS setting to compare (at least one ATS layer), in the adaptive or the static mode (its
-            `ats_capacity`; top-K and random run in the same mode); None: `Method.from_config(model.config)`.
+            capacity; top-K and random run in the same mode); None: `default_ats_method(model.config)`.
         sweep: more ATS methods (see `sweep_methods`), each with its matched top-K and random, for the plot only.
         batch_sizes: batch sizes to time (empty: no timing); timing_images, repeats: see `time_methods`.
-        notes: lines for the reader of the report (e.g. why there is no accuracy).
+        notes: lines for the reader of the report (e.g. why there is no accuracy); command: the command line run.
         runtime, compile_backend, compile_mode: where the timing runs (see `time_methods` and `runtimes`).
     """
-    ats = ats or Method.from_config(model.config)
-    if not ats.ats_layers:
+    ats = ats or default_ats_method(model.config)
+    if not ats.settings.layers:
         raise ValueError(f"the ATS method {ats.name!r} has no ATS layers: there is nothing to compare with dense.")
     if batch_sizes:
         check_runtime(runtime, ats, next(model.parameters()).device, next(model.parameters()).dtype)
@@ -309,19 +261,19 @@ def run_benchmark(
     def evaluate(method: Method) -> MethodResult:
         return evaluate_method(model, method, pixel_values, labels, eval_batch_size, seed)
 
-    dense, ats_result = evaluate(Method("dense")), evaluate(ats)
+    dense, ats_result = evaluate(dense_method()), evaluate(ats)
     methods = [dense, ats_result] + [evaluate(baseline) for baseline in matched_baselines(ats_result)]
-    image_size = tuple(pixel_values.shape[-2:])
+    tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
     with_tome = supports_tome(model)
     if not with_tome:
         notes = [*notes, f"ToMe baseline left out: it runs on ViT classifiers only, not {type(model).__name__}."]
     if with_tome and (runtime == "eager" or not batch_sizes):  # ToMe runs in eager PyTorch only
-        methods.append(evaluate(matched_tome(ats_result, model.config, image_size)))
+        methods.append(evaluate(matched_tome(ats_result, model.config, tokens)))
     sweep_results = []
     for method in sweep:
         point = evaluate(method)
         sweep_results += [point] + [evaluate(baseline) for baseline in matched_baselines(point)]
-        tome = matched_tome(point, model.config, image_size)
+        tome = matched_tome(point, model.config, tokens)
         if with_tome and tome not in [r.method for r in sweep_results]:
             sweep_results.append(evaluate(dataclasses.replace(tome, name=f"{tome.name} (as {method.name})")))
     if batch_sizes:
@@ -337,13 +289,14 @@ def run_benchmark(
         machine=describe_machine(next(model.parameters()), runtime),
         notes=[*notes, *_runtime_notes(methods, runtime if batch_sizes else "eager", compile_backend, compile_mode)],
         runtime=runtime if batch_sizes else "eager",
+        command=command,
     )
 
 
 def _runtime_notes(methods: list[MethodResult], runtime: str, backend: str, mode: str | None) -> list[str]:
     """What the reader needs to know about the static mode and the runtime, and what the runtime reported."""
     lines = []
-    if any(r.method.ats_capacity is not None for r in methods):
+    if any(r.method.kind == "ats" and r.method.settings.capacity is not None for r in methods):
         lines.append(
             "static mode: every ATS layer runs its capacity of rows whatever an image keeps; 'executed' GMACs count "
             "those rows (flops.static_gmacs), the other GMACs the real tokens (the papers' convention); the GMACs "
@@ -364,29 +317,28 @@ def _runtime_notes(methods: list[MethodResult], runtime: str, backend: str, mode
 
 
 def speed_config(geometry: str | dict, num_labels: int = 1000):
-    """The ATS config of a named geometry (see `GEOMETRIES`) or of a dict of config fields (`family` picks the
+    """The ATS config of a named geometry (see `GEOMETRIES`) or of a dict of config fields (`family` names the
     model family, default "vit")."""
     if isinstance(geometry, str) and geometry not in GEOMETRIES:
         raise ValueError(f"geometry={geometry!r} is unknown; choose one of {', '.join(GEOMETRIES)}, or pass config "
                          "fields.")
     fields = dict(GEOMETRIES[geometry] if isinstance(geometry, str) else geometry)
-    model_class = SPEED_FAMILIES[fields.pop("family", "vit")]
-    return model_class.config_class(**{"num_labels": num_labels, **fields})
+    family = family_named(fields.pop("family", "vit"))
+    return family.config_class(**{"num_labels": num_labels, **fields})
 
 
-def speed_model(geometry: str | dict, num_labels: int = 1000, seed: int = SEED) -> AtsViTForImageClassification:
+def speed_model(geometry: str | dict, num_labels: int = 1000, seed: int = SEED):
     """A randomly initialised ATS image classifier of a named geometry or of a dict of config fields (see
     `speed_config`)."""
     config = speed_config(geometry, num_labels)
     family = (GEOMETRIES[geometry] if isinstance(geometry, str) else geometry).get("family", "vit")
     torch.manual_seed(seed)
-    return SPEED_FAMILIES[family](config).eval()
+    return family_named(family).classifier(config).eval()
 
 
 def run_speed_benchmark(
     geometry: str | dict = "deit-s",
-    ats_layers: tuple[int, ...] | None = None,
-    ats_max_tokens: int | float | tuple = SPEED_MODE_MAX_TOKENS,
+    settings: AtsSettings | None = None,
     batch_sizes: tuple[int, ...] = SPEED_MODE_TIMING.batch_sizes,
     timing_images: int = SPEED_MODE_TIMING.timing_images,
     repeats: int = SPEED_MODE_TIMING.repeats,
@@ -394,34 +346,39 @@ def run_speed_benchmark(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = ATTN_IMPLEMENTATION,
     seed: int = SEED,
+    command: str = "",
     *,
-    ats_capacity: int | float | tuple | None = None,
     runtime: str = "eager",
     compile_backend: str = COMPILE_BACKEND,
     compile_mode: str | None = None,
 ) -> BenchmarkResult:
     """Wall-clock gains on a named geometry with random weights and random images.
 
-    Adaptive mode (`ats_capacity` None): compares dense; ATS with K = `ats_max_tokens`; ATS with K = all tokens
-    (the paper's default: only duplicates and the lowest-scoring token go); and "no-drop", the ATS layers with
-    top-K at K = all tokens, so that scoring, sampling and packing run but no token is dropped: its throughput
-    against dense is the pure overhead. Static mode (`ats_capacity` set): dense; ATS at K with that capacity; and
-    no-drop with room for every token (capacity 1.0), the static mode's pure overhead.
+    `settings` default to the paper's layers (L//4..L-1) at K = `SPEED_MODE_MAX_TOKENS`, adaptive. Adaptive mode:
+    compares dense; ATS with those settings; ATS with K = all tokens (the paper's default: only duplicates and the
+    lowest-scoring token go); and "no-drop", the ATS layers with top-K at K = all tokens, so that scoring, sampling
+    and packing run but no token is dropped: its throughput against dense is the pure overhead. Static mode (a
+    capacity set): dense; ATS at K with that capacity; and no-drop with room for every token (capacity 1.0), the
+    static mode's pure overhead.
     """
     if not batch_sizes:
         raise ValueError("speed mode times the methods: give at least one batch size.")
     model = speed_model(geometry, seed=seed).to(device=device, dtype=dtype)
     model.set_attn_implementation(attn_implementation)
-    layers = tuple(ats_layers) if ats_layers is not None else Method.from_config(model.config).ats_layers
-    ats = Method.from_settings(f"ats K={format_max_tokens(ats_max_tokens)}", layers, ats_max_tokens,
-                               capacity=ats_capacity)
-    if ats_capacity is None:
-        methods = [Method("dense"), ats, Method("ats K=all", layers, None), Method("no-drop", layers, None, "top_k")]
+    config = model.config
+    if settings is None:
+        settings = AtsSettings(default_ats_layers(config.num_hidden_layers), SPEED_MODE_MAX_TOKENS)
+    settings = settings.replace(sampler="inverse_transform").check(config.num_hidden_layers,
+                                                                   config.ats_num_special_tokens)
+    ats = AtsMethod(f"ats K={format_max_tokens(settings.max_tokens)}", settings)
+    layers = settings.layers
+    if settings.capacity is None:
+        methods = [dense_method(), ats, AtsMethod("ats K=all", AtsSettings(layers)),
+                   AtsMethod("no-drop", AtsSettings(layers, sampler="top_k"))]
     else:
-        methods = [Method("dense"), ats, Method("no-drop", layers, None, "top_k", 1.0)]
+        methods = [dense_method(), ats, AtsMethod("no-drop", AtsSettings(layers, sampler="top_k", capacity=1.0))]
     for method in methods:
         check_runtime(runtime, method, torch.device(device), dtype)
-    config = model.config
     count = max(max(batch_sizes), timing_images)
     generator = torch.Generator().manual_seed(seed)
     size = config.image_size
@@ -441,48 +398,17 @@ def run_speed_benchmark(
         machine=describe_machine(next(model.parameters()), runtime),
         notes=_runtime_notes(results, runtime, compile_backend, compile_mode),
         runtime=runtime,
+        command=command,
     )
-
-
-def describe_machine(parameter: torch.Tensor, runtime: str = "eager") -> dict:
-    """Where the numbers were measured: CPU model, cores and threads, load, device, dtype, library versions (and
-    onnxruntime's when it is the runtime)."""
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(parameter.device),
-        "dtype": str(parameter.dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average_1min"] = round(os.getloadavg()[0], 2)
-    if parameter.device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(parameter.device)
-    if runtime == "onnxruntime":
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    return info
 
 
 __all__ = [
     "DTYPES",
     "GEOMETRIES",
-    "SPEED_FAMILIES",
-    "describe_machine",
+    "default_ats_method",
     "evaluate_method",
     "matched_baselines",
+    "matched_tome",
     "run_benchmark",
     "run_speed_benchmark",
     "speed_config",

@@ -3,8 +3,10 @@ JSON file, and PNG plots (matplotlib, Agg backend)."""
 
 from pathlib import Path
 
-from ..settings import format_max_tokens, format_settings
-from .defaults import UNRELIABLE_SPREAD
+from ats_hf_common.benchmark_defaults import UNRELIABLE_SPREAD
+from ats_hf_common.grammar import format_settings
+
+from ..reporting import format_grid
 from .results import BenchmarkResult, MethodResult
 from .timing import unreliable_timing_message
 
@@ -21,7 +23,7 @@ PLOTS = ("accuracy_vs_gmacs.png", "tokens_per_layer.png", "gmacs_per_image.png",
 def format_table(result: BenchmarkResult) -> str:
     """The benchmark as plain-text tables: per method, then tokens per layer, then notes and warnings."""
     batch_sizes = result.batch_sizes
-    static = any(r.method.ats_capacity is not None for r in result.methods)
+    static = any(r.method.kind == "ats" and r.method.settings.capacity is not None for r in result.methods)
     prepared = any(r.preparation_seconds is not None for r in result.methods)
     preparation = "export s" if result.runtime == "onnxruntime" else "compile s"
     header = ["method", "top-1 %", "GMACs mean ± std"] + ["GMACs executed"] * static + ["tokens/layer"]
@@ -52,13 +54,13 @@ def format_table(result: BenchmarkResult) -> str:
     ]
     ats = next((r.method for r in result.methods if r.method.family == "ats"), None)
     if ats is not None:
-        mode = "adaptive" if ats.ats_capacity is None else f"static, capacity {format_max_tokens(ats.ats_capacity)}"
-        lines.append(f"{ats.name}: {format_settings(ats.ats_layers, ats.ats_max_tokens, ats.ats_sampler)}, {mode}.")
+        mode = "adaptive" if ats.settings.capacity is None else "static"
+        lines.append(f"{ats.name}: {format_settings(ats.settings)}, {mode}.")
     baselines = [r for r in result.methods if r.method.name in ("top-k", "random")]
     if baselines:
         lines.append(
-            f"top-k / random keep K = {list(baselines[0].method.ats_max_tokens)} tokens in layers "
-            f"{list(baselines[0].method.ats_layers)} (ATS's mean, rounded)"
+            f"top-k / random keep K = {list(baselines[0].method.settings.max_tokens)} tokens in layers "
+            f"{list(baselines[0].method.settings.layers)} (ATS's mean, rounded)"
             + (", static with ATS's capacity setting cut to their K." if static else ".")
         )
     timed = [t for r in result.methods for t in r.timings.values()]
@@ -269,13 +271,4 @@ def _mean_tokens(r: MethodResult) -> str:
     return f"{sum(r.tokens_per_layer) / len(r.tokens_per_layer):.1f}"
 
 
-def format_grid(header: list[str], rows: list[list[str]]) -> str:
-    """Columns of text, left-aligned, with a rule under the header."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * width for width in widths))
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-__all__ = ["format_grid", "format_table", "plot_all", "timing_warning", "write_report"]
+__all__ = ["format_table", "plot_all", "timing_warning", "write_report"]

@@ -1,7 +1,6 @@
-"""What the benchmark measures, as dataclasses: the compared methods, their accuracy / GMACs / tokens, their timings,
-and a whole run, with its JSON form."""
+"""What the benchmark measures, as dataclasses: each compared method's accuracy / GMACs / tokens, its timings, and a
+whole run, with its JSON form. The methods themselves are `ats_hf.methods`."""
 
-import dataclasses
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -9,80 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..configuration_ats_vit import default_ats_layers
-
-FAMILIES = {"inverse_transform": "ats", "top_k": "top-k", "random": "random"}  # sampler -> family (ToMe: "tome")
-
-
-@dataclass(frozen=True)
-class Method:
-    """One way to run the model: which layers sample tokens, how many they keep at most (K), how, in which
-    execution mode (`ats_capacity`: None = adaptive; rows per ATS layer = static, see `AtsViTConfig`) and whether
-    dropped tokens merge (`ats_merge`); or, with `tome_r` set, Token Merging with r tokens merged per block (the
-    peer baseline, `ats_hf.tome`) on the same weights, its ATS fields unused."""
-
-    name: str
-    ats_layers: tuple[int, ...] = ()
-    ats_max_tokens: int | float | tuple[int | float | None, ...] | None = None
-    ats_sampler: str = "inverse_transform"
-    ats_capacity: int | float | tuple[int | float, ...] | None = None
-    ats_merge: float | None = None
-    tome_r: int | None = None
-
-    @classmethod
-    def from_settings(
-        cls, name: str, layers, max_tokens=None, sampler: str = "inverse_transform", capacity=None, merge=None
-    ) -> "Method":
-        """A method from `set_ats`-style settings (lists become tuples)."""
-        return cls(name, tuple(layers), _frozen(max_tokens), sampler, _frozen(capacity), merge)
-
-    @classmethod
-    def from_config(cls, config) -> "Method":
-        """"ats": the inverse-transform sampler on the config's layers, at its K and capacity; with no ATS layers
-        there, the paper's recipe (layers L//4..L-1, K = all, adaptive)."""
-        if config.ats_layers:
-            return cls.from_settings("ats", config.ats_layers, config.ats_max_tokens, capacity=config.ats_capacity,
-                                     merge=config.ats_merge)
-        return cls("ats", tuple(default_ats_layers(config.num_hidden_layers)))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Method":
-        """The inverse of `asdict(method)` after a JSON round trip (lists become tuples)."""
-        method = cls.from_settings(data["name"], data.get("ats_layers", ()), data.get("ats_max_tokens"),
-                                   data.get("ats_sampler", "inverse_transform"), data.get("ats_capacity"),
-                                   data.get("ats_merge"))
-        return dataclasses.replace(method, tome_r=data.get("tome_r"))
-
-    @property
-    def settings(self) -> dict:
-        """The keyword arguments of `model.set_ats` / `ats_settings_applied` for this method."""
-        return {
-            "layers": list(self.ats_layers),
-            "max_tokens": _listed(self.ats_max_tokens),
-            "sampler": self.ats_sampler,
-            "capacity": _listed(self.ats_capacity),
-            "merge": self.ats_merge,
-        }
-
-    @property
-    def family(self) -> str:
-        """dense, ats, top-k, random or tome: which curve of the plots the method belongs to."""
-        if self.tome_r is not None:
-            return "tome"
-        return FAMILIES[self.ats_sampler] if self.ats_layers else "dense"
-
-    @property
-    def static(self) -> bool:
-        """Whether the method has fixed shapes (torch.compile(fullgraph), ONNX): the static mode, or no ATS layers."""
-        return self.ats_capacity is not None or not self.ats_layers
-
-
-def _frozen(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-def _listed(value):
-    return list(value) if isinstance(value, tuple) else value
+from ..methods import Method
 
 
 @dataclass(frozen=True)
@@ -143,7 +69,7 @@ class MethodResult:
 
     def to_dict(self) -> dict:
         return {
-            "method": asdict(self.method),
+            "method": self.method.to_dict(),
             "accuracy": self.accuracy,
             "gmacs_mean": self.gmacs_mean,
             "gmacs_std": self.gmacs_std,
@@ -203,4 +129,4 @@ class BenchmarkResult:
         return path
 
 
-__all__ = ["BenchmarkResult", "Method", "MethodResult", "TimingResult"]
+__all__ = ["BenchmarkResult", "MethodResult", "TimingResult"]

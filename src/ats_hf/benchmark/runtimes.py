@@ -5,7 +5,7 @@ with the method's settings, and the seconds spent getting it ready (compiling or
 `warm_batches`, every batch that will be timed, so that any compiling happens there), which are never part of a
 timed pass.
 
-- eager: the given model, with the method's settings applied for the pass (`ats_settings_applied`).
+- eager: the given model, running the method for the pass (`method.applied`, then `method.run` per batch).
 - compile: a copy of the model with the method's settings, `torch.compile`d once per method. A method with static
   shapes (static mode, or no ATS layers) compiles with `fullgraph=True, dynamic=False`: one specialised graph per
   batch size. The adaptive mode compiles plainly (its host read is a graph break, and its row counts change with
@@ -23,11 +23,9 @@ from pathlib import Path
 
 import torch
 
-from ..modeling_ats_vit import AtsViTForImageClassification
-from ..settings import ats_settings_applied
-from ..tome import tome_forward
-from .defaults import COMPILE_BACKEND
-from .results import Method
+from ats_hf_common.benchmark_defaults import COMPILE_BACKEND
+
+from ..methods import Method
 from .timing import synchronize
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
@@ -51,7 +49,7 @@ def check_runtime(runtime: str, method: Method, device: torch.device, dtype: tor
     """Raise `ValueError` when `method` cannot run in `runtime` on that device and dtype."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}.")
-    if method.tome_r is not None and runtime != "eager":
+    if method.kind == "tome" and runtime != "eager":
         raise ValueError(f"method {method.name!r} (ToMe) is timed in eager PyTorch only, not {runtime}.")
     if runtime != "onnxruntime":
         return
@@ -66,7 +64,7 @@ def check_runtime(runtime: str, method: Method, device: torch.device, dtype: tor
 
 def prepare_pass(
     runtime: str,
-    model: AtsViTForImageClassification,
+    model,
     method: Method,
     warm_batches: list[torch.Tensor],
     *,
@@ -84,24 +82,19 @@ def prepare_pass(
     return _onnxruntime(model, method, warm_batches)
 
 
-def _eager_pass(model: AtsViTForImageClassification, method: Method, batches: list[torch.Tensor]) -> int:
-    with torch.inference_mode(), ats_settings_applied(model, **method.settings):
+def _eager_pass(model, method: Method, batches: list[torch.Tensor]) -> int:
+    with torch.inference_mode(), method.applied(model):
         for batch in batches:
-            if method.tome_r is None:
-                model(batch)
-            else:
-                tome_forward(model, batch, method.tome_r)
+            method.run(model, batch)
     return sum(len(batch) for batch in batches)
 
 
-def method_copy(
-    model: AtsViTForImageClassification, method: Method, example: torch.Tensor
-) -> AtsViTForImageClassification:
-    """A copy of `model` (weights included) with `method`'s settings, run once on `example` so that it has resolved
-    them: the model fills a cache of its resolved settings on its first call, which would make a compiled model
-    compile a second time on its second call."""
+def method_copy(model, method: Method, example: torch.Tensor):
+    """A copy of `model` (weights included) with `method`'s settings (an ATS method), run once on `example` so that
+    it has resolved them: the model fills a cache of its resolved settings on its first call, which would make a
+    compiled model compile a second time on its second call."""
     twin = copy.deepcopy(model).eval()
-    twin.set_ats(**method.settings)
+    twin.set_ats(method.settings)
     with torch.inference_mode():
         twin(example)
     return twin

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ats_hf_common.benchmark_defaults import UNRELIABLE_SPREAD, WARMUP_PASSES
+
 from ..progress import Progress
-from .defaults import UNRELIABLE_SPREAD, WARMUP_PASSES
 
 
 @dataclass(frozen=True)

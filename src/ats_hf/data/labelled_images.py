@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from ats_hf_common.paths import is_local_path
+
 from ..progress import Progress
 from . import synthetic_digits
-
-MAX_IMAGES = 2000  # images drawn from a dataset when the number is not given
 
 
 @dataclass
@@ -45,7 +45,7 @@ def load_labelled_images(
             `Dataset.save_to_disk`, or a Hub dataset id.
         processor: the model's image processor; id2label: the model's labels (dataset classes are matched by name).
         split: the split to read (default: the first of test, validation, train); num_images: how many (>= 1;
-            default all, up to 2000), drawn in a fixed shuffled order (`seed`) so that sorted folders mix classes.
+            default all), drawn in a fixed shuffled order (`seed`) so that sorted folders mix classes.
     Raises:
         FileNotFoundError: a local dataset folder that does not exist.
         ValueError: an empty dataset, an unknown split or column, or classes that do not match the model's labels.
@@ -66,7 +66,7 @@ def load_labelled_images(
     for column in (image_column, label_column):
         if column is not None and column not in table.column_names:
             raise ValueError(f"column {column!r} is not in the dataset; its columns are {table.column_names}.")
-    table = table.shuffle(seed=seed).select(range(min(len(table), num_images or MAX_IMAGES)))
+    table = table.shuffle(seed=seed).select(range(min(len(table), num_images or len(table))))
     pixel_values = _process(processor, [image.convert("RGB") for image in table[image_column]])
     description = f"{os.fspath(dataset)} [{split}], {len(table)} images"
     if label_column is None:
@@ -148,8 +148,6 @@ def _open_split(dataset: str | os.PathLike, split: str | None):
     """(the split's `datasets.Dataset`, its name); a folder holding a single dataset is split "all"."""
     import datasets
 
-    from ..hub.checkpoint import is_local_path
-
     text = os.fspath(dataset)
     path = Path(text).expanduser()
     if is_local_path(text) and not path.exists():
@@ -202,4 +200,4 @@ def _process(processor, images: list, chunk: int = 256) -> torch.Tensor:
     return torch.cat(parts)
 
 
-__all__ = ["MAX_IMAGES", "LabelledImages", "load_labelled_images", "to_model_labels"]
+__all__ = ["LabelledImages", "load_labelled_images", "to_model_labels"]

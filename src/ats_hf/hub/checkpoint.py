@@ -1,90 +1,81 @@
-"""Loading, saving and uploading ATS checkpoints of every family (Hub ids or local folders)."""
+"""Loading, saving and uploading ATS checkpoints of every family (Hub ids or local folders).
+
+Which ATS class reads a checkpoint is the registry's answer (`ats_hf.families.model_class_for`): the class its
+`architectures` names, plain or ATS. A tool that needs an image classifier (`load_ats_classifier`) refuses a
+backbone, or a classifier whose head would be randomly initialised, instead of reporting accuracies of random
+weights.
+"""
 
 import os
-import re
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
 
-from ..modeling_ats_clip import AtsCLIPForImageClassification
-from ..modeling_ats_deit import AtsDeiTForImageClassification, AtsDeiTForImageClassificationWithTeacher
-from ..modeling_ats_dinov2 import AtsDinov2ForImageClassification
-from ..modeling_ats_vit import AtsViTForImageClassification
+from ats_hf_common.paths import check_source
+
+from ..families import family_of, is_classifier, model_class_for
 from .model_card import write_model_card
 
-# The ATS image classifier for each source `model_type` (upstream or ATS): the one place a family is detected.
-CLASSIFIER_FOR_MODEL_TYPE = {
-    "vit": AtsViTForImageClassification,
-    "ats_vit": AtsViTForImageClassification,
-    "deit": AtsDeiTForImageClassificationWithTeacher,  # the distilled checkpoints (facebook/deit-*-distilled-*)
-    "ats_deit": AtsDeiTForImageClassificationWithTeacher,
-    # CLIP: the vision tower of a full CLIP (CLIPModel, CLIPForImageClassification) or of a CLIPVisionModel.
-    "clip": AtsCLIPForImageClassification,
-    "clip_vision_model": AtsCLIPForImageClassification,
-    "ats_clip": AtsCLIPForImageClassification,
-    "ats_clip_vision_model": AtsCLIPForImageClassification,
-    # DINOv2 with and without registers: one ATS class for both.
-    "dinov2": AtsDinov2ForImageClassification,
-    "dinov2_with_registers": AtsDinov2ForImageClassification,
-    "ats_dinov2": AtsDinov2ForImageClassification,
-}
-# A family's other classifier, taken instead when the checkpoint's `config.architectures` names it (upstream or ATS
-# name) and it is of the same family: DeiT's CLS-only head, whose checkpoints share model_type "deit"/"ats_deit".
-CLASSIFIER_FOR_ARCHITECTURE = {
-    "DeiTForImageClassification": AtsDeiTForImageClassification,
-    "AtsDeiTForImageClassification": AtsDeiTForImageClassification,
-}
-SUPPORTED_MODEL_TYPES = tuple(CLASSIFIER_FOR_MODEL_TYPE)
 UPLOAD_IGNORE = ["checkpoint-*", "_*"]
-# What a Hub repo id can look like: "name" or "namespace/name" (letters, digits, '-', '_', '.').
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_HUB_OPTIONS = ("cache_dir", "revision", "token")
 
 
-def is_local_path(source: str | os.PathLike) -> bool:
-    """Whether `source` names a local file or folder rather than a Hub repo id: it exists, or it cannot be a Hub id
-    ('./x', '/x', '~/x', 'a/b/c'), or its parent folder exists ('outputs/model' where outputs/ exists)."""
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if path.exists() or not _HUB_ID.fullmatch(text):
-        return True
-    return "/" in text and path.parent.is_dir()
-
-
-def check_source(source: str | os.PathLike, what: str = "model") -> None:
-    """Raise `FileNotFoundError` naming `what` when `source` is a local path that does not exist (so that it is not
-    reported as a malformed Hub id); Hub ids pass unchecked."""
-    if is_local_path(source) and not Path(os.fspath(source)).expanduser().exists():
-        raise FileNotFoundError(f"{what} folder {os.fspath(source)!r} does not exist")
-
-
-def ats_classifier_class(source: str | os.PathLike, **hub_kwargs) -> type:
-    """The ATS image-classification class for `source`'s `model_type` (see `CLASSIFIER_FOR_MODEL_TYPE`, and
-    `CLASSIFIER_FOR_ARCHITECTURE` for a family with two heads); another model type raises `ValueError` naming it and
-    the supported ones."""
+def ats_model_class(source: str | os.PathLike, **hub_kwargs) -> type:
+    """The ATS class that reads `source` (see `families.model_class_for`); an unsupported model type raises
+    `ValueError` naming it and the supported ones."""
     config_dict, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
-    model_type = config_dict.get("model_type")
-    if model_type not in CLASSIFIER_FOR_MODEL_TYPE:
-        raise ValueError(
-            f"{str(source)!r} is a {model_type!r} checkpoint; ATS loads model_type "
-            f"{', '.join(repr(name) for name in SUPPORTED_MODEL_TYPES)} (see docs/families.md)."
-        )
-    default = CLASSIFIER_FOR_MODEL_TYPE[model_type]
-    for architecture in config_dict.get("architectures") or []:
-        chosen = CLASSIFIER_FOR_ARCHITECTURE.get(architecture)
-        if chosen is not None and chosen.config_class is default.config_class:
-            return chosen
-    return default
+    try:
+        return model_class_for(config_dict)
+    except ValueError as error:
+        raise ValueError(f"{os.fspath(source)!r}: {error}") from None
 
 
-def load_ats_classifier(source: str | os.PathLike, **kwargs):
-    """`from_pretrained(source, **kwargs)` of the ATS image classifier of `source`'s family (Hub id or directory);
-    unsupported model types raise `ValueError` naming the type, a missing local folder `FileNotFoundError`. Keyword
-    arguments override config fields (`ats_layers`, `ats_max_tokens`, `ats_sampler`,
-    `id2label`, ...) as in transformers."""
+def load_ats_model(source: str | os.PathLike, **kwargs):
+    """`from_pretrained(source, **kwargs)` of the ATS class that reads `source` (Hub id or folder): a classifier, a
+    base model or CLIP's image-text model, as the checkpoint is. A missing local folder raises `FileNotFoundError`,
+    an unsupported model type `ValueError`. Keyword arguments override config fields (`ats_layers`,
+    `ats_max_tokens`, ...) as in transformers."""
     check_source(source)
-    hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "revision", "token") if key in kwargs}
-    return ats_classifier_class(source, **hub_kwargs).from_pretrained(source, **kwargs)
+    hub_kwargs = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
+    return ats_model_class(source, **hub_kwargs).from_pretrained(source, **kwargs)
+
+
+def load_ats_classifier(source: str | os.PathLike, *, allow_new_head: bool = False, **kwargs):
+    """`load_ats_model` for a checkpoint that must be an image classifier with a trained head: a backbone (e.g. a
+    `ViTModel` or `CLIPModel` checkpoint), or a checkpoint whose head weights are missing, raises `ValueError`
+    instead of loading a randomly initialised head. With `allow_new_head` (fine-tuning), a backbone loads into its
+    family's image classifier and a missing head is initialised, as transformers does."""
+    check_source(source)
+    hub_kwargs = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
+    model_class = ats_model_class(source, **hub_kwargs)
+    if not is_classifier(model_class):
+        upstream = model_class.__bases__[-1].__name__
+        model_class = family_of(model_class).classifier if allow_new_head else None
+        if model_class is None:
+            raise ValueError(
+                f"{os.fspath(source)!r} is a {upstream} checkpoint without an image-classification head; this needs "
+                "an image classifier (e.g. a *ForImageClassification checkpoint). Fine-tune a head on it first "
+                "(examples/run_image_classification.py), or convert the backbone with `ats-hf convert`."
+            )
+    if allow_new_head:
+        return model_class.from_pretrained(source, **kwargs)
+    model, info = model_class.from_pretrained(source, output_loading_info=True, **kwargs)
+    missing = [key for key in info["missing_keys"] if not key.endswith("embeddings.mask_token")]
+    if missing or info["unexpected_keys"] or info["mismatched_keys"]:
+        raise ValueError(
+            f"{os.fspath(source)!r} does not hold a trained {model_class.__name__}: {len(missing)} weight(s) would "
+            f"be randomly initialised {sorted(missing)[:4]}, {len(info['unexpected_keys'])} ignored; a classifier "
+            "needs its head's weights (allow_new_head=True initialises a new head, for fine-tuning)."
+        )
+    return model
+
+
+def load_classifier_and_processor(source: str | os.PathLike, **kwargs):
+    """(`load_ats_classifier(source, **kwargs)` in eval mode, the checkpoint's image processor)."""
+    model = load_ats_classifier(source, **kwargs).eval()
+    hub_kwargs = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
+    return model, AutoImageProcessor.from_pretrained(source, **hub_kwargs)
 
 
 def save_ats_checkpoint(
@@ -93,9 +84,9 @@ def save_ats_checkpoint(
     image_processor=None,
     **card_kwargs,
 ) -> Path:
-    """`model.save_pretrained` (weights, config with an `auto_map` for AutoConfig, AutoModel and
-    AutoModelForImageClassification, modeling code), the image processor, and README.md (see
-    `ats_hf.hub.model_card.build_model_card` for `card_kwargs`). Returns the directory."""
+    """`model.save_pretrained` (weights, config with an `auto_map` for every auto class of its family, modeling
+    code), the image processor, and README.md (see `ats_hf.hub.model_card.build_model_card` for `card_kwargs`).
+    Returns the directory."""
     save_directory = Path(save_directory)
     model.save_pretrained(save_directory)
     if image_processor is not None:
@@ -111,7 +102,7 @@ def push_checkpoint(
     private: bool | None = None,
     token: str | None = None,
     card_kwargs: dict | None = None,
-    commit_message: str = "Upload ATS-ViT checkpoint",
+    commit_message: str = "Upload ATS checkpoint",
 ) -> str:
     """Create `repo_id` if needed and upload `directory` with huggingface_hub's standard upload (`token`, else the
     one from `hf auth login` or HF_TOKEN), leaving out Trainer's checkpoint-* folders and _* files as
@@ -129,12 +120,10 @@ def push_checkpoint(
 
 
 __all__ = [
-    "CLASSIFIER_FOR_ARCHITECTURE",
-    "CLASSIFIER_FOR_MODEL_TYPE",
-    "ats_classifier_class",
-    "check_source",
-    "is_local_path",
+    "ats_model_class",
     "load_ats_classifier",
+    "load_ats_model",
+    "load_classifier_and_processor",
     "push_checkpoint",
     "save_ats_checkpoint",
 ]

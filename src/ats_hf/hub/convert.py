@@ -1,28 +1,36 @@
-"""Turn a plain ViT/DeiT checkpoint (or an ATS one) into a ready-to-share ATS-ViT checkpoint directory.
+"""Turn a plain checkpoint of any ATS family (or an ATS one) into a ready-to-share ATS checkpoint folder.
 
-The directory holds the weights, the config (with `auto_map`), the image processor, the modeling code for
-`trust_remote_code` users and a model card; `--push-to-hub` uploads it with huggingface_hub's standard upload.
+The folder holds the weights, the config (with `auto_map`), the image processor (CLIP's image-text model: its whole
+processor, tokenizer included), the modeling code for `trust_remote_code` users and a model card. The checkpoint
+keeps what it is (the registry's `model_class_for`): a classifier stays a classifier, a backbone (e.g. `ViTModel`)
+becomes its family's ATS base model, and CLIP's image-text model stays an image-text model; no head is ever invented.
+`push_checkpoint` uploads it.
 
     ats-hf convert google/vit-base-patch16-224 ./vit-base-ats --ats-layers 3-11 --ats-max-tokens all
 """
 
-import argparse
 import os
 from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
-from transformers import AutoImageProcessor, PretrainedConfig
+from transformers import AutoImageProcessor, AutoProcessor, PretrainedConfig
 
-from ats_hf_cli import UsageError, usage_errors
+from ats_hf_common.paths import check_target
 
+from ..families import ZERO_SHOT, family_of, is_classifier
 from ..flops import gmacs_per_image
-from ..modeling_ats_vit import AtsViTForImageClassification
-from ..settings import add_ats_arguments, settings_from_args
-from .checkpoint import check_source, load_ats_classifier, push_checkpoint, save_ats_checkpoint
+from ..modeling_ats_core import AtsBaseModelMixin
+from .checkpoint import load_ats_model, push_checkpoint, save_ats_checkpoint
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class UploadError(RuntimeError):
+    """The checkpoint folder was written, but uploading it failed (no network, no token, no permission)."""
+
+SETTING_FIELDS = ("ats_layers", "ats_max_tokens", "ats_sampler", "ats_capacity", "ats_merge")
 
 
 def convert_to_ats(
@@ -38,10 +46,10 @@ def convert_to_ats(
     private: bool | None = None,
     **config_overrides,
 ) -> Path:
-    """Write a ready-to-share ATS-ViT checkpoint of `source` into `output_dir`.
+    """Write a ready-to-share ATS checkpoint of `source` into `output_dir`.
 
     Args:
-        source: Hub id or directory of a ViT / non-distilled DeiT / ATS-ViT image classifier.
+        source: Hub id or directory of a checkpoint of any ATS family (see docs/families.md), plain or ATS.
         output_dir: where to write; must be empty or absent unless `overwrite`.
         image_processor: where to read the image processor from; defaults to `source`.
         base_model: Hub id of the plain model, for the card; defaults to `source` when it is a Hub id of a plain
@@ -52,16 +60,18 @@ def convert_to_ats(
         push_to_hub: a Hub repo id to upload the directory to (huggingface_hub `create_repo` + `upload_folder`).
         private: visibility of a repo that `push_to_hub` creates.
         config_overrides: config fields to set, e.g. `ats_layers=[3, 4, 5]`, `ats_max_tokens=0.5`,
-            `ats_sampler="top_k"`; fields not given keep the source's values (ATS defaults for a plain source).
+            `ats_sampler="top_k"` (the ATS settings are applied with `set_ats`, so they work for every class); fields
+            not given keep the source's values (ATS defaults for a plain source).
     Returns:
-        The output directory.
+        The output directory. Raises `UploadError` when the folder was written but the upload failed.
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"output_dir {str(output_dir)!r} is not empty; pass overwrite=True (--overwrite).")
+    check_target(output_dir, "output_dir", overwrite)
     images = None if measure_gmacs_on is None else _image_files(measure_gmacs_on)
-    model = load_ats_classifier(source, **config_overrides).eval()
-    processor = _load_image_processor(image_processor or source)
+    settings = {name.removeprefix("ats_"): config_overrides.pop(name) for name in SETTING_FIELDS
+                if name in config_overrides}
+    model = load_ats_model(source, **config_overrides).eval()
+    model.set_ats(**settings)
+    processor = _load_processor(image_processor or source, zero_shot=ZERO_SHOT in family_of(model).capabilities)
     source_card = _read_card(source)
     if base_model is None:
         if (_source_model_type(source) or "").startswith("ats_"):
@@ -78,35 +88,41 @@ def convert_to_ats(
         card_kwargs["gmacs_measured_on"] = f"{len(images)} images of `{Path(measure_gmacs_on).name}`"
     save_ats_checkpoint(model, output_dir, processor, **card_kwargs)
     if push_to_hub is not None:
-        push_checkpoint(output_dir, push_to_hub, private=private, card_kwargs=card_kwargs)
-    return output_dir
+        try:
+            push_checkpoint(output_dir, push_to_hub, private=private, card_kwargs=card_kwargs)
+        except Exception as error:  # no network, no token, no permission: the HTTP library's errors vary by version
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UploadError(f"wrote {os.fspath(output_dir)}, but uploading it to {push_to_hub!r} failed: "
+                              f"{reason}") from error
+    return Path(output_dir)
 
 
 @torch.no_grad()
-def measure_mean_gmacs(
-    model: AtsViTForImageClassification, image_processor, images: list[Path], batch_size: int = 16
-) -> float:
-    """Mean GMACs per image of `model` over image files (RGB-converted, preprocessed by `image_processor`, run in
-    batches of `batch_size`)."""
+def measure_mean_gmacs(model, image_processor, images: list[Path], batch_size: int = 16) -> float:
+    """Mean GMACs per image of an ATS model (any family and kind) over image files (RGB-converted, preprocessed by
+    `image_processor`, run in batches of `batch_size`); a classifier's head is counted."""
     if not images:
         raise ValueError("measure_mean_gmacs got no images.")
+    tower = next(module for module in model.modules() if isinstance(module, AtsBaseModelMixin))
     device = next(model.parameters()).device
     total = 0.0
     for start in range(0, len(images), batch_size):
         batch = [Image.open(path).convert("RGB") for path in images[start : start + batch_size]]
-        pixel_values = image_processor(batch, return_tensors="pt")["pixel_values"].to(device)
-        num_tokens = model(pixel_values=pixel_values).num_tokens
-        total += float(gmacs_per_image(model.config, num_tokens.cpu()).sum())
+        pixel_values = image_processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
+        num_tokens = tower(pixel_values=pixel_values).num_tokens
+        total += float(gmacs_per_image(tower.config, num_tokens.cpu(), with_head=is_classifier(type(model))).sum())
     return total / len(images)
 
 
-def _load_image_processor(source):
+def _load_processor(source, zero_shot: bool):
+    """The image processor (a zero-shot model's whole processor: its tokenizer too) that `source` holds."""
     try:
-        return AutoImageProcessor.from_pretrained(source)
+        return (AutoProcessor if zero_shot else AutoImageProcessor).from_pretrained(source)
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"No usable image processor in {str(source)!r} ({error}). Pass image_processor= (--image-processor) "
-            "with a directory or Hub id holding the preprocessor_config.json that matches this model."
+            f"No usable {'processor' if zero_shot else 'image processor'} in {str(source)!r} ({error}). Pass "
+            "image_processor= (--image-processor) with a directory or Hub id holding the preprocessor_config.json "
+            "that matches this model."
         ) from error
 
 
@@ -136,50 +152,4 @@ def _image_files(directory) -> list[Path]:
     return files
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `ats-hf convert`."""
-    parser.add_argument("source", help="Hub id or directory of a ViT / non-distilled DeiT / ATS-ViT classifier.")
-    parser.add_argument("output_dir", help="Directory to write the ATS checkpoint into (empty or absent).")
-    add_ats_arguments(parser)
-    parser.add_argument("--image-processor", help="Where to take preprocessor_config.json from (default: SOURCE).")
-    parser.add_argument("--base-model", help="Hub id of the plain base model, for the model card.")
-    parser.add_argument("--license", help="License for the model card (default: the source card's, if readable).")
-    parser.add_argument(
-        "--measure-gmacs-on", metavar="DIR", help="Images whose mean GMACs per image with ATS go on the model card."
-    )
-    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty OUTPUT_DIR.")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload OUTPUT_DIR to this Hub repo.")
-    parser.add_argument("--private", action="store_true", default=None, help="Create the Hub repo as private.")
-
-
-def run(args: argparse.Namespace) -> int:
-    """`ats-hf convert`: write the checkpoint (and upload it)."""
-    for path, what in ((args.source, "SOURCE"), (args.image_processor, "--image-processor")):
-        if path is not None:
-            with usage_errors(FileNotFoundError):
-                check_source(path, what)
-    overrides = {f"ats_{key}": value for key, value in settings_from_args(args).items()}
-    try:
-        output_dir = convert_to_ats(
-            args.source,
-            args.output_dir,
-            image_processor=args.image_processor,
-            base_model=args.base_model,
-            license=args.license,
-            measure_gmacs_on=args.measure_gmacs_on,
-            overwrite=args.overwrite,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
-            **overrides,
-        )
-    except (OSError, ValueError) as error:  # a missing or unloadable source, a bad setting, a non-empty OUTPUT_DIR
-        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UsageError(f"cannot convert {args.source!r}: {message}") from error
-    print(
-        f"Wrote an ATS checkpoint to {output_dir}"
-        + (f" and uploaded it to {args.push_to_hub}" if args.push_to_hub else "")
-    )
-    return 0
-
-
-__all__ = ["convert_to_ats", "measure_mean_gmacs"]
+__all__ = ["UploadError", "convert_to_ats", "measure_mean_gmacs"]

@@ -8,21 +8,13 @@ import os
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+from transformers import PretrainedConfig
 
 from ..configuration_ats_core import num_input_tokens, num_special_tokens
-from ..configuration_ats_vit import AtsViTConfig
+from ..families import ZERO_SHOT, family_of, is_classifier, model_class_for
 from ..flops import dense_gmacs
 
-# What a card calls the upstream model of each ATS model type.
-FAMILY_NAMES = {
-    "ats_vit": "ViT/DeiT",
-    "ats_deit": "distilled DeiT",
-    "ats_dinov2": "DINOv2",
-    "ats_clip_vision_model": "CLIP vision",
-    "ats_clip": "CLIP",
-}
-
-TAGS = ["vision", "image-classification", "adaptive-token-sampling", "ats_hf"]
+TAGS = ["vision", "adaptive-token-sampling", "ats_hf"]
 
 _CITATION = """\
 @inproceedings{fayyaz2022adaptive,
@@ -35,7 +27,7 @@ _CITATION = """\
 
 
 def build_model_card(
-    config: AtsViTConfig,
+    config: PretrainedConfig,
     *,
     model_id: str,
     base_model: str | None = None,
@@ -48,7 +40,8 @@ def build_model_card(
     """The model card of an ATS checkpoint (any family).
 
     Args:
-        config: the checkpoint's config (ATS settings, geometry for the dense GMACs).
+        config: the checkpoint's config (ATS settings, geometry for the dense GMACs; its `architectures` say what the
+            checkpoint does: classify, extract features, or zero-shot classify).
         model_id: what users pass to `from_pretrained` (the Hub repo id, or a local path) in the usage snippets.
         base_model: Hub id of the upstream model the weights come from; `None` if not on the Hub or unknown.
         license: the license of the weights (normally the base model's); `None` writes `unknown`.
@@ -59,27 +52,36 @@ def build_model_card(
     """
     if ats_gmacs is not None and not gmacs_measured_on:
         raise ValueError(f"ats_gmacs={ats_gmacs} needs gmacs_measured_on: say what images it is the mean over.")
+    task = _task(config)
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-classification",
+        pipeline_tag=task,
         license=license or "unknown",
         base_model=base_model,
         datasets=datasets or None,
-        tags=list(TAGS),
+        tags=[TAGS[0], task, *TAGS[1:]],
     )
     sections = [
         _title(config, model_id, base_model),
         _settings_section(config),
         _compute_section(config, base_model, ats_gmacs, gmacs_measured_on),
         _metrics_section(metrics),
-        _usage_section(model_id, config),
+        _usage_section(model_id, config, task),
         "## Citation\n\n```bibtex\n" + _CITATION + "\n```\n",
     ]
     body = "\n".join(section for section in sections if section)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
 
-def write_model_card(save_directory: str | os.PathLike, config: AtsViTConfig, **kwargs) -> Path:
+def _task(config: PretrainedConfig) -> str:
+    """The pipeline task of the checkpoint: what the class its `architectures` names does."""
+    model_class = model_class_for(config.to_dict())
+    if ZERO_SHOT in family_of(model_class).capabilities:
+        return "zero-shot-image-classification"
+    return "image-classification" if is_classifier(model_class) else "image-feature-extraction"
+
+
+def write_model_card(save_directory: str | os.PathLike, config: PretrainedConfig, **kwargs) -> Path:
     """Write README.md into `save_directory`; keyword arguments as in `build_model_card` (`model_id` defaults to
     the directory). Returns the path written."""
     kwargs.setdefault("model_id", str(save_directory))
@@ -88,9 +90,10 @@ def write_model_card(save_directory: str | os.PathLike, config: AtsViTConfig, **
     return path
 
 
-def _title(config: AtsViTConfig, model_id: str, base_model: str | None) -> str:
+def _title(config: PretrainedConfig, model_id: str, base_model: str | None) -> str:
     name = model_id.rstrip("/").split("/")[-1]
-    family = FAMILY_NAMES.get(config.model_type, config.model_type)
+    family = family_of(config).title
+    config = _ats_config(config)
     source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"A {family} model"
     adaptive = "" if config.ats_layers else f" (`ats_layers` is empty: this checkpoint runs as a plain {family})"
     return (
@@ -105,13 +108,14 @@ def _title(config: AtsViTConfig, model_id: str, base_model: str | None) -> str:
     )
 
 
-def _special_tokens(config) -> str:
-    """The special tokens (always kept, never scored) in words: 'CLS', 'CLS + 1 more special token', ..."""
-    extra = num_special_tokens(config) - 1
-    return "CLS" if extra == 0 else f"CLS + {extra} more special token{'s' if extra > 1 else ''}"
+def _ats_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The config that holds the ATS settings: the vision config of a composite (CLIP) one."""
+    return getattr(config, "vision_config", None) or config
 
 
-def _settings_section(config: AtsViTConfig) -> str:
+def _settings_section(config: PretrainedConfig) -> str:
+    special_tokens = family_of(config).special_tokens
+    config = _ats_config(config)
     num_reference_tokens = num_input_tokens(config)
     special = num_special_tokens(config)
     if config.ats_layers:
@@ -129,7 +133,7 @@ def _settings_section(config: AtsViTConfig) -> str:
         ("`ats_merge`", "dropped tokens leave (None)" if config.ats_merge is None else
          f"dropped tokens merge into kept ones at cosine similarity >= {config.ats_merge:g}"),
         ("input tokens",
-         f"{num_reference_tokens} ({_special_tokens(config)} + {num_reference_tokens - special} patches)"),
+         f"{num_reference_tokens}: {special} special ({special_tokens}), {num_reference_tokens - special} patches"),
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     return (
@@ -140,9 +144,9 @@ def _settings_section(config: AtsViTConfig) -> str:
 
 
 def _compute_section(
-    config: AtsViTConfig, base_model: str | None, ats_gmacs: float | None, measured_on: str | None
+    config: PretrainedConfig, base_model: str | None, ats_gmacs: float | None, measured_on: str | None
 ) -> str:
-    dense = dense_gmacs(config)
+    dense = dense_gmacs(_ats_config(config), with_head=is_classifier(model_class_for(config.to_dict())))
     dense_name = f"dense ({base_model})" if base_model else "dense (same weights, no token sampling)"
     rows = [f"| {dense_name} | {dense:.4g} | |"]
     if ats_gmacs is None:
@@ -166,9 +170,30 @@ def _metrics_section(metrics: dict[str, float] | None) -> str:
     return f"## Evaluation\n\n| metric | value |\n|---|---|\n{rows}\n"
 
 
-def _usage_section(model_id: str, config) -> str:
+_PIPELINES = {  # task -> (the variable the snippet names, its call)
+    "image-classification": ("classifier", 'classifier("image.jpg", top_k=5)'),
+    "image-feature-extraction": ("extractor", 'extractor("image.jpg")  # (1, tokens, hidden_size) per image'),
+    "zero-shot-image-classification": ("classifier", 'classifier("image.jpg", candidate_labels=["a cat", "a dog"])'),
+}
+_AUTO_CLASSES = {
+    "image-classification": "AutoModelForImageClassification",
+    "image-feature-extraction": "AutoModel",
+    "zero-shot-image-classification": "AutoModel",
+}
+
+
+def _usage_section(model_id: str, config, task: str) -> str:
     configuration_file = type(config).__module__.rsplit(".", 1)[-1] + ".py"
     modeling_file = configuration_file.replace("configuration_", "modeling_", 1)
+    auto_class = _AUTO_CLASSES[task]
+    variable, call = _PIPELINES[task]
+    if task == "zero-shot-image-classification":
+        inputs = 'processor(text=["a cat", "a dog"], images=Image.open("image.jpg"), return_tensors="pt", padding=True)'
+        ats_outputs = "outputs.vision_model_output"
+        processor_class = "AutoProcessor"
+    else:
+        inputs, ats_outputs, processor_class = 'processor(Image.open("image.jpg"), return_tensors="pt")', "outputs", (
+            "AutoImageProcessor")
     return f"""## Usage
 
 With ats_hf installed, the model runs from ats_hf's own code:
@@ -177,8 +202,8 @@ With ats_hf installed, the model runs from ats_hf's own code:
 import ats_hf  # registers the {config.model_type} model type with transformers' Auto classes
 from transformers import pipeline
 
-classifier = pipeline("image-classification", model="{model_id}")
-classifier("image.jpg", top_k=5)
+{variable} = pipeline("{task}", model="{model_id}")
+{call}
 ```
 
 Without ats_hf, transformers runs the modeling code stored in this repository:
@@ -186,28 +211,28 @@ Without ats_hf, transformers runs the modeling code stored in this repository:
 ```python
 from transformers import pipeline
 
-classifier = pipeline("image-classification", model="{model_id}", trust_remote_code=True)
-classifier("image.jpg", top_k=5)
+{variable} = pipeline("{task}", model="{model_id}", trust_remote_code=True)
+{call}
 ```
 
 `trust_remote_code=True` executes this repository's `{configuration_file}` and `{modeling_file}` (and the ATS core
-they import, `configuration_ats_core.py` and `modeling_ats_core.py`) on your machine. Read them before you run
-them, and pin the revision you read (`revision="<commit sha>"`) so that a later push cannot change the code you
-execute.
+they import: `configuration_ats_core.py`, `modeling_ats_core.py` and `ats_sampling.py`) on your machine. Read them
+before you run them, and pin the revision you read (`revision="<commit sha>"`) so that a later push cannot change the
+code you execute.
 
 Tokens kept and compute per image:
 
 ```python
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import {processor_class}, {auto_class}
 
-processor = AutoImageProcessor.from_pretrained("{model_id}")
-model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True).eval()
+processor = {processor_class}.from_pretrained("{model_id}")
+model = {auto_class}.from_pretrained("{model_id}", trust_remote_code=True).eval()
 with torch.no_grad():
-    outputs = model(**processor(Image.open("image.jpg"), return_tensors="pt"))
-outputs.num_tokens             # (batch, num_layers): tokens each layer outputs, special tokens included
-outputs.sampled_token_indices  # (batch, ATS layers, max_kept): kept patch positions, -1 padded
+    outputs = model(**{inputs})
+{ats_outputs}.num_tokens             # (batch, num_layers): tokens each layer outputs, special tokens included
+{ats_outputs}.sampled_token_indices  # (batch, ATS layers, max_kept): kept patch positions, -1 padded
 ```
 """
 

@@ -1,8 +1,10 @@
-"""The `ats-hf` command line.
+"""The `ats-hf` command line, and everything that must load without torch.
 
-This module imports the standard library only, so that `ats-hf --help` answers at once: importing `ats_hf` loads
-torch and transformers (the package registers its Auto classes), which takes seconds. A subcommand's module is
-imported only once that subcommand is chosen; it provides `add_arguments(parser)` and `run(args) -> int`.
+This package imports the standard library only, so that `ats-hf --help` answers at once and a command checks its
+options and paths before anything heavy loads: importing `ats_hf` loads torch and transformers (the package
+registers its Auto classes), which takes seconds. A subcommand's module (`ats_hf_cli.commands.NAME`) is imported
+only once that subcommand is chosen; it provides `add_arguments(parser)` and `run(args) -> int`, and imports the
+tools of `ats_hf` inside `run`, after its checks.
 
 Expected mistakes (a missing file, a bad option value, an empty dataset, a model that cannot be loaded) are
 reported as one line, `ats-hf COMMAND: error: ...`, with exit status 2: argparse errors, and `UsageError`s that a
@@ -17,13 +19,13 @@ import sys
 from collections.abc import Iterator
 
 PROG = "ats-hf"
-SUBCOMMANDS = {  # name -> (module, one-line help)
-    "benchmark": ("ats_hf.benchmark.cli", "Compare dense, ATS, top-K and random: accuracy, GMACs, throughput."),
-    "visualize": ("ats_hf.visualize", "Draw the patches each ATS layer keeps for an image."),
-    "convert": ("ats_hf.hub.convert", "Turn a plain ViT/DeiT checkpoint into a shareable ATS checkpoint."),
-    "calibrate": ("ats_hf.calibration", "Propose the static mode's capacities from the kept counts on images."),
-    "export": ("ats_hf.export_cli", "Write a verified ONNX folder of the static mode (model.onnx, config, processor)."),
-    "tune": ("ats_hf.tune", "Choose ATS settings for a GMACs budget, accuracy drop or measured speed-up (vs ToMe)."),
+SUBCOMMANDS = {  # name -> one-line help; the module is ats_hf_cli.commands.<name>
+    "benchmark": "Compare dense, ATS, top-K, random and ToMe: accuracy, GMACs, throughput.",
+    "tune": "Choose ATS settings for a GMACs budget, accuracy drop or measured speed-up (vs ToMe).",
+    "calibrate": "Propose the static mode's capacities from the kept counts on images.",
+    "export": "Write a verified ONNX folder of the static mode (model.onnx, config, processor).",
+    "convert": "Turn a plain checkpoint of any ATS family into a shareable ATS checkpoint.",
+    "visualize": "Draw the patches each ATS layer keeps for an image.",
 }
 
 
@@ -36,39 +38,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def checked(parse, name: str | None = None):
-    """An argparse type from a parse function: its `ValueError` becomes a one-line argparse error (exit status 2)."""
-
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    convert.__name__ = name or parse.__name__.removeprefix("parse_")
-    return convert
-
-
-def int_at_least(minimum: int):
-    """An argparse type: an int >= `minimum`."""
-
-    def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is not allowed: it must be an integer >= {minimum}")
-        return value
-
-    convert.__name__ = f"int >= {minimum}"
-    return convert
-
-
-positive_int = int_at_least(1)  # counts: batch sizes, images, repeats, threads, columns
-non_negative_int = int_at_least(0)  # indices
 
 
 @contextlib.contextmanager
@@ -86,10 +55,10 @@ def build_parser(command: str | None = None) -> Parser:
     """The parser. Only `command`'s module is imported, to add its options; with None, none is."""
     parser = Parser(prog=PROG, description="Adaptive Token Sampling for transformers ViTs.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+    for name, help_text in SUBCOMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == command:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(f"ats_hf_cli.commands.{name}")
             module.add_arguments(subparser)
             subparser.set_defaults(run=module.run)
     parser.commands = subparsers.choices

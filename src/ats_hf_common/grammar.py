@@ -1,4 +1,5 @@
-"""The one grammar for ATS settings on command lines and in scripts, and applying settings to a model.
+"""The one grammar for ATS settings on command lines and in scripts: parsing and formatting, standard library only
+(so that a command checks its options before torch loads).
 
 Grammar (every command and the example script take the same forms; values may be separated by commas, spaces
 or both, so `--ats-layers 3-11`, `--ats-layers 3 4 5` and `--ats-layers 1,3,5-7` all work):
@@ -12,18 +13,16 @@ or both, so `--ats-layers 3-11`, `--ats-layers 3 4 5` and `--ats-layers 1,3,5-7`
     merge       "off" | SIMILARITY in [-1, 1]: merge each dropped token into its most similar kept one when at least
                 that similar (-1: all), or drop them ("off", the paper)
 
-Whether the layers exist and the number of K values fits is checked against the model by `set_ats`.
+Whether the layers exist and the number of K values fits is checked against the model by `AtsSettings.check`.
 """
 
-import argparse
-import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from ats_hf_cli import checked
+# The sampler names of `ats_hf.ats_sampling.ATS_SAMPLERS` (a test keeps them equal; importing that module would load
+# torch).
+ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
 
-from .configuration_ats_vit import ATS_SAMPLERS
-
-MaxTokens = int | float | list[int | float | None] | None
+MaxTokens = int | float | Sequence[int | float | None] | None
 
 LAYERS_HELP = "ATS layers, 0-based: '3-11', '3 4 5', '1,3,5-7' or 'none' (plain ViT)"
 MAX_TOKENS_HELP = "K, most tokens kept incl. CLS: 'all', an int >= 2 or a fraction in (0, 1]; one, or one per layer"
@@ -127,62 +126,16 @@ def parse_sampler(text: str) -> str:
     return text
 
 
-class _JoinedValues(argparse.Action):
-    """Collect `nargs="+"` strings and parse them together with one grammar function."""
-
-    def __init__(self, *args, parse, **kwargs):
-        self.parse = parse
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        try:
-            setattr(namespace, self.dest, self.parse(values))
-        except ValueError as error:
-            parser.error(f"{option_string}: {error}")
-
-
-def add_ats_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    sampler: bool = True,
-    capacity: bool = True,
-    merge: bool = True,
-) -> None:
-    """`--ats-layers`, `--ats-max-tokens` (and `--ats-sampler`, `--ats-capacity`, `--ats-merge`) in the one grammar.
-    An option left out sets no attribute at all (keep the model's setting); read them with `settings_from_args`."""
-    parser.add_argument("--ats-layers", nargs="+", action=_JoinedValues, parse=parse_layers, metavar="LAYERS",
-                        default=argparse.SUPPRESS, help=LAYERS_HELP + " (default: the model's)")
-    parser.add_argument("--ats-max-tokens", nargs="+", action=_JoinedValues, parse=parse_max_tokens, metavar="K",
-                        default=argparse.SUPPRESS, help=MAX_TOKENS_HELP + " (default: the model's)")
-    if sampler:
-        parser.add_argument("--ats-sampler", type=checked(parse_sampler), metavar="NAME",
-                            default=argparse.SUPPRESS, help=SAMPLER_HELP + " (default: the model's)")
-    if capacity:
-        parser.add_argument("--ats-capacity", nargs="+", action=_JoinedValues, parse=parse_capacity, metavar="ROWS",
-                            default=argparse.SUPPRESS, help=CAPACITY_HELP + " (default: the model's)")
-    if merge:
-        parser.add_argument("--ats-merge", type=checked(parse_merge), metavar="SIM", default=argparse.SUPPRESS,
-                            help=MERGE_HELP + " (default: the model's)")
-
-
-def settings_from_args(args: argparse.Namespace) -> dict:
-    """The `set_ats` keyword arguments a command line gave; options left out are not in the dict."""
-    names = ("layers", "max_tokens", "sampler", "capacity", "merge")
-    return {name: getattr(args, f"ats_{name}") for name in names if hasattr(args, f"ats_{name}")}
-
-
-@contextlib.contextmanager
-def ats_settings_applied(model, **settings) -> Iterator:
-    """Run `model` with `set_ats(**settings)` inside the block; the previous settings come back afterwards."""
-    previous = model.set_ats(**settings)
-    try:
-        yield model
-    finally:
-        model.set_ats(**previous)
-
-
-def format_settings(layers: Sequence[int], max_tokens: MaxTokens, sampler: str) -> str:
-    """Settings in the grammar above, e.g. 'layers 3-11, K all, inverse_transform'."""
-    return f"layers {format_layers(layers)}, K {format_max_tokens(max_tokens)}, {sampler}"
+def format_settings(settings: Mapping) -> str:
+    """Settings (an `AtsSettings` or its dict) in the grammar above, e.g. 'layers 3-11, K all, inverse_transform',
+    with the static mode's capacity and the merge threshold when set."""
+    text = f"layers {format_layers(settings['layers'])}, K {format_max_tokens(settings['max_tokens'])}, "
+    text += settings["sampler"]
+    if settings.get("capacity") is not None:
+        text += f", capacity {format_max_tokens(settings['capacity'])}"
+    if settings.get("merge") is not None:
+        text += f", merge >= {settings['merge']:g}"
+    return text
 
 
 def format_layers(layers: Sequence[int]) -> str:
@@ -205,13 +158,12 @@ def format_max_tokens(max_tokens: MaxTokens) -> str:
 
 
 __all__ = [
+    "ATS_SAMPLERS",
     "CAPACITY_HELP",
     "LAYERS_HELP",
     "MAX_TOKENS_HELP",
     "MERGE_HELP",
     "SAMPLER_HELP",
-    "add_ats_arguments",
-    "ats_settings_applied",
     "format_layers",
     "format_max_tokens",
     "format_settings",
@@ -220,5 +172,4 @@ __all__ = [
     "parse_max_tokens",
     "parse_merge",
     "parse_sampler",
-    "settings_from_args",
 ]

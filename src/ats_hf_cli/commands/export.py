@@ -4,32 +4,36 @@ success.
     ats-hf export calibrated/ onnx/                      # a model saved by `ats-hf calibrate --output calibrated/`
     ats-hf export facebook/deit-small-patch16-224 onnx/ --ats-layers 3-11 --ats-max-tokens 0.5 --ats-capacity 0.5
 
-OUT receives model.onnx, config.json, preprocessor_config.json and onnx_verification.json (`export.export_folder`).
-The verification images are the embedded test split by default, --dataset's otherwise, or random pixels with
+OUT receives model.onnx, config.json, preprocessor_config.json and onnx_verification.json (`ats_hf.export`). The
+verification images are the embedded test split by default, --dataset's otherwise, or random pixels with
 --random-images. Exit status: 0 verified, 1 the graph disagrees with PyTorch (the folder and its report stay for
 inspection), 2 a usage error (e.g. the model is in the adaptive mode).
 """
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
-import torch
+from ats_hf_common.grammar import format_settings
 
-from ats_hf_cli import UsageError, usage_errors
-
-from .cli_inputs import add_data_arguments, check_data_options, load_classifier, load_images
-from .export import ONNX_FILE, VERIFICATION_FILE, check_exportable, export_folder
-from .settings import add_ats_arguments, format_max_tokens, format_settings, settings_from_args
+from .. import UsageError, usage_errors
+from ..inputs import load_classifier, load_images, settings_for
+from ..options import (
+    MODEL_HELP,
+    add_ats_arguments,
+    add_data_arguments,
+    check_data_options,
+    check_model_option,
+    check_output_option,
+    require,
+)
 
 DEFAULT_NUM_IMAGES = 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ats-hf export`."""
-    parser.add_argument("model", nargs="?", metavar="MODEL",
-                        help="Hub id or folder of an ATS-ViT / ViT / DeiT classifier (default: the embedded model)")
+    parser.add_argument("model", nargs="?", metavar="MODEL", help=MODEL_HELP)
     parser.add_argument("output_dir", metavar="OUT", type=Path, help="folder to write (empty or new)")
     ats = parser.add_argument_group("ATS settings (default: the model's; the static mode needs --ats-capacity or a "
                                     "model saved by 'ats-hf calibrate --output')")
@@ -45,32 +49,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`ats-hf export`: load, apply the settings, export, verify; 0 verified, 1 not."""
-    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UsageError(f"missing {', '.join(missing)}: install the export extra, pip install 'ats_hf[export]'")
-    output = args.output_dir
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
-        raise UsageError(f"OUT {str(output)!r} is not empty; pass --overwrite to write into it")
+    require("onnx", "ats-hf export")
+    check_output_option(args.output_dir, "OUT", args.overwrite)
     if args.random_images and (args.dataset or args.split or args.image_column or args.label_column):
         raise UsageError("--random-images replaces the dataset options; give one or the other")
-    check_data_options(args)
-    model, processor, model_name = load_classifier(args.model, what="MODEL")
-    with usage_errors(ValueError, context="ATS settings"):
-        model.set_ats(**settings_from_args(args))
-    with usage_errors(ValueError, context=f"cannot export {model_name}"):
+    if not args.random_images:
+        check_data_options(args)
+    model_path = check_model_option(args.model, "MODEL")
+
+    from ats_hf.export import ONNX_FILE, VERIFICATION_FILE, check_exportable, export_folder
+
+    model, processor = load_classifier(model_path, what="MODEL")
+    model.set_ats(settings_for(model, args))
+    with usage_errors(ValueError, context=f"cannot export {args.model or 'the embedded default model'}"):
         check_exportable(model)
     pixel_values, description = _verification_images(args, model, processor)
     try:
-        report = export_folder(model, output, pixel_values, processor)
+        report = export_folder(model, args.output_dir, pixel_values, processor)
     except RuntimeError as error:
         print(f"ats-hf export: verification failed: {error}", file=sys.stderr)
         return 1
-    settings = model.ats_settings
     print(
-        f"wrote {output / ONNX_FILE}, config.json, preprocessor_config.json, {VERIFICATION_FILE} (static mode: "
-        f"{format_settings(settings['layers'], settings['max_tokens'], settings['sampler'])}, capacity "
-        f"{format_max_tokens(settings['capacity'])})\n"
-        f"verified against PyTorch on {description} at batch sizes "
+        f"wrote {args.output_dir / ONNX_FILE}, config.json, preprocessor_config.json, {VERIFICATION_FILE} (static "
+        f"mode: {format_settings(model.ats_settings)})\n"
+        f"verified against PyTorch on {description}, each at batch sizes "
         f"{', '.join(map(str, report['batch_sizes']))}: largest logit difference "
         f"{report['max_logit_difference']:.1e} (tolerance {report['logits_tolerance']:g}), identical kept tokens, "
         "token counts and masks"
@@ -78,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verification_images(args: argparse.Namespace, model, processor) -> tuple[torch.Tensor, str]:
+def _verification_images(args: argparse.Namespace, model, processor):
     """(pixel values, what they are) to check the graph on."""
+    import torch
+
     count = args.num_images or DEFAULT_NUM_IMAGES
     if args.random_images:
         config = model.config
@@ -87,8 +91,7 @@ def _verification_images(args: argparse.Namespace, model, processor) -> tuple[to
         height, width = (size, size) if isinstance(size, int) else size
         generator = torch.Generator().manual_seed(args.seed)
         return torch.randn(count, config.num_channels, height, width, generator=generator), f"{count} random images"
-    data = load_images(argparse.Namespace(**{**vars(args), "num_images": count}), processor, model.config.id2label,
-                       args.seed)
+    data = load_images(args, processor, model.config.id2label, count, args.seed)
     return data.pixel_values, data.description
 
 

@@ -1,0 +1,459 @@
+"""Adaptive Token Sampling, the algorithm: pure functions, tensors in and tensors out.
+
+Scoring (`significance_scores`), the samplers (`inverse_transform_sampling`, the paper's; `top_k_sampling` and
+`random_sampling`, its ablation baselines), packing the kept rows (`pack_kept_tokens` for the adaptive mode,
+`pack_kept_tokens_static` for the static mode), merging dropped tokens (`merge_dropped_tokens`), and `select_tokens`,
+the whole selection step of an ATS layer in one call. Token Merging's bipartite matching (`bipartite_merge`, the peer
+baseline) sits beside them.
+
+Imports torch only: no transformers, no modeling code. It is saved beside the modeling files of every checkpoint
+(`trust_remote_code`), so it must stay that way.
+
+Shapes: B = batch, L = tokens entering a layer (S special tokens first, CLS at 0, then P = L - S patch tokens),
+M = rows a layer outputs, H = heads, D = width (all heads), d = head width, R = sample points.
+"""
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
+
+
+def significance_scores(
+    cls_attention: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor | None = None, num_special: int = 1
+) -> torch.Tensor:
+    """Significance score of every patch token: CLS attention (summed over heads) times value norm, normalised.
+
+    Args:
+        cls_attention: (B, H, L) attention probabilities of the CLS query over all L keys.
+        values: (B, L, D) value vectors, all heads concatenated.
+        token_mask: (B, L) bool, True for real tokens; None if all are real.
+        num_special: S, the leading tokens (CLS first) that are never scored.
+    Returns:
+        (B, P) float32 scores of the P = L - S patch tokens, summing to 1 per image (all zero if an image has no
+        scored patch); padding scores 0.
+    """
+    attention = cls_attention[:, :, num_special:].sum(dim=1, dtype=torch.float32)
+    scores = attention * torch.linalg.vector_norm(values[:, num_special:], dim=-1, dtype=torch.float32)
+    if token_mask is not None:
+        scores = scores.masked_fill(~token_mask[:, num_special:], 0.0)
+    # An all-zero row stays zero: 0 / tiny = 0; any other row has total >= tiny and is divided by it exactly.
+    return scores / scores.sum(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+
+
+def inverse_transform_sampling(
+    scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int
+) -> torch.Tensor:
+    """The paper's sampler: nearest-CDF matching of `max_tokens - 1` evenly spaced points, then de-duplication.
+
+    Per image, over its own real patch tokens only: sort scores ascending, take the cumulative sum, min-max
+    normalise it to [0, 1], place R = max_tokens - 1 points from the smallest non-zero normalised value up to 1,
+    and keep the token whose normalised CDF is nearest to each point (ties to the lower one). The lowest token is
+    never kept; an image with a flat CDF (one patch left, or all scores zero) keeps its last-sorted patch.
+
+    Args:
+        scores: (B, P) float32 significance scores, >= 0.
+        patch_mask: (B, P) bool, True for real patch tokens; None if all are real.
+        max_tokens: K >= 2, the most tokens kept, CLS included.
+    Returns:
+        (B, P) bool, True for kept patch tokens.
+    """
+    batch_size, num_patches = scores.shape
+    inf = float("inf")
+    if patch_mask is None:
+        sorted_scores, order = _stable_sort(scores)
+        cdf = torch.cumsum(sorted_scores, dim=1)
+        cdf_first, cdf_last = cdf[:, :1], cdf[:, -1:]
+    else:
+        # Padding sorts last and is then zeroed, so the CDF of the real tokens is unchanged.
+        sorted_scores, order = _stable_sort(scores.masked_fill(~patch_mask, inf))
+        last = (patch_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
+        padding = torch.arange(num_patches, device=scores.device) > last
+        cdf = torch.cumsum(sorted_scores.masked_fill(padding, 0.0), dim=1)
+        cdf_first, cdf_last = cdf[:, :1], cdf.gather(1, last)
+
+    span = (cdf_last - cdf_first).clamp(min=torch.finfo(torch.float32).tiny)
+    normalized_cdf = (cdf - cdf_first) / span
+    # x / x is exactly 1, so writing 1 at the last real token changes nothing unless the CDF is flat (span 0).
+    if patch_mask is None:
+        normalized_cdf[:, -1] = 1.0
+    else:
+        normalized_cdf = normalized_cdf.scatter_(1, last, 1.0).masked_fill_(padding, inf)
+
+    # The normalised CDF rises from 0 to 1: its smallest non-zero value is the smallest positive one.
+    lowest_nonzero = torch.where(normalized_cdf > 0, normalized_cdf, 1.0).amin(dim=1, keepdim=True)
+    points = _sample_points(lowest_nonzero, max_tokens - 1)
+
+    # Nearest CDF value to each point: the first one at or above it, or the one below when that is no farther
+    # and not zero. The last real value is 1, so the sentinel column is never picked.
+    padded_cdf = torch.nn.functional.pad(normalized_cdf, (0, 1), value=inf)
+    above = _count_below(padded_cdf, points)
+    below = (above - 1).clamp_(min=0)
+    cdf_below = padded_cdf.gather(1, below)
+    take_below = (points - cdf_below <= padded_cdf.gather(1, above) - points) & (cdf_below > 0)
+    picked = order.gather(1, torch.where(take_below, below, above))
+
+    kept = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=scores.device).scatter_(1, picked, True)
+    return kept if patch_mask is None else kept & patch_mask
+
+
+def _stable_sort(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) -> values sorted ascending and their (B, N) order, equal values in index order.
+
+    Under torch.export (ONNX has no stable sort) the rank of each value is counted instead, an exact (B, N, N)
+    comparison: rank_j = #{i: v_i < v_j} + #{i < j: v_i == v_j}."""
+    if not torch.compiler.is_exporting():
+        return torch.sort(values, dim=1, stable=True)
+    index = torch.arange(values.shape[1], device=values.device)
+    smaller = values[:, None, :] < values[:, :, None]
+    tied_before = (values[:, None, :] == values[:, :, None]) & (index[None, :] < index[:, None])
+    rank = (smaller | tied_before).sum(dim=2)
+    order = torch.zeros_like(rank).scatter_(1, rank, index.expand_as(rank))
+    return values.gather(1, order), order
+
+
+def _count_below(sorted_values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B, N) ascending values, (B, R) points -> (B, R) long: how many values are below each point (left
+    `searchsorted`). Under torch.export (ONNX has no searchsorted) an exact (B, R, N) comparison."""
+    if not torch.compiler.is_exporting():
+        return torch.searchsorted(sorted_values, points)
+    return (sorted_values[:, None, :] < points[:, :, None]).sum(dim=2)
+
+
+def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tensor:
+    """(B, 1) start values -> (B, R) points, evenly spaced from the start up to 1 (the official arithmetic)."""
+    if num_points == 1:
+        return torch.ones_like(lowest_nonzero)
+    # Eager reuses the grid (two fewer ops per layer); a compiled graph folds it into its kernels instead.
+    grid = _point_grid if torch.compiler.is_compiling() else _cached_point_grid
+    steps, unit = grid(num_points, lowest_nonzero.device)
+    return lowest_nonzero + (unit - lowest_nonzero * steps) / (num_points - 1)
+
+
+def _point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R,) step numbers 0..R-1 and (R,) linspace(0, 1, R) * (R - 1)."""
+    steps = torch.arange(num_points, device=device, dtype=torch.float32)
+    return steps, torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_point_grid`, made once per (R, device), outside any inference mode so that every mode can read it."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _point_grid(num_points, device)
+
+
+def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
+    """Ablation baseline: keep the `max_tokens - 1` highest-scoring real patch tokens. (B, P) -> (B, P) bool."""
+    return _keep_largest(scores, patch_mask, max_tokens - 1)
+
+
+def random_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
+    """Ablation baseline: keep `max_tokens - 1` uniformly random real patch tokens (torch's global RNG)."""
+    return _keep_largest(torch.rand_like(scores), patch_mask, max_tokens - 1)
+
+
+def _keep_largest(keys: torch.Tensor, patch_mask: torch.Tensor | None, count: int) -> torch.Tensor:
+    if patch_mask is not None:
+        keys = keys.masked_fill(~patch_mask, float("-inf"))
+    chosen = keys.topk(min(count, keys.shape[1]), dim=1).indices
+    kept = torch.zeros_like(keys, dtype=torch.bool).scatter_(1, chosen, True)
+    return kept if patch_mask is None else kept & patch_mask
+
+
+TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], torch.Tensor]] = {
+    "inverse_transform": inverse_transform_sampling,
+    "top_k": top_k_sampling,
+    "random": random_sampling,
+}
+
+
+def sample_patch_tokens(
+    sampler: str, scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int
+) -> torch.Tensor:
+    """The patch tokens `sampler` (a name in `TOKEN_SAMPLERS`) keeps. (B, P) scores -> (B, P) bool.
+
+    An image whose scores are not finite (a NaN or inf in its input makes its whole row NaN) cannot be ranked: it
+    keeps every real patch token, so it never falls below the documented minimum and is never counted as cheap.
+    """
+    kept = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens)
+    unscorable = scores.isnan().any(dim=1, keepdim=True)
+    return kept | (unscorable if patch_mask is None else unscorable & patch_mask)
+
+
+@dataclass
+class PaddingLayout:
+    """Where the real tokens of a padded (B, M, D) batch are."""
+
+    token_mask: torch.Tensor
+    """(B, M) bool, True for real tokens."""
+    real_rows: torch.Tensor | None = None
+    """(T,) long, the real rows' indices among the flattened B * M rows (T = number of real tokens); None in the
+    static mode, whose shapes may not depend on T: the MLP then runs on every row."""
+    packed_index: torch.Tensor | None = None
+    """(B * M,) long, each flattened row's position among the T real rows, or T for a padding row."""
+
+    @classmethod
+    def from_mask(cls, token_mask: torch.Tensor, num_real: int) -> "PaddingLayout":
+        """token_mask: (B, M) bool with `num_real` True entries (known on the host, so no read happens here)."""
+        flat = token_mask.flatten()
+        real_rows = torch.nonzero_static(flat, size=num_real).flatten()
+        packed_index = (torch.cumsum(flat, dim=0) - 1).masked_fill_(~flat, num_real)
+        return cls(token_mask, real_rows, packed_index)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(T, ...) values of the real rows -> (B * M, ...) with zeros in padding rows, by one gather."""
+        with_zero_row = torch.cat([packed, packed.new_zeros(1, *packed.shape[1:])])
+        return with_zero_row.index_select(0, self.packed_index)
+
+
+def pack_kept_tokens(kept_patches: torch.Tensor, num_special: int = 1) -> tuple[torch.Tensor, PaddingLayout | None]:
+    """Rows to keep, the S special tokens first then kept patches in their current order, packed to the front.
+
+    Args:
+        kept_patches: (B, P) bool.
+        num_special: S, the leading rows that are always kept.
+    Returns:
+        kept_rows: (B, M) long indices into the L = P + S input rows, M = S + the largest kept count.
+        padding: the layout of the (B, M) output, or None when every image keeps M rows.
+    The only device-to-host read of an ATS layer happens here (inside `nonzero` for a single image).
+    """
+    kept = torch.nn.functional.pad(kept_patches, (num_special, 0), value=True)
+    if kept.shape[0] == 1:
+        return kept[0].nonzero().view(1, -1), None
+    counts = kept.sum(dim=1)
+    largest, smallest, total = torch.stack([counts.max(), counts.min(), counts.sum()]).tolist()
+    kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
+    if largest == smallest:
+        return kept_rows, None
+    return kept_rows, PaddingLayout.from_mask(torch.arange(largest, device=counts.device) < counts[:, None], total)
+
+
+def pack_kept_tokens_static(
+    kept_patches: torch.Tensor, scores: torch.Tensor, capacity: int, num_special: int = 1
+) -> tuple[torch.Tensor, PaddingLayout]:
+    """The static mode's packing: exactly `capacity` rows per image, the S special tokens first, then the kept
+    patches in their current order, then masked padding rows; no device-to-host read and no data-dependent shape.
+
+    An image that kept more than `capacity - S` patches keeps its `capacity - S` highest-scoring kept patches.
+    Args:
+        kept_patches: (B, P) bool; scores: (B, P) the scores the sampler ranked; capacity: C > S.
+    Returns:
+        kept_rows: (B, M) long into the L = P + S input rows (padding rows point at CLS), M = min(C, L);
+        the layout of the M rows (`token_mask` only).
+    """
+    batch_size, num_patches = kept_patches.shape
+    slots = min(capacity - num_special, num_patches)
+    # Kept patches rank above every dropped one (-inf); a NaN score (an unscorable image) ranks as a kept one.
+    ranking = scores.masked_fill(~kept_patches, float("-inf"))
+    chosen = ranking.topk(slots, dim=1, sorted=True).indices
+    real = torch.arange(slots, device=scores.device) < kept_patches.sum(dim=1, keepdim=True)
+    # Sorting the chosen positions (padding slots as P, after every real one) restores the current order.
+    positions = chosen.masked_fill(~real, num_patches).sort(dim=1).values
+    special_rows = torch.arange(num_special, device=scores.device).expand(batch_size, -1)
+    kept_rows = torch.cat([special_rows, (positions + num_special).masked_fill(~real, 0)], dim=1)
+    # cat, not pad: inductor's C++ backend (torch 2.13) fails to compile a padded bool mask fused with its use.
+    token_mask = torch.cat([real.new_ones(batch_size, num_special), real], dim=1)
+    return kept_rows, PaddingLayout(token_mask)
+
+
+def merge_dropped_tokens(
+    rows: torch.Tensor,
+    sizes: torch.Tensor | None,
+    keys: torch.Tensor,
+    kept_rows: torch.Tensor,
+    padding: PaddingLayout | None,
+    token_mask: torch.Tensor | None,
+    min_similarity: float = -1.0,
+    num_special: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge every dropped real row into the kept patch row whose key is most similar (cosine) when that similarity
+    is at least `min_similarity` (other dropped rows leave); the S special rows never receive anything. A kept row
+    becomes the size-weighted mean of itself and the rows it absorbs.
+
+    Args:
+        rows: (B, L, D) values of the current rows; sizes: (B, L) their sizes (None: all 1).
+        keys: (B, L, Dk) keys of the current rows (heads concatenated), the similarity metric.
+        kept_rows: (B, M) indices of the kept rows, the special rows first; padding: their layout (None if unpadded).
+        token_mask: (B, L) bool real current rows (None if all real).
+    Returns:
+        (B, M, D) merged values (0 in padding rows) and (B, M) float32 sizes (0 in padding rows).
+    """
+    batch_size, num_rows, width = rows.shape
+    num_slots = kept_rows.shape[1]
+    slots = torch.arange(num_slots, device=rows.device).expand(batch_size, -1)
+    slot_is_real = torch.ones_like(slots, dtype=torch.bool) if padding is None else padding.token_mask
+    # Each current row's own slot if it was kept, else -1; padding slots write into a spare column.
+    slot_of_row = torch.full((batch_size, num_rows + 1), -1, dtype=torch.long, device=rows.device)
+    slot_of_row = slot_of_row.scatter(1, kept_rows.masked_fill(~slot_is_real, num_rows), slots)[:, :num_rows]
+
+    metric = torch.nn.functional.normalize(keys.float(), dim=-1)
+    similarity = metric @ gather_rows(metric, kept_rows).transpose(1, 2)  # (B, L, M)
+    can_receive = slot_is_real & (slots >= num_special)
+    best, nearest = similarity.masked_fill(~can_receive[:, None, :], float("-inf")).max(dim=-1)
+    # Dropped rows too far from every kept row, and padding rows, go to the spare slot M, which is cut off.
+    leaves = best < min_similarity if token_mask is None else (best < min_similarity) | ~token_mask
+    nearest = nearest.masked_fill(leaves, num_slots)
+    weights = rows.new_ones(batch_size, num_rows, dtype=torch.float32) if sizes is None else sizes
+    target = torch.where(slot_of_row >= 0, slot_of_row, nearest)
+    merged_sizes = weights.new_zeros(batch_size, num_slots + 1).scatter_add_(1, target, weights)[:, :num_slots]
+    weighted = rows.float() * weights[..., None]
+    merged = weighted.new_zeros(batch_size, num_slots + 1, width).scatter_add_(
+        1, target[..., None].expand(-1, -1, width), weighted
+    )[:, :num_slots]
+    merged = merged / merged_sizes.clamp(min=torch.finfo(torch.float32).tiny)[..., None]
+    return merged.to(rows.dtype), merged_sizes
+
+
+
+
+def gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, L, ...) rows picked by (B, M) indices -> (B, M, ...), as one index_select over the flattened batch."""
+    batch_size, num_rows = tensor.shape[:2]
+    if batch_size == 1:
+        return tensor.index_select(1, rows[0])
+    offsets = torch.arange(0, batch_size * num_rows, num_rows, device=rows.device)[:, None]
+    flat = tensor.reshape(batch_size * num_rows, *tensor.shape[2:]).index_select(0, (rows + offsets).flatten())
+    return flat.view(*rows.shape, *tensor.shape[2:])
+
+
+class TokenSelection(NamedTuple):
+    """The rows an ATS layer keeps: `kept_rows` (B, M) into its L input rows, the S special rows first (None when
+    every row is kept in place), the `padding` layout of the M rows (None when every row is real), and the (B, L, D)
+    keys, heads concatenated, to merge the dropped rows by (None when they are dropped)."""
+
+    kept_rows: torch.Tensor | None
+    padding: PaddingLayout | None
+    merge_keys: torch.Tensor | None = None
+
+
+def select_tokens(
+    cls_query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scaling: float,
+    *,
+    sampler: str,
+    max_tokens: int,
+    capacity: int | None = None,
+    num_special: int = 1,
+    token_mask: torch.Tensor | None = None,
+    sizes: torch.Tensor | None = None,
+    merge: bool = False,
+) -> TokenSelection:
+    """The selection step of an ATS layer: score the patch tokens by the CLS attention row and the value norms,
+    sample them, and pack the kept rows (CLS and the other special tokens first).
+
+    Args:
+        cls_query: (B, H, 1, d) the CLS token's query in every head; keys: (B, H, L, d); values: (B, L, D).
+        scaling: the attention logits' scale (1 / sqrt(d) in a plain ViT).
+        sampler: a name in `ATS_SAMPLERS`; max_tokens: K > S, the most rows kept, special tokens included.
+        capacity: None for the adaptive mode (M = the batch's largest kept count), or C > S rows (the static mode).
+        num_special: S, the leading tokens that are always kept and never scored.
+        token_mask: (B, L) bool real rows (None: all real); sizes: (B, L) float tokens each row stands for, once
+            tokens were merged (None: one each). Padding and size both enter the CLS row's softmax, as in attention.
+        merge: whether the dropped rows will be merged into kept ones (then the selection carries the keys).
+    Returns:
+        a `TokenSelection`; no device-to-host read happens except in the adaptive packing.
+    """
+    batch_size, num_tokens = values.shape[:2]
+    cls_logits = torch.matmul(_as_float32(cls_query), _as_float32(keys).transpose(2, 3))
+    cls_logits = cls_logits.view(batch_size, -1, num_tokens) * scaling
+    if sizes is not None:  # proportional attention; log(0) = -inf masks padding
+        cls_logits = cls_logits + sizes.log()[:, None, :]
+    elif token_mask is not None:
+        cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
+    scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask, num_special)
+    patch_mask = None if token_mask is None else token_mask[:, num_special:]
+    # The samplers count K with one special token (CLS); K - S + 1 leaves K - S patch tokens.
+    kept_patches = sample_patch_tokens(sampler, scores, patch_mask, max_tokens - num_special + 1)
+    if capacity is None:
+        kept_rows, padding = pack_kept_tokens(kept_patches, num_special)
+    else:
+        kept_rows, padding = pack_kept_tokens_static(kept_patches, scores, capacity, num_special)
+    if token_mask is None and padding is None and kept_rows.shape[1] == num_tokens:
+        return TokenSelection(None, None)  # every row kept, in place: nothing to gather or merge
+    merge_keys = keys.transpose(1, 2).reshape(batch_size, num_tokens, -1) if merge else None
+    return TokenSelection(kept_rows, padding, merge_keys)
+
+
+def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor in float32 for scoring, without a dispatched no-op `.float()` call when it already is."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
+def tome_schedule(r: int | list[int], num_layers: int, num_tokens: int, num_special: int = 1) -> list[int]:
+    """Token Merging: the tokens merged in each of `num_layers` blocks: `r` in every block (each capped at half of
+    the mergeable tokens present, the S special tokens never merging), or one value per block. Raises `ValueError`
+    for a negative r or a list of the wrong length."""
+    values = list(r) if isinstance(r, (list, tuple)) else [r] * num_layers
+    if len(values) != num_layers or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
+        raise ValueError(f"ToMe r={r!r}: give an int >= 0, or one int >= 0 per block ({num_layers} blocks).")
+    schedule = []
+    for value in values:
+        merged = min(value, (num_tokens - num_special) // 2)
+        schedule.append(merged)
+        num_tokens -= merged
+    return schedule
+
+
+def bipartite_merge(
+    hidden_states: torch.Tensor, sizes: torch.Tensor, keys: torch.Tensor, r: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token Merging's step (Bolya et al., ICLR 2023): merge `r` tokens of set A (even positions, CLS first and
+    protected) into their most similar token of set B (odd positions), by cosine similarity of `keys`.
+
+    Args:
+        hidden_states: (B, N, D); sizes: (B, N) float32 tokens each row stands for; keys: (B, N, Dk) the metric.
+        r: tokens to remove, at most (N - 1) // 2.
+    Returns:
+        (B, N - r, D) hidden states and (B, N - r) sizes: the unmerged A tokens (CLS first, in their order), then the
+        B tokens as size-weighted means of themselves and what they absorbed.
+    """
+    if r == 0:
+        return hidden_states, sizes
+    metric = torch.nn.functional.normalize(keys.float(), dim=-1)
+    metric_a, metric_b = metric[:, ::2], metric[:, 1::2]
+    similarity = metric_a @ metric_b.transpose(1, 2)  # (B, Na, Nb)
+    similarity[:, 0] = float("-inf")  # CLS is never merged
+    best, partner = similarity.max(dim=-1)  # (B, Na)
+    order = best.argsort(dim=-1, descending=True, stable=True)
+    merged_a, kept_a = order[:, :r], order[:, r:].sort(dim=-1).values  # kept A tokens keep their order (CLS first)
+
+    width = hidden_states.shape[-1]
+    weighted = hidden_states.float() * sizes[..., None]
+    weighted_a, weighted_b = weighted[:, ::2], weighted[:, 1::2]
+    sizes_a, sizes_b = sizes[:, ::2], sizes[:, 1::2]
+    target = partner.gather(1, merged_a)
+    sum_b = weighted_b.scatter_add(1, target[..., None].expand(-1, -1, width),
+                                   weighted_a.gather(1, merged_a[..., None].expand(-1, -1, width)))
+    size_b = sizes_b.scatter_add(1, target, sizes_a.gather(1, merged_a))
+    size_a = sizes_a.gather(1, kept_a)
+    sum_a = weighted_a.gather(1, kept_a[..., None].expand(-1, -1, width))
+    new_sizes = torch.cat([size_a, size_b], dim=1)
+    merged = torch.cat([sum_a, sum_b], dim=1) / new_sizes[..., None]
+    return merged.to(hidden_states.dtype), new_sizes
+
+
+__all__ = [
+    "ATS_SAMPLERS",
+    "TOKEN_SAMPLERS",
+    "PaddingLayout",
+    "TokenSelection",
+    "bipartite_merge",
+    "gather_rows",
+    "inverse_transform_sampling",
+    "merge_dropped_tokens",
+    "pack_kept_tokens",
+    "pack_kept_tokens_static",
+    "random_sampling",
+    "sample_patch_tokens",
+    "select_tokens",
+    "significance_scores",
+    "tome_schedule",
+    "top_k_sampling",
+]

@@ -1,0 +1,70 @@
+"""`ats-hf calibrate`: propose the static mode's capacities (a quantile of the adaptive kept counts on images) for an
+image classifier of any family, show what they cost and change, and optionally save a checkpoint with them."""
+
+import argparse
+from pathlib import Path
+
+from .. import usage_errors
+from ..inputs import chosen_device, load_classifier, load_images, refuse_no_layers, settings_for
+from ..options import (
+    MAX_IMAGES,
+    MODEL_HELP,
+    add_ats_arguments,
+    add_data_arguments,
+    check_data_options,
+    check_model_option,
+    check_output_option,
+    float_in,
+    positive_int,
+)
+
+DEFAULT_QUANTILE = 0.99
+DEFAULT_BATCH_SIZE = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `ats-hf calibrate`."""
+    source = parser.add_argument_group("model and calibration images")
+    source.add_argument("--model", help=MODEL_HELP)
+    add_data_arguments(source, f"all, at most {MAX_IMAGES}")
+    ats = parser.add_argument_group("ATS settings to calibrate (default: the model's)")
+    add_ats_arguments(ats, capacity=False)
+    parser.add_argument("--quantile", type=float_in(0.0, 1.0, low_open=True, what="a quantile in (0, 1]"),
+                        default=DEFAULT_QUANTILE, metavar="Q", help="capacity = ceil(Q quantile of the adaptive kept "
+                        "counts), Q in (0, 1]; 1 fits every calibration image (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                        help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset shuffle (default: %(default)s)")
+    parser.add_argument("--output", type=Path, metavar="DIR",
+                        help="write a checkpoint (weights, config with the capacities, image processor, code, model "
+                             "card) and calibration.json here (an empty or new folder)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`ats-hf calibrate`: calibrate, print the tables, optionally save the calibrated checkpoint."""
+    check_data_options(args)
+    if args.output is not None:
+        check_output_option(args.output, "--output", args.overwrite)
+    model_path = check_model_option(args.model)
+
+    from ats_hf.calibration import calibrate_capacity, format_result, save_calibrated_checkpoint
+
+    device = chosen_device(args.device)
+    model, processor = load_classifier(model_path)
+    model.set_ats(settings_for(model, args).replace(capacity=None))  # calibration starts from the adaptive mode
+    refuse_no_layers(model.ats_settings, "calibrate")
+    data = load_images(args, processor, model.config.id2label, args.num_images or MAX_IMAGES, args.seed)
+    result = calibrate_capacity(model.to(device), data.pixel_values, data.labels, args.quantile, args.batch_size)
+    print(f"ats-hf calibrate: {args.model or 'embedded default model'}\ndata: {data.description}")
+    print(format_result(result))
+    if args.output is not None:
+        with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
+            save_calibrated_checkpoint(model, processor, result, args.output, model_path, data.description)
+        print(f"\nwrote {args.output} (the static mode at these capacities: `ats-hf export {args.output} OUT` makes "
+              "its ONNX folder)")
+    return 0
+
+
+__all__ = ["add_arguments", "run"]

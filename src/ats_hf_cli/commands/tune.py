@@ -1,0 +1,98 @@
+"""`ats-hf tune`: choose the ATS settings for a GMACs budget, an accepted accuracy drop or a measured speed-up, on an
+image classifier of any family and labelled images; compares with ToMe where the family has it."""
+
+import argparse
+from pathlib import Path
+
+from .. import UsageError, usage_errors
+from ..inputs import load_classifier, load_images
+from ..options import (
+    MAX_IMAGES,
+    MODEL_HELP,
+    add_data_arguments,
+    check_data_options,
+    check_model_option,
+    check_output_option,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    require,
+)
+
+TOME_R = (4, 6, 8, 10, 12, 14)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `ats-hf tune`."""
+    parser.add_argument("--model", help=MODEL_HELP)
+    add_data_arguments(parser, f"all, at most {MAX_IMAGES}; the second half is held out")
+    goal = parser.add_mutually_exclusive_group()
+    goal.add_argument("--gmacs-budget", type=fraction, metavar="F",
+                      help="at most this fraction of dense GMACs (default: 0.5); the most accurate setting wins")
+    goal.add_argument("--max-accuracy-drop", type=non_negative_float, metavar="POINTS",
+                      help="at most this many top-1 points below dense; the cheapest setting wins")
+    goal.add_argument("--min-speedup", type=positive_float, metavar="X",
+                      help="at least this measured speed-up over dense (--speed-runtime, --speed-batch-size); the most "
+                      "accurate setting wins")
+    parser.add_argument("--speed-runtime", choices=("eager", "compile", "onnxruntime"), default="eager",
+                        help="where the front is timed (default: eager; compile and onnxruntime time the static mode "
+                        "with capacities calibrated on the calibration split)")
+    parser.add_argument("--speed-batch-size", type=positive_int, default=1, help="batch size of the timing "
+                        "(default: 1)")
+    parser.add_argument("--speed-images", type=positive_int, default=64, help="calibration images timed per pass")
+    parser.add_argument("--no-speed", action="store_true", help="do not time the front (not with --min-speedup)")
+    parser.add_argument("--first-layers", type=non_negative_int, nargs="+", metavar="S",
+                        help="first ATS layers to search (default: 1 .. L-1); ranges S..E for every E >= S")
+    parser.add_argument("--tome-r", type=positive_int, nargs="*", default=None, metavar="R",
+                        help=f"ToMe merge counts per block to compare, ViT classifiers only (default: "
+                             f"{' '.join(map(str, TOME_R))})")
+    parser.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass")
+    parser.add_argument("--output", type=Path, metavar="DIR", help="write a checkpoint with the chosen settings "
+                        "(config, weights, image processor, model card), tune.json and tune.png there (an empty or "
+                        "new folder)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`ats-hf tune`: 0 when a setting meets the target, 1 when none does."""
+    if args.no_speed and args.min_speedup is not None:
+        raise UsageError("--min-speedup needs the front timed: leave out --no-speed")
+    check_data_options(args)
+    if args.output is not None:
+        check_output_option(args.output, "--output", args.overwrite)
+        require("plots", "--output (tune.png)")
+    if args.speed_runtime == "onnxruntime" and not args.no_speed:
+        require("onnx", "--speed-runtime onnxruntime")
+    model_path = check_model_option(args.model)
+
+    from ats_hf.tune import SpeedSpec, Target, candidate_grid, format_report, tune, write_tune_output
+
+    model, processor = load_classifier(model_path)
+    num_layers = model.config.num_hidden_layers
+    if args.first_layers and max(args.first_layers) >= num_layers:
+        raise UsageError(f"--first-layers {max(args.first_layers)} is outside 0..{num_layers - 1}")
+    if args.max_accuracy_drop is not None:
+        target = Target(max_accuracy_drop=args.max_accuracy_drop)
+    elif args.min_speedup is not None:
+        target = Target(min_speedup=args.min_speedup)
+    else:
+        target = Target(max_gmacs_fraction=args.gmacs_budget or 0.5)
+    speed = None if args.no_speed else SpeedSpec(args.speed_runtime, args.speed_batch_size, args.speed_images)
+    data = load_images(args, processor, model.config.id2label, args.num_images or MAX_IMAGES)
+    if data.labels is None:
+        raise UsageError("tune needs labelled images: the dataset has no usable labels")
+    candidates = candidate_grid(num_layers, tuple(args.first_layers) if args.first_layers else None)
+    with usage_errors(ValueError):
+        result = tune(model, data.pixel_values, data.labels, target, candidates, batch_size=args.batch_size,
+                      tome_r=TOME_R if args.tome_r is None else tuple(args.tome_r), speed=speed)
+    print(format_report(result))
+    if args.output is not None:
+        with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
+            write_tune_output(model, processor, result, args.output, data.description)
+        print(f"\nwrote {args.output}")
+    return 0 if result.chosen is not None else 1
+
+
+__all__ = ["add_arguments", "run"]

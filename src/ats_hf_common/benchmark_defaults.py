@@ -1,0 +1,59 @@
+"""Every default of the benchmark, in one place: the engine's function defaults (`ats_hf.benchmark`), the command
+line's options and its help text all read them here. Standard library only, so that `ats-hf benchmark --help` loads
+no torch."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TimingDefaults:
+    """What is timed: batch sizes, images per pass (rounded to whole batches), timed passes per method."""
+
+    batch_sizes: tuple[int, ...]
+    timing_images: int
+    repeats: int
+
+
+ACCURACY_MODE_TIMING = TimingDefaults(batch_sizes=(1, 256), timing_images=128, repeats=5)
+SPEED_MODE_TIMING = TimingDefaults(batch_sizes=(1, 32), timing_images=16, repeats=5)
+WARMUP_PASSES = 1  # untimed passes per method before the timed ones
+EVAL_BATCH_SIZE = 64  # images per forward pass when measuring accuracy, GMACs and tokens
+SEED = 0
+# The embedded model's sweep: ATS in layers S..5 for each S (S = 3 is the setting it shipped until 2026-12-01).
+SWEEP_FROM_LAYERS = (1, 2, 3, 4, 5)
+SPEED_MODE_MAX_TOKENS = 0.5  # K of the ATS method in speed mode
+ATTN_IMPLEMENTATION = "sdpa"
+DTYPE = "float32"
+RUNTIME = "eager"  # where methods are timed: eager, compile or onnxruntime
+COMPILE_BACKEND = "inductor"  # torch.compile's backend in the compile runtime
+OUTPUT_DIR = Path("outputs") / "benchmark"
+SPEED_MODE_OUTPUT_DIR = Path("outputs") / "speed-{geometry}"
+# A timing whose repeats differ by more than this fraction of their median ((max - min) / median) is unreliable.
+UNRELIABLE_SPREAD = 0.5
+# Named geometries for speed mode: image size, patch size, width, depth, heads, MLP size (and the family, a name in
+# `ats_hf.families`, if not "vit", with its own fields).
+GEOMETRIES = {
+    "deit-tiny": dict(image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                      intermediate_size=768),
+    "deit-s": dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
+                   intermediate_size=1536),
+    "deit-b": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                   intermediate_size=3072),
+    # CLIP vision towers (ViT-B/16 and ViT-L/14 at 336 px: 197 and 577 tokens; quick_gelu, pre-norm before layer 0).
+    "clip-b16": dict(family="clip", image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12,
+                     num_attention_heads=12, intermediate_size=3072),
+    "clip-l14-336": dict(family="clip", image_size=336, patch_size=14, hidden_size=1024, num_hidden_layers=24,
+                         num_attention_heads=16, intermediate_size=4096),
+    # DINOv2 with 4 registers (ViT-S/14 and ViT-B/14 at 224 px: 256 patches + CLS + 4 registers = 261 tokens).
+    "dinov2-s14-reg": dict(family="dinov2", image_size=224, patch_size=14, hidden_size=384, num_hidden_layers=12,
+                          num_attention_heads=6, mlp_ratio=4, num_register_tokens=4),
+    "dinov2-b14-reg": dict(family="dinov2", image_size=224, patch_size=14, hidden_size=768, num_hidden_layers=12,
+                          num_attention_heads=12, mlp_ratio=4, num_register_tokens=4),
+    # Distilled DeiT-S (CLS and distillation tokens, two heads): 196 patches + 2 = 198 tokens.
+    "deit-s-distilled": dict(family="deit", image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12,
+                             num_attention_heads=6, intermediate_size=1536),
+    # For tests and dry runs: 17 tokens, 4 layers.
+    "tiny": dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                 intermediate_size=128),
+}
