@@ -37,25 +37,34 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import evaluate
 import torch
 import transformers
 from datasets import ClassLabel, DatasetDict, load_dataset
+from PIL import Image, UnidentifiedImageError
 from transformers import AutoImageProcessor, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ats_hf import ATS_SAMPLERS
 from ats_hf.distillation import DistillationTrainer, check_distillation_settings
 from ats_hf.flops import dense_gmacs, gmacs_per_image
-from ats_hf.hub.checkpoint import load_ats_classifier, push_checkpoint
+from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier, push_checkpoint
 from ats_hf.hub.model_card import write_model_card
 from ats_hf.metrics import ATS_ACCURACY
 from ats_hf_common.grammar import LAYERS_HELP, MAX_TOKENS_HELP, parse_layers, parse_max_tokens, parse_sampler
+from ats_hf_common.paths import check_source
 
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_DIGITS = "synthetic-digits"  # --dataset_name value: ats_hf's own offline data, not a Hub dataset
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class ScriptError(Exception):
+    """A mistake in what the user asked for (a missing folder, settings the model cannot take, a teacher with other
+    classes): reported as one line, exit status 2, before anything slow runs where it can be checked up front."""
 DEFAULT_SYNTHETIC_TRAIN_IMAGES = 20000
 DENSE_TEACHER = "dense"  # --distill_from value: the starting checkpoint with ATS switched off
 
@@ -153,9 +162,52 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataTrain
             model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         model_args.ats_config_overrides()
         check_distillation_settings(model_args.distillation_alpha, model_args.distillation_temperature)
-    except ValueError as error:  # one line, as ats-hf reports a bad option value
+        check_sources(model_args, data_args)
+    except (ValueError, ScriptError) as error:  # one line, as ats-hf reports a bad option value
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     return model_args, data_args, training_args
+
+
+def check_sources(model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
+    """Before anything slow: the folders exist and hold images in class sub-folders, and the model can take the ATS
+    settings (its config alone is read). Raises `ScriptError` naming the problem."""
+    for option, folder in (("--train_dir", data_args.train_dir), ("--validation_dir", data_args.validation_dir)):
+        if folder is not None:
+            check_image_folder(option, Path(folder))
+    sources = [("--model_name_or_path", model_args.model_name_or_path)]
+    if model_args.distill_from not in (None, DENSE_TEACHER):
+        sources.append(("--distill_from", model_args.distill_from))
+    for option, source in sources:
+        try:
+            check_source(source, option)
+        except FileNotFoundError as error:
+            raise ScriptError(str(error)) from None
+    source = model_args.model_name_or_path
+    hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
+    try:  # the config alone: the layers and K given must fit this model
+        config_class = ats_model_class(source, **hub).config_class
+        config_class.from_pretrained(source, **hub, **model_args.ats_config_overrides()).check_ats_settings()
+    except (OSError, ValueError) as error:
+        raise ScriptError(f"--model_name_or_path {source!r}: {str(error).splitlines()[0]}") from None
+
+
+def check_image_folder(option: str, folder: Path) -> None:
+    """`folder` holds readable images in one sub-folder per class; a missing folder, a flat one, or a file that is
+    no image is named."""
+    if not folder.is_dir():
+        raise ScriptError(f"{option} {str(folder)!r} is not a folder")
+    classes = sorted(child for child in folder.iterdir() if child.is_dir())
+    if not classes:
+        raise ScriptError(f"{option} {str(folder)!r} has no class sub-folders: put each class's images in a folder "
+                          "named after the class")
+    images = [path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise ScriptError(f"{option} {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    for path in images:
+        try:
+            Image.open(path).close()  # reads the header: cheap
+        except (OSError, UnidentifiedImageError) as error:
+            raise ScriptError(f"{option} {str(folder)!r}: {path} cannot be read as an image ({error})") from None
 
 
 def synthetic_digits(num_train_images: int, seed: int, num_validation_images: int | None = None) -> DatasetDict:
@@ -275,6 +327,8 @@ def main(argv: list[str] | None = None) -> Trainer:
     if training_args.do_eval and "validation" not in dataset:
         raise ValueError("--do_eval needs validation data: a validation split, --validation_dir or train_val_split.")
     distillation = {}
+    if model_args.distill_from not in (None, DENSE_TEACHER):
+        check_teacher_labels(model_args, labels)
     if model_args.distill_from is not None:
         distillation = {
             "teacher": load_teacher(model_args, labels),
@@ -326,6 +380,20 @@ def main(argv: list[str] | None = None) -> Trainer:
     return trainer
 
 
+def check_teacher_labels(model_args: ModelArguments, labels: list[str]) -> None:
+    """A `--distill_from` checkpoint must predict the dataset's classes, in the dataset's order (its config alone is
+    read): otherwise its logits would teach the wrong classes."""
+    source, hub = model_args.distill_from, {"cache_dir": model_args.cache_dir, "token": model_args.token}
+    config = ats_model_class(source, **hub).config_class.from_pretrained(source, **hub)
+    teacher = [str(config.id2label[index]) for index in range(len(config.id2label))]
+    if teacher != list(labels):
+        raise ScriptError(
+            f"--distill_from {model_args.distill_from!r} predicts {len(teacher)} classes {teacher[:10]}, the dataset "
+            f"has {len(labels)} {list(labels)[:10]}: a teacher must predict the dataset's classes, in its order "
+            f"(or use --distill_from {DENSE_TEACHER})"
+        )
+
+
 def load_teacher(model_args: ModelArguments, labels: list[str]):
     """The distillation teacher of `--distill_from`, with the dataset's labels. Its classifier head must already have
     one output per label (loading fails otherwise, never leaving a random head); `dense` is model_name_or_path with
@@ -362,5 +430,16 @@ def card_arguments(model_args, data_args, eval_metrics: dict, num_eval_images: i
     return card_kwargs
 
 
+def run_from_command_line() -> int:
+    """`main()`, with the mistakes found after the options were read (e.g. a teacher with other classes) reported as
+    one line, exit status 2."""
+    try:
+        main()
+    except ScriptError as error:
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_from_command_line())

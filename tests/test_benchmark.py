@@ -4,7 +4,6 @@ import dataclasses
 import io
 import json
 import statistics
-import time
 
 import numpy as np
 import pytest
@@ -186,22 +185,27 @@ def test_speed_mode_on_a_small_geometry():
     assert "no-drop" in table and "top-k / random keep" not in table
 
 
-def test_interleaved_throughput_takes_the_median_and_rotates():
-    order = []
+def test_interleaved_throughput_takes_the_median_and_rotates(monkeypatch):
+    """A fake clock: each pass takes exactly its seconds (the third "slow" pass 0.08), so the figures are exact."""
+    from ats_hf.benchmark import timing
 
-    def sleeper(name, seconds):
+    clock, order = [0.0], []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def timed_pass(name, seconds):
         def run():
             order.append(name)
-            time.sleep(seconds)
+            clock[0] += seconds[min(order.count(name), len(seconds)) - 1]
             return 10
 
         return run
 
-    measured = interleaved_throughput({"fast": sleeper("fast", 0.01), "slow": sleeper("slow", 0.04)},
-                                      torch.device("cpu"), repeats=3, warmup=1)
+    passes = {"fast": timed_pass("fast", [0.01]), "slow": timed_pass("slow", [0.04, 0.04, 0.08, 0.04])}
+    measured = interleaved_throughput(passes, torch.device("cpu"), repeats=3, warmup=1)
     assert order == ["fast", "slow", "slow", "fast", "fast", "slow", "slow", "fast"]
-    assert len(measured["fast"].samples) == 3
-    assert 150 < measured["fast"].images_per_second < 1000 and 100 < measured["slow"].images_per_second < 250
+    assert measured["fast"].samples == pytest.approx((1000.0, 1000.0, 1000.0))
+    assert measured["slow"].samples == pytest.approx((250.0, 125.0, 250.0))
+    assert measured["slow"].images_per_second == pytest.approx(250.0), "the median, not the mean"
     with pytest.raises(ValueError, match="repeats=0"):
         interleaved_throughput({}, torch.device("cpu"), repeats=0)
 

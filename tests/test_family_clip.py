@@ -9,7 +9,6 @@ import torch
 from conftest import peaky_weights_
 from hf_fixtures import random_image, run_without_ats_hf
 from safetensors.torch import load_file, save_file
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -36,7 +35,6 @@ from ats_hf import (
     inverse_transform_sampling,
 )
 from ats_hf.benchmark.engine import speed_model
-from ats_hf.flops import dense_gmacs, gmacs_per_image
 from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier
 from ats_hf.hub.convert import convert_to_ats
 
@@ -203,35 +201,6 @@ def test_top_k_keeps_the_highest_scores_and_special_token_is_always_kept(upstrea
     assert torch.equal(again.sampled_token_indices, output.sampled_token_indices[:1])
 
 
-def test_batched_equals_one_image_at_a_time(upstream, images):
-    model = eval_ats(AtsCLIPVisionModelWithProjection.from_pretrained(upstream["root"] / "clip"))
-    with torch.no_grad():
-        batched = model(images)
-        alone = [model(images[i : i + 1]) for i in range(len(images))]
-    counts = batched.num_tokens[:, -1]
-    assert len(set(counts.tolist())) > 1, "the images should keep different numbers of tokens"
-    assert (counts < 65).all()
-    for image, single in enumerate(alone):
-        assert torch.equal(batched.num_tokens[image], single.num_tokens[0])
-        real = batched.token_mask[image].bool()
-        assert real[0] and torch.allclose(batched.last_hidden_state[image, real], single.last_hidden_state[0],
-                                          atol=1e-5)
-        assert torch.allclose(batched.image_embeds[image], single.image_embeds[0], atol=1e-5)
-        indices = batched.sampled_token_indices[image]
-        assert torch.equal(indices[:, : single.sampled_token_indices.shape[2]], single.sampled_token_indices[0])
-
-
-def test_static_mode_equals_adaptive_when_everything_fits(upstream, images):
-    root = upstream["root"] / "classifier"
-    adaptive = eval_ats(AtsCLIPForImageClassification.from_pretrained(root, ats_max_tokens=0.5))
-    static = eval_ats(AtsCLIPForImageClassification.from_pretrained(root, ats_max_tokens=0.5, ats_capacity=0.5))
-    with torch.no_grad():
-        expected, got = adaptive(images), static(images)
-    assert got.token_mask.shape[1] == 33  # the capacity, whatever the images keep
-    assert torch.equal(got.num_tokens, expected.num_tokens)
-    assert (got.logits - expected.logits).abs().max() <= 1e-5
-
-
 def test_dense_output_gives_the_full_grid_and_the_same_predictions(upstream, images):
     root = upstream["root"] / "classifier"
     packed = eval_ats(AtsCLIPForImageClassification.from_pretrained(root))
@@ -280,23 +249,6 @@ def test_zero_shot_pipeline_batches_like_one_image_at_a_time(ats_clip):
         expected = output.logits_per_image[index].softmax(dim=-1)
         expected = dict(zip(LABELS, expected.tolist(), strict=True))
         assert {e["label"]: e["score"] for e in alone} == pytest.approx(expected, abs=1e-6)
-
-
-def test_image_classification_pipeline_batches_like_one_image_at_a_time(upstream, tmp_path):
-    model = AtsCLIPForImageClassification.from_pretrained(upstream["root"] / "classifier", ats_max_tokens=0.5)
-    model.save_pretrained(tmp_path / "classifier")
-    processor().image_processor.save_pretrained(tmp_path / "classifier")
-    classify = pipeline("image-classification", model=str(tmp_path / "classifier"))
-    assert type(classify.model) is AtsCLIPForImageClassification
-    pictures = [random_image(seed, size=(30, 36)) for seed in range(3)]
-    with torch.no_grad():
-        kept = classify.model(processor().image_processor(pictures, return_tensors="pt")["pixel_values"]).num_tokens
-    assert len(set(kept[:, -1].tolist())) > 1, "the images should keep different numbers of tokens"
-    batched = classify(pictures, batch_size=2, top_k=3)
-    for picture, result in zip(pictures, batched, strict=True):
-        alone = classify(picture, top_k=3)
-        assert [e["label"] for e in result] == [e["label"] for e in alone]
-        assert [e["score"] for e in result] == pytest.approx([e["score"] for e in alone], abs=1e-6)
 
 
 REMOTE_SCRIPT = textwrap.dedent(
@@ -360,21 +312,6 @@ def test_load_ats_classifier_and_convert_detect_clip(upstream, images, tmp_path)
     converted = eval_ats(AtsCLIPForImageClassification.from_pretrained(output))
     with torch.no_grad():
         assert torch.equal(converted(images).logits, eval_ats(model)(images).logits)
-
-
-def test_gmacs_match_the_flop_counter_without_ats(upstream):
-    model = eval_ats(AtsCLIPForImageClassification.from_pretrained(upstream["root"] / "classifier", ats_layers=[]),
-                     "eager")
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        output = model(torch.randn(1, 3, 32, 32))
-    ours = gmacs_per_image(model.config, output.num_tokens).item()
-    measured = counter.get_total_flops() / 2 / 1e9
-    assert abs(ours - measured) <= 0.01 * measured
-    assert dense_gmacs(model.config) == pytest.approx(ours, rel=1e-12)
-    # Hand count: patch embedding, 4 layers of 65 tokens, the head (pooling and LayerNorms are not counted).
-    tokens, width, mlp = 65, 32, 64
-    layer = 4 * tokens * width**2 + 2 * tokens**2 * width + 2 * tokens * width * mlp
-    assert ours * 1e9 == pytest.approx(64 * 3 * 16 * width + 4 * layer + width * 3, rel=1e-12)
 
 
 def test_speed_mode_geometries_build_clip_models():

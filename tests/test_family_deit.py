@@ -1,13 +1,12 @@
 """The distilled DeiT family: two special tokens (CLS, distillation), scores from the CLS row, two heads."""
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import counting_host_reads, peaky_weights_
-from hf_fixtures import random_image, run_without_ats_hf, tiny_image_processor
+from hf_fixtures import tiny_image_processor
 from official_reference import official_picks
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -17,7 +16,6 @@ from transformers import (
     DeiTConfig,
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
-    pipeline,
 )
 
 import ats_hf
@@ -30,7 +28,7 @@ from ats_hf import (
 from ats_hf.benchmark.engine import GEOMETRIES, speed_config, speed_model
 from ats_hf.configuration_ats_core import num_input_tokens
 from ats_hf.flops import dense_gmacs
-from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier, save_ats_checkpoint
+from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32,
             patch_size=4, num_labels=5)
@@ -161,20 +159,6 @@ def test_cls_and_distillation_token_are_always_kept_first(images):
     assert output.sampled_token_indices.min() >= 0 and output.sampled_token_indices.max() < 64
 
 
-@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_no_ats_layers_is_upstream_deit_with_teacher(images, attn_implementation):
-    ats = build(attn_implementation=attn_implementation, peaky=False, ats_layers=[])
-    plain = plain_teacher(attn_implementation)
-    plain.load_state_dict(ats.state_dict())
-    with torch.no_grad():
-        ours, theirs = ats(images, output_hidden_states=True), plain(images, output_hidden_states=True)
-    for name in ("logits", "cls_logits", "distillation_logits"):
-        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), atol=1e-5, rtol=0)
-    for a, b in zip(ours.hidden_states, theirs.hidden_states, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    assert ours.num_tokens.eq(TOKENS).all() and ours.sampled_token_indices is None
-
-
 @pytest.mark.parametrize("batch_size", [1, 6])
 def test_keeping_every_token_is_upstream_deit(images, batch_size):
     ats = build(peaky=False, ats_sampler="top_k", ats_max_tokens=1.0)
@@ -195,18 +179,6 @@ def test_logits_are_the_mean_of_both_heads_on_their_own_tokens(images):
     torch.testing.assert_close(output.distillation_logits, model.distillation_classifier(hidden[:, 1]))
     torch.testing.assert_close(output.logits, (output.cls_logits + output.distillation_logits) / 2)
     assert not torch.allclose(output.cls_logits, output.distillation_logits)
-
-
-@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_batch_invariance(images, attn_implementation):
-    model = build(attn_implementation=attn_implementation)
-    with torch.no_grad():
-        batch = model(images)
-        assert batch.num_tokens[:, -1].unique().numel() > 1, "test needs images that keep different counts"
-        for i in range(len(images)):
-            alone = model(images[i : i + 1])
-            assert kept_lists(alone, 0) == kept_lists(batch, i)
-            torch.testing.assert_close(alone.logits[0], batch.logits[i], atol=1e-5, rtol=1e-5)
 
 
 def test_at_most_one_host_read_per_ats_layer(images, monkeypatch):
@@ -230,17 +202,6 @@ def test_user_mask_and_a_masked_distillation_token(images):
     mask[4, 1], mask[3, 0] = 1, 0
     with pytest.raises(ValueError, match=r"masks the CLS token \(position 0\) of image\(s\) \[3\]"):
         model(images, attention_mask=mask)
-
-
-def test_static_mode_equals_adaptive_when_every_image_fits(images):
-    adaptive = build()
-    with torch.no_grad():
-        expected = adaptive(images)
-        adaptive.set_ats(capacity=int(expected.num_tokens.max()))
-        static = adaptive(images)
-    assert static.token_mask.shape[1] == int(expected.num_tokens.max())
-    assert torch.equal(static.num_tokens, expected.num_tokens)
-    torch.testing.assert_close(static.logits, expected.logits, atol=1e-5, rtol=1e-5)
 
 
 def test_merging_never_feeds_the_special_tokens(images):
@@ -381,47 +342,6 @@ def test_an_upstream_cls_head_checkpoint_gets_the_cls_head_class(tmp_path, image
     model = load_ats_classifier(tmp_path, ats_layers=[]).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(images).logits, plain(images).logits, atol=1e-5, rtol=0)
-
-
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import torch
-    from transformers import AutoModelForImageClassification
-
-    model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-    with torch.no_grad():
-        outputs = model(pixel_values=torch.load("pixel_values.pt"))
-    torch.save({"logits": outputs.logits, "num_tokens": outputs.num_tokens}, "remote_outputs.pt")
-    json.dump({"class": type(model).__name__, "module": type(model).__module__}, open("remote.json", "w"))
-    """
-)
-
-
-def test_loads_with_trust_remote_code_without_ats_hf(tmp_path):
-    model = build(ats_max_tokens=[0.5, 20, None])
-    save_ats_checkpoint(model, tmp_path / "ckpt", tiny_image_processor())
-    pixel_values = tiny_image_processor()([random_image(seed) for seed in range(4)], return_tensors="pt")
-    torch.save(pixel_values["pixel_values"], tmp_path / "pixel_values.pt")
-    run = run_without_ats_hf(REMOTE_SCRIPT, str(tmp_path / "ckpt"), cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-4000:]
-    remote = json.loads((tmp_path / "remote.json").read_text())
-    assert remote["class"] == "AtsDeiTForImageClassificationWithTeacher"
-    assert remote["module"].startswith("transformers_modules.")
-    with torch.no_grad():
-        expected = model(pixel_values=pixel_values["pixel_values"])
-    outputs = torch.load(tmp_path / "remote_outputs.pt")
-    assert torch.equal(outputs["logits"], expected.logits) and torch.equal(outputs["num_tokens"], expected.num_tokens)
-
-
-def test_image_classification_pipeline(tmp_path):
-    save_plain_distilled(tmp_path / "plain")
-    model = load_ats_classifier(tmp_path / "plain", ats_max_tokens=0.5)
-    save_ats_checkpoint(model, tmp_path / "ats", tiny_image_processor())
-    classifier = pipeline("image-classification", model=str(tmp_path / "ats"))
-    assert isinstance(classifier.model, AtsDeiTForImageClassificationWithTeacher)
-    result = classifier(random_image(3), top_k=2)
-    assert len(result) == 2 and {"label", "score"} <= set(result[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,13 +1,11 @@
 """The DINOv2 family (issue #11): DINOv2 with and without registers, against transformers' own models and a per-image
 reference of the official ATS arithmetic."""
 
-import json
-import textwrap
 
 import pytest
 import torch
 from conftest import peaky_weights_
-from hf_fixtures import random_image, run_without_ats_hf, tiny_image_processor
+from hf_fixtures import random_image, tiny_image_processor
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from official_reference import official_picks
 from safetensors import safe_open
@@ -18,7 +16,6 @@ from transformers import (
     Dinov2ForImageClassification,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersForImageClassification,
-    pipeline,
 )
 
 from ats_hf import AtsDinov2Config, AtsDinov2ForImageClassification, AtsDinov2Model, load_ats_classifier
@@ -171,18 +168,6 @@ def test_special_tokens_are_always_kept_and_never_scored(registers, images):
     assert run.num_tokens[:, 1:].eq(num_special + 1).all()
 
 
-def test_batch_invariance_with_registers(images):
-    model = ats_twin(upstream_classifier(2))
-    with torch.no_grad():
-        batched = model(images)
-        alone = [model(image[None]) for image in images]
-    assert len(set(batched.num_tokens[:, -1].tolist())) > 1, "images should keep different numbers of tokens"
-    for i, single in enumerate(alone):
-        torch.testing.assert_close(batched.logits[i], single.logits[0], atol=1e-5, rtol=1e-5)
-        assert kept_lists(batched, i) == kept_lists(single, 0)
-        assert torch.equal(batched.num_tokens[i], single.num_tokens[0])
-
-
 def test_the_head_pools_kept_patches_only(images):
     """Hand-computed: concat(CLS, mean of each image's real kept patch rows), registers and padding excluded."""
     model = ats_twin(upstream_classifier(2))
@@ -196,20 +181,6 @@ def test_the_head_pools_kept_patches_only(images):
         features.append(torch.cat([hidden[0], patches.mean(dim=0)]))
     torch.testing.assert_close(output.logits, model.classifier(torch.stack(features)), atol=1e-6, rtol=1e-6)
     assert base.token_mask.eq(0).any(), "the batch should have padding rows"
-
-
-@pytest.mark.parametrize("batch_size", [1, 6])
-def test_static_mode_equals_adaptive_when_every_image_fits(batch_size, images):
-    upstream = upstream_classifier(2)
-    adaptive = ats_twin(upstream)
-    static = ats_twin(upstream, ats_capacity=1.0)
-    with torch.no_grad():
-        a, s = adaptive(images[:batch_size]), static(images[:batch_size])
-    torch.testing.assert_close(s.logits, a.logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(s.num_tokens, a.num_tokens)
-    for i in range(batch_size):
-        assert kept_lists(s, i) == kept_lists(a, i)
-    assert s.token_mask.shape[1] == 67  # static: the capacity's rows whatever is kept
 
 
 @pytest.mark.parametrize("capacity", [None, 40])
@@ -238,65 +209,6 @@ def test_dense_output_is_the_full_grid_and_the_head_still_pools_kept_tokens(capa
         grid_rows = torch.cat([torch.arange(3), 3 + torch.tensor(kept_lists(p, i)[-1], dtype=torch.long)])
         torch.testing.assert_close(d.last_hidden_state[i, grid_rows], p.last_hidden_state[i, real], atol=1e-6, rtol=0)
     torch.testing.assert_close(d.pooler_output, p.pooler_output, atol=1e-6, rtol=0)
-
-
-@pytest.fixture(scope="module")
-def ats_checkpoint(tmp_path_factory):
-    """A saved ATS-DINOv2 (2 registers, peaky) with a tiny image processor."""
-    directory = tmp_path_factory.mktemp("dinov2") / "ats-dinov2"
-    ats_twin(upstream_classifier(2), ats_max_tokens=[0.5, 20, None]).save_pretrained(directory)
-    tiny_image_processor().save_pretrained(directory)
-    return directory
-
-
-def test_pipeline_in_batches_equals_one_image_at_a_time(ats_checkpoint):
-    classifier = pipeline("image-classification", model=str(ats_checkpoint))
-    assert isinstance(classifier.model, AtsDinov2ForImageClassification)
-    images = [random_image(seed, size=(24 + 8 * seed, 40)) for seed in range(3)]
-    pixel_values = tiny_image_processor()(images, return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        assert len(set(classifier.model(pixel_values).num_tokens[:, -1].tolist())) > 1
-    batched = classifier(images, batch_size=2, top_k=3)
-    for image, result in zip(images, batched, strict=True):
-        alone = classifier(image, top_k=3)
-        assert [entry["label"] for entry in result] == [entry["label"] for entry in alone]
-        assert [entry["score"] for entry in result] == pytest.approx([entry["score"] for entry in alone], abs=1e-6)
-
-
-REMOTE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import torch
-    from transformers import AutoModel, AutoModelForImageClassification
-
-    model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-    base = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
-    with torch.no_grad():
-        outputs = model(pixel_values=torch.load("pixel_values.pt"))
-    torch.save({"logits": outputs.logits, "num_tokens": outputs.num_tokens}, "remote_outputs.pt")
-    loaded = sorted(name for name in sys.modules if name.split(".")[0] == "ats_hf")
-    result = {"module": type(model).__module__, "base": type(base).__name__, "loaded": loaded}
-    json.dump(result, open("remote.json", "w"))
-    """
-)
-
-
-def test_loads_with_remote_code_where_ats_hf_cannot_be_imported(ats_checkpoint, images, tmp_path):
-    auto_map = json.loads((ats_checkpoint / "config.json").read_text())["auto_map"]
-    assert auto_map["AutoModelForImageClassification"] == "modeling_ats_dinov2.AtsDinov2ForImageClassification"
-    torch.save(images, tmp_path / "pixel_values.pt")
-    run = run_without_ats_hf(REMOTE_SCRIPT, str(ats_checkpoint), cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-4000:]
-    remote = json.loads((tmp_path / "remote.json").read_text())
-    assert remote["module"].startswith("transformers_modules.") and remote["loaded"] == []
-    assert remote["base"] == "AtsDinov2Model"
-    local = AtsDinov2ForImageClassification.from_pretrained(ats_checkpoint).eval()
-    with torch.no_grad():
-        expected = local(images)
-    outputs = torch.load(tmp_path / "remote_outputs.pt")
-    assert torch.equal(outputs["logits"], expected.logits)
-    assert torch.equal(outputs["num_tokens"], expected.num_tokens)
-    assert len(set(expected.num_tokens[:, -1].tolist())) > 1
 
 
 @pytest.mark.parametrize("registers", REGISTERS)

@@ -63,18 +63,21 @@ def example_args(workspace, output_dir, *extra) -> list[str]:
     ]
 
 
-SOURCE_ARGS = ["--model_name_or_path", "vit", "--train_dir", "train", "--report_to", "none"]
+def source_args(workspace) -> list[str]:
+    return ["--model_name_or_path", str(workspace / "vit"), "--train_dir", str(workspace / "train"),
+            "--report_to", "none"]
 
 
 @pytest.mark.parametrize("layers", [["1-3"], ["1", "2", "3"], ["1,2", "3"]])
-def test_example_takes_every_form_of_the_settings_grammar(example, layers):
+def test_example_takes_every_form_of_the_settings_grammar(example, workspace, layers):
     model_args, _, _ = example.parse_args(
-        [*SOURCE_ARGS, "--ats_layers", *layers, "--ats_max_tokens", "0.5", "all", "12", "--ats_sampler", "top_k"]
+        [*source_args(workspace), "--ats_layers", *layers, "--ats_max_tokens", "0.5", "all", "12", "--ats_sampler",
+         "top_k"]
     )
     assert model_args.ats_config_overrides() == {
         "ats_layers": [1, 2, 3], "ats_max_tokens": [0.5, None, 12], "ats_sampler": "top_k"
     }
-    assert example.parse_args(SOURCE_ARGS)[0].ats_config_overrides() == {}, "left out: keep the checkpoint's"
+    assert example.parse_args(source_args(workspace))[0].ats_config_overrides() == {}, "left out: keep the model's"
 
 
 @pytest.mark.parametrize(
@@ -85,9 +88,9 @@ def test_example_takes_every_form_of_the_settings_grammar(example, layers):
         (["--max_eval_samples", "0"], "max_eval_samples=0 must be >= 1"),
     ],
 )
-def test_example_rejects_bad_values_in_one_line(example, capsys, argv, message):
+def test_example_rejects_bad_values_in_one_line(example, workspace, capsys, argv, message):
     with pytest.raises(SystemExit) as exited:
-        example.parse_args([*SOURCE_ARGS, *argv])
+        example.parse_args([*source_args(workspace), *argv])
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and ": error: " in error and message in error

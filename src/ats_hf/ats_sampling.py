@@ -63,6 +63,8 @@ def inverse_transform_sampling(
         (B, P) bool, True for kept patch tokens.
     """
     batch_size, num_patches = scores.shape
+    if num_patches == 0:  # only special tokens are left: nothing to sample
+        return torch.zeros_like(scores, dtype=torch.bool)
     inf = float("inf")
     if patch_mask is None:
         sorted_scores, order = _stable_sort(scores)
@@ -361,6 +363,8 @@ def select_tokens(
         a `TokenSelection`; no device-to-host read happens except in the adaptive packing.
     """
     batch_size, num_tokens = values.shape[:2]
+    if num_tokens == num_special:  # only special tokens are left (every patch was masked or dropped)
+        return TokenSelection(None, None)
     cls_logits = torch.matmul(_as_float32(cls_query), _as_float32(keys).transpose(2, 3))
     cls_logits = cls_logits.view(batch_size, -1, num_tokens) * scaling
     if sizes is not None:  # proportional attention; log(0) = -inf masks padding

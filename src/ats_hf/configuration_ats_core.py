@@ -244,6 +244,14 @@ class AtsConfigMixin(AtsBaseModelTypesMixin):
         super().__post_init__(**kwargs)
         self.check_ats_settings()
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' `from_dict`; the fields that `from_pretrained(..., ats_layers=...)` sets after construction
+        are checked too."""
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result).check_ats_settings()
+        return result
+
     @property
     def ats_settings(self) -> AtsSettings:
         """The settings in the fields now, checked for this model (`ValueError` naming a bad value)."""

@@ -105,6 +105,17 @@ class AtsCLIPVisionModel(AtsBaseModelMixin, AtsCLIPPreTrainedModel, CLIPVisionMo
 
     ats_embedding_options = ("interpolate_pos_encoding",)
 
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsModelOutput:
+        """Upstream's arguments, and the core's `attention_mask` (see `AtsBaseModelMixin.forward`)."""
+        return super().forward(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
+                               attention_mask=attention_mask, **kwargs)
+
     def ats_build(self, config):
         self.embeddings = CLIPVisionEmbeddings(config)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)

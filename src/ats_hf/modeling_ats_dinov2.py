@@ -30,6 +30,7 @@ from .modeling_ats_core import (
     AtsClassifierMixin,
     AtsLayerMixin,
     AtsLayerStack,
+    AtsModelOutput,
     AtsPreTrainedMixin,
     linear_head,
     mean_of_kept_patches,
@@ -90,6 +91,16 @@ class AtsDinov2Model(AtsBaseModelMixin, AtsDinov2PreTrainedModel, Dinov2Model):
     Sampling in `config.ats_layers`. Position embeddings are interpolated to any image size, as upstream."""
 
     ats_embedding_options = ("bool_masked_pos",)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> AtsModelOutput:
+        """Upstream's arguments, and the core's `attention_mask` (see `AtsBaseModelMixin.forward`)."""
+        return super().forward(pixel_values, bool_masked_pos=bool_masked_pos, attention_mask=attention_mask, **kwargs)
 
     def ats_build(self, config):
         embeddings = Dinov2WithRegistersEmbeddings if config.num_register_tokens else Dinov2Embeddings

@@ -24,11 +24,13 @@ _HUB_OPTIONS = ("cache_dir", "revision", "token")
 def ats_model_class(source: str | os.PathLike, **hub_kwargs) -> type:
     """The ATS class that reads `source` (see `families.model_class_for`); an unsupported model type raises
     `ValueError` naming it and the supported ones."""
+    folder = Path(os.fspath(source)).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ValueError(f"{os.fspath(source)!r} holds no config.json: it is not a transformers checkpoint folder.")
     config_dict, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
-    try:
-        return model_class_for(config_dict)
-    except ValueError as error:
-        raise ValueError(f"{os.fspath(source)!r}: {error}") from None
+    if config_dict.get("model_type") is None:
+        raise ValueError(f"the config.json of {os.fspath(source)!r} names no model_type, so its family is unknown.")
+    return model_class_for(config_dict)
 
 
 def load_ats_model(source: str | os.PathLike, **kwargs):
