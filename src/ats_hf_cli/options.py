@@ -144,35 +144,37 @@ def add_data_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--label-column", help="label column (default: the first ClassLabel feature, or 'label')")
 
 
-def check_model_option(model: str | None, what: str = "--model") -> str:
-    """The model path or Hub id an option names (the embedded model's folder by default), checked to exist when it is
-    a local path."""
-    path = model or str(default_model_dir())
-    with usage_errors(FileNotFoundError):
-        check_source(path, what)
-    return path
-
-
-def check_data_options(args: argparse.Namespace) -> None:
-    """Refuse dataset options without --dataset and a --dataset folder that does not exist, and name the extra a Hub
-    or saved dataset needs: all before anything slow is loaded."""
-    if args.dataset is None:
+def check_inputs(
+    args: argparse.Namespace,
+    *,
+    model: tuple[str, str | None] | None = None,
+    data: bool = True,
+    output: tuple[str, object, bool] | None = None,
+) -> str | None:
+    """Everything about a command's inputs that can be checked before torch loads, in one place:
+    - data (`data`): dataset options without --dataset, a --dataset that is a file, and the extra the data needs;
+    - the paths: a --dataset folder and the model (`model`: (option, value); the embedded model when the value is
+      None) must exist when they are local paths, and the output (`output`: (option, path, is_file)) follows the
+      write policy (`paths.check_target`, with --overwrite).
+    Returns the model's path or Hub id (None when `model` is None); any problem is a one-line `UsageError`."""
+    if data and args.dataset is None:
         if args.split or args.image_column or args.label_column:
             raise UsageError("--split, --image-column and --label-column apply to --dataset only")
         require("digits", "the embedded synthetic digits")
-        return
-    with usage_errors(FileNotFoundError):
-        check_source(args.dataset, "--dataset")
-    if Path(os.fspath(args.dataset)).expanduser().is_file():
-        raise UsageError(f"--dataset {args.dataset!r} is a file; give a folder of class sub-folders, a save_to_disk "
-                         "folder or a Hub dataset id")
-    require("datasets", f"--dataset {args.dataset!r}")
-
-
-def check_output_option(path, what: str, overwrite: bool, *, is_file: bool = False) -> None:
-    """The output policy (`paths.check_target`) as a one-line usage error."""
-    with usage_errors(FileExistsError):
-        check_target(path, what, overwrite, is_file=is_file)
+    elif data:
+        if Path(os.fspath(args.dataset)).expanduser().is_file():
+            raise UsageError(f"--dataset {args.dataset!r} is a file; give a folder of class sub-folders, a "
+                             "save_to_disk folder or a Hub dataset id")
+        require("datasets", f"--dataset {args.dataset!r}")
+    model_path = None if model is None else model[1] or str(default_model_dir())
+    with usage_errors(FileNotFoundError, FileExistsError):
+        if data and args.dataset is not None:
+            check_source(args.dataset, "--dataset")
+        if model is not None:
+            check_source(model_path, model[0])
+        if output is not None:
+            check_target(output[1], output[0], args.overwrite, is_file=output[2])
+    return model_path
 
 
 def require(need: str, what: str) -> None:
@@ -190,9 +192,7 @@ __all__ = [
     "NEEDS",
     "add_ats_arguments",
     "add_data_arguments",
-    "check_data_options",
-    "check_model_option",
-    "check_output_option",
+    "check_inputs",
     "checked",
     "float_in",
     "fraction",

@@ -35,9 +35,7 @@ from ..options import (
     MODEL_HELP,
     add_ats_arguments,
     add_data_arguments,
-    check_data_options,
-    check_model_option,
-    check_output_option,
+    check_inputs,
     checked,
     non_negative_int,
     positive_int,
@@ -103,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`ats-hf benchmark`: check everything, run, print the table, write JSON and plots."""
-    output_dir = _check_options(args)
+    output_dir, model_path = _check_options(args)
     import torch
 
     from ats_hf.benchmark import format_table, write_report
@@ -114,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime == "onnxruntime" and (torch.device(device).type != "cpu" or args.dtype != "float32"):
         raise UsageError(f"--runtime onnxruntime runs on the CPU in float32 here, not --device {device} --dtype "
                          f"{args.dtype}")
-    result = _run_speed_mode(args, device) if args.speed_mode else _run_accuracy_mode(args, device)
+    result = _run_speed_mode(args, device) if args.speed_mode else _run_accuracy_mode(args, model_path, device)
     print(format_table(result))
     with usage_errors(OSError, context=f"cannot write to {str(output_dir)!r}"):
         written = write_report(result, output_dir)
@@ -122,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_options(args: argparse.Namespace) -> Path:
-    """Everything that can be checked before torch loads; returns the output folder."""
+def _check_options(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """Everything that can be checked before torch loads; returns the output folder and the model path (None in
+    speed mode)."""
     require("plots", "ats-hf benchmark")
     if args.runtime == "onnxruntime":
         require("onnx", "--runtime onnxruntime")
@@ -134,23 +133,21 @@ def _check_options(args: argparse.Namespace) -> Path:
             raise UsageError(f"--speed-mode times random weights on random images; it takes no --{given[0]}")
         if getattr(args, "ats_merge", None) is not None:
             raise UsageError("speed mode times ATS that drops tokens; --ats-merge applies to the accuracy mode")
-    else:
-        check_data_options(args)
-        check_model_option(args.model)
     output_dir = args.output_dir or (Path(str(SPEED_MODE_OUTPUT_DIR).format(geometry=args.speed_mode))
                                      if args.speed_mode else OUTPUT_DIR)
-    check_output_option(output_dir, "--output-dir", args.overwrite)
+    model_path = check_inputs(args, model=None if args.speed_mode else ("--model", args.model),
+                              data=not args.speed_mode, output=("--output-dir", output_dir, False))
     args.command_line = shlex.join(["ats-hf", "benchmark", *sys.argv[2:]]) if sys.argv[1:2] == ["benchmark"] else ""
-    return output_dir
+    return output_dir, model_path
 
 
-def _run_accuracy_mode(args: argparse.Namespace, device: str):
+def _run_accuracy_mode(args: argparse.Namespace, model_path: str, device: str):
     from ats_hf.benchmark import run_benchmark, sweep_methods
     from ats_hf.benchmark.engine import DTYPES as TORCH_DTYPES
     from ats_hf.benchmark.engine import default_ats_method
     from ats_hf.methods import AtsMethod
 
-    model, processor = load_classifier(check_model_option(args.model), attn_implementation=args.attn_implementation)
+    model, processor = load_classifier(model_path, attn_implementation=args.attn_implementation)
     model = model.to(device=device, dtype=TORCH_DTYPES[args.dtype]).eval()
     config = model.config
     settings = settings_for(model, args, default_ats_method(config).settings)

@@ -11,9 +11,7 @@ from ..options import (
     MODEL_HELP,
     add_ats_arguments,
     add_data_arguments,
-    check_data_options,
-    check_model_option,
-    check_output_option,
+    check_inputs,
     float_in,
     positive_int,
 )
@@ -44,10 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`ats-hf calibrate`: calibrate, print the tables, optionally save the calibrated checkpoint."""
-    check_data_options(args)
-    if args.output is not None:
-        check_output_option(args.output, "--output", args.overwrite)
-    model_path = check_model_option(args.model)
+    model_path = check_inputs(args, model=("--model", args.model),
+                              output=None if args.output is None else ("--output", args.output, False))
 
     from ats_hf.calibration import calibrate_capacity, format_result, save_calibrated_checkpoint
 

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from .. import UsageError
-from ..options import add_ats_arguments, check_model_option, check_output_option, settings_from_args
+from ..options import add_ats_arguments, check_inputs, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,12 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`ats-hf convert`: write the checkpoint (and upload it)."""
-    check_model_option(args.source, "SOURCE")
-    if args.image_processor is not None:
-        check_model_option(args.image_processor, "--image-processor")
     if args.measure_gmacs_on is not None and not args.measure_gmacs_on.is_dir():
         raise UsageError(f"--measure-gmacs-on {str(args.measure_gmacs_on)!r} is not a folder of images")
-    check_output_option(args.output_dir, "OUTPUT_DIR", args.overwrite)
+    if args.image_processor is not None:
+        check_inputs(args, model=("--image-processor", args.image_processor), data=False)
+    check_inputs(args, model=("SOURCE", args.source), data=False, output=("OUTPUT_DIR", args.output_dir, False))
 
     from ats_hf.hub.convert import UploadError, convert_to_ats
 

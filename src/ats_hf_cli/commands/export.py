@@ -22,9 +22,7 @@ from ..options import (
     MODEL_HELP,
     add_ats_arguments,
     add_data_arguments,
-    check_data_options,
-    check_model_option,
-    check_output_option,
+    check_inputs,
     require,
 )
 
@@ -50,12 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`ats-hf export`: load, apply the settings, export, verify; 0 verified, 1 not."""
     require("onnx", "ats-hf export")
-    check_output_option(args.output_dir, "OUT", args.overwrite)
     if args.random_images and (args.dataset or args.split or args.image_column or args.label_column):
         raise UsageError("--random-images replaces the dataset options; give one or the other")
-    if not args.random_images:
-        check_data_options(args)
-    model_path = check_model_option(args.model, "MODEL")
+    model_path = check_inputs(args, model=("MODEL", args.model), data=not args.random_images,
+                              output=("OUT", args.output_dir, False))
 
     from ats_hf.export import ONNX_FILE, VERIFICATION_FILE, check_exportable, export_folder
 

@@ -10,9 +10,7 @@ from ..options import (
     MAX_IMAGES,
     MODEL_HELP,
     add_data_arguments,
-    check_data_options,
-    check_model_option,
-    check_output_option,
+    check_inputs,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -59,13 +57,12 @@ def run(args: argparse.Namespace) -> int:
     """`ats-hf tune`: 0 when a setting meets the target, 1 when none does."""
     if args.no_speed and args.min_speedup is not None:
         raise UsageError("--min-speedup needs the front timed: leave out --no-speed")
-    check_data_options(args)
     if args.output is not None:
-        check_output_option(args.output, "--output", args.overwrite)
         require("plots", "--output (tune.png)")
     if args.speed_runtime == "onnxruntime" and not args.no_speed:
         require("onnx", "--speed-runtime onnxruntime")
-    model_path = check_model_option(args.model)
+    model_path = check_inputs(args, model=("--model", args.model),
+                              output=None if args.output is None else ("--output", args.output, False))
 
     from ats_hf.tune import SpeedSpec, Target, candidate_grid, format_report, tune, write_tune_output
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .. import UsageError, usage_errors
 from ..inputs import load_classifier, settings_for
-from ..options import MODEL_HELP, add_ats_arguments, check_model_option, check_output_option, int_at_least, positive_int
+from ..options import MODEL_HELP, add_ats_arguments, check_inputs, int_at_least, positive_int
 
 MIN_PANEL_SIZE = 16
 
@@ -29,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise UsageError(f"image file {str(args.image)!r} does not exist")
     output = args.output or Path(f"{args.image.stem}-ats.png")
-    check_output_option(output, "--output", args.overwrite, is_file=True)
-    model_path = check_model_option(args.model)
+    model_path = check_inputs(args, model=("--model", args.model), data=False, output=("--output", output, True))
 
     from PIL import Image
 
