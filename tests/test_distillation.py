@@ -179,8 +179,8 @@ def test_example_synthetic_digits_source_is_offline_and_uses_the_test_split(exam
     from ats_hf.data.synthetic_digits import generate, test_split
 
     model_args, data_args, _ = example.parse_args([
-        "--model_name_or_path", str(DEFAULT_MODEL_DIR), "--dataset_name", "synthetic-digits", "--max_train_samples", "5",
-        "--max_eval_samples", "3", "--output_dir", "unused", "--report_to", "none",
+        "--model_name_or_path", str(DEFAULT_MODEL_DIR), "--dataset_name", "synthetic-digits",
+        "--max_train_samples", "5", "--max_eval_samples", "3", "--output_dir", "unused", "--report_to", "none",
     ])
     dataset = example.load_data(data_args, model_args, seed=7)
     assert (len(dataset["train"]), len(dataset["validation"])) == (5, 3)
