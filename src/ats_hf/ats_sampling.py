@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
+TINY = torch.finfo(torch.float32).tiny  # what a sum is divided by when it is 0 (0 / tiny = 0)
 
 
 def significance_scores(
@@ -37,12 +38,19 @@ def significance_scores(
         (B, P) float32 scores of the P = L - S patch tokens, summing to 1 per image (all zero if an image has no
         scored patch); padding scores 0.
     """
-    attention = cls_attention[:, :, num_special:].sum(dim=1, dtype=torch.float32)
-    scores = attention * torch.linalg.vector_norm(values[:, num_special:], dim=-1, dtype=torch.float32)
+    return _significance(cls_attention.sum(dim=1), values, token_mask, num_special)
+
+
+def _significance(
+    cls_attention: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor | None, num_special: int
+) -> torch.Tensor:
+    """`significance_scores` from the (B, L) CLS attention already summed over heads."""
+    attention = _as_float32(cls_attention[:, num_special:])
+    scores = attention * _as_float32(torch.linalg.vector_norm(_as_float32(values[:, num_special:]), dim=-1))
     if token_mask is not None:
         scores = scores.masked_fill(~token_mask[:, num_special:], 0.0)
     # An all-zero row stays zero: 0 / tiny = 0; any other row has total >= tiny and is divided by it exactly.
-    return scores / scores.sum(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    return scores / torch.maximum(scores.sum(dim=1, keepdim=True), _scalar(TINY, scores))
 
 
 def inverse_transform_sampling(
@@ -65,38 +73,36 @@ def inverse_transform_sampling(
     batch_size, num_patches = scores.shape
     if num_patches == 0:  # only special tokens are left: nothing to sample
         return torch.zeros_like(scores, dtype=torch.bool)
-    inf = float("inf")
+    tiny = _scalar(TINY, scores)
     if patch_mask is None:
         sorted_scores, order = _stable_sort(scores)
         cdf = torch.cumsum(sorted_scores, dim=1)
-        cdf_first, cdf_last = cdf[:, :1], cdf[:, -1:]
+        cdf_first = cdf[:, :1]
+        # From exactly 0 up to exactly 1 (x / x), or all 0 when the CDF is flat (span 0: see below).
+        normalized_cdf = (cdf - cdf_first) / torch.maximum(cdf[:, -1:] - cdf_first, tiny)
     else:
         # Padding sorts last and is then zeroed, so the CDF of the real tokens is unchanged.
+        inf = float("inf")
         sorted_scores, order = _stable_sort(scores.masked_fill(~patch_mask, inf))
         last = (patch_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
         padding = torch.arange(num_patches, device=scores.device) > last
         cdf = torch.cumsum(sorted_scores.masked_fill(padding, 0.0), dim=1)
-        cdf_first, cdf_last = cdf[:, :1], cdf.gather(1, last)
-
-    span = (cdf_last - cdf_first).clamp(min=torch.finfo(torch.float32).tiny)
-    normalized_cdf = (cdf - cdf_first) / span
-    # x / x is exactly 1, so writing 1 at the last real token changes nothing unless the CDF is flat (span 0).
-    if patch_mask is None:
-        normalized_cdf[:, -1] = 1.0
-    else:
+        cdf_first = cdf[:, :1]
+        normalized_cdf = (cdf - cdf_first) / torch.maximum(cdf.gather(1, last) - cdf_first, tiny)
+        # 1 at the last real token (x / x already is, unless the CDF is flat); padding above every point.
         normalized_cdf = normalized_cdf.scatter_(1, last, 1.0).masked_fill_(padding, inf)
 
-    # The normalised CDF rises from 0 to 1: its smallest non-zero value is the smallest positive one.
-    lowest_nonzero = torch.where(normalized_cdf > 0, normalized_cdf, 1.0).amin(dim=1, keepdim=True)
+    # The normalised CDF rises from 0: its smallest non-zero value is the smallest positive one (1 when it is flat).
+    zero, one = _scalar(0.0, scores), _scalar(1.0, scores)
+    lowest_nonzero = torch.where(normalized_cdf > zero, normalized_cdf, one).amin(dim=1, keepdim=True)
     points = _sample_points(lowest_nonzero, max_tokens - 1)
 
-    # Nearest CDF value to each point: the first one at or above it, or the one below when that is no farther
-    # and not zero. The last real value is 1, so the sentinel column is never picked.
-    padded_cdf = torch.nn.functional.pad(normalized_cdf, (0, 1), value=inf)
-    above = _count_below(padded_cdf, points)
-    below = (above - 1).clamp_(min=0)
-    cdf_below = padded_cdf.gather(1, below)
-    take_below = (points - cdf_below <= padded_cdf.gather(1, above) - points) & (cdf_below > 0)
+    # Nearest CDF value to each point: the first one at or above it, or the one below when that is no farther and
+    # not zero. A point above every value (a flat CDF, or 1 plus rounding) takes the last one.
+    above = torch.minimum(_count_below(normalized_cdf, points), _scalar(num_patches - 1, points, torch.long))
+    below = torch.maximum(above - 1, _scalar(0, points, torch.long))
+    cdf_below = normalized_cdf.gather(1, below)
+    take_below = (points - cdf_below <= normalized_cdf.gather(1, above) - points) & (cdf_below > zero)
     picked = order.gather(1, torch.where(take_below, below, above))
 
     kept = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=scores.device).scatter_(1, picked, True)
@@ -133,7 +139,7 @@ def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tenso
     # Eager reuses the grid (two fewer ops per layer); a compiled graph folds it into its kernels instead.
     grid = _point_grid if torch.compiler.is_compiling() else _cached_point_grid
     steps, unit = grid(num_points, lowest_nonzero.device)
-    return lowest_nonzero + (unit - lowest_nonzero * steps) / (num_points - 1)
+    return lowest_nonzero + (unit - lowest_nonzero * steps) / _scalar(num_points - 1, lowest_nonzero)
 
 
 def _point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +189,7 @@ def sample_patch_tokens(
     keeps every real patch token, so it never falls below the documented minimum and is never counted as cheap.
     """
     kept = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens)
-    unscorable = scores.isnan().any(dim=1, keepdim=True)
+    unscorable = scores[:, :1].isnan()  # normalising spreads a NaN over the whole row
     return kept | (unscorable if patch_mask is None else unscorable & patch_mask)
 
 
@@ -224,15 +230,23 @@ def pack_kept_tokens(kept_patches: torch.Tensor, num_special: int = 1) -> tuple[
         padding: the layout of the (B, M) output, or None when every image keeps M rows.
     The only device-to-host read of an ATS layer happens here (inside `nonzero` for a single image).
     """
+    if kept_patches.shape[0] == 1:  # the kept patch rows after the special ones: no padding can exist
+        patch_rows = kept_patches.view(-1).nonzero().view(1, -1) + num_special
+        return torch.cat([_special_rows(num_special, kept_patches.device), patch_rows], dim=1), None
     kept = torch.nn.functional.pad(kept_patches, (num_special, 0), value=True)
-    if kept.shape[0] == 1:
-        return kept[0].nonzero().view(1, -1), None
     counts = kept.sum(dim=1)
     largest, smallest, total = torch.stack([counts.max(), counts.min(), counts.sum()]).tolist()
     kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
     if largest == smallest:
         return kept_rows, None
     return kept_rows, PaddingLayout.from_mask(torch.arange(largest, device=counts.device) < counts[:, None], total)
+
+
+@functools.lru_cache(maxsize=16)
+def _special_rows(num_special: int, device: torch.device) -> torch.Tensor:
+    """(1, S) long: 0 .. S-1, made once per (S, device), outside any inference mode so that every mode can read it."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.arange(num_special, device=device).view(1, -1)
 
 
 def pack_kept_tokens_static(
@@ -337,6 +351,7 @@ def select_tokens(
     cls_query: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
+    num_heads: int,
     scaling: float,
     *,
     sampler: str,
@@ -351,8 +366,8 @@ def select_tokens(
     sample them, and pack the kept rows (CLS and the other special tokens first).
 
     Args:
-        cls_query: (B, H, 1, d) the CLS token's query in every head; keys: (B, H, L, d); values: (B, L, D).
-        scaling: the attention logits' scale (1 / sqrt(d) in a plain ViT).
+        cls_query: (B, 1, D) the CLS token's query; keys, values: (B, L, D); all with the H heads concatenated.
+        num_heads: H; scaling: the attention logits' scale (1 / sqrt(D / H) in a plain ViT).
         sampler: a name in `ATS_SAMPLERS`; max_tokens: K > S, the most rows kept, special tokens included.
         capacity: None for the adaptive mode (M = the batch's largest kept count), or C > S rows (the static mode).
         num_special: S, the leading tokens that are always kept and never scored.
@@ -365,13 +380,15 @@ def select_tokens(
     batch_size, num_tokens = values.shape[:2]
     if num_tokens == num_special:  # only special tokens are left (every patch was masked or dropped)
         return TokenSelection(None, None)
-    cls_logits = torch.matmul(_as_float32(cls_query), _as_float32(keys).transpose(2, 3))
-    cls_logits = cls_logits.view(batch_size, -1, num_tokens) * scaling
+    # The CLS row of every head as a product and a per-head sum: (B, L, H), the same multiply-adds as a (1 x L) matmul
+    # per head, in a handful of operations (batch 1 is bound by their count).
+    products = _as_float32(cls_query) * _as_float32(keys)
+    cls_logits = products.view(batch_size, num_tokens, num_heads, -1).sum(dim=-1) * _scalar(scaling, products)
     if sizes is not None:  # proportional attention; log(0) = -inf masks padding
-        cls_logits = cls_logits + sizes.log()[:, None, :]
+        cls_logits = cls_logits + sizes.log()[..., None]
     elif token_mask is not None:
-        cls_logits = cls_logits.masked_fill(~token_mask[:, None, :], float("-inf"))
-    scores = significance_scores(cls_logits.softmax(dim=-1), values, token_mask, num_special)
+        cls_logits = cls_logits.masked_fill(~token_mask[..., None], float("-inf"))
+    scores = _significance(cls_logits.softmax(dim=1).sum(dim=-1), values, token_mask, num_special)
     patch_mask = None if token_mask is None else token_mask[:, num_special:]
     # The samplers count K with one special token (CLS); K - S + 1 leaves K - S patch tokens.
     kept_patches = sample_patch_tokens(sampler, scores, patch_mask, max_tokens - num_special + 1)
@@ -381,8 +398,22 @@ def select_tokens(
         kept_rows, padding = pack_kept_tokens_static(kept_patches, scores, capacity, num_special)
     if token_mask is None and padding is None and kept_rows.shape[1] == num_tokens:
         return TokenSelection(None, None)  # every row kept, in place: nothing to gather or merge
-    merge_keys = keys.transpose(1, 2).reshape(batch_size, num_tokens, -1) if merge else None
-    return TokenSelection(kept_rows, padding, merge_keys)
+    return TokenSelection(kept_rows, padding, keys if merge else None)
+
+
+def _scalar(value: float, like: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`value` as a 0-dim tensor on `like`'s device. An operation with a Python float converts it to a tensor on every
+    call (four extra dispatched operations in eager mode); eager mode reuses one made once, a compiled or exported
+    graph makes its own (a constant in the graph)."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return torch.full((), value, dtype=dtype, device=like.device)
+    return _cached_scalar(value, dtype, like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.full((), value, dtype=dtype, device=device)
 
 
 def _as_float32(tensor: torch.Tensor) -> torch.Tensor:

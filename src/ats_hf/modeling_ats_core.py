@@ -200,18 +200,15 @@ class AtsAttentionMixin:
         config = self.config
         token_mask = state.token_mask
         batch_size, num_tokens, _ = hidden_states.shape
-        queries = self.q_proj(hidden_states)
-        key_states = self.k_proj(hidden_states).view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
-        values = self.v_proj(hidden_states)
+        queries, keys, values = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        key_states = keys.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
         value_states = values.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
 
         with torch.no_grad():  # the selection is discrete: no gradient flows through the scores
-            # (B, 1, D) is laid out as (B, H, 1, head_dim): the CLS query of every head, no transpose needed.
-            cls_query = queries[:, :1].view(batch_size, -1, 1, self.head_dim)
             selection = select_tokens(
-                cls_query, key_states, values, scaling, sampler=config.ats_sampler, max_tokens=plan.max_tokens,
-                capacity=plan.capacity, num_special=num_special_tokens(config), token_mask=token_mask,
-                sizes=state.sizes, merge=config.ats_merge is not None,
+                queries[:, :1], keys, values, keys.shape[-1] // self.head_dim, scaling, sampler=config.ats_sampler,
+                max_tokens=plan.max_tokens, capacity=plan.capacity, num_special=num_special_tokens(config),
+                token_mask=token_mask, sizes=state.sizes, merge=config.ats_merge is not None,
             )
         kept_rows = selection.kept_rows
 
