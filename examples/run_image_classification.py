@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Fine-tune and evaluate an ATS-ViT image classifier with Trainer (one process, or several with accelerate).
+"""Fine-tune and evaluate an ATS image classifier with Trainer (one process, or several with accelerate).
 
-The start can be a plain ViT/DeiT checkpoint or an ATS checkpoint (Hub id or directory); --ats_layers,
+The start can be a plain or ATS checkpoint of any family - ViT, DeiT, DINOv2, CLIP; a classifier, or a backbone
+that gets a new head (Hub id or directory); --ats_layers,
 --ats_max_tokens and --ats_sampler set or change its ATS settings, in the same forms as `ats-hf` takes
 (`--ats_layers 3-11`, `--ats_layers 3 4 5`, `--ats_layers 1,3,5-7`, `--ats_max_tokens all`, ...). Data comes from a
 Hub dataset (--dataset_name), from image folders (--train_dir / --validation_dir: one subfolder per class, read by
@@ -72,7 +73,8 @@ DENSE_TEACHER = "dense"  # --distill_from value: the starting checkpoint with AT
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        metadata={"help": "A plain ViT / non-distilled DeiT or an ATS-ViT checkpoint: Hub id or directory."}
+        metadata={"help": "A plain or ATS checkpoint of any family (ViT, DeiT, DINOv2, CLIP), a classifier or a "
+                          "backbone that gets a new head: Hub id or directory."}
     )
     ats_layers: list[str] | None = field(
         default=None,

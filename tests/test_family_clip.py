@@ -304,6 +304,12 @@ def test_load_ats_classifier_and_convert_detect_clip(upstream, images, tmp_path)
     for source in ("clip", "vision"):
         with pytest.raises(ValueError, match="without an image-classification head"):
             load_ats_classifier(upstream["root"] / source)
+    # Fine-tuning starts from the image-text model's vision tower, with a new head.
+    new_head = load_ats_classifier(upstream["root"] / "clip", allow_new_head=True, num_labels=3)
+    assert type(new_head) is AtsCLIPForImageClassification
+    vision = upstream["clip"].vision_model.state_dict()
+    assert all(torch.equal(new_head.vision_model.state_dict()[name], weight) for name, weight in vision.items()
+               if name in new_head.vision_model.state_dict())
     model = load_ats_classifier(upstream["root"] / "classifier", ats_layers=[2, 3], ats_max_tokens=0.5)
     assert type(model) is AtsCLIPForImageClassification and model.config.ats_layers == [2, 3]
     output = convert_to_ats(upstream["root"] / "classifier", tmp_path / "out", ats_layers=[2, 3], ats_max_tokens=0.5)

@@ -49,6 +49,8 @@ class Family:
         capabilities: what the tools support: CLASSIFY (image classification), FEATURES (embeddings), ZERO_SHOT,
             TOME (the Token Merging baseline).
         aliases: more upstream architecture names the family's classes read (beyond each class's upstream parent).
+        classifier_family: the family whose image classifier reads this family's checkpoints, when it has none of
+            its own (CLIP's image-text model: the vision tower's classifier), for fine-tuning a new head.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Family:
     head: str
     capabilities: frozenset[str]
     aliases: dict[str, type] = field(default_factory=dict)
+    classifier_family: str | None = None
 
     @property
     def model_types(self) -> tuple[str, ...]:
@@ -145,6 +148,7 @@ FAMILIES = (
         special_tokens="CLS (of the vision tower; the text tower is CLIP's)",
         head="image-text similarity of the projected vision and text embeddings",
         capabilities=frozenset({ZERO_SHOT}),
+        classifier_family="clip",
     ),
 )
 
@@ -199,6 +203,15 @@ def model_class_for(config_dict: dict) -> type:
     return family.classifier or family.base_model
 
 
+def classifier_for(model_class: type) -> type | None:
+    """The image classifier that reads checkpoints of `model_class` (the same family's default classifier, or that of
+    `classifier_family`), for fine-tuning a new head; None when there is none."""
+    family = family_of(model_class)
+    if family.classifier is None and family.classifier_family is not None:
+        family = family_named(family.classifier_family)
+    return family.classifier
+
+
 def is_classifier(model_class: type) -> bool:
     """Whether an ATS model class is an image classifier (a head over the base model's outputs)."""
     return issubclass(model_class, AtsClassifierMixin)
@@ -239,6 +252,7 @@ __all__ = [
     "TOME",
     "ZERO_SHOT",
     "Family",
+    "classifier_for",
     "family_for_model_type",
     "family_named",
     "family_of",

@@ -2,7 +2,7 @@
 
 One concern per module: `results` (dataclasses, JSON), `engine` (evaluating and timing methods, sweeps, speed-mode
 models), `timing` (interleaved throughput and its reliability), `runtimes` (eager, compile, onnxruntime), `report`
-(table, plots), `defaults` (every default, in one place). The methods compared are `ats_hf.methods`.
+(table, plots). Every default is in `ats_hf_common.benchmark_defaults`; the methods compared are `ats_hf.methods`.
 
     from ats_hf.benchmark import run_benchmark, format_table, write_report
     result = run_benchmark(model, pixel_values, labels)

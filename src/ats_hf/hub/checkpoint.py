@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
 
 from ats_hf_common.paths import check_source
 
-from ..families import family_of, is_classifier, model_class_for
+from ..families import classifier_for, is_classifier, model_class_for
 from .model_card import write_model_card
 
 UPLOAD_IGNORE = ["checkpoint-*", "_*"]
@@ -53,7 +53,7 @@ def load_ats_classifier(source: str | os.PathLike, *, allow_new_head: bool = Fal
     model_class = ats_model_class(source, **hub_kwargs)
     if not is_classifier(model_class):
         upstream = model_class.__bases__[-1].__name__
-        model_class = family_of(model_class).classifier if allow_new_head else None
+        model_class = classifier_for(model_class) if allow_new_head else None
         if model_class is None:
             raise ValueError(
                 f"{os.fspath(source)!r} is a {upstream} checkpoint without an image-classification head; this needs "

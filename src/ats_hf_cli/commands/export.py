@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = check_inputs(args, model=("MODEL", args.model), data=not args.random_images,
                               output=("OUT", args.output_dir, False))
 
-    from ats_hf.export import ONNX_FILE, VERIFICATION_FILE, check_exportable, export_folder
+    from ats_hf.export import check_exportable, export_folder
 
     model, processor = load_classifier(model_path, what="MODEL")
     model.set_ats(settings_for(model, args))
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ats-hf export: verification failed: {error}", file=sys.stderr)
         return 1
     print(
-        f"wrote {args.output_dir / ONNX_FILE}, config.json, preprocessor_config.json, {VERIFICATION_FILE} (static "
+        f"wrote {args.output_dir}: {', '.join(sorted(path.name for path in args.output_dir.iterdir()))} (static "
         f"mode: {format_settings(model.ats_settings)})\n"
         f"verified against PyTorch on {description}, each at batch sizes "
         f"{', '.join(map(str, report['batch_sizes']))}: largest logit difference "
