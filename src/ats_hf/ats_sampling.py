@@ -337,6 +337,26 @@ def gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return flat.view(*rows.shape, *tensor.shape[2:])
 
 
+def kept_patch_positions(last_kept_by: torch.Tensor, num_layers: int, width: int) -> torch.Tensor:
+    """Which patches each of `num_layers` nested selections kept, from the index of the last one that kept each patch.
+
+    Args:
+        last_kept_by: (B, P) long, for each patch the index of the last selection (ATS layer) that kept it, -1 if
+            none; every selection keeps a subset of what the one before kept.
+        width: the most patches any selection kept (the output's last size).
+    Returns:
+        (B, num_layers, width) long: the patch positions selection i kept (those with `last_kept_by >= i`),
+        ascending, padded with -1.
+    """
+    num_patches = last_kept_by.shape[1]
+    layers = torch.arange(num_layers, device=last_kept_by.device)
+    kept = last_kept_by[:, None, :] >= layers[None, :, None]  # (B, layers, P)
+    beyond = _scalar(num_patches, last_kept_by, torch.long)
+    candidates = torch.where(kept, torch.arange(num_patches, device=last_kept_by.device), beyond)
+    ascending = candidates.topk(width, dim=2, largest=False).values  # kept positions first, then `beyond`
+    return torch.where(ascending < beyond, ascending, _scalar(-1, last_kept_by, torch.long))
+
+
 class TokenSelection(NamedTuple):
     """The rows an ATS layer keeps: `kept_rows` (B, M) into its L input rows, the S special rows first (None when
     every row is kept in place), the `padding` layout of the M rows (None when every row is real), and the (B, L, D)
@@ -482,6 +502,7 @@ __all__ = [
     "bipartite_merge",
     "gather_rows",
     "inverse_transform_sampling",
+    "kept_patch_positions",
     "merge_dropped_tokens",
     "pack_kept_tokens",
     "pack_kept_tokens_static",

@@ -24,7 +24,14 @@ from transformers.models.vit.modeling_vit import eager_attention_forward
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .ats_sampling import PaddingLayout, TokenSelection, gather_rows, merge_dropped_tokens, select_tokens
+from .ats_sampling import (
+    PaddingLayout,
+    TokenSelection,
+    gather_rows,
+    kept_patch_positions,
+    merge_dropped_tokens,
+    select_tokens,
+)
 from .configuration_ats_core import AtsSettings, num_input_tokens, num_special_tokens
 
 
@@ -643,9 +650,12 @@ class AtsBaseModelMixin:
                 "token."
             )
         num_special = num_special_tokens(config)
+        batch_size, num_input_tokens = hidden_states.shape[:2]
         state = TokenState.initial(config, hidden_states, attention_mask)
         num_tokens = [state.num_real(hidden_states.shape[0])] * start_layer
-        sampled_token_indices = []
+        # The rows of ATS layer i are among those of layer i - 1, so the index of the last ATS layer that kept each
+        # input token (-1: none) says which tokens every ATS layer kept (padding rows mark CLS, which is never read).
+        last_ats_layer, num_ats_layers, most_kept = None, 0, 0
         dense = hidden_states if config.ats_dense_output else None
         for layer in self.ats_encoder_layers[start_layer:end_layer]:
             plan = plans.get(layer.layer_index)
@@ -654,13 +664,17 @@ class AtsBaseModelMixin:
             hidden_states, state = layer(hidden_states, state, plan, **kwargs)
             num_tokens.append(state.num_real(hidden_states.shape[0]))
             if plan is not None:
-                # Padding rows sit at position 0 (CLS): with S > 1 they would read -S; -1 is the documented pad.
-                sampled_token_indices.append((state.positions[:, num_special:] - num_special).clamp(min=-1))
+                if last_ats_layer is None:
+                    last_ats_layer = state.positions.new_full((batch_size, num_input_tokens), -1)
+                last_ats_layer.scatter_(1, state.positions, num_ats_layers)
+                num_ats_layers += 1
+                most_kept = max(most_kept, hidden_states.shape[1] - num_special)
         if dense is not None:
             dense = _write_rows(dense, hidden_states, state)
-        return AtsEncoderRun(
-            hidden_states, state, torch.stack(num_tokens, dim=1), _stack_padded(sampled_token_indices), dense
-        )
+        sampled_token_indices = None
+        if num_ats_layers:
+            sampled_token_indices = kept_patch_positions(last_ats_layer[:, num_special:], num_ats_layers, most_kept)
+        return AtsEncoderRun(hidden_states, state, torch.stack(num_tokens, dim=1), sampled_token_indices, dense)
 
     def _ats_plans(self, num_reference_tokens: int) -> dict[int, AtsLayerPlan]:
         """`{layer_index: plan}` for the ATS settings in the config now. Settings changed since the last forward
@@ -696,14 +710,6 @@ def _write_rows(grid: torch.Tensor, rows: torch.Tensor, state: TokenState) -> to
         targets = targets.masked_fill(~state.token_mask, num_tokens)
     spare = torch.cat([grid, grid.new_zeros(batch_size, 1, width)], dim=1)
     return spare.scatter(1, targets[..., None].expand(-1, -1, width), rows.to(grid.dtype))[:, :num_tokens]
-
-
-def _stack_padded(rows: list[torch.Tensor]) -> torch.Tensor | None:
-    """Per-layer (B, m_i) index tensors -> (B, layers, max m_i), padded with -1; None for no layers."""
-    if not rows:
-        return None
-    width = max(row.shape[1] for row in rows)
-    return torch.stack([torch.nn.functional.pad(row, (0, width - row.shape[1]), value=-1) for row in rows], dim=1)
 
 
 class AtsViTStyleModelMixin(AtsBaseModelMixin):
