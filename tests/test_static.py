@@ -88,6 +88,23 @@ def test_no_host_read_in_the_static_mode(images, monkeypatch):
     assert reads == []
 
 
+def test_with_a_user_mask_the_static_mode_can_skip_its_one_host_read(images, monkeypatch):
+    model = build(ats_capacity=20)
+    mask = torch.ones(len(images), 65, dtype=torch.long)
+    mask[::2, 40:] = 0  # every other image ignores its last 25 patches
+    with torch.no_grad():
+        checked = model(images, attention_mask=mask)
+        with counting_host_reads(monkeypatch) as reads:
+            unchecked = model(images, attention_mask=mask, check_attention_mask=False)
+    assert reads == [], "no device-to-host read at all"
+    assert torch.equal(unchecked.sampled_token_indices, checked.sampled_token_indices)
+    assert torch.equal(unchecked.num_tokens, checked.num_tokens)
+    assert (unchecked.logits - checked.logits).abs().max() <= 1e-5
+    with counting_host_reads(monkeypatch) as reads, torch.no_grad():
+        model(images, attention_mask=mask)
+    assert reads, "the check reads the mask back by default"
+
+
 @pytest.mark.parametrize(
     "capacity, message",
     [(1, r"ats_capacity=1 is too small"), (1.5, r"ats_capacity=1.5 is outside"), ([10, 10], r"has 2 entries"),

@@ -103,20 +103,30 @@ class TokenState:
         return kept, TokenState(positions, padding, _self_attention_mask(config, kept, padding, sizes), sizes)
 
     @classmethod
-    def initial(cls, config, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> "TokenState":
-        """The state of the first layer's (B, L, D) input rows under a user's (B, L) `attention_mask` (1 = real)."""
+    def initial(
+        cls, config, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, check_mask: bool = True
+    ) -> "TokenState":
+        """The state of the first layer's (B, L, D) input rows under a user's (B, L) `attention_mask` (1 = real);
+        `check_mask`: see `_input_padding`."""
         batch_size, num_tokens = hidden_states.shape[:2]
         positions = torch.arange(num_tokens, device=hidden_states.device).expand(batch_size, -1)
         special = num_special_tokens(config)
-        padding = _input_padding(attention_mask, batch_size, num_tokens, hidden_states.device, special)
+        padding = _input_padding(attention_mask, batch_size, num_tokens, hidden_states.device, special, check_mask)
         return cls(positions, padding, _self_attention_mask(config, hidden_states, padding))
 
 
 def _input_padding(
-    attention_mask: torch.Tensor | None, batch_size: int, num_tokens: int, device: torch.device, num_special: int = 1
+    attention_mask: torch.Tensor | None,
+    batch_size: int,
+    num_tokens: int,
+    device: torch.device,
+    num_special: int = 1,
+    check: bool = True,
 ) -> PaddingLayout | None:
     """A user's 2-D attention mask over input tokens as a padding layout, or None when it masks nothing. The S
-    special tokens may not be masked (one host read checks them with the count)."""
+    special tokens may not be masked: one host read checks them and counts the real tokens. Without `check`, none
+    happens: the mask is taken as it is (a mask over a special token is not refused) and every row runs the MLP,
+    as in the static mode."""
     if attention_mask is None:
         return None
     if attention_mask.shape != (batch_size, num_tokens):
@@ -125,6 +135,8 @@ def _input_padding(
             f"(batch_size, sequence_length) = ({batch_size}, {num_tokens}), CLS first."
         )
     token_mask = attention_mask.to(device=device, dtype=torch.bool)
+    if not check:
+        return PaddingLayout(token_mask)
     special_masked = ~token_mask[:, :num_special]
     num_real, cls_masked, others_masked = torch.stack(
         [token_mask.sum(), special_masked[:, 0].sum(), special_masked[:, 1:].sum()]
@@ -582,6 +594,7 @@ class AtsBaseModelMixin:
         bool_masked_pos: torch.BoolTensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
+        check_attention_mask: bool = True,
         **kwargs,
     ) -> AtsModelOutput:
         r"""
@@ -595,6 +608,9 @@ class AtsBaseModelMixin:
         attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
             1 for tokens to attend to, 0 for tokens to ignore (special tokens first, never 0). Ignored tokens are
             never kept.
+        check_attention_mask (`bool`, *optional*, defaults to `True`):
+            Check that `attention_mask` keeps every special token, and count its real tokens (one device-to-host
+            read). `False` skips the read, for the static mode to run without any: the mask is taken as it is.
         """
         if pixel_values is None:
             raise ValueError("pixel_values is required.")
@@ -606,15 +622,22 @@ class AtsBaseModelMixin:
                 f"{type(self).__name__} takes no {unsupported[0]} (its embeddings take "
                 f"{', '.join(self.ats_embedding_options) or 'no options'})."
             )
-        return self.forward_from_layer(self.ats_embed(pixel_values, **options), 0, attention_mask, **kwargs)
+        hidden_states = self.ats_embed(pixel_values, **options)
+        return self.forward_from_layer(hidden_states, 0, attention_mask, check_attention_mask, **kwargs)
 
     def forward_from_layer(
-        self, hidden_states: torch.Tensor, start_layer: int = 0, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        hidden_states: torch.Tensor,
+        start_layer: int = 0,
+        attention_mask: torch.Tensor | None = None,
+        check_attention_mask: bool = True,
+        **kwargs,
     ) -> AtsModelOutput:
         """The layers from `start_layer` on, then the final norm and pooling, on the (B, N, D) input of that layer
         with every token still present (a tuner computes the dense layers before it once for many settings).
         `num_tokens` counts every token for the layers before `start_layer`."""
-        run = self.run_layers(hidden_states, attention_mask, start_layer, **kwargs)
+        run = self.run_layers(hidden_states, attention_mask, start_layer, check_attention_mask=check_attention_mask,
+                              **kwargs)
         sequence_output, token_mask = run.last_hidden_state(self.ats_final_norm, attention_mask)
         return AtsModelOutput(
             last_hidden_state=sequence_output,
@@ -630,6 +653,7 @@ class AtsBaseModelMixin:
         attention_mask: torch.Tensor | None = None,
         start_layer: int = 0,
         end_layer: int | None = None,
+        check_attention_mask: bool = True,
         **kwargs,
     ) -> AtsEncoderRun:
         """The encoder layers `start_layer .. end_layer - 1` (default: to the last; any final norm excluded).
@@ -637,7 +661,7 @@ class AtsBaseModelMixin:
         Args:
             hidden_states: (B, N, D) the input of layer `start_layer` with every token still present, so no ATS layer
                 may come before it.
-            attention_mask: (B, N) 1 for real tokens, as in `forward`.
+            attention_mask: (B, N) 1 for real tokens, and check_attention_mask, as in `forward`.
         Returns:
             an `AtsEncoderRun`; layers before `start_layer` count every token in `num_tokens`.
         """
@@ -651,7 +675,7 @@ class AtsBaseModelMixin:
             )
         num_special = num_special_tokens(config)
         batch_size, num_input_tokens = hidden_states.shape[:2]
-        state = TokenState.initial(config, hidden_states, attention_mask)
+        state = TokenState.initial(config, hidden_states, attention_mask, check_attention_mask)
         num_tokens = [state.num_real(hidden_states.shape[0])] * start_layer
         # The rows of ATS layer i are among those of layer i - 1, so the index of the last ATS layer that kept each
         # input token (-1: none) says which tokens every ATS layer kept (padding rows mark CLS, which is never read).
