@@ -359,6 +359,22 @@ def speed_command(tmp_path, *options) -> dict:
     return json.loads((tmp_path / "out" / "benchmark.json").read_text())
 
 
+def test_profile_counts_operations_and_time_per_layer(tmp_path, capsys):
+    saved = speed_command(tmp_path, "--profile")
+    dense, ats = saved["profiles"]
+    assert (dense["method"], ats["method"]) == ("dense", "ats K=0.5")
+    layers = [f"layer {i}" for i in range(4)]
+    assert list(dense["events"]) == [*layers, "rest"]
+    # The tiny geometry's ATS layers are 1..3 (L//4..L-1): they run more operations than their dense twins.
+    assert ats["events"]["layer 0"] == dense["events"]["layer 0"]
+    assert all(ats["events"][name] > dense["events"][name] for name in layers[1:])
+    assert all(value >= 0 for value in ats["milliseconds"].values())
+    extra = (sum(ats["events"].values()) - sum(dense["events"].values())) / 3
+    printed = capsys.readouterr().out
+    assert "where the time goes, layer by layer" in printed
+    assert f"{extra:.1f} extra aten events per ATS layer" in printed
+
+
 def test_speed_mode_compiled_static(tmp_path, capsys):
     torch._dynamo.reset()
     # The eager backend: dynamo captures each method's whole graph (fullgraph=True fails on any graph break) as it

@@ -38,6 +38,7 @@ from ..methods import AtsMethod, Method, TomeMethod, dense_method
 from ..progress import Progress, note
 from ..reporting import describe_machine
 from ..tome import supports_tome
+from .profiling import profile_layers
 from .results import BenchmarkResult, MethodResult, TimingResult
 from .runtimes import check_runtime, prepare_pass
 from .timing import interleaved_throughput, unreliable_timing_message
@@ -237,6 +238,7 @@ def run_benchmark(
     runtime: str = "eager",
     compile_backend: str = COMPILE_BACKEND,
     compile_mode: str | None = None,
+    profile: bool = False,
 ) -> BenchmarkResult:
     """Compare dense, ATS, and top-K / random at ATS's mean tokens per layer on labelled images.
 
@@ -250,6 +252,7 @@ def run_benchmark(
         batch_sizes: batch sizes to time (empty: no timing); timing_images, repeats: see `time_methods`.
         notes: lines for the reader of the report (e.g. why there is no accuracy); command: the command line run.
         runtime, compile_backend, compile_mode: where the timing runs (see `time_methods` and `runtimes`).
+        profile: also profile dense and ATS layer by layer on the first image, in eager PyTorch (`profiling`).
     """
     ats = ats or default_ats_method(model.config)
     if not ats.settings.layers:
@@ -290,6 +293,7 @@ def run_benchmark(
         notes=[*notes, *_runtime_notes(methods, runtime if batch_sizes else "eager", compile_backend, compile_mode)],
         runtime=runtime if batch_sizes else "eager",
         command=command,
+        profiles=[profile_layers(model, m, pixel_values[:1]) for m in (dense_method(), ats)] if profile else [],
     )
 
 
@@ -351,6 +355,7 @@ def run_speed_benchmark(
     runtime: str = "eager",
     compile_backend: str = COMPILE_BACKEND,
     compile_mode: str | None = None,
+    profile: bool = False,
 ) -> BenchmarkResult:
     """Wall-clock gains on a named geometry with random weights and random images.
 
@@ -359,7 +364,7 @@ def run_speed_benchmark(
     lowest-scoring token go); and "no-drop", the ATS layers with top-K at K = all tokens, so that scoring, sampling
     and packing run but no token is dropped: its throughput against dense is the pure overhead. Static mode (a
     capacity set): dense; ATS at K with that capacity; and no-drop with room for every token (capacity 1.0), the
-    static mode's pure overhead.
+    static mode's pure overhead. `profile`: also profile dense and ATS layer by layer at batch 1 (`profiling`).
     """
     if not batch_sizes:
         raise ValueError("speed mode times the methods: give at least one batch size.")
@@ -399,6 +404,7 @@ def run_speed_benchmark(
         notes=_runtime_notes(results, runtime, compile_backend, compile_mode),
         runtime=runtime,
         command=command,
+        profiles=[profile_layers(model, method, pixel_values[:1]) for method in methods[:2]] if profile else [],
     )
 
 

@@ -7,6 +7,7 @@ from ats_hf_common.benchmark_defaults import UNRELIABLE_SPREAD
 from ats_hf_common.grammar import format_settings
 
 from ..reporting import format_grid
+from .profiling import format_profiles
 from .results import BenchmarkResult, MethodResult
 from .timing import unreliable_timing_message
 
@@ -81,6 +82,10 @@ def format_table(result: BenchmarkResult) -> str:
             [[r.method.name, _accuracy(r), f"{r.gmacs_mean:.4f} ± {r.gmacs_std:.4f}", _mean_tokens(r)]
              for r in result.sweep],
         )]
+    if result.profiles:
+        ats = next(r.method for r in result.methods if r.method.name == result.profiles[1].method)
+        lines += ["", "where the time goes, layer by layer, at batch 1 (torch.profiler, eager)",
+                  format_profiles(result.profiles, ats.settings.layers)]
     lines += [""] + [f"note: {text}" for text in result.notes] if result.notes else []
     warning = timing_warning(result)
     if warning:

@@ -97,6 +97,7 @@ class BenchmarkResult:
     command: str = ""
     notes: list[str] = field(default_factory=list)
     runtime: str = "eager"  # where the methods were timed: eager, compile or onnxruntime
+    profiles: list = field(default_factory=list)  # `profiling.LayerProfile`s of dense and ATS at batch 1 (--profile)
 
     def method(self, name: str) -> MethodResult:
         for result in self.methods:
@@ -121,6 +122,7 @@ class BenchmarkResult:
             "notes": list(self.notes),
             "methods": [r.to_dict() for r in self.methods],
             "sweep": [r.to_dict() for r in self.sweep],
+            "profiles": [p.to_dict() for p in self.profiles],
         }
 
     def save_json(self, path: str | Path) -> Path:

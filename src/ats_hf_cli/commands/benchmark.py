@@ -89,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile backend with --runtime compile (default: %(default)s)")
     timing.add_argument("--compile-mode", help="torch.compile mode with --runtime compile, e.g. reduce-overhead "
                         "(CUDA graphs), max-autotune (default: torch's)")
+    timing.add_argument("--profile", action="store_true", help="also profile dense and ATS layer by layer at batch 1 "
+                        "(aten operations and CPU time per layer; torch.profiler, eager)")
     parser.add_argument("--eval-batch-size", type=positive_int, default=EVAL_BATCH_SIZE, metavar="N",
                         help="images per forward pass when measuring accuracy, GMACs and tokens (results do not "
                              "depend on it; default: %(default)s)")
@@ -241,7 +243,8 @@ def _with_mode(args: argparse.Namespace, settings, default):
 
 
 def _runtime_options(args: argparse.Namespace) -> dict:
-    return {"runtime": args.runtime, "compile_backend": args.compile_backend, "compile_mode": args.compile_mode}
+    return {"runtime": args.runtime, "compile_backend": args.compile_backend, "compile_mode": args.compile_mode,
+            "profile": args.profile}
 
 
 def _join(values) -> str:
