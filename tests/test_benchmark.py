@@ -29,6 +29,7 @@ from ats_hf.benchmark import (
     timing_warning,
     write_report,
 )
+from ats_hf.benchmark.engine import speed_config
 from ats_hf.benchmark.timing import unreliable_timing_message
 from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf.data.labelled_images import to_model_labels
@@ -176,9 +177,10 @@ def test_speed_mode_on_a_small_geometry():
                     intermediate_size=64)
     result = run_speed_benchmark(geometry, AtsSettings((1, 2, 3), 0.5), batch_sizes=(1, 4), timing_images=2, repeats=1)
     names = [r.method.name for r in result.methods]
-    assert names == ["dense", "ats K=0.5", "ats K=all", "no-drop"]
-    dense, half, _, no_drop = result.methods
+    assert names == ["dense", "ats K=0.5", "ats K=all", "no-drop", "tome r=12"]
+    dense, half, _, no_drop, tome = result.methods
     assert half.tokens_per_layer[1] <= 33 and half.timings[4].gmacs_ratio > 1.3
+    assert tome.timings[1].images_per_second > 0 and tome.gmacs_mean == pytest.approx(tome.executed_gmacs)
     assert no_drop.tokens_per_layer == dense.tokens_per_layer
     assert all(r.accuracy is None for r in result.methods)
     table = format_table(result)
@@ -381,26 +383,32 @@ def test_speed_mode_compiled_static(tmp_path, capsys):
     # does for inductor, without inductor's C++ build (the static mode under inductor is tested in test_export.py).
     saved = speed_command(tmp_path, "--mode", "static", "--runtime", "compile", "--compile-backend", "eager")
     assert saved["runtime"] == "compile"
-    assert [m["method"]["name"] for m in saved["methods"]] == ["dense", "ats K=0.5", "no-drop"]
-    assert [m["method"]["settings"]["capacity"] for m in saved["methods"]] == [None, 0.5, 1.0]
+    names = [m["method"]["name"] for m in saved["methods"]]
+    assert names[:3] == ["dense", "ats K=0.5", "no-drop"] and names[3].startswith("tome r=") and len(names) == 4
+    assert [m["method"]["settings"]["capacity"] for m in saved["methods"][:3]] == [None, 0.5, 1.0]
     assert all(m["preparation_seconds"] > 0 and len(m["timings"]) == 2 for m in saved["methods"])
-    ats = saved["methods"][1]
+    ats, tome = saved["methods"][1], saved["methods"][3]
     assert ats["timings"][0]["gmacs_ratio"] == pytest.approx(saved["dense_gmacs"] / ats["executed_gmacs"])
+    # ToMe at ATS's GMACs (the r closest to its real-token mean), compiled like the others.
+    config, gap = speed_config("tiny"), abs(tome["gmacs_mean"] - ats["gmacs_mean"])
+    assert tome["gmacs_mean"] == pytest.approx(tome_gmacs(config, tome["method"]["r"], num_input_tokens=17))
+    assert all(abs(tome_gmacs(config, r, num_input_tokens=17) - ats["gmacs_mean"]) >= gap for r in range(9))
     assert "compile s" in capsys.readouterr().out
 
 
-@pytest.mark.slow  # exports two graphs: about 12 s
+@pytest.mark.slow  # exports three graphs: about 15 s
 def test_onnxruntime_times_exported_graphs_of_dense_and_the_static_mode():
     from ats_hf.benchmark.engine import speed_model
 
     model = speed_model("tiny")
     pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    methods = (dense_method(), AtsMethod("ats", AtsSettings((1, 2, 3), 0.5, capacity=0.5)))
+    methods = (dense_method(), AtsMethod("ats", AtsSettings((1, 2, 3), 0.5, capacity=0.5)), TomeMethod("tome", 2))
     results = [evaluate_method(model, method, pixel_values) for method in methods]
     timed = time_methods(model, results, pixel_values, batch_sizes=(1, 2), timing_images=2, repeats=1,
                          runtime="onnxruntime")
     assert all(r.preparation_seconds > 0 and r.timings[1].images_per_second > 0 for r in timed)
-    assert [len(r.notes) for r in timed] == [1, 1] and all("matches PyTorch" in r.notes[0] for r in timed)
+    # Every graph, ToMe's (logits only) too, is checked against PyTorch at batch sizes 1 and 2.
+    assert [len(r.notes) for r in timed] == [1, 1, 1] and all("matches PyTorch" in r.notes[0] for r in timed)
     with pytest.raises(ValueError, match="onnxruntime times the static mode only"):
         time_methods(model, [results[0], evaluate_method(model, AtsMethod("ats", AtsSettings((1,))), pixel_values)],
                      pixel_values,

@@ -135,12 +135,17 @@ def test_export_ops_sort_and_search_like_eager_ops(monkeypatch):
     generator = torch.Generator().manual_seed(3)
     values = torch.randint(0, 6, (4, 30), generator=generator).float() / 5  # many ties
     values[1, 25:] = float("inf")
+    values[2, 0] = float("-inf")  # ToMe's protected CLS
     points = torch.rand(4, 17, generator=generator).sort(dim=1).values
     points[0, :3] = torch.tensor([0.0, 0.2, 0.4])  # exactly on values
     expected_sort = _stable_sort(values)
     sorted_values = expected_sort[0]
     expected_count = _count_below(sorted_values, points)
+    # Descending with ties in index order: Python's sort is stable.
+    descending_order = [sorted(range(30), key=lambda i, row=row: -row[i]) for row in values.tolist()]
+    assert _stable_sort(values, descending=True)[1].tolist() == descending_order
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
     exported_sort = _stable_sort(values)
     assert torch.equal(exported_sort[0], expected_sort[0]) and torch.equal(exported_sort[1], expected_sort[1])
+    assert _stable_sort(values, descending=True)[1].tolist() == descending_order
     assert torch.equal(_count_below(sorted_values, points), expected_count)

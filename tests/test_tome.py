@@ -89,3 +89,15 @@ def test_other_families_are_refused_by_name_and_left_out_of_the_benchmark(images
     result = run_benchmark(model, images, torch.zeros(len(images), dtype=torch.long), batch_sizes=())
     assert not any(r.method.kind == "tome" for r in result.methods)
     assert any("ToMe baseline left out" in note for note in result.notes)
+
+
+def test_tome_classifier_compiles_in_one_graph_with_the_same_logits(images):
+    from ats_hf.tome import TomeClassifier
+
+    torch._dynamo.reset()
+    module = TomeClassifier(tiny_model(), 6).eval()
+    compiled = torch.compile(module, fullgraph=True, dynamic=False, backend="eager")  # fails on any graph break
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images), tome_forward(module.model, images, 6)[0], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="ToMe runs on ViT classifiers here"):
+        TomeClassifier(torch.nn.Linear(2, 2), 1)

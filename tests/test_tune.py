@@ -82,8 +82,8 @@ def test_tune_times_the_front_and_meets_a_speed_up_target(images, runtime):
     with pytest.raises(ValueError, match="a speed-up target needs a SpeedSpec"):
         tune(model, pixel_values, labels, Target(min_speedup=0.01), candidates, batch_size=3)
     result = tune(model, pixel_values, labels, Target(min_speedup=0.01), candidates, batch_size=3,
-                  tome_r=(4,) if runtime == "eager" else (), speed=speed)
-    assert set(result.speedups) == {s.label for s in result.front} | ({"ToMe r=4"} if runtime == "eager" else set())
+                  tome_r=(4,), speed=speed)
+    assert set(result.speedups) == {s.label for s in result.front} | {"ToMe r=4"}
     assert all(value > 0 for value in result.speedups.values())
     assert result.chosen is not None and result.chosen in result.front
     assert result.chosen.accuracy == max(s.accuracy for s in result.front)

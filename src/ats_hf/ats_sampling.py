@@ -109,17 +109,18 @@ def inverse_transform_sampling(
     return kept if patch_mask is None else kept & patch_mask
 
 
-def _stable_sort(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N) -> values sorted ascending and their (B, N) order, equal values in index order.
+def _stable_sort(values: torch.Tensor, descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) -> values sorted ascending (or descending) and their (B, N) order, equal values in index order.
 
     Under torch.export (ONNX has no stable sort) the rank of each value is counted instead, an exact (B, N, N)
-    comparison: rank_j = #{i: v_i < v_j} + #{i < j: v_i == v_j}."""
+    comparison: rank_j = #{i: v_i < v_j} + #{i < j: v_i == v_j} (> for descending)."""
     if not torch.compiler.is_exporting():
-        return torch.sort(values, dim=1, stable=True)
+        return torch.sort(values, dim=1, stable=True, descending=descending)
     index = torch.arange(values.shape[1], device=values.device)
-    smaller = values[:, None, :] < values[:, :, None]
+    before = torch.gt if descending else torch.lt
+    ahead = before(values[:, None, :], values[:, :, None])
     tied_before = (values[:, None, :] == values[:, :, None]) & (index[None, :] < index[:, None])
-    rank = (smaller | tied_before).sum(dim=2)
+    rank = (ahead | tied_before).sum(dim=2)
     order = torch.zeros_like(rank).scatter_(1, rank, index.expand_as(rank))
     return values.gather(1, order), order
 
@@ -476,7 +477,7 @@ def bipartite_merge(
     similarity = metric_a @ metric_b.transpose(1, 2)  # (B, Na, Nb)
     similarity[:, 0] = float("-inf")  # CLS is never merged
     best, partner = similarity.max(dim=-1)  # (B, Na)
-    order = best.argsort(dim=-1, descending=True, stable=True)
+    order = _stable_sort(best, descending=True)[1]
     merged_a, kept_a = order[:, :r], order[:, r:].sort(dim=-1).values  # kept A tokens keep their order (CLS first)
 
     width = hidden_states.shape[-1]

@@ -9,6 +9,8 @@ ONNX graph: input `pixel_values` (batch, channels, height, width) float32; outpu
 `num_tokens` (batch, num_hidden_layers) int64, `sampled_token_indices` (batch, num_ats_layers, max_kept) int64
 (-1 padded) and `token_mask` (batch, rows) int64 - the model's outputs of the same names. A plain ViT graph
 (`allow_dense=True`, no ATS layers; the benchmark's dense reference) has no `sampled_token_indices`.
+`write_onnx` writes any model with static shapes unchecked; a module that maps pixel values to a logits tensor (the
+benchmark's ToMe baseline, `ats_hf.tome.TomeClassifier`) gets the one output `logits`.
 """
 
 import contextlib
@@ -29,15 +31,18 @@ LOGITS_TOLERANCE = 1e-4
 
 
 class _OnnxOutputs(nn.Module):
-    """The classifier with its outputs as the fixed tuple the ONNX graph returns."""
+    """The model with its outputs as the fixed tuple the ONNX graph returns: an ATS classifier's `_output_names`,
+    or the logits of a module that returns a logits tensor."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.names = _output_names(model)
+        self.names = _output_names(model) if hasattr(model, "ats_settings") else ("logits",)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         output = self.model(pixel_values=pixel_values)
+        if isinstance(output, torch.Tensor):
+            return (output,)
         return tuple(getattr(output, name) for name in self.names)
 
 
@@ -76,6 +81,13 @@ def export_onnx(
         allow_dense: also export a model without ATS layers (a plain ViT, e.g. as a reference to time against).
     """
     check_exportable(model, allow_dense=allow_dense)
+    return write_onnx(model, path, example)
+
+
+def write_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """Write `model`, whose shapes must be static, as an ONNX graph with a dynamic batch size, unchecked: an ATS
+    classifier (the outputs of `export_onnx`, which checks it first), a transformers classifier, or a module mapping
+    (B, C, H, W) pixel values to a (B, num_labels) logits tensor, e.g. `ats_hf.tome.TomeClassifier`."""
     model = model.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     wrapped = _OnnxOutputs(model).eval()
@@ -125,7 +137,8 @@ def verify_onnx(
     pixel_values: torch.Tensor,
     batch_sizes: tuple[int, ...] = (1, 3),
 ) -> dict:
-    """Run the ONNX graph in onnxruntime (CPU) and the model in PyTorch on the same images, in batches of each size.
+    """Run the ONNX graph in onnxruntime (CPU) and the model in PyTorch on the same images, in batches of each size
+(`model`: what was exported, an ATS classifier or a module returning logits).
 
     Returns a report: the number of images (each checked at every batch size), the largest logit difference,
     whether every kept index, token count and mask is identical, and `passed` (logits within `LOGITS_TOLERANCE` and
@@ -193,4 +206,5 @@ __all__ = [
     "export_folder",
     "export_onnx",
     "verify_onnx",
+    "write_onnx",
 ]

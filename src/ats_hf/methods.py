@@ -9,6 +9,7 @@ Token Merging (`TomeMethod`, the peer baseline). Each kind knows how to run a ba
 """
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -16,7 +17,7 @@ import torch
 
 from .configuration_ats_core import AtsSettings
 from .flops import gmacs_per_image, static_gmacs, tome_gmacs
-from .tome import tome_forward
+from .tome import TomeClassifier, tome_forward
 
 SAMPLER_FAMILIES = {"inverse_transform": "ats", "top_k": "top-k", "random": "random"}
 
@@ -63,6 +64,16 @@ class AtsMethod:
             return None
         return static_gmacs(config, num_input_tokens=num_input_tokens, settings=self.settings)
 
+    def standalone(self, model, example: torch.Tensor) -> torch.nn.Module:
+        """A copy of `model` (weights included) that runs this method by itself (for torch.compile and ONNX
+        export), run once on `example`: the model fills a cache of its resolved settings on its first call, which
+        would make a compiled model compile a second time on its second call."""
+        twin = copy.deepcopy(model).eval()
+        twin.set_ats(self.settings)
+        with torch.inference_mode():
+            twin(example)
+        return twin
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "name": self.name, "settings": self.settings.to_dict()}
 
@@ -95,6 +106,11 @@ class TomeMethod:
 
     def executed_gmacs(self, config, num_input_tokens: int) -> float:
         return tome_gmacs(config, self.r, num_input_tokens=num_input_tokens)
+
+    def standalone(self, model, example: torch.Tensor) -> TomeClassifier:
+        """A copy of `model` run with ToMe as one module (`TomeClassifier`; returns logits), for torch.compile and
+        ONNX export. `example` is unused (the same signature as `AtsMethod.standalone`)."""
+        return TomeClassifier(copy.deepcopy(model).eval(), self.r).eval()
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "name": self.name, "r": self.r}

@@ -5,7 +5,9 @@ In every block, between attention and MLP, ToMe merges `r` pairs of similar toke
 the tokens are split into two alternating sets A and B, each A token finds its most similar B token (cosine
 similarity of the attention keys, averaged over heads), and the `r` A tokens with the most similar partners are
 merged into them (size-weighted means; sizes add up). Attention is proportional: each key's logit gets `log(size)`.
-CLS is never merged. Every image merges the same number of tokens, so shapes are static. GMACs: `flops.tome_gmacs`.
+CLS is never merged. Every image merges the same number of tokens, so shapes are static: `TomeClassifier` compiles
+with `fullgraph=True` and exports to ONNX (the stable sort becomes a rank count there, as in ATS's static mode).
+GMACs: `flops.tome_gmacs`.
 
 Shapes: B = batch, N = tokens entering a block, D = hidden size.
 """
@@ -58,4 +60,20 @@ def tome_forward(model: nn.Module, pixel_values: torch.Tensor, r: int | list[int
     return logits, counts
 
 
-__all__ = ["supports_tome", "tome_forward"]
+class TomeClassifier(nn.Module):
+    """`model` (a ViT classifier, shared, not copied) run with Token Merging as one module, for torch.compile and
+    ONNX export: forward((B, C, H, W) pixel values) -> (B, num_labels) logits."""
+
+    def __init__(self, model: nn.Module, r: int | list[int]):
+        super().__init__()
+        if not supports_tome(model):
+            raise ValueError(f"ToMe runs on ViT classifiers here (ATS-ViT or ViTForImageClassification), not "
+                             f"{type(model).__name__}.")
+        self.model = model
+        self.r = r
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return tome_forward(self.model, pixel_values, self.r)[0]
+
+
+__all__ = ["TomeClassifier", "supports_tome", "tome_forward"]

@@ -351,7 +351,7 @@ def tune(
 
 def measure_speedups(model, front: list[Score], tome: list[Score], pixel_values: torch.Tensor,
                      speed: SpeedSpec) -> dict[str, float]:
-    """Measured throughput / dense throughput of every front point (and ToMe point, in eager), timed interleaved
+    """Measured throughput / dense throughput of every front point and ToMe point, timed interleaved
     on the first `speed.images` of `pixel_values` (N, C, H, W). Returns `{label: speed-up}`."""
     images = pixel_values[: speed.images]
     methods = [dense_method()]
@@ -362,8 +362,7 @@ def measure_speedups(model, front: list[Score], tome: list[Score], pixel_values:
                 calibrated = calibrate_capacity(model, pixel_values, quantile=speed.capacity_quantile).settings
             settings = calibrated.replace(merge=settings.merge)
         methods.append(AtsMethod(score.label, settings))
-    if not speed.static:
-        methods += [score.method for score in tome]
+    methods += [score.method for score in tome]
     results = [evaluate_method(model, method, images, batch_size=speed.batch_size) for method in methods]
     timed = time_methods(model, results, images, (speed.batch_size,), len(images), speed.repeats, runtime=speed.runtime)
     return {result.method.name: result.timings[speed.batch_size].speedup for result in timed[1:]}

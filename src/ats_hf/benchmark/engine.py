@@ -270,7 +270,7 @@ def run_benchmark(
     with_tome = supports_tome(model)
     if not with_tome:
         notes = [*notes, f"ToMe baseline left out: it runs on ViT classifiers only, not {type(model).__name__}."]
-    if with_tome and (runtime == "eager" or not batch_sizes):  # ToMe runs in eager PyTorch only
+    if with_tome:
         methods.append(evaluate(matched_tome(ats_result, model.config, tokens)))
     sweep_results = []
     for method in sweep:
@@ -309,7 +309,7 @@ def _runtime_notes(methods: list[MethodResult], runtime: str, backend: str, mode
     if runtime == "compile":
         lines.append(
             f"compile: torch.compile(backend={backend!r}, mode={mode!r}, dynamic=False), fullgraph=True for "
-            "static-shape methods (static mode, dense), one compiled copy per method; compiling is done before "
+            "static-shape methods (static mode, dense, ToMe), one compiled copy per method; compiling is done before "
             "timing, at every batch size, and reported separately."
         )
     elif runtime == "onnxruntime":
@@ -364,7 +364,8 @@ def run_speed_benchmark(
     lowest-scoring token go); and "no-drop", the ATS layers with top-K at K = all tokens, so that scoring, sampling
     and packing run but no token is dropped: its throughput against dense is the pure overhead. Static mode (a
     capacity set): dense; ATS at K with that capacity; and no-drop with room for every token (capacity 1.0), the
-    static mode's pure overhead. `profile`: also profile dense and ATS layer by layer at batch 1 (`profiling`).
+    static mode's pure overhead. A ViT-family geometry adds ToMe at ATS's GMACs (`matched_tome`), in every
+    runtime. `profile`: also profile dense and ATS layer by layer at batch 1 (`profiling`).
     """
     if not batch_sizes:
         raise ValueError("speed mode times the methods: give at least one batch size.")
@@ -391,6 +392,9 @@ def run_speed_benchmark(
     pixel_values = torch.randn(count, config.num_channels, height, width, generator=generator).to(dtype)
     results = [evaluate_method(model, method, pixel_values, batch_size=max(batch_sizes), seed=seed) for method in
                methods]
+    if supports_tome(model):
+        tome = matched_tome(results[1], config, num_input_tokens(config, (height, width)))
+        results.append(evaluate_method(model, tome, pixel_values, batch_size=max(batch_sizes), seed=seed))
     results = time_methods(model, results, pixel_values, batch_sizes, timing_images, repeats, seed, runtime=runtime,
                            compile_backend=compile_backend, compile_mode=compile_mode)
     return BenchmarkResult(

@@ -6,15 +6,16 @@ with the method's settings, and the seconds spent getting it ready (compiling or
 timed pass.
 
 - eager: the given model, running the method for the pass (`method.applied`, then `method.run` per batch).
-- compile: a copy of the model with the method's settings, `torch.compile`d once per method. A method with static
-  shapes (static mode, or no ATS layers) compiles with `fullgraph=True, dynamic=False`: one specialised graph per
-  batch size. The adaptive mode compiles plainly (its host read is a graph break, and its row counts change with
-  the data, so dynamo's automatic dynamic shapes apply).
-- onnxruntime: the copy exported to ONNX (`ats_hf.export.export_onnx`; static shapes only) and run by an
-  `onnxruntime.InferenceSession` on the CPU with as many intra-op threads as torch uses.
+- compile: a copy of the model that runs the method by itself (`method.standalone`: the ATS settings set, or ToMe
+  as one module), `torch.compile`d once per method. A method with static shapes (static mode, no ATS layers, ToMe)
+  compiles with `fullgraph=True, dynamic=False`: one specialised graph per batch size. The adaptive mode compiles
+  plainly (its host read is a graph break, and its row counts change with the data, so dynamo's automatic dynamic
+  shapes apply).
+- onnxruntime: the copy exported to ONNX (`ats_hf.export.write_onnx`; static shapes only) and run by an
+  `onnxruntime.InferenceSession` on the CPU with as many intra-op threads as torch uses; every exported graph is
+  checked against PyTorch on a few images and the pass notes the result.
 """
 
-import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,8 +50,6 @@ def check_runtime(runtime: str, method: Method, device: torch.device, dtype: tor
     """Raise `ValueError` when `method` cannot run in `runtime` on that device and dtype."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}.")
-    if method.kind == "tome" and runtime != "eager":
-        raise ValueError(f"method {method.name!r} (ToMe) is timed in eager PyTorch only, not {runtime}.")
     if runtime != "onnxruntime":
         return
     if not method.static:
@@ -89,19 +88,8 @@ def _eager_pass(model, method: Method, batches: list[torch.Tensor]) -> int:
     return sum(len(batch) for batch in batches)
 
 
-def method_copy(model, method: Method, example: torch.Tensor):
-    """A copy of `model` (weights included) with `method`'s settings (an ATS method), run once on `example` so that
-    it has resolved them: the model fills a cache of its resolved settings on its first call, which would make a
-    compiled model compile a second time on its second call."""
-    twin = copy.deepcopy(model).eval()
-    twin.set_ats(method.settings)
-    with torch.inference_mode():
-        twin(example)
-    return twin
-
-
 def _compiled(model, method: Method, warm_batches, backend: str, mode: str | None) -> PreparedPass:
-    twin = method_copy(model, method, warm_batches[0][:1])
+    twin = method.standalone(model, warm_batches[0][:1])
     static = method.static
     compiled = torch.compile(twin, fullgraph=static, dynamic=False if static else None, backend=backend, mode=mode)
     cuda_graphs = mode == "reduce-overhead" and warm_batches[0].device.type == "cuda"
@@ -130,18 +118,17 @@ def _compiled(model, method: Method, warm_batches, backend: str, mode: str | Non
 def _onnxruntime(model, method: Method, warm_batches) -> PreparedPass:
     import onnxruntime
 
-    from ..export import export_onnx, verify_onnx
+    from ..export import verify_onnx, write_onnx
 
     start = time.perf_counter()
-    twin = method_copy(model, method, warm_batches[0][:1])
+    twin = method.standalone(model, warm_batches[0][:1])
     folder = tempfile.TemporaryDirectory(prefix="ats-hf-onnx-")
     example = warm_batches[0][:1].repeat(2, 1, 1, 1)  # a batch of 1 would fix the graph's batch size to 1
-    path = export_onnx(twin, Path(folder.name) / "model.onnx", example, allow_dense=True)
+    path = write_onnx(twin, Path(folder.name) / "model.onnx", example)  # static shapes: check_runtime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
 
     def run(batches: list[torch.Tensor]) -> int:
         for batch in batches:
@@ -161,4 +148,4 @@ def _onnxruntime(model, method: Method, warm_batches) -> PreparedPass:
     return PreparedPass(run, seconds, [note], resources=[folder, session])
 
 
-__all__ = ["RUNTIMES", "PreparedPass", "check_runtime", "method_copy", "prepare_pass"]
+__all__ = ["RUNTIMES", "PreparedPass", "check_runtime", "prepare_pass"]
