@@ -73,6 +73,9 @@ def test_only_the_static_mode_exports():
         check_exportable(build())
     with pytest.raises(ValueError, match="no ATS layers"):
         check_exportable(build(ats_layers=[]))
+    with pytest.raises(ValueError, match="ats_sampler='random' .* draws its own random numbers"):
+        check_exportable(build(ats_capacity=20, ats_sampler="random"))
+    check_exportable(build(ats_capacity=20, ats_sampler="top_k"))
 
 
 def test_a_compiled_model_compiles_once(images):
@@ -87,3 +90,32 @@ def test_a_compiled_model_compiles_once(images):
         compiled(pixel_values=images)
         compiled(pixel_values=images)
     assert counter.frame_count == 1
+
+
+class _SortOrder(torch.nn.Module):
+    def __init__(self, descending: bool):
+        super().__init__()
+        self.descending = descending
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        from ats_hf.ats_sampling import _stable_sort
+
+        return _stable_sort(values, self.descending)[1]
+
+
+@pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+def test_the_exported_sort_keeps_ties_in_index_order_in_onnx_runtime(tmp_path, descending):
+    """The exported graphs sort with ONNX's TopK, whose specification breaks ties by the lower index: ONNX Runtime
+    must give the stable order that eager PyTorch gives, on rows full of ties, +-inf included."""
+    import onnxruntime
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 4, (16, 150), generator=generator).float() / 3
+    values[:, 5], values[:, 7], values[3, 9:40] = float("inf"), float("-inf"), float("inf")
+    batch, width = torch.export.Dim("batch"), torch.export.Dim("width")
+    program = torch.onnx.export(_SortOrder(descending), (values[:2, :20],), dynamo=True,
+                                dynamic_shapes=({0: batch, 1: width},))
+    program.save(str(tmp_path / "sort.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "sort.onnx"), providers=["CPUExecutionProvider"])
+    (order,) = session.run(None, {session.get_inputs()[0].name: values.numpy()})
+    assert torch.equal(torch.from_numpy(order), torch.sort(values, dim=1, stable=True, descending=descending)[1])

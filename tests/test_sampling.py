@@ -5,15 +5,24 @@ import torch
 from official_reference import official_picks
 
 from ats_hf import inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling
+from ats_hf import ats_sampling
 from ats_hf.ats_sampling import _count_below, _stable_sort
+
+
+def onnx_top_k_sort(values: torch.Tensor, descending: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ONNX's TopK over a whole row computes (ties by the lower index; checked in ONNX Runtime in
+    test_export.py), which PyTorch's topk does not promise."""
+    return torch.sort(values, dim=1, stable=True, descending=descending)
 
 
 @pytest.fixture(autouse=True, params=["eager-ops", "export-ops"])
 def sampler_ops(request, monkeypatch):
-    """Every test runs twice: with torch.sort/searchsorted, and with the comparison forms used under torch.export
-    (ONNX has neither a stable sort nor searchsorted); both must select exactly the same tokens."""
+    """Every test runs twice: with torch.sort/searchsorted, and with the forms used under torch.export (ONNX has
+    neither a stable sort nor searchsorted: the sort is ONNX's TopK, the search a comparison count); both must select
+    exactly the same tokens."""
     if request.param == "export-ops":
         monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+        monkeypatch.setattr(ats_sampling, "_exported_sort", onnx_top_k_sort)
     return request.param
 
 
@@ -131,21 +140,19 @@ def test_pack_kept_tokens():
     assert padding is None and rows.tolist() == [[0, 1], [0, 2]]
 
 
-def test_export_ops_sort_and_search_like_eager_ops(monkeypatch):
+def test_stable_sort_and_the_export_search_match_eager_ops(monkeypatch):
     generator = torch.Generator().manual_seed(3)
     values = torch.randint(0, 6, (4, 30), generator=generator).float() / 5  # many ties
     values[1, 25:] = float("inf")
     values[2, 0] = float("-inf")  # ToMe's protected CLS
     points = torch.rand(4, 17, generator=generator).sort(dim=1).values
     points[0, :3] = torch.tensor([0.0, 0.2, 0.4])  # exactly on values
-    expected_sort = _stable_sort(values)
-    sorted_values = expected_sort[0]
+    # Ties in index order, ascending and descending: Python's sort is stable.
+    for descending in (False, True):
+        order = [sorted(range(30), key=lambda i, row=row: -row[i] if descending else row[i])
+                 for row in values.tolist()]
+        assert _stable_sort(values, descending)[1].tolist() == order
+    sorted_values = _stable_sort(values)[0]
     expected_count = _count_below(sorted_values, points)
-    # Descending with ties in index order: Python's sort is stable.
-    descending_order = [sorted(range(30), key=lambda i, row=row: -row[i]) for row in values.tolist()]
-    assert _stable_sort(values, descending=True)[1].tolist() == descending_order
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-    exported_sort = _stable_sort(values)
-    assert torch.equal(exported_sort[0], expected_sort[0]) and torch.equal(exported_sort[1], expected_sort[1])
-    assert _stable_sort(values, descending=True)[1].tolist() == descending_order
     assert torch.equal(_count_below(sorted_values, points), expected_count)

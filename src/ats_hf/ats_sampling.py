@@ -111,18 +111,18 @@ def inverse_transform_sampling(
 
 def _stable_sort(values: torch.Tensor, descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, N) -> values sorted ascending (or descending) and their (B, N) order, equal values in index order.
+    Under torch.export: `_exported_sort`."""
+    if torch.compiler.is_exporting():
+        return _exported_sort(values, descending)
+    return torch.sort(values, dim=1, stable=True, descending=descending)
 
-    Under torch.export (ONNX has no stable sort) the rank of each value is counted instead, an exact (B, N, N)
-    comparison: rank_j = #{i: v_i < v_j} + #{i < j: v_i == v_j} (> for descending)."""
-    if not torch.compiler.is_exporting():
-        return torch.sort(values, dim=1, stable=True, descending=descending)
-    index = torch.arange(values.shape[1], device=values.device)
-    before = torch.gt if descending else torch.lt
-    ahead = before(values[:, None, :], values[:, :, None])
-    tied_before = (values[:, None, :] == values[:, :, None]) & (index[None, :] < index[:, None])
-    rank = (ahead | tied_before).sum(dim=2)
-    order = torch.zeros_like(rank).scatter_(1, rank, index.expand_as(rank))
-    return values.gather(1, order), order
+
+def _exported_sort(values: torch.Tensor, descending: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stable sort of an exported graph (ONNX has no stable sort): a top-k over the whole row, which becomes
+    ONNX's TopK, whose specification breaks ties by the lower index (ONNX Runtime does: tests/test_export.py). One
+    node where a (B, N, N) rank count took a dozen. PyTorch's own topk makes no such promise, so eager code never
+    runs this, and other consumers of the exported program get their top-k's tie order."""
+    return values.topk(values.shape[1], dim=1, largest=descending, sorted=True)
 
 
 def _count_below(sorted_values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

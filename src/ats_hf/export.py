@@ -55,7 +55,8 @@ def _output_names(model) -> tuple[str, ...]:
 
 def check_exportable(model, *, allow_dense: bool = False) -> None:
     """Raise `ValueError` unless the model is in the static mode with at least one ATS layer (or, with
-    `allow_dense`, has no ATS layers at all: a plain ViT, whose shapes are static too)."""
+    `allow_dense`, has no ATS layers at all: a plain ViT, whose shapes are static too) and a deterministic sampler
+    (not 'random', whose graph could not be verified)."""
     settings = model.ats_settings
     if not settings.layers:
         if allow_dense:
@@ -66,6 +67,11 @@ def check_exportable(model, *, allow_dense: bool = False) -> None:
             "the model is in the adaptive mode (ats_capacity=None), whose row count depends on the data; set a "
             "static capacity first, e.g. model.set_ats(capacity=0.5) or `--ats-capacity`, or let `ats-hf calibrate` "
             "propose one."
+        )
+    if settings.sampler == "random":
+        raise ValueError(
+            "ats_sampler='random' (an ablation baseline) draws its own random numbers in ONNX Runtime, so its graph "
+            "cannot be checked against PyTorch; export 'inverse_transform' (ATS) or 'top_k'."
         )
 
 
