@@ -73,7 +73,7 @@ def test_only_the_static_mode_exports():
         check_exportable(build())
     with pytest.raises(ValueError, match="no ATS layers"):
         check_exportable(build(ats_layers=[]))
-    with pytest.raises(ValueError, match="ats_sampler='random' .* draws its own random numbers"):
+    with pytest.raises(ValueError, match=r"ats_sampler='random' .* draws its own random numbers"):
         check_exportable(build(ats_capacity=20, ats_sampler="random"))
     check_exportable(build(ats_capacity=20, ats_sampler="top_k"))
 

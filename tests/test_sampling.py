@@ -4,8 +4,7 @@ import pytest
 import torch
 from official_reference import official_picks
 
-from ats_hf import inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling
-from ats_hf import ats_sampling
+from ats_hf import ats_sampling, inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling
 from ats_hf.ats_sampling import _count_below, _stable_sort
 
 

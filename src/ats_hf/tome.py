@@ -6,7 +6,7 @@ the tokens are split into two alternating sets A and B, each A token finds its m
 similarity of the attention keys, averaged over heads), and the `r` A tokens with the most similar partners are
 merged into them (size-weighted means; sizes add up). Attention is proportional: each key's logit gets `log(size)`.
 CLS is never merged. Every image merges the same number of tokens, so shapes are static: `TomeClassifier` compiles
-with `fullgraph=True` and exports to ONNX (the stable sort becomes a rank count there, as in ATS's static mode).
+with `fullgraph=True` and exports to ONNX (the stable sort becomes ONNX's TopK there, as in ATS's static mode).
 GMACs: `flops.tome_gmacs`.
 
 Shapes: B = batch, N = tokens entering a block, D = hidden size.
