@@ -55,7 +55,7 @@ from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier, push_che
 from ats_hf.hub.model_card import write_model_card
 from ats_hf.metrics import ATS_ACCURACY
 from ats_hf_common.grammar import LAYERS_HELP, MAX_TOKENS_HELP, parse_layers, parse_max_tokens, parse_sampler
-from ats_hf_common.paths import check_source
+from ats_hf_common.paths import check_source, check_target
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,11 @@ class DataTrainingArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval images."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into a non-empty --output_dir (what is there may be replaced); without it, or "
+                          "--resume_from_checkpoint, such a folder is refused before anything is loaded."},
+    )
 
     def __post_init__(self):
         if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
@@ -165,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataTrain
         model_args.ats_config_overrides()
         check_distillation_settings(model_args.distillation_alpha, model_args.distillation_temperature)
         check_sources(model_args, data_args)
+        check_output_dir(training_args, data_args.overwrite_output_dir)
     except (ValueError, ScriptError) as error:  # one line, as ats-hf reports a bad option value
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     return model_args, data_args, training_args
@@ -191,6 +197,17 @@ def check_sources(model_args: ModelArguments, data_args: DataTrainingArguments) 
         config_class.from_pretrained(source, **hub, **model_args.ats_config_overrides()).check_ats_settings()
     except (OSError, ValueError) as error:
         raise ScriptError(f"--model_name_or_path {source!r}: {str(error).splitlines()[0]}") from None
+
+
+def check_output_dir(training_args: TrainingArguments, overwrite: bool) -> None:
+    """ats_hf's output policy (`check_target`): a non-empty --output_dir is refused unless --overwrite_output_dir is
+    given or the run resumes from a checkpoint. Raises `ScriptError`."""
+    try:
+        resuming = training_args.resume_from_checkpoint is not None
+        check_target(training_args.output_dir, "--output_dir", overwrite or resuming,
+                     overwrite_option="--overwrite_output_dir")
+    except FileExistsError as error:
+        raise ScriptError(str(error)) from None
 
 
 def check_image_folder(option: str, folder: Path) -> None:

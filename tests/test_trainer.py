@@ -96,6 +96,21 @@ def test_example_rejects_bad_values_in_one_line(example, workspace, capsys, argv
     assert error.count("\n") == 1 and ": error: " in error and message in error
 
 
+def test_example_refuses_a_non_empty_output_dir_before_loading_anything(example, workspace, tmp_path, capsys):
+    work = tmp_path / "earlier-run"
+    work.mkdir()
+    (work / "model.safetensors").write_text("a user's weights")
+    with pytest.raises(SystemExit) as exited:
+        example.parse_args(example_args(workspace, work, "--do_train"))
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and error.count("\n") == 1
+    assert f"--output_dir '{work}' is not empty; pass --overwrite_output_dir" in error
+    # With --overwrite_output_dir, or resuming a run there, the folder is taken.
+    example.parse_args(example_args(workspace, work, "--do_train", "--overwrite_output_dir"))
+    example.parse_args(example_args(workspace, work, "--do_train", "--resume_from_checkpoint", str(work)))
+    assert (work / "model.safetensors").read_text() == "a user's weights"
+
+
 def direct_predictions(model, workspace):
     """Labels, predicted classes and GMACs per image of the validation folder, one image at a time."""
     processor = tiny_image_processor()

@@ -26,10 +26,12 @@ def check_source(source: str | os.PathLike, what: str = "model") -> None:
         raise FileNotFoundError(f"{what} folder {os.fspath(source)!r} does not exist")
 
 
-def check_target(path: str | os.PathLike, what: str, overwrite: bool, *, is_file: bool = False) -> None:
+def check_target(
+    path: str | os.PathLike, what: str, overwrite: bool, *, is_file: bool = False, overwrite_option: str = "--overwrite"
+) -> None:
     """The one policy for what a command writes: a folder target must be absent or empty, a file target absent,
     unless `overwrite`; a file where a folder is wanted (or the reverse) is always an error. Raises
-    `FileExistsError` naming `what` and the way out."""
+    `FileExistsError` naming `what` and the way out (`overwrite_option`)."""
     target = Path(os.fspath(path)).expanduser()
     if not target.exists():
         return
@@ -39,7 +41,7 @@ def check_target(path: str | os.PathLike, what: str, overwrite: bool, *, is_file
         raise FileExistsError(f"{what} {os.fspath(path)!r} is a file; give a folder (empty or new)")
     if (is_file or any(target.iterdir())) and not overwrite:
         held = "exists" if is_file else "is not empty"
-        raise FileExistsError(f"{what} {os.fspath(path)!r} {held}; pass --overwrite to replace what is there")
+        raise FileExistsError(f"{what} {os.fspath(path)!r} {held}; pass {overwrite_option} to replace what is there")
 
 
 def default_model_dir() -> Path:

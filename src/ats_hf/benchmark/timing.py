@@ -82,7 +82,8 @@ def unreliable_timing_message(spreads: dict[str, float], threshold: float = UNRE
     worst = max(noisy, key=noisy.get)
     threads = torch.get_num_threads()
     advice = (
-        "rerun on a quiet machine (close other programs), and try --threads 1" if threads > 1
+        "rerun on a quiet machine (close other programs), and try one torch thread (--threads 1 of ats-hf benchmark, "
+        "or OMP_NUM_THREADS=1 before any command)" if threads > 1
         else "rerun on a quiet machine (close other programs)"
     )
     return (
