@@ -144,7 +144,7 @@ def verify_onnx(
     batch_sizes: tuple[int, ...] = (1, 3),
 ) -> dict:
     """Run the ONNX graph in onnxruntime (CPU) and the model in PyTorch on the same images, in batches of each size
-(`model`: what was exported, an ATS classifier or a module returning logits).
+    (`model`: what was exported, an ATS classifier or a module returning logits).
 
     Returns a report: the number of images (each checked at every batch size), the largest logit difference,
     whether every kept index, token count and mask is identical, and `passed` (logits within `LOGITS_TOLERANCE` and

@@ -110,7 +110,7 @@ class TomeMethod:
     def standalone(self, model, example: torch.Tensor) -> TomeClassifier:
         """A copy of `model` run with ToMe as one module (`TomeClassifier`; returns logits), for torch.compile and
         ONNX export. `example` is unused (the same signature as `AtsMethod.standalone`)."""
-        return TomeClassifier(copy.deepcopy(model).eval(), self.r).eval()
+        return TomeClassifier(copy.deepcopy(model), self.r).eval()
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "name": self.name, "r": self.r}

@@ -24,6 +24,12 @@ def supports_tome(model: nn.Module) -> bool:
     return hasattr(model, "vit") and hasattr(model.vit, "layers")
 
 
+def _check_tome(model: nn.Module) -> None:
+    if not supports_tome(model):
+        raise ValueError(f"ToMe runs on ViT classifiers here (ATS-ViT or ViTForImageClassification), not "
+                         f"{type(model).__name__}.")
+
+
 def tome_forward(model: nn.Module, pixel_values: torch.Tensor, r: int | list[int]) -> tuple[torch.Tensor, list[int]]:
     """Classify with Token Merging on a ViT classifier's weights (an `AtsViTForImageClassification`, any ATS
     settings ignored, or transformers' `ViTForImageClassification`).
@@ -31,9 +37,7 @@ def tome_forward(model: nn.Module, pixel_values: torch.Tensor, r: int | list[int
     Returns:
         (B, num_labels) logits and the number of tokens each block outputs (the same for every image).
     """
-    if not supports_tome(model):
-        raise ValueError(f"ToMe runs on ViT classifiers here (ATS-ViT or ViTForImageClassification), not "
-                         f"{type(model).__name__}.")
+    _check_tome(model)
     vit = model.vit
     hidden_states = vit.embeddings(pixel_values.to(vit.embeddings.patch_embeddings.projection.weight.dtype))
     batch_size, num_tokens, _ = hidden_states.shape
@@ -66,9 +70,7 @@ class TomeClassifier(nn.Module):
 
     def __init__(self, model: nn.Module, r: int | list[int]):
         super().__init__()
-        if not supports_tome(model):
-            raise ValueError(f"ToMe runs on ViT classifiers here (ATS-ViT or ViTForImageClassification), not "
-                             f"{type(model).__name__}.")
+        _check_tome(model)  # here, not at the first call
         self.model = model
         self.r = r
 
