@@ -458,41 +458,44 @@ def tome_schedule(r: int | list[int], num_layers: int, num_tokens: int, num_spec
 
 
 def bipartite_merge(
-    hidden_states: torch.Tensor, sizes: torch.Tensor, keys: torch.Tensor, r: int
+    hidden_states: torch.Tensor, sizes: torch.Tensor, keys: torch.Tensor, r: int, num_special: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token Merging's step (Bolya et al., ICLR 2023): merge `r` tokens of set A (even positions, CLS first and
-    protected) into their most similar token of set B (odd positions), by cosine similarity of `keys`.
+    """Token Merging's step (Bolya et al., ICLR 2023): merge `r` tokens of set A into their most similar token of set
+    B, by cosine similarity of `keys`. The S special tokens (CLS first) are in neither set; of the others, A holds
+    those at even positions of the whole sequence and B those at odd ones (ToMe's alternation).
 
     Args:
         hidden_states: (B, N, D); sizes: (B, N) float32 tokens each row stands for; keys: (B, N, Dk) the metric.
-        r: tokens to remove, at most (N - 1) // 2.
+        r: tokens to remove, at most (N - S) // 2.
+        num_special: S, the tokens before the patches, never merged.
     Returns:
-        (B, N - r, D) hidden states and (B, N - r) sizes: the unmerged A tokens (CLS first, in their order), then the
-        B tokens as size-weighted means of themselves and what they absorbed.
+        (B, N - r, D) hidden states and (B, N - r) sizes: the S special tokens, the unmerged A tokens (in their
+        order), then the B tokens as size-weighted means of themselves and what they absorbed.
     """
     if r == 0:
         return hidden_states, sizes
-    metric = torch.nn.functional.normalize(keys.float(), dim=-1)
-    metric_a, metric_b = metric[:, ::2], metric[:, 1::2]
-    similarity = metric_a @ metric_b.transpose(1, 2)  # (B, Na, Nb)
-    similarity[:, 0] = float("-inf")  # CLS is never merged
-    best, partner = similarity.max(dim=-1)  # (B, Na)
+    first_a = num_special % 2  # A starts at the first even position after the special tokens
+    metric = torch.nn.functional.normalize(keys[:, num_special:].float(), dim=-1)
+    metric_a, metric_b = metric[:, first_a::2], metric[:, 1 - first_a :: 2]
+    best, partner = (metric_a @ metric_b.transpose(1, 2)).max(dim=-1)  # (B, Na): each A token's closest B token
     order = _stable_sort(best, descending=True)[1]
-    merged_a, kept_a = order[:, :r], order[:, r:].sort(dim=-1).values  # kept A tokens keep their order (CLS first)
+    merged_a, kept_a = order[:, :r], order[:, r:].sort(dim=-1).values  # kept A tokens keep their order
 
     width = hidden_states.shape[-1]
-    weighted = hidden_states.float() * sizes[..., None]
-    weighted_a, weighted_b = weighted[:, ::2], weighted[:, 1::2]
-    sizes_a, sizes_b = sizes[:, ::2], sizes[:, 1::2]
+    mergeable_sizes = sizes[:, num_special:]
+    weighted = hidden_states[:, num_special:].float() * mergeable_sizes[..., None]
+    weighted_a, weighted_b = weighted[:, first_a::2], weighted[:, 1 - first_a :: 2]
+    sizes_a, sizes_b = mergeable_sizes[:, first_a::2], mergeable_sizes[:, 1 - first_a :: 2]
     target = partner.gather(1, merged_a)
     sum_b = weighted_b.scatter_add(1, target[..., None].expand(-1, -1, width),
                                    weighted_a.gather(1, merged_a[..., None].expand(-1, -1, width)))
     size_b = sizes_b.scatter_add(1, target, sizes_a.gather(1, merged_a))
     size_a = sizes_a.gather(1, kept_a)
     sum_a = weighted_a.gather(1, kept_a[..., None].expand(-1, -1, width))
-    new_sizes = torch.cat([size_a, size_b], dim=1)
-    merged = torch.cat([sum_a, sum_b], dim=1) / new_sizes[..., None]
-    return merged.to(hidden_states.dtype), new_sizes
+    merged_sizes = torch.cat([size_a, size_b], dim=1)
+    merged = (torch.cat([sum_a, sum_b], dim=1) / merged_sizes[..., None]).to(hidden_states.dtype)
+    return (torch.cat([hidden_states[:, :num_special], merged], dim=1),
+            torch.cat([sizes[:, :num_special], merged_sizes], dim=1))
 
 
 __all__ = [

@@ -9,7 +9,8 @@ The count follows what the ATS models actually compute (see docs/how-ats-works.m
 - patch embedding (num_patches C p_h p_w D) and classifier head (D num_labels; a head on more than the CLS
   feature, as DINOv2's CLS + mean, is counted at D num_labels too).
 - Token Merging (`tome_gmacs`): every block runs q, k, v, attention and the output projection on the tokens entering
-  it, the bipartite matching on (N_in / 2)^2 pairs of head-width keys, and the MLP on the tokens left.
+  it, the bipartite matching on the |A| |B| pairs of head-width keys (the N_in - S mergeable tokens in two alternating
+  sets, about (N_in / 2)^2 pairs), and the MLP on the tokens left.
 LayerNorm, softmax, GELU, sorting and other element-wise work are not counted (as in the papers).
 """
 
@@ -155,18 +156,19 @@ def static_gmacs(
 def tome_gmacs(config: PretrainedConfig, r: int | list[int], num_input_tokens: int | None = None,
                with_head: bool = True) -> float:
     """GMACs per image of Token Merging with merge schedule `r` (see `ats_sampling.tome_schedule`) on the config's
-    geometry."""
-    hidden, intermediate = config.hidden_size, config.intermediate_size
+    geometry (any family: its special tokens are never merged)."""
+    hidden = config.hidden_size
     tokens = input_token_count(config) if num_input_tokens is None else num_input_tokens
     special = num_special_tokens(config)
     patch_h, patch_w = patch_shape(config)
     total = (tokens - special) * config.num_channels * patch_h * patch_w * hidden
     for merged in tome_schedule(r, config.num_hidden_layers, tokens, special):
         total += 4 * tokens * hidden**2 + 2 * tokens * tokens * hidden
-        if merged:
-            total += ((tokens + 1) // 2) * (tokens // 2) * (hidden // config.num_attention_heads)
+        if merged:  # sets A and B: the even and odd positions after the special tokens
+            set_a, set_b = (tokens + 1) // 2 - (special + 1) // 2, tokens // 2 - special // 2
+            total += set_a * set_b * (hidden // config.num_attention_heads)
         tokens -= merged
-        total += 2 * tokens * hidden * intermediate
+        total += tokens * mlp_macs_per_token(config)
     if with_head:
         total += hidden * config.num_labels
     return total / 1e9
