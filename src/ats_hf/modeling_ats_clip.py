@@ -64,10 +64,7 @@ class AtsCLIPEncoderLayer(AtsLayerMixin, CLIPEncoderLayer):
 
     ats_attention_attribute = "self_attn"
     ats_attention_class = AtsCLIPAttention
-
-    def ats_attention_branch(self, hidden_states, state, plan, **kwargs):
-        attn_output, _, selection = self.self_attn(self.layer_norm1(hidden_states), state, plan, **kwargs)
-        return attn_output, selection
+    ats_attention_norm_attribute = "layer_norm1"
 
     def ats_attention_update(self, attn_output):
         return attn_output
@@ -161,6 +158,10 @@ class AtsCLIPVisionModelWithProjection(AtsCLIPPreTrainedModel, CLIPVisionModelWi
         outputs: AtsModelOutput = self.vision_model(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, attention_mask=attention_mask, **kwargs
         )
+        return self.ats_task_output(outputs)
+
+    def ats_task_output(self, outputs: AtsModelOutput) -> AtsCLIPVisionProjectionOutput:
+        """This model's output from its vision model's `outputs`: their pooled CLS row projected."""
         return AtsCLIPVisionProjectionOutput(
             image_embeds=self.visual_projection(outputs.pooler_output),
             last_hidden_state=outputs.last_hidden_state,

@@ -1,6 +1,8 @@
 """The ATS core every family shares: the token state between layers, ATS attention, the layer, the base model (its
 layer loop, settings, strict loading, outputs) and the image classifier. The algorithm itself (scoring, sampling,
-packing, merging) is in `ats_sampling.py`; a layer calls it once, through `select_tokens`.
+packing, merging) is in `ats_sampling.py`; a layer calls it once, through `select_tokens`. The same mixins run Token
+Merging (ToMe, the peer baseline; `ats_tome_forward` of the attention, the layer and the base model), so every
+family has it through the hooks it already names.
 
 Self-contained for the Hub: imports only torch, transformers, `.ats_sampling` and `.configuration_ats_core`. A
 family's modeling file (`modeling_ats_vit.py`, ...) subclasses its upstream classes with these mixins and adds only
@@ -27,10 +29,12 @@ from transformers.utils.output_capturing import capture_outputs
 from .ats_sampling import (
     PaddingLayout,
     TokenSelection,
+    bipartite_merge,
     gather_rows,
     kept_patch_positions,
     merge_dropped_tokens,
     select_tokens,
+    tome_schedule,
 )
 from .configuration_ats_core import AtsSettings, num_input_tokens, num_special_tokens
 
@@ -258,14 +262,44 @@ class AtsAttentionMixin:
         output = getattr(self, self.ats_output_projection_attribute)(attn_output)
         return output, attn_weights, None if kept_rows is None else selection
 
+    def ats_tome_forward(self, hidden_states: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token Merging's proportional attention through this module's projections, scale and attention
+        implementation (eager or sdpa): each key's logit gets log(size).
+
+        Args:
+            hidden_states: (B, L, D) normed rows; sizes: (B, L) float32 tokens each row stands for.
+        Returns:
+            The (B, L, D) output and the (B, L, head_dim) keys averaged over heads (ToMe's similarity metric).
+        """
+        batch_size, num_tokens, _ = hidden_states.shape
+        query_states, key_states, value_states = (
+            projection(hidden_states).view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
+            for projection in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            _self_attention_mask(self.config, hidden_states, None, sizes),
+            dropout=0.0 if not self.training else getattr(self, self.ats_dropout_attribute),
+            scaling=getattr(self, self.ats_scaling_attribute),
+        )
+        output = getattr(self, self.ats_output_projection_attribute)(attn_output.reshape(batch_size, num_tokens, -1))
+        return output, key_states.mean(dim=1)
+
 
 class AtsLayerMixin:
     """A pre-norm encoder layer (listed before the upstream layer class): `x + attention branch(x)`, where an ATS
     layer keeps only some rows, then `x + MLP branch(x)` on the real rows only. The family says what its branches
-    are (`ats_attention_branch`, `ats_attention_update`, `ats_mlp_update`) and where its ATS attention goes
-    (`ats_attention_attribute`, `ats_attention_class`)."""
+    are (the norm before attention, `ats_attention_norm_attribute`; `ats_attention_update`, `ats_mlp_update`) and
+    where its ATS attention goes (`ats_attention_attribute`, `ats_attention_class`)."""
 
     ats_attention_attribute = "attention"
+    ats_attention_norm_attribute: str
     ats_attention_class: type
 
     def __init__(self, config, layer_index: int):
@@ -287,7 +321,28 @@ class AtsLayerMixin:
 
     def ats_attention_branch(self, hidden_states: torch.Tensor, state: TokenState, plan, **kwargs):
         """(B, L, D) -> the attention output (B, M, D) of the normed rows and the kept rows (or None)."""
-        raise NotImplementedError
+        normed = getattr(self, self.ats_attention_norm_attribute)(hidden_states)
+        attn_output, _, selection = getattr(self, self.ats_attention_attribute)(normed, state, plan, **kwargs)
+        return attn_output, selection
+
+    def ats_tome_forward(
+        self, hidden_states: torch.Tensor, sizes: torch.Tensor, merged: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token Merging's block: proportional attention, its residual update, `merged` tokens merged into their most
+        similar ones (the special tokens never), then the MLP branch.
+
+        Args:
+            hidden_states: (B, L, D); sizes: (B, L) float32 tokens each row stands for; merged: r, at most (L - S) // 2.
+        Returns:
+            (B, L - r, D) rows (special tokens first) and their (B, L - r) sizes.
+        """
+        attention = getattr(self, self.ats_attention_attribute)
+        normed = getattr(self, self.ats_attention_norm_attribute)(hidden_states)
+        attn_output, keys = attention.ats_tome_forward(normed, sizes)
+        hidden_states = self.ats_attention_update(attn_output) + hidden_states
+        num_special = num_special_tokens(attention.config)
+        hidden_states, sizes = bipartite_merge(hidden_states, sizes, keys, merged, num_special)
+        return hidden_states + self.ats_mlp_update(hidden_states), sizes
 
     def ats_attention_update(self, attn_output: torch.Tensor) -> torch.Tensor:
         """What the attention output adds to the residual (dropout, layer scale, ...)."""
@@ -306,9 +361,7 @@ class AtsViTStyleLayerMixin(AtsLayerMixin):
     """The branches of a ViT-style layer (ViT, DeiT): `layernorm_before`, `attention`, `layernorm_after`, `mlp`,
     `dropout`."""
 
-    def ats_attention_branch(self, hidden_states, state, plan, **kwargs):
-        attn_output, _, selection = self.attention(self.layernorm_before(hidden_states), state, plan, **kwargs)
-        return attn_output, selection
+    ats_attention_norm_attribute = "layernorm_before"
 
     def ats_attention_update(self, attn_output):
         return self.dropout(attn_output)
@@ -352,6 +405,7 @@ class AtsModelOutput(BaseModelOutputWithPooling):
     num_tokens: torch.LongTensor | None = None
     sampled_token_indices: torch.LongTensor | None = None
     token_mask: torch.LongTensor | None = None
+    token_sizes: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -364,7 +418,12 @@ class AtsImageClassifierOutput(ImageClassifierOutput):
 AtsModelOutput.__doc__ = (
     "[`BaseModelOutputWithPooling`] of an ATS base model; `last_hidden_state` holds the real tokens (special tokens "
     "first) packed to the front of each row (see `token_mask`), or the full token grid with "
-    "`config.ats_dense_output`.\n" + ATS_OUTPUT_DOC
+    "`config.ats_dense_output`.\n"
+    + ATS_OUTPUT_DOC
+    + r"""    token_sizes (`torch.FloatTensor` of shape `(batch_size, sequence_length)`):
+        Under Token Merging (`ats_tome_forward`), the input tokens each row of `last_hidden_state` stands for; None
+        otherwise.
+"""
 )
 AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of an ATS image classifier.\n" + ATS_OUTPUT_DOC
 
@@ -383,7 +442,9 @@ def ats_output_fields(outputs) -> dict:
 def mean_of_kept_patches(outputs: AtsModelOutput, num_special: int, dense_output: bool) -> torch.Tensor:
     """(B, D) mean of the patch tokens the last layer kept, from a base model's outputs (for heads that pool patches,
     as DINOv2's and CLIP's classifiers): padding rows are left out of packed rows, and on the dense grid
-    (`dense_output`) so are the positions the last ATS layer dropped. Without ATS it is the mean of all patches."""
+    (`dense_output`) so are the positions the last ATS layer dropped. Without ATS it is the mean of all patches.
+    Under Token Merging (`outputs.token_sizes`) each row weighs as the tokens it stands for: the mean of all patches
+    as merged."""
     patches = outputs.last_hidden_state[:, num_special:]
     kept = outputs.token_mask[:, num_special:].bool()
     if dense_output and outputs.sampled_token_indices is not None:
@@ -391,7 +452,10 @@ def mean_of_kept_patches(outputs: AtsModelOutput, num_special: int, dense_output
         num_patches = kept.shape[1]
         spare = torch.zeros(kept.shape[0], num_patches + 1, dtype=torch.bool, device=kept.device)
         kept = spare.scatter_(1, last_kept.masked_fill(last_kept < 0, num_patches), True)[:, :num_patches]
-    weights = kept.to(patches.dtype)[..., None]
+    weights = kept.to(patches.dtype)
+    if outputs.token_sizes is not None:
+        weights = weights * outputs.token_sizes[:, num_special:].to(patches.dtype)
+    weights = weights[..., None]
     return (patches * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
@@ -585,6 +649,41 @@ class AtsBaseModelMixin:
     def ats_pool(self, sequence_output: torch.Tensor) -> torch.Tensor | None:
         """(B, M, D) `last_hidden_state` -> the (B, D) `pooler_output` (or None)."""
         return None
+
+    def ats_task_output(self, outputs: AtsModelOutput) -> AtsModelOutput:
+        """This model's output from its base model's `outputs`: a base model's are its own (task models apply their
+        heads)."""
+        return outputs
+
+    def ats_tome_forward(self, pixel_values: torch.Tensor, r: int | list[int]) -> AtsModelOutput:
+        """Token Merging instead of ATS (the ATS settings ignored): `r` tokens merged in every layer, or one count per
+        layer (see `ats_sampling.tome_schedule`), never a special token.
+
+        Args:
+            pixel_values: (B, C, H, W) images.
+        Returns:
+            The base model's output on the (B, M, D) merged rows: `last_hidden_state` after the final norm (special
+            tokens first), `pooler_output`, `token_sizes` (B, M) and `num_tokens` (B, layers), the same for every
+            image.
+        """
+        hidden_states = self.ats_embed(pixel_values)
+        batch_size, num_tokens = hidden_states.shape[:2]
+        layers = self.ats_encoder_layers
+        schedule = tome_schedule(r, len(layers), num_tokens, num_special_tokens(self.config))
+        sizes = hidden_states.new_ones(batch_size, num_tokens, dtype=torch.float32)
+        counts = []
+        for layer, merged in zip(layers, schedule, strict=True):
+            hidden_states, sizes = layer.ats_tome_forward(hidden_states, sizes, merged)
+            counts.append(hidden_states.shape[1])
+        sequence_output = self.ats_final_norm(hidden_states)
+        device = sequence_output.device
+        return AtsModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=self.ats_pool(sequence_output),
+            num_tokens=torch.tensor(counts, device=device).expand(batch_size, -1),
+            token_mask=torch.ones(sizes.shape, dtype=torch.long, device=device),
+            token_sizes=sizes,
+        )
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -822,7 +921,7 @@ class AtsClassifierMixin:
         outputs = self.base_model(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, attention_mask=attention_mask, **kwargs
         )
-        return self.ats_classify(outputs, labels, **kwargs)
+        return self.ats_task_output(outputs, labels, **kwargs)
 
     def forward_from_layer(
         self,
@@ -833,10 +932,11 @@ class AtsClassifierMixin:
     ) -> AtsImageClassifierOutput:
         """The layers from `start_layer` on and the heads, on the (B, N, D) dense input of that layer (see the base
         model's `forward_from_layer`)."""
-        return self.ats_classify(self.base_model.forward_from_layer(hidden_states, start_layer, attention_mask), labels)
+        outputs = self.base_model.forward_from_layer(hidden_states, start_layer, attention_mask)
+        return self.ats_task_output(outputs, labels)
 
-    def ats_classify(self, outputs: AtsModelOutput, labels: torch.Tensor | None = None, **kwargs):
-        """The output of the heads on a base model's `outputs`, with the loss against `labels`."""
+    def ats_task_output(self, outputs: AtsModelOutput, labels: torch.Tensor | None = None, **kwargs):
+        """The output of the heads on a base model's `outputs`, with the loss against `labels` (if given)."""
         heads = self.ats_logits(outputs)
         logits = heads["logits"] if "logits" in heads else sum(heads.values()) / len(heads)
         loss = None

@@ -46,10 +46,7 @@ class AtsDinov2Layer(AtsLayerMixin, Dinov2Layer):
     the rest runs on kept rows only."""
 
     ats_attention_class = AtsDinov2Attention
-
-    def ats_attention_branch(self, hidden_states, state, plan, **kwargs):
-        attn_output, _, selection = self.attention(self.norm1(hidden_states), state, plan, **kwargs)
-        return attn_output, selection
+    ats_attention_norm_attribute = "norm1"
 
     def ats_attention_update(self, attn_output):
         return self.drop_path(self.layer_scale1(attn_output))
