@@ -91,9 +91,9 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     assert tome.method.family == "tome" and tome.timings[8].images_per_second > 0
     gap = abs(tome_gmacs(model.config, r) - ats.gmacs_mean)
     assert all(abs(tome_gmacs(model.config, other) - ats.gmacs_mean) >= gap for other in range(0, 33))
-    logits, counts = tome_forward(model, pixel_values, r)
-    assert tome.accuracy == pytest.approx(100 * (logits.argmax(-1) == labels).float().mean().item())
-    assert tome.tokens_per_layer == tuple(float(c) for c in counts)
+    output = tome_forward(model, pixel_values, r)
+    assert tome.accuracy == pytest.approx(100 * (output.logits.argmax(-1) == labels).float().mean().item())
+    assert tome.tokens_per_layer == tuple(float(c) for c in output.num_tokens[0])
     assert tome.gmacs_mean == pytest.approx(tome.executed_gmacs, rel=1e-6)
     assert method_from_dict(json.loads(json.dumps(tome.method.to_dict()))) == tome.method
 

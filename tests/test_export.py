@@ -92,6 +92,27 @@ def test_a_compiled_model_compiles_once(images):
     assert counter.frame_count == 1
 
 
+def test_tome_of_another_family_exports_to_onnx_runtime(tmp_path):
+    """ToMe's static shapes export for any family: DINOv2 with registers (3 special tokens, a head on CLS and the
+    size-weighted mean of the merged patches) gives PyTorch's logits at another batch size."""
+    import onnxruntime
+    from family_cases import CASES
+
+    from ats_hf.export import write_onnx
+    from ats_hf.families import family_named
+    from ats_hf.tome import TomeClassifier
+
+    case = next(c for c in CASES if c.name == "dinov2-registers")
+    model = family_named(case.family).classifier.from_pretrained(case.save(tmp_path / "upstream")).eval()
+    module = TomeClassifier(model, 6)
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    path = write_onnx(module, tmp_path / "tome.onnx", pixel_values[:2])
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), module(pixel_values), atol=1e-5, rtol=0)
+
+
 class _SortOrder(torch.nn.Module):
     def __init__(self, descending: bool):
         super().__init__()

@@ -47,7 +47,7 @@ class Family:
         special_tokens: the tokens before the patches that ATS always keeps and never scores.
         head: what the task head computes.
         capabilities: what the tools support: CLASSIFY (image classification), FEATURES (embeddings), ZERO_SHOT,
-            TOME (the Token Merging baseline).
+            TOME (the Token Merging baseline: `ats_hf.tome`, on every model class of the family).
         aliases: more upstream architecture names the family's classes read (beyond each class's upstream parent).
         classifier_family: the family whose image classifier reads this family's checkpoints, when it has none of
             its own (CLIP's image-text model: the vision tower's classifier), for fine-tuning a new head.
@@ -110,7 +110,7 @@ FAMILIES = (
         auto_models={IMAGE_CLASSIFICATION: (AtsDeiTForImageClassificationWithTeacher, AtsDeiTForImageClassification)},
         special_tokens="CLS and the distillation token",
         head="the mean of a linear head on the final CLS token and one on the final distillation token",
-        capabilities=frozenset({CLASSIFY, FEATURES}),
+        capabilities=frozenset({CLASSIFY, FEATURES, TOME}),
     ),
     Family(
         name="dinov2",
@@ -121,7 +121,7 @@ FAMILIES = (
         auto_models={IMAGE_CLASSIFICATION: (AtsDinov2ForImageClassification,)},
         special_tokens="CLS and the register tokens",
         head="a linear layer on the final CLS token and the mean of the kept patch tokens",
-        capabilities=frozenset({CLASSIFY, FEATURES}),
+        capabilities=frozenset({CLASSIFY, FEATURES, TOME}),
         aliases={
             "Dinov2WithRegistersModel": AtsDinov2Model,
             "Dinov2WithRegistersForImageClassification": AtsDinov2ForImageClassification,
@@ -136,7 +136,7 @@ FAMILIES = (
         auto_models={IMAGE_CLASSIFICATION: (AtsCLIPForImageClassification,)},
         special_tokens="CLS",
         head="a linear layer on the mean of the kept patch tokens",
-        capabilities=frozenset({CLASSIFY, FEATURES}),
+        capabilities=frozenset({CLASSIFY, FEATURES, TOME}),
     ),
     Family(
         name="clip-zero-shot",

@@ -80,8 +80,8 @@ class AtsMethod:
 
 @dataclass(frozen=True)
 class TomeMethod:
-    """Token Merging (Bolya et al., ICLR 2023) with `r` tokens merged per block, on the same weights (ViT
-    classifiers: `ats_hf.tome`); every image merges the same number, so its shapes are static."""
+    """Token Merging (Bolya et al., ICLR 2023) with `r` tokens merged per block, on the same weights (a model of any
+    image family: `ats_hf.tome`); every image merges the same number, so its shapes are static."""
 
     name: str
     r: int
@@ -96,9 +96,13 @@ class TomeMethod:
     def run(self, model, pixel_values: torch.Tensor) -> None:
         tome_forward(model, pixel_values, self.r)
 
+    def forward(self, model, pixel_values: torch.Tensor):
+        """The model's own output class (logits, embeddings, `num_tokens`) with Token Merging."""
+        return tome_forward(model, pixel_values, self.r)
+
     def classify(self, model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, counts = tome_forward(model, pixel_values, self.r)
-        return logits, torch.tensor(counts).expand(len(pixel_values), -1)
+        output = tome_forward(model, pixel_values, self.r)
+        return output.logits, output.num_tokens.cpu()
 
     def gmacs(self, config, num_tokens: torch.Tensor, num_input_tokens: int) -> torch.Tensor:
         return torch.full((len(num_tokens),), tome_gmacs(config, self.r, num_input_tokens=num_input_tokens),
