@@ -32,7 +32,8 @@ from ats_hf.benchmark import (
 from ats_hf.benchmark.engine import speed_config
 from ats_hf.benchmark.timing import unreliable_timing_message
 from ats_hf.data import DEFAULT_MODEL_DIR
-from ats_hf.data.labelled_images import to_model_labels
+from ats_hf.evaluation import tensor_images
+from ats_hf.evaluation.sources import to_model_labels
 from ats_hf.flops import gmacs_per_image, tome_gmacs
 from ats_hf.methods import AtsMethod, TomeMethod, dense_method, method_from_dict
 from ats_hf.progress import Progress
@@ -57,7 +58,7 @@ def data():
 
 def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     pixel_values, labels = data
-    result = run_benchmark(model, pixel_values, labels, batch_sizes=(1, 8), timing_images=4, repeats=1,
+    result = run_benchmark(model, tensor_images(pixel_values, labels), batch_sizes=(1, 8), timing_images=4, repeats=1,
                            eval_batch_size=5)
     names = [r.method.name for r in result.methods]
     assert names[:4] == ["dense", "ats", "top-k", "random"] and names[4].startswith("tome r=")
@@ -101,7 +102,7 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
 def test_prediction_does_not_depend_on_eval_batch_size(model, data):
     pixel_values, labels = data
     results = [
-        run_benchmark(model, pixel_values, labels, batch_sizes=(), eval_batch_size=size).methods[1]
+        run_benchmark(model, tensor_images(pixel_values, labels), batch_sizes=(), eval_batch_size=size).methods[1]
         for size in (1, 24)
     ]
     assert results[0].accuracy == results[1].accuracy
@@ -111,7 +112,8 @@ def test_prediction_does_not_depend_on_eval_batch_size(model, data):
 def test_sweep_adds_matched_points(model, data):
     pixel_values, labels = data
     ats = default_ats_method(model.config)
-    result = run_benchmark(model, pixel_values, labels, sweep=sweep_methods(ats, 4, (0.5, 12), (2,)), batch_sizes=())
+    result = run_benchmark(model, tensor_images(pixel_values, labels),
+                           sweep=sweep_methods(ats, 4, (0.5, 12), (2,)), batch_sizes=())
     names = [r.method.name for r in result.sweep if r.method.kind == "ats"]
     assert names == ["ats K=0.5", "top-k (as ats K=0.5)", "random (as ats K=0.5)",
                      "ats K=12", "top-k (as ats K=12)", "random (as ats K=12)",
@@ -128,7 +130,8 @@ def test_sweep_adds_matched_points(model, data):
 def test_report_table_json_and_plots(model, data, tmp_path):
     pixel_values, labels = data
     sweep = sweep_methods(default_ats_method(model.config), 4, (0.5,))
-    result = run_benchmark(model, pixel_values, labels, sweep=sweep, batch_sizes=(1, 8), timing_images=2, repeats=1)
+    result = run_benchmark(model, tensor_images(pixel_values, labels),
+                           sweep=sweep, batch_sizes=(1, 8), timing_images=2, repeats=1)
     table = format_table(result)
     for text in ("dense", "ats", "top-k", "random", "img/s bs1", "speed-up bs8 (GMACs ratio)", "mean tokens per layer"):
         assert text in table
@@ -165,7 +168,7 @@ def test_methods_leave_the_model_settings_and_the_given_results_as_they_were(mod
 
 
 def test_matched_baselines_round_half_up_and_keep_at_least_two(model, data):
-    ats = run_benchmark(model, *data, batch_sizes=()).methods[1]
+    ats = run_benchmark(model, tensor_images(*data), batch_sizes=()).methods[1]
     ats = dataclasses.replace(ats, tokens_per_layer=(65.0, 30.5, 1.2, 10.49))
     top_k, random = matched_baselines(ats)
     assert top_k.settings.max_tokens == random.settings.max_tokens == (31, 2, 10)
@@ -249,10 +252,16 @@ def test_progress_prints_plain_lines_when_not_a_terminal(model, data, capsys):
         for _ in range(3):
             progress.update()
     lines = stream.getvalue().splitlines()
-    assert lines[:2] == ["eval ats: 1/3", "eval ats: 2/3"] and lines[2].startswith("eval ats: 3/3 done in")
+    assert [line.split(",")[0] for line in lines[:2]] == ["eval ats: 1/3", "eval ats: 2/3"]
+    assert all(" left" in line and "/s" in line for line in lines[:2])  # rate and time left
+    assert lines[2].startswith("eval ats: 3/3 done in")
+    hidden = io.StringIO()
+    with Progress(3, "other process", stream=hidden, interval=0.0, shown=False) as progress:
+        progress.update(3)
+    assert hidden.getvalue() == ""
     capsys.readouterr()
     evaluate_method(model, dense_method(), data[0][:4], batch_size=2)
-    assert "eval dense: 4/4 done in" in capsys.readouterr().err  # pytest's stderr is not a terminal
+    assert "evaluate (1 methods): 4/4 done in" in capsys.readouterr().err  # pytest's stderr is not a terminal
 
 
 @pytest.fixture
@@ -307,7 +316,9 @@ def test_a_one_class_folder_says_why_there_is_no_accuracy(named_model, tmp_path,
     captured = capsys.readouterr()
     assert "single class folder ('class2')" in captured.err and "single class folder" in captured.out
     saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
-    assert saved["methods"][0]["accuracy"] is None and "no accuracy" in saved["notes"][0]
+    # Without labels the methods are scored by their top-1 agreement with dense (dense agrees with itself).
+    assert saved["objective"] == "agreement" and saved["methods"][0]["accuracy"] == 100.0
+    assert "no accuracy" in saved["notes"][0]
 
 
 def test_dataset_classes_are_matched_to_the_model_labels_by_name():
@@ -342,7 +353,7 @@ def test_static_mode_baselines_share_the_capacity_rule_and_the_ratio_uses_execut
     model.set_ats(capacity=20)
     ats = default_ats_method(model.config)
     assert ats.settings.capacity == 20
-    result = run_benchmark(model, pixel_values, labels, batch_sizes=(4,), timing_images=4, repeats=1)
+    result = run_benchmark(model, tensor_images(pixel_values, labels), batch_sizes=(4,), timing_images=4, repeats=1)
     dense, ats_result, top_k, random, _ = result.methods
     assert top_k.method.settings.capacity == random.method.settings.capacity == 20
     assert max(ats_result.tokens_per_layer[1:]) <= 20

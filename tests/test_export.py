@@ -9,7 +9,7 @@ from transformers import AutoImageProcessor
 
 from ats_hf import AtsViTForImageClassification
 from ats_hf.data import DEFAULT_MODEL_DIR
-from ats_hf.data.labelled_images import load_labelled_images
+from ats_hf.evaluation import open_images
 from ats_hf.export import check_exportable, export_folder
 
 pytestmark = pytest.mark.slow  # compiling takes about half a minute on 2 CPU cores
@@ -55,7 +55,7 @@ def test_onnx_runtime_matches_pytorch_on_the_embedded_model(tmp_path, merge):
     model = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR).eval()
     model.set_ats(merge=merge)
     processor = AutoImageProcessor.from_pretrained(DEFAULT_MODEL_DIR)
-    pixel_values = load_labelled_images(None, processor, model.config.id2label, num_images=24).pixel_values
+    pixel_values = open_images(None, processor, model.config.id2label, num_images=24).head(24)
     with torch.no_grad():
         adaptive_counts = model(pixel_values).num_tokens[:, model.config.ats_layers[0]]  # out of the first ATS layer
     assert (adaptive_counts > 12).any() and (adaptive_counts < 12).any(), "test needs truncated and fitting images"

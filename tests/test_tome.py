@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ats_hf import AtsCLIPConfig, AtsCLIPModel, AtsViTForImageClassification
 from ats_hf.ats_sampling import bipartite_merge, tome_schedule
+from ats_hf.evaluation import tensor_images
 from ats_hf.families import FAMILIES, TOME, family_named
 from ats_hf.flops import dense_gmacs, tome_gmacs
 from ats_hf.modeling_ats_core import AtsModelOutput, mean_of_kept_patches
@@ -233,7 +234,7 @@ def test_the_benchmark_runs_tome_on_another_family(saved, images):
     model = load(family_named(case.family).classifier, saved(case))
     model.set_ats(layers=[1])
     labels = torch.zeros(len(images), dtype=torch.long)
-    result = run_benchmark(model, images, labels, batch_sizes=())
+    result = run_benchmark(model, tensor_images(images, labels), batch_sizes=())
     (tome,) = [r for r in result.methods if r.method.kind == "tome"]
     logits = tome_forward(model, images, tome.method.r).logits
     assert tome.accuracy == pytest.approx(100 * (logits.argmax(-1) == labels).float().mean().item())

@@ -48,6 +48,10 @@ class AtsMethod:
         """One forward pass, its outputs left unread (what a timing measures; inside `applied`)."""
         model(pixel_values)
 
+    def forward(self, model, pixel_values: torch.Tensor):
+        """The model's output (logits, embeddings, `num_tokens`; inside `applied`)."""
+        return model(pixel_values)
+
     def classify(self, model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, num_labels) logits and the (B, layers) tokens each layer output, on the CPU (inside `applied`)."""
         output = model(pixel_values)

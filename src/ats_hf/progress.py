@@ -11,16 +11,18 @@ PLAIN_INTERVAL = 10.0  # seconds between plain progress lines within one step
 class Progress:
     """Count `total` units of one step: `with Progress(n, "eval ats") as progress: ... progress.update()`.
 
-    On a terminal it draws a tqdm bar (when tqdm is installed). Elsewhere it prints plain lines to `stream`
-    (default: stderr): one every `interval` seconds while the step runs, and one when it ends.
+    On a terminal it draws a tqdm bar with rate and ETA (when tqdm is installed). Elsewhere it prints plain lines to
+    `stream` (default: stderr): one every `interval` seconds while the step runs, with rate and ETA, and one when it
+    ends. `shown=False` prints nothing (the other processes of a multi-process run).
     """
 
-    def __init__(self, total: int, description: str, stream: TextIO | None = None, interval: float = PLAIN_INTERVAL):
-        self.total, self.description, self.interval = total, description, interval
+    def __init__(self, total: int, description: str, stream: TextIO | None = None, interval: float = PLAIN_INTERVAL,
+                 shown: bool = True):
+        self.total, self.description, self.interval, self.shown = total, description, interval, shown
         self.stream = sys.stderr if stream is None else stream
         self.done = 0
         self.started = self.last_line = time.perf_counter()
-        self.bar = self._tqdm() if _is_terminal(self.stream) else None
+        self.bar = self._tqdm() if shown and _is_terminal(self.stream) else None
 
     def _tqdm(self):
         try:
@@ -33,13 +35,15 @@ class Progress:
         self.done += count
         if self.bar is not None:
             self.bar.update(count)
-        elif time.perf_counter() - self.last_line >= self.interval and self.done < self.total:
-            self._line(f"{self.done}/{self.total}")
+        elif self.shown and time.perf_counter() - self.last_line >= self.interval and self.done < self.total:
+            elapsed = time.perf_counter() - self.started
+            rate = self.done / elapsed
+            self._line(f"{self.done}/{self.total}, {rate:.1f}/s, about {(self.total - self.done) / rate:.0f} s left")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        else:
+        elif self.shown:
             self._line(f"{self.done}/{self.total} done in {time.perf_counter() - self.started:.1f} s")
 
     def _line(self, text: str) -> None:

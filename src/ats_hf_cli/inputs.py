@@ -3,6 +3,7 @@ Each function imports ats_hf (torch, transformers) only when called, after the c
 expected failures into one-line `UsageError`s."""
 
 import argparse
+from typing import Any, NamedTuple
 
 from . import UsageError, usage_errors
 from .options import settings_from_args
@@ -16,18 +17,51 @@ def load_classifier(path: str, what: str = "--model", **kwargs):
         return load_classifier_and_processor(path, **kwargs)
 
 
-def load_images(args: argparse.Namespace, processor, id2label: dict, num_images: int | None, seed: int = 0):
-    """The labelled images the data options name (the embedded test split without --dataset); notes go to stderr."""
-    from ats_hf.data.labelled_images import load_labelled_images
+def load_model(path: str, what: str = "--model", **kwargs):
+    """(ATS model of any family and kind in eval mode: a classifier or a feature extractor, its image processor)."""
+    from ats_hf.hub.checkpoint import load_model_and_processor
+
+    with usage_errors(OSError, ValueError, context=f"cannot load {what} {path!r}"):
+        return load_model_and_processor(path, **kwargs)
+
+
+def open_source(args: argparse.Namespace, processor, id2label: dict | None, num_images: int | None, seed: int = 0,
+                shown: bool = True):
+    """The images the data options name (the embedded test split without --dataset), not yet decoded
+    (`ats_hf.evaluation.ImageSource`); notes go to stderr when `shown`."""
+    from ats_hf.evaluation import open_images
     from ats_hf.progress import note
 
     context = f"cannot read --dataset {args.dataset!r}" if args.dataset else "cannot read the embedded test split"
     with usage_errors(OSError, ValueError, context=context):
-        data = load_labelled_images(args.dataset, processor, id2label, args.split, num_images, args.image_column,
-                                    args.label_column, seed)
-    for text in data.notes:
+        source = open_images(args.dataset, processor, id2label, args.split, num_images, args.image_column,
+                             args.label_column, seed)
+    for text in source.notes if shown else ():
         note(f"note: {text}")
-    return data
+    return source
+
+
+class ImagesInMemory(NamedTuple):
+    pixel_values: Any  # (N, C, H, W)
+    labels: Any  # (N,) label ids, or None
+    description: str
+
+
+def load_images(args: argparse.Namespace, processor, id2label: dict, num_images: int | None,
+                seed: int = 0) -> ImagesInMemory:
+    """The images the data options name, decoded into memory (tools that need few images, or that have not moved to
+    the streaming loop yet: tune, calibrate, export)."""
+    source = open_source(args, processor, id2label, num_images, seed)
+    return ImagesInMemory(source.head(len(source)), source.labels, source.description)
+
+
+def num_workers(args: argparse.Namespace) -> int:
+    """--num-workers, or its default: none for the embedded split (held in memory), else min(4, CPUs // 2)."""
+    import os
+
+    if args.num_workers is not None:
+        return args.num_workers
+    return 0 if args.dataset is None else min(4, max(1, (os.cpu_count() or 2) // 2))
 
 
 def chosen_device(name: str | None) -> str:
@@ -55,4 +89,5 @@ def refuse_no_layers(settings, what: str) -> None:
         raise UsageError(f"--ats-layers none leaves nothing to {what}; give at least one ATS layer")
 
 
-__all__ = ["chosen_device", "load_classifier", "load_images", "refuse_no_layers", "settings_for"]
+__all__ = ["chosen_device", "load_classifier", "load_images", "load_model", "num_workers", "open_source",
+           "refuse_no_layers", "settings_for"]

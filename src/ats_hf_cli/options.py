@@ -23,6 +23,7 @@ from ats_hf_common.paths import check_source, check_target, default_model_dir
 
 from . import UsageError, usage_errors
 
+OBJECTIVES = ("accuracy", "agreement", "fidelity")  # ats_hf.evaluation.objectives.OBJECTIVES, without torch
 MAX_IMAGES = 2000  # images drawn from a dataset when --num-images is not given
 MODEL_HELP = ("Hub id or folder of an image classifier of any ATS family, plain or ATS (ViT, DeiT, DINOv2, CLIP; "
               "default: the embedded model)")
@@ -136,12 +137,23 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 def add_data_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default_images: str) -> None:
     """--dataset, --split, --num-images, --image-column, --label-column; `default_images` completes --num-images'
     help ("default: ...")."""
-    parser.add_argument("--dataset", help="Hub dataset id, image folder (one sub-folder per class) or save_to_disk "
-                                          "folder (default: the embedded synthetic digits test split)")
+    parser.add_argument("--dataset", help="Hub dataset id, image folder (one sub-folder per class; images directly in "
+                                          "it: unlabelled) or save_to_disk folder (default: the embedded synthetic "
+                                          "digits test split)")
     parser.add_argument("--split", help="dataset split (default: test, else validation, else train)")
     parser.add_argument("--num-images", type=positive_int, help=f"images to use (default: {default_images})")
     parser.add_argument("--image-column", help="image column (default: the first Image feature)")
     parser.add_argument("--label-column", help="label column (default: the first ClassLabel feature, or 'label')")
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--objective and --num-workers, for commands on the shared evaluation loop."""
+    parser.add_argument("--objective", choices=OBJECTIVES, help="how methods are scored: accuracy (labels), "
+                        "agreement (top-1 agreement with the model without ATS; any classifier, no labels) or fidelity "
+                        "(cosine similarity of the embedding to the model without ATS; feature extractors, no labels) "
+                        "(default: accuracy with labels, else agreement for a classifier, fidelity otherwise)")
+    parser.add_argument("--num-workers", type=non_negative_int, metavar="N", help="DataLoader worker processes that "
+                        "decode and process images (default: 0 for the embedded split, else min(4, CPUs // 2))")
 
 
 def check_inputs(
@@ -190,8 +202,10 @@ __all__ = [
     "MAX_IMAGES",
     "MODEL_HELP",
     "NEEDS",
+    "OBJECTIVES",
     "add_ats_arguments",
     "add_data_arguments",
+    "add_evaluation_arguments",
     "check_inputs",
     "checked",
     "float_in",

@@ -5,7 +5,7 @@ models), `timing` (interleaved throughput and its reliability), `runtimes` (eage
 (table, plots). Every default is in `ats_hf_common.benchmark_defaults`; the methods compared are `ats_hf.methods`.
 
     from ats_hf.benchmark import run_benchmark, format_table, write_report
-    result = run_benchmark(model, pixel_values, labels)
+    result = run_benchmark(model, open_images(dataset, processor, model.config.id2label))
     print(format_table(result)); write_report(result, "outputs/benchmark")
 """
 

@@ -32,10 +32,21 @@ from ats_hf_common.benchmark_defaults import (
 from ats_hf_common.grammar import format_max_tokens
 
 from ..configuration_ats_core import AtsSettings, default_ats_layers, num_input_tokens
+from ..evaluation import (
+    ONE_PROCESS,
+    Evaluation,
+    ImageSource,
+    LoopStats,
+    Objective,
+    Processes,
+    default_objective,
+    evaluate_methods,
+    tensor_images,
+)
 from ..families import family_named
 from ..flops import tome_gmacs
 from ..methods import AtsMethod, Method, TomeMethod, dense_method
-from ..progress import Progress, note
+from ..progress import note
 from ..reporting import describe_machine
 from ..tome import supports_tome
 from .profiling import profile_layers
@@ -97,7 +108,38 @@ def sweep_methods(
     return tuple(by_k + by_layers)
 
 
-@torch.inference_mode()
+def evaluate_sources(
+    model,
+    methods: list[Method],
+    source: ImageSource,
+    objective: Objective | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+    seed: int = SEED,
+    num_workers: int = 0,
+    processes: Processes = ONE_PROCESS,
+) -> tuple[list[MethodResult], LoopStats]:
+    """Score, per-image GMACs (real tokens; and executed, when fixed) and tokens per layer of `methods` over the
+    images of `source`, streamed through the shared evaluation loop (`ats_hf.evaluation`), in eager PyTorch."""
+    evaluations, stats = evaluate_methods(model, methods, source, objective, batch_size, num_workers=num_workers,
+                                          seed=seed, processes=processes)
+    input_tokens = num_input_tokens(model.config, tuple(source.head(1).shape[-2:]))
+    return [_method_result(model, e, input_tokens) for e in evaluations], stats
+
+
+def _method_result(model, evaluation: Evaluation, input_tokens: int) -> MethodResult:
+    tokens, gmacs = evaluation.num_tokens.double(), evaluation.gmacs
+    return MethodResult(
+        method=evaluation.method,
+        accuracy=evaluation.score,
+        gmacs_mean=gmacs.mean().item(),
+        gmacs_std=gmacs.std(unbiased=False).item(),
+        tokens_per_layer=tuple(tokens.mean(0).tolist()),
+        tokens_per_layer_std=tuple(tokens.std(0, unbiased=False).tolist()),
+        gmacs=gmacs,
+        executed_gmacs=evaluation.method.executed_gmacs(model.config, input_tokens),
+    )
+
+
 def evaluate_method(
     model,
     method: Method,
@@ -106,33 +148,9 @@ def evaluate_method(
     batch_size: int = EVAL_BATCH_SIZE,
     seed: int = SEED,
 ) -> MethodResult:
-    """Accuracy, per-image GMACs (real tokens; and executed, when fixed) and tokens per layer of one method over
-    `pixel_values` (N, C, H, W), in eager PyTorch, on an ATS image classifier of any family."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1.")
-    device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    input_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
-    correct, gmacs, tokens = 0, [], []
-    with method.applied(model), Progress(len(pixel_values), f"eval {method.name}") as progress:
-        for start in range(0, len(pixel_values), batch_size):
-            logits, num_tokens = method.classify(model, pixel_values[start : start + batch_size].to(device))
-            if labels is not None:
-                correct += (logits.argmax(-1).cpu() == labels[start : start + batch_size]).sum().item()
-            gmacs.append(method.gmacs(model.config, num_tokens, input_tokens))
-            tokens.append(num_tokens.double())
-            progress.update(len(num_tokens))
-    gmacs, tokens = torch.cat(gmacs), torch.cat(tokens)
-    return MethodResult(
-        method=method,
-        accuracy=None if labels is None else 100.0 * correct / len(pixel_values),
-        gmacs_mean=gmacs.mean().item(),
-        gmacs_std=gmacs.std(unbiased=False).item(),
-        tokens_per_layer=tuple(tokens.mean(0).tolist()),
-        tokens_per_layer_std=tuple(tokens.std(0, unbiased=False).tolist()),
-        gmacs=gmacs,
-        executed_gmacs=method.executed_gmacs(model.config, input_tokens),
-    )
+    """`evaluate_sources` of one method on (N, C, H, W) processed images in memory (accuracy with `labels`)."""
+    objective = None if labels is None else Objective("accuracy")
+    return evaluate_sources(model, [method], tensor_images(pixel_values, labels), objective, batch_size, seed)[0][0]
 
 
 def time_methods(
@@ -221,8 +239,8 @@ def _timed_gmacs(result: MethodResult, count: int) -> float:
 
 def run_benchmark(
     model,
-    pixel_values: torch.Tensor,
-    labels: torch.Tensor | None = None,
+    source: ImageSource,
+    objective: Objective | None = None,
     ats: AtsMethod | None = None,
     sweep: tuple[AtsMethod, ...] = (),
     batch_sizes: tuple[int, ...] = ACCURACY_MODE_TIMING.batch_sizes,
@@ -231,7 +249,6 @@ def run_benchmark(
     eval_batch_size: int = EVAL_BATCH_SIZE,
     seed: int = SEED,
     model_name: str = "model",
-    data_name: str = "data",
     notes: tuple[str, ...] = (),
     command: str = "",
     *,
@@ -239,18 +256,23 @@ def run_benchmark(
     compile_backend: str = COMPILE_BACKEND,
     compile_mode: str | None = None,
     profile: bool = False,
+    num_workers: int = 0,
+    processes: Processes = ONE_PROCESS,
 ) -> BenchmarkResult:
-    """Compare dense, ATS, and top-K / random at ATS's mean tokens per layer on labelled images.
+    """Compare dense, ATS, top-K / random at ATS's mean tokens per layer, and ToMe at ATS's GMACs, on a data source.
 
     Args:
-        model: an ATS image classifier of any family (any ATS settings; each method sets its own, and the model's
-            come back).
-        pixel_values: (N, C, H, W) processed images; labels: (N,) class indices, or None to skip accuracy.
+        model: an ATS model of any family (any ATS settings; each method sets its own, and the model's come back).
+        source: the images (`ats_hf.evaluation.open_images`), streamed in batches of `eval_batch_size`, decoded by
+            `num_workers` worker processes; with several `processes`, each evaluates its share of the batches.
+        objective: how methods are scored (default: `default_objective`: accuracy with labels, else agreement for a
+            classifier, fidelity for a feature extractor).
         ats: the ATS setting to compare (at least one ATS layer), in the adaptive or the static mode (its
             capacity; top-K and random run in the same mode); None: `default_ats_method(model.config)`.
         sweep: more ATS methods (see `sweep_methods`), each with its matched top-K and random, for the plot only.
-        batch_sizes: batch sizes to time (empty: no timing); timing_images, repeats: see `time_methods`.
-        notes: lines for the reader of the report (e.g. why there is no accuracy); command: the command line run.
+        batch_sizes: batch sizes to time (empty: no timing) on the first images, by the main process alone;
+            timing_images, repeats: see `time_methods`.
+        notes: lines for the reader of the report; command: the command line run.
         runtime, compile_backend, compile_mode: where the timing runs (see `time_methods` and `runtimes`).
         profile: also profile dense and ATS layer by layer on the first image, in eager PyTorch (`profiling`).
     """
@@ -259,33 +281,48 @@ def run_benchmark(
         raise ValueError(f"the ATS method {ats.name!r} has no ATS layers: there is nothing to compare with dense.")
     if batch_sizes:
         check_runtime(runtime, ats, next(model.parameters()).device, next(model.parameters()).dtype)
+    objective = objective or default_objective(model, source.labels is not None)
     model.eval()
+    example = source.head(1)
+    tokens = num_input_tokens(model.config, tuple(example.shape[-2:]))
 
-    def evaluate(method: Method) -> MethodResult:
-        return evaluate_method(model, method, pixel_values, labels, eval_batch_size, seed)
+    def evaluate(methods: list[Method], description: str) -> list[MethodResult]:
+        if processes.is_main:
+            note(description)
+        return evaluate_sources(model, methods, source, objective, eval_batch_size, seed, num_workers, processes)
 
-    dense, ats_result = evaluate(dense_method()), evaluate(ats)
-    methods = [dense, ats_result] + [evaluate(baseline) for baseline in matched_baselines(ats_result)]
-    tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
+    # Two passes over the data: the ATS points, then what is matched to them (top-K, random, ToMe).
+    first, stats = evaluate([dense_method(), ats, *sweep], f"pass 1 of 2: dense, ATS and {len(sweep)} sweep points")
+    dense, ats_result, sweep_points = first[0], first[1], first[2:]
     with_tome = supports_tome(model)
     if not with_tome:
-        notes = [*notes, f"ToMe baseline left out: it runs on ViT classifiers only, not {type(model).__name__}."]
-    if with_tome:
-        methods.append(evaluate(matched_tome(ats_result, model.config, tokens)))
-    sweep_results = []
-    for method in sweep:
-        point = evaluate(method)
-        sweep_results += [point] + [evaluate(baseline) for baseline in matched_baselines(point)]
+        notes = [*notes, f"ToMe baseline left out: {type(model).__name__} has no ToMe path (see ats_hf.tome)."]
+    matched = list(matched_baselines(ats_result)) + ([matched_tome(ats_result, model.config, tokens)] * with_tome)
+    sweep_matched = []
+    for point in sweep_points:
+        extra = list(matched_baselines(point))
         tome = matched_tome(point, model.config, tokens)
-        if with_tome and tome not in [r.method for r in sweep_results]:
-            sweep_results.append(evaluate(dataclasses.replace(tome, name=f"{tome.name} (as {method.name})")))
+        if with_tome and tome not in matched + [m for group in sweep_matched for m in group]:
+            extra.append(dataclasses.replace(tome, name=f"{tome.name} (as {point.method.name})"))
+        sweep_matched.append(extra)
+    second, _ = evaluate(matched + [m for group in sweep_matched for m in group],
+                         "pass 2 of 2: top-K, random and ToMe matched to them")
+    methods = [dense, ats_result, *second[: len(matched)]]
+    sweep_results, position = [], len(matched)
+    for point, group in zip(sweep_points, sweep_matched, strict=True):
+        sweep_results += [point, *second[position : position + len(group)]]
+        position += len(group)
     if batch_sizes:
-        methods = time_methods(model, methods, pixel_values, batch_sizes, timing_images, repeats, seed,
-                               runtime=runtime, compile_backend=compile_backend, compile_mode=compile_mode)
+        timed = None
+        if processes.is_main:
+            images = source.head(max(max(batch_sizes), timing_images)).to(next(model.parameters()).dtype)
+            timed = time_methods(model, methods, images, batch_sizes, timing_images, repeats, seed, runtime=runtime,
+                                 compile_backend=compile_backend, compile_mode=compile_mode)
+        methods = processes.broadcast(timed)
     return BenchmarkResult(
         model=model_name,
-        data=data_name,
-        num_images=len(pixel_values),
+        data=source.description,
+        num_images=len(source),
         dense_gmacs=dense.gmacs_mean,
         methods=methods,
         sweep=sweep_results,
@@ -293,7 +330,10 @@ def run_benchmark(
         notes=[*notes, *_runtime_notes(methods, runtime if batch_sizes else "eager", compile_backend, compile_mode)],
         runtime=runtime if batch_sizes else "eager",
         command=command,
-        profiles=[profile_layers(model, m, pixel_values[:1]) for m in (dense_method(), ats)] if profile else [],
+        profiles=[profile_layers(model, m, example) for m in (dense_method(), ats)] if profile else [],
+        objective=objective.name,
+        processes=processes.world_size,
+        evaluation=stats.to_dict(),
     )
 
 

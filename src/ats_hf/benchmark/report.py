@@ -18,6 +18,7 @@ FAMILY_STYLE = {  # family -> (colour, marker, line style)
     "random": ("tab:green", "^", ":"),
     "tome": ("tab:red", "D", "-."),
 }
+OBJECTIVE_TITLES = {"accuracy": "top-1 %", "agreement": "agree. w/ dense %", "fidelity": "cos. to dense x100"}
 PLOTS = ("accuracy_vs_gmacs.png", "tokens_per_layer.png", "gmacs_per_image.png", "throughput.png")
 
 
@@ -27,7 +28,8 @@ def format_table(result: BenchmarkResult) -> str:
     static = any(r.method.kind == "ats" and r.method.settings.capacity is not None for r in result.methods)
     prepared = any(r.preparation_seconds is not None for r in result.methods)
     preparation = "export s" if result.runtime == "onnxruntime" else "compile s"
-    header = ["method", "top-1 %", "GMACs mean ± std"] + ["GMACs executed"] * static + ["tokens/layer"]
+    header = ["method", OBJECTIVE_TITLES.get(result.objective, result.objective), "GMACs mean ± std"]
+    header += ["GMACs executed"] * static + ["tokens/layer"]
     header += [preparation] * prepared
     for batch_size in batch_sizes:
         header += [f"img/s bs{batch_size}", f"speed-up bs{batch_size} (GMACs ratio)"]
@@ -47,7 +49,8 @@ def format_table(result: BenchmarkResult) -> str:
     machine = result.machine
     lines = [
         f"ats-hf benchmark: {result.model}",
-        f"data: {result.data}",
+        f"data: {result.data}; objective: {result.objective}"
+        + (f"; evaluated by {result.processes} processes (timed by the main one)" if result.processes > 1 else ""),
         f"machine: {machine.get('gpu') or machine['cpu']}, {machine['torch_threads']} threads, "
         f"{machine['device']} {machine['dtype']}, torch {machine['torch']}; timed in {_runtime(result)}",
         "",
@@ -136,8 +139,9 @@ def _plot_accuracy_vs_gmacs(result: BenchmarkResult, plt):
                       linestyle=linestyle, label=name, markersize=13 if name == "dense" else 6,
                       markerfacecolor="none" if name == "top-k" else colour, zorder=3 if name == "ats" else 2)
     axes.set_xlabel("mean GMACs per image")
-    axes.set_ylabel("top-1 accuracy (%)")
-    axes.set_title("Accuracy vs compute (top-K / random at ATS's mean tokens)")
+    axes.set_ylabel({"accuracy": "top-1 accuracy (%)", "agreement": "top-1 agreement with dense (%)",
+                     "fidelity": "cosine similarity to dense x 100"}.get(result.objective, result.objective))
+    axes.set_title("Quality vs compute (top-K / random at ATS's mean tokens)")
     axes.grid(alpha=0.3)
     axes.legend()
     return figure

@@ -54,7 +54,7 @@ class MethodResult:
     """Everything measured for one method."""
 
     method: Method
-    accuracy: float | None  # top-1 %, None without labels
+    accuracy: float | None  # the run's objective x 100 (top-1 % for accuracy); None: not scored
     gmacs_mean: float
     gmacs_std: float
     tokens_per_layer: tuple[float, ...]  # mean tokens out of each layer, CLS included
@@ -98,6 +98,9 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     runtime: str = "eager"  # where the methods were timed: eager, compile or onnxruntime
     profiles: list = field(default_factory=list)  # `profiling.LayerProfile`s of dense and ATS at batch 1 (--profile)
+    objective: str = "accuracy"  # what `MethodResult.accuracy` scores: accuracy, agreement or fidelity (see evaluation)
+    processes: int = 1  # processes that shared the evaluation (timings: the main process alone)
+    evaluation: dict = field(default_factory=dict)  # the evaluation loop on the main process: images/s, time shares
 
     def method(self, name: str) -> MethodResult:
         for result in self.methods:
@@ -117,6 +120,9 @@ class BenchmarkResult:
             "num_images": self.num_images,
             "dense_gmacs": self.dense_gmacs,
             "runtime": self.runtime,
+            "objective": self.objective,
+            "processes": self.processes,
+            "evaluation": self.evaluation,
             "command": self.command,
             "machine": self.machine,
             "notes": list(self.notes),

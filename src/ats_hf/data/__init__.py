@@ -1,5 +1,5 @@
-"""Data for the tooling: the synthetic digits (`synthetic_digits`), labelled images from folders or datasets
-(`labelled_images`), and the small trained model embedded in the package (`DEFAULT_MODEL_DIR`)."""
+"""Data for the tooling: the synthetic digits (`synthetic_digits`) and the small trained model embedded in the
+package (`DEFAULT_MODEL_DIR`); images from folders or datasets are `ats_hf.evaluation.sources`."""
 
 from pathlib import Path
 

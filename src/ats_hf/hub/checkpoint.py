@@ -80,6 +80,16 @@ def load_classifier_and_processor(source: str | os.PathLike, **kwargs):
     return model, AutoImageProcessor.from_pretrained(source, **hub_kwargs)
 
 
+def load_model_and_processor(source: str | os.PathLike, **kwargs):
+    """(the ATS model a checkpoint holds in eval mode, its image processor): a classifier checked as by
+    `load_ats_classifier`, or a feature extractor (base model, CLIP's projection model) as `load_ats_model` loads it."""
+    check_source(source)
+    hub_kwargs = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
+    if is_classifier(ats_model_class(source, **hub_kwargs)):
+        return load_classifier_and_processor(source, **kwargs)
+    return load_ats_model(source, **kwargs).eval(), AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+
+
 def save_ats_checkpoint(
     model,
     save_directory: str | os.PathLike,
@@ -126,6 +136,7 @@ __all__ = [
     "load_ats_classifier",
     "load_ats_model",
     "load_classifier_and_processor",
+    "load_model_and_processor",
     "push_checkpoint",
     "save_ats_checkpoint",
 ]

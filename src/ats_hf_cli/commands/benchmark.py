@@ -29,12 +29,12 @@ from ats_hf_common.benchmark_defaults import (
 from ats_hf_common.grammar import parse_max_tokens
 
 from .. import UsageError, usage_errors
-from ..inputs import chosen_device, load_classifier, load_images, refuse_no_layers, settings_for
+from ..inputs import chosen_device, load_model, num_workers, open_source, refuse_no_layers, settings_for
 from ..options import (
-    MAX_IMAGES,
     MODEL_HELP,
     add_ats_arguments,
     add_data_arguments,
+    add_evaluation_arguments,
     check_inputs,
     checked,
     non_negative_int,
@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     accuracy, speed = ACCURACY_MODE_TIMING, SPEED_MODE_TIMING
     source = parser.add_argument_group("model and data (accuracy mode)")
     source.add_argument("--model", help=MODEL_HELP)
-    add_data_arguments(source, f"all, at most {MAX_IMAGES}")
+    add_data_arguments(source, "all; streamed, so memory does not grow with it")
+    add_evaluation_arguments(source)
     ats = parser.add_argument_group("ATS settings (the model's by default; layers L//4..L-1 if it has none)")
     add_ats_arguments(ats, sampler=False)  # the benchmark compares samplers
     ats.add_argument("--mode", choices=MODES, help="adaptive, or static (fixed shapes: --ats-capacity rows per ATS "
@@ -107,14 +108,21 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ats_hf.benchmark import format_table, write_report
+    from ats_hf.evaluation.processes import join_processes, process_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = chosen_device(args.device)
+    device = process_device(chosen_device(args.device))
+    processes = join_processes(device)
+    args.processes = processes
+    if args.speed_mode and processes.world_size > 1:
+        raise UsageError("--speed-mode only times, on one process; run it without a multi-process launcher")
     if args.runtime == "onnxruntime" and (torch.device(device).type != "cpu" or args.dtype != "float32"):
         raise UsageError(f"--runtime onnxruntime runs on the CPU in float32 here, not --device {device} --dtype "
                          f"{args.dtype}")
     result = _run_speed_mode(args, device) if args.speed_mode else _run_accuracy_mode(args, model_path, device)
+    if not processes.is_main:
+        return 0
     print(format_table(result))
     with usage_errors(OSError, context=f"cannot write to {str(output_dir)!r}"):
         written = write_report(result, output_dir)
@@ -147,9 +155,10 @@ def _run_accuracy_mode(args: argparse.Namespace, model_path: str, device: str):
     from ats_hf.benchmark import run_benchmark, sweep_methods
     from ats_hf.benchmark.engine import DTYPES as TORCH_DTYPES
     from ats_hf.benchmark.engine import default_ats_method
+    from ats_hf.evaluation import Objective, default_objective
     from ats_hf.methods import AtsMethod
 
-    model, processor = load_classifier(model_path, attn_implementation=args.attn_implementation)
+    model, processor = load_model(model_path, attn_implementation=args.attn_implementation)
     model = model.to(device=device, dtype=TORCH_DTYPES[args.dtype]).eval()
     config = model.config
     settings = settings_for(model, args, default_ats_method(config).settings)
@@ -166,13 +175,19 @@ def _run_accuracy_mode(args: argparse.Namespace, model_path: str, device: str):
         with usage_errors(ValueError, context=f"--sweep {k}"):
             settings.replace(max_tokens=k).check(num_layers, config.ats_num_special_tokens)
 
-    data = load_images(args, processor, config.id2label, args.num_images or MAX_IMAGES, args.seed)
+    processes = args.processes
+    source = open_source(args, processor, getattr(config, "id2label", None) if _is_classifier(model) else None,
+                         args.num_images, args.seed, shown=processes.is_main)
+    has_labels = source.labels is not None
+    objective = Objective(args.objective) if args.objective else default_objective(model, has_labels)
+    with usage_errors(ValueError, context=f"--objective {objective.name}"):
+        objective.check(model, has_labels)
     ats = AtsMethod("ats", settings)
     timing = ACCURACY_MODE_TIMING
     return run_benchmark(
         model,
-        data.pixel_values.to(TORCH_DTYPES[args.dtype]),
-        data.labels,
+        source,
+        objective,
         ats=ats,
         sweep=sweep_methods(ats, num_layers, tuple(args.sweep), tuple(from_layers)),
         batch_sizes=timing.batch_sizes if args.batch_sizes is None else tuple(args.batch_sizes),
@@ -181,11 +196,18 @@ def _run_accuracy_mode(args: argparse.Namespace, model_path: str, device: str):
         eval_batch_size=args.eval_batch_size,
         seed=args.seed,
         model_name=args.model or "embedded default model (synthetic digits ViT)",
-        data_name=data.description,
-        notes=tuple(data.notes),
+        notes=tuple(source.notes),
         command=args.command_line,
+        num_workers=num_workers(args),
+        processes=processes,
         **_runtime_options(args),
     )
+
+
+def _is_classifier(model) -> bool:
+    from ats_hf.families import is_classifier
+
+    return is_classifier(type(model))
 
 
 def _run_speed_mode(args: argparse.Namespace, device: str):

@@ -1,5 +1,10 @@
-"""Labelled images for the benchmark: the embedded synthetic test split, an image folder, a saved `datasets`
-dataset, or a Hub dataset, run through the model's image processor and labelled in the model's label space.
+"""Images to evaluate on, streamed: the embedded synthetic test split, an image folder (with class sub-folders:
+labelled; flat: unlabelled), a saved `datasets` dataset, or a Hub dataset, decoded and run through the model's image
+processor batch by batch (in DataLoader worker processes), so that memory depends on the batch size, not on the
+number of images.
+
+    source = open_images("path/to/folder", processor, model.config.id2label, num_images=50_000)
+    for pixel_values, labels in source.batches(batch_size=64, num_workers=4): ...
 
 Dataset classes are matched to the model's labels by name (case, spaces and underscores aside; an ImageNet-style
 label "tabby, tabby cat" also answers to "tabby"), never silently by position: class names that the model does not
@@ -7,43 +12,105 @@ know are an error that shows both label sets.
 """
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from ats_hf_common.paths import is_local_path
 
-from ..progress import Progress
-from . import synthetic_digits
+from ..data import synthetic_digits
 
 
-@dataclass
-class LabelledImages:
-    """Processed images, their labels in the model's label ids (None: no accuracy), and what the user should know."""
+class ImageSource(torch.utils.data.Dataset):
+    """N images read and processed on demand; item i -> ((C, H, W) pixel values, label id or -1).
 
-    pixel_values: torch.Tensor  # (N, C, H, W)
-    labels: torch.Tensor | None  # (N,) model label ids
-    description: str  # one line: what the data is
-    notes: list[str] = field(default_factory=list)  # e.g. why there is no accuracy, or how labels were matched
+    Attributes:
+        labels: (N,) the model's label ids, or None (unlabelled: no accuracy).
+        description: one line saying what the data is; notes: what the user should know (e.g. why no labels).
+    """
+
+    def __init__(
+        self,
+        read: Callable[[list[int]], list],
+        size: int,
+        processor,
+        labels: torch.Tensor | None,
+        description: str,
+        notes: Sequence[str] = (),
+    ):
+        self.read, self.size, self.processor = read, size, processor
+        self.labels, self.description, self.notes = labels, description, list(notes)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        pixel_values, labels = self.__getitems__([index])
+        return pixel_values[0], int(labels[0])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, C, H, W) pixel values of images `indices` (one processor call) and their (b,) labels (-1: none)."""
+        pixel_values = self.processor(images=self.read(list(indices)), return_tensors="pt")["pixel_values"]
+        labels = self.labels[indices] if self.labels is not None else torch.full((len(indices),), -1)
+        return pixel_values, labels
+
+    def subset(self, start: int, stop: int, description: str) -> "ImageSource":
+        """Images `start .. stop - 1` as a source of their own (e.g. a calibration or held-out split)."""
+        if not 0 <= start < stop <= self.size:
+            raise ValueError(f"images {start}..{stop - 1} are outside this source's 0..{self.size - 1}.")
+        labels = None if self.labels is None else self.labels[start:stop]
+        return ImageSource(_Shifted(self.read, start), stop - start, self.processor, labels, description, self.notes)
+
+    def head(self, count: int) -> torch.Tensor:
+        """(min(count, N), C, H, W) pixel values of the first images, in memory (timing, export checks)."""
+        return self.__getitems__(list(range(min(count, self.size))))[0]
+
+    def batches(
+        self, batch_size: int, num_workers: int = 0, batch_indices: Sequence[int] | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(pixel values (b, C, H, W), labels (b,)) of consecutive batches of `batch_size` images (the last may be
+        smaller), or only of the batches numbered `batch_indices`, decoded by `num_workers` worker processes (0: in
+        this one)."""
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0.")
+        starts = range(0, self.size, batch_size)
+        chosen = starts if batch_indices is None else [starts[index] for index in batch_indices]
+        sampler = [list(range(start, min(start + batch_size, self.size))) for start in chosen]
+        loader = torch.utils.data.DataLoader(
+            self, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=num_workers,
+            prefetch_factor=2 if num_workers else None, persistent_workers=False,
+        )
+        yield from loader
 
 
-def load_labelled_images(
+def num_batches(num_images: int, batch_size: int) -> int:
+    """How many batches `ImageSource.batches` yields."""
+    return -(-num_images // batch_size)
+
+
+def _whole_batch(batch):
+    """The DataLoader's collate step: `__getitems__` already made the batch."""
+    return batch
+
+
+def open_images(
     dataset: str | os.PathLike | None,
     processor,
-    id2label: dict[int, str],
+    id2label: dict[int, str] | None = None,
     split: str | None = None,
     num_images: int | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
     seed: int = 0,
-) -> LabelledImages:
-    """Processed images and labels.
+) -> ImageSource:
+    """The images a tool evaluates on, not yet decoded.
 
     Args:
-        dataset: None for the embedded synthetic test split; else a folder of class sub-folders, a folder written by
-            `Dataset.save_to_disk`, or a Hub dataset id.
-        processor: the model's image processor; id2label: the model's labels (dataset classes are matched by name).
+        dataset: None for the embedded synthetic test split; else a folder of images (class sub-folders: labelled;
+            images directly in it: unlabelled), a folder written by `Dataset.save_to_disk`, or a Hub dataset id.
+        processor: the model's image processor; id2label: the model's labels (dataset classes are matched by name;
+            None: a model without a classifier head, the labels are kept as the dataset's ids).
         split: the split to read (default: the first of test, validation, train); num_images: how many (>= 1;
             default all), drawn in a fixed shuffled order (`seed`) so that sorted folders mix classes.
     Raises:
@@ -54,9 +121,8 @@ def load_labelled_images(
         raise ValueError(f"num_images={num_images} must be >= 1.")
     if dataset is None:
         images, labels = synthetic_digits.test_split(num_images or synthetic_digits.TEST_SIZE)
-        pixel_values = _process(processor, [image.numpy() for image in images])
         description = f"synthetic digits test split (seed {synthetic_digits.TEST_SEED}), {len(labels)} images"
-        return LabelledImages(pixel_values, labels, description)
+        return ImageSource(_InMemoryImages(images.numpy()), len(labels), processor, labels, description)
 
     table, split = _open_split(dataset, split)
     if len(table) == 0:
@@ -67,12 +133,57 @@ def load_labelled_images(
         if column is not None and column not in table.column_names:
             raise ValueError(f"column {column!r} is not in the dataset; its columns are {table.column_names}.")
     table = table.shuffle(seed=seed).select(range(min(len(table), num_images or len(table))))
-    pixel_values = _process(processor, [image.convert("RGB") for image in table[image_column]])
     description = f"{os.fspath(dataset)} [{split}], {len(table)} images"
+    read = _TableImages(table, image_column)
     if label_column is None:
-        return LabelledImages(pixel_values, None, description, [_why_no_labels(dataset, table)])
+        return ImageSource(read, len(table), processor, None, description, [_why_no_labels(dataset, table)])
+    if id2label is None:
+        labels = torch.as_tensor(table[label_column], dtype=torch.long)
+        return ImageSource(read, len(table), processor, labels, description)
     labels, notes = to_model_labels(table, label_column, id2label)
-    return LabelledImages(pixel_values, labels, description, notes)
+    return ImageSource(read, len(table), processor, labels, description, notes)
+
+
+def tensor_images(pixel_values: torch.Tensor, labels: torch.Tensor | None = None, description: str = "") -> ImageSource:
+    """Images already processed, (N, C, H, W) pixel values (and (N,) label ids), as a source."""
+    return ImageSource(_InMemoryImages(pixel_values), len(pixel_values), _stack, labels,
+                       description or f"{len(pixel_values)} processed images")
+
+
+def _stack(images: list, return_tensors: str = "pt") -> dict:
+    """What an image processor returns, for images that are pixel values already."""
+    return {"pixel_values": torch.stack(images)}
+
+
+class _InMemoryImages:
+    """Images held in memory (an (N, H, W, 3) uint8 array, or (N, C, H, W) pixel values); call with indices -> their
+    items."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __call__(self, indices: list[int]) -> list:
+        return list(self.images[indices])
+
+
+class _Shifted:
+    """Another reader's images from `offset` on; call with indices -> theirs."""
+
+    def __init__(self, read: Callable[[list[int]], list], offset: int):
+        self.read, self.offset = read, offset
+
+    def __call__(self, indices: list[int]) -> list:
+        return self.read([self.offset + index for index in indices])
+
+
+class _TableImages:
+    """The image column of a `datasets.Dataset`; call with indices -> their RGB PIL images (decoded then)."""
+
+    def __init__(self, table, column: str):
+        self.table, self.column = table, column
+
+    def __call__(self, indices: list[int]) -> list:
+        return [image.convert("RGB") for image in self.table[indices][self.column]]
 
 
 def to_model_labels(table, label_column: str, id2label: dict[int, str]) -> tuple[torch.Tensor, list[str]]:
@@ -190,14 +301,4 @@ def _find_column(table, feature_type: str, names: tuple[str, ...], required: boo
     return None
 
 
-def _process(processor, images: list, chunk: int = 256) -> torch.Tensor:
-    """(N, C, H, W) pixel values, in chunks so that progress shows."""
-    parts = []
-    with Progress(len(images), "preprocess images") as progress:
-        for start in range(0, len(images), chunk):
-            parts.append(processor(images=images[start : start + chunk], return_tensors="pt")["pixel_values"])
-            progress.update(len(parts[-1]))
-    return torch.cat(parts)
-
-
-__all__ = ["LabelledImages", "load_labelled_images", "to_model_labels"]
+__all__ = ["ImageSource", "num_batches", "open_images", "tensor_images", "to_model_labels"]

@@ -1,0 +1,183 @@
+"""The evaluation loop that benchmark, tune, calibrate and export share: stream batches from an `ImageSource`, run
+every method on each batch (the images are decoded once for all of them), and keep per image only its score, its
+tokens per layer and its GMACs, so memory is bounded by the batch size, not by the number of images.
+
+Methods that start with dense layers share them: per batch, the dense hidden states at each method's first ATS
+layer are computed once and the method runs on from there (`forward_from_layer`), which gives the same outputs as
+the whole forward pass. Batches are numbered; with several processes (`Processes`) each runs its share of the
+numbers and the per-image results are gathered back in order, and the random sampler is seeded per batch number, so
+the results do not depend on the number of processes.
+
+Shapes: N = images, B = batch, L = encoder layers.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..configuration_ats_core import AtsSettings, num_input_tokens
+from ..methods import dense_method
+from ..progress import Progress
+from .objectives import Objective
+from .processes import ONE_PROCESS, Processes
+from .sources import ImageSource, num_batches
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One method on the evaluated images: per image, its objective score (None: no objective), tokens out of each
+    layer (CLS included) and GMACs at the real tokens."""
+
+    method: object  # an `ats_hf.methods` method
+    scores: torch.Tensor | None  # (N,) float64; 1/0 per image, or a cosine
+    num_tokens: torch.Tensor  # (N, L) long
+    gmacs: torch.Tensor  # (N,) float64
+
+    @property
+    def score(self) -> float | None:
+        """100 x the mean score (top-1 % for accuracy and agreement), or None."""
+        return None if self.scores is None else 100.0 * self.scores.mean().item()
+
+    @property
+    def standard_error(self) -> float | None:
+        """Standard error of `score` over the images, in its points."""
+        if self.scores is None:
+            return None
+        return 100.0 * self.scores.std(unbiased=False).item() / max(1, len(self.scores)) ** 0.5
+
+    @property
+    def gmacs_mean(self) -> float:
+        return self.gmacs.mean().item()
+
+    def extended(self, other: "Evaluation") -> "Evaluation":
+        """This evaluation followed by `other`'s images (the same method)."""
+        scores = None if self.scores is None else torch.cat([self.scores, other.scores])
+        return Evaluation(self.method, scores, torch.cat([self.num_tokens, other.num_tokens]),
+                          torch.cat([self.gmacs, other.gmacs]))
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    """Where the loop's time went on this process: waiting for decoded batches vs running the model."""
+
+    images: int
+    data_seconds: float
+    model_seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / max(self.data_seconds + self.model_seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        total = max(self.data_seconds + self.model_seconds, 1e-9)
+        return {"images": self.images, "images_per_second": self.images_per_second,
+                "data_share": self.data_seconds / total, "model_share": self.model_seconds / total}
+
+
+@torch.inference_mode()
+def evaluate_methods(
+    model,
+    methods: Sequence,
+    source: ImageSource,
+    objective: Objective | None = None,
+    batch_size: int = 64,
+    *,
+    num_workers: int = 0,
+    seed: int = 0,
+    processes: Processes = ONE_PROCESS,
+    batch_numbers: Sequence[int] | None = None,
+    description: str = "evaluate",
+) -> tuple[list[Evaluation], LoopStats]:
+    """Every method of `methods` on the images of `source` (only its batches `batch_numbers`, when given), in eager
+    PyTorch; returns one `Evaluation` per method (in batch order) and this process's time shares.
+
+    objective: how each image is scored (None: tokens and GMACs only); agreement and fidelity compare with the
+    dense model's outputs on the same batch. batch_size: images per forward pass (the results do not depend on it,
+    except the random sampler's draws). num_workers: DataLoader worker processes decoding and processing images.
+    """
+    if batch_size < 1 or not methods:
+        raise ValueError(f"batch_size={batch_size} must be >= 1, with at least one method (got {len(methods)}).")
+    if objective is not None:
+        objective.check(model, source.labels is not None)
+    parameter = next(model.parameters())
+    all_numbers = range(num_batches(len(source), batch_size)) if batch_numbers is None else batch_numbers
+    mine = [all_numbers[i] for i in processes.shard(len(all_numbers))]
+    own: list[tuple[int, list[tuple]]] = []
+    data_seconds = model_seconds = 0.0
+    total = sum(min(batch_size, len(source) - number * batch_size) for number in all_numbers)
+    with Progress(total, f"{description} ({len(methods)} methods)", shown=processes.is_main) as progress:
+        batches = source.batches(batch_size, num_workers, mine)
+        for number in mine:
+            started = time.perf_counter()
+            pixel_values, labels = next(batches)
+            loaded = time.perf_counter()
+            pixel_values = pixel_values.to(parameter.device, parameter.dtype)
+            own.append((number, _run_batch(model, methods, pixel_values, labels, objective, seed + number)))
+            data_seconds += loaded - started
+            model_seconds += time.perf_counter() - loaded
+            progress.update(len(pixel_values) * processes.world_size)
+    stats = LoopStats(sum(len(rows[0][1]) for _, rows in own), data_seconds, model_seconds)
+    ordered = sorted((item for part in processes.gather(own) for item in part), key=lambda item: item[0])
+    evaluations = []
+    for index, method in enumerate(methods):
+        rows = [per_method[index] for _, per_method in ordered]
+        scores = None if objective is None else torch.cat([row[0] for row in rows])
+        evaluations.append(Evaluation(method, scores, torch.cat([row[1] for row in rows]),
+                                      torch.cat([row[2] for row in rows])))
+    return evaluations, stats
+
+
+def _run_batch(model, methods: Sequence, pixel_values: torch.Tensor, labels: torch.Tensor,
+               objective: Objective | None, seed: int) -> list[tuple]:
+    """(scores or None, (B, L) tokens, (B,) GMACs) of every method on one batch, all on the CPU."""
+    input_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
+    prefixes = _dense_prefixes(model, pixel_values, {_first_layer(method) for method in methods})
+    reference = None
+    if objective is not None and objective.needs_reference:
+        dense = next((m for m in methods if m.kind == "ats" and not m.settings.layers), None)
+        reference = objective.reference(_forward(model, dense or dense_method(), pixel_values, prefixes, seed))
+    rows = []
+    for method in methods:
+        output = _forward(model, method, pixel_values, prefixes, seed)
+        num_tokens = output.num_tokens.cpu()
+        scores = None if objective is None else objective.scores(output, labels, reference)
+        rows.append((scores, num_tokens, method.gmacs(model.config, num_tokens, input_tokens)))
+    return rows
+
+
+def _first_layer(method) -> int | None:
+    """The first ATS layer of an ATS method that can start there (dense before it), else None (a whole pass)."""
+    layers = getattr(method, "settings", AtsSettings()).layers if method.kind == "ats" else ()
+    return layers[0] if layers else None
+
+
+def _dense_prefixes(model, pixel_values: torch.Tensor, starts: set) -> dict[int, torch.Tensor]:
+    """{layer S: (B, N, D) dense input of layer S} for the first ATS layers in `starts` (models that run from a
+    layer: classifiers and base models of every family)."""
+    starts = sorted(start for start in starts if start is not None and start > 0)
+    if not starts or not hasattr(model, "forward_from_layer"):
+        return {}
+    base = model.base_model
+    prefixes, current = {}, 0
+    with model.ats_settings_applied(AtsSettings()):
+        hidden = base.ats_embed(pixel_values)
+        for start in starts:
+            hidden = base.run_layers(hidden, None, current, start).hidden_states
+            prefixes[start], current = hidden, start
+    return prefixes
+
+
+def _forward(model, method, pixel_values: torch.Tensor, prefixes: dict[int, torch.Tensor], seed: int):
+    """The model's output for `method` on the batch (from a shared dense prefix when there is one); the random
+    sampler draws from `seed`."""
+    torch.manual_seed(seed)
+    start = _first_layer(method)
+    with method.applied(model):
+        if start in prefixes:
+            return model.forward_from_layer(prefixes[start], start)
+        return method.forward(model, pixel_values)
+
+
+__all__ = ["Evaluation", "LoopStats", "evaluate_methods"]

@@ -1,0 +1,101 @@
+"""What "good" means when a tool scores a method: the objective.
+
+- accuracy: top-1 accuracy against the labels (image classifiers of every family).
+- agreement: top-1 agreement with the same model without ATS: how often the method predicts what dense predicts.
+  Any classifier; no labels needed.
+- fidelity: mean cosine similarity of the image embedding to the dense model's (`image_embeds` of a model with a
+  projection, else `pooler_output`, else the final CLS row). Feature extractors (DINOv2, CLIP vision, any base
+  model); no labels needed.
+
+Every objective scores each image in [0, 1] (fidelity: the cosine, in [-1, 1]) and reports 100 x the mean, so the
+tools treat them alike (higher is better, points of loss, standard errors).
+
+    objective = default_objective(model, has_labels=source.labels is not None)
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..families import is_classifier
+
+OBJECTIVES = ("accuracy", "agreement", "fidelity")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective (see the module docstring): its `name`, and whether it needs labels or the dense outputs."""
+
+    name: str
+
+    def __post_init__(self):
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"objective {self.name!r} is unknown; choose one of {', '.join(OBJECTIVES)}.")
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.name == "accuracy"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether each image is compared with the dense model's output on it."""
+        return self.name != "accuracy"
+
+    @property
+    def unit(self) -> str:
+        """What the reported number is, for tables and plots."""
+        return {"accuracy": "top-1 accuracy (%)", "agreement": "top-1 agreement with dense (%)",
+                "fidelity": "cosine similarity to dense x 100"}[self.name]
+
+    @property
+    def short(self) -> str:
+        """Column title."""
+        return {"accuracy": "acc. %", "agreement": "agree %", "fidelity": "cos x100"}[self.name]
+
+    def check(self, model, has_labels: bool) -> None:
+        """`ValueError` when the objective cannot score `model` on the data (e.g. accuracy without labels)."""
+        kind = type(model).__name__
+        if self.needs_labels and not has_labels:
+            raise ValueError("objective 'accuracy' needs labelled data; the data has no labels (use 'agreement' for "
+                             "a classifier, 'fidelity' for a feature extractor).")
+        if self.name in ("accuracy", "agreement") and not is_classifier(type(model)):
+            raise ValueError(f"objective {self.name!r} compares class predictions; {kind} has no classifier head "
+                             "(use 'fidelity', which compares embeddings).")
+        if self.name == "fidelity" and is_classifier(type(model)):
+            raise ValueError(f"objective 'fidelity' compares embeddings of a feature extractor; {kind} is a "
+                             "classifier (use 'agreement' or 'accuracy').")
+
+    def reference(self, output) -> torch.Tensor:
+        """What each image is compared with, from the dense model's `output`: (B,) predicted classes or (B, D)
+        embeddings."""
+        return output.logits.argmax(-1) if self.name == "agreement" else image_embedding(output)
+
+    def scores(self, output, labels: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
+        """(B,) float64 score of each image on the CPU: 1.0 / 0.0 for a right / wrong top-1 (accuracy, agreement),
+        the cosine similarity to `reference` (fidelity)."""
+        if self.name == "fidelity":
+            embedding = image_embedding(output).float()
+            return torch.nn.functional.cosine_similarity(embedding, reference.float(), dim=-1).double().cpu()
+        target = labels if self.name == "accuracy" else reference
+        return (output.logits.argmax(-1).cpu() == target.cpu()).double()
+
+
+def image_embedding(output) -> torch.Tensor:
+    """(B, D) the embedding a feature extractor's `output` gives of each image: `image_embeds` (a projection),
+    else `pooler_output`, else the final CLS row of `last_hidden_state`."""
+    for name in ("image_embeds", "pooler_output"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    return output.last_hidden_state[:, 0]
+
+
+def default_objective(model, has_labels: bool) -> Objective:
+    """accuracy for a classifier on labelled data; agreement for a classifier without labels; fidelity for a
+    feature extractor."""
+    if is_classifier(type(model)):
+        return Objective("accuracy" if has_labels else "agreement")
+    return Objective("fidelity")
+
+
+__all__ = ["OBJECTIVES", "Objective", "default_objective", "image_embedding"]
