@@ -158,3 +158,40 @@ def test_two_processes_give_exactly_one_process_results(dinov2_classifier, tmp_p
     keys = ("method", "accuracy", "gmacs_mean", "gmacs_std", "tokens_per_layer", "tokens_per_layer_std")
     assert [{k: m[k] for k in keys} for m in double["methods"]] == [{k: m[k] for k in keys} for m in single["methods"]]
     assert two.stdout.count("ats-hf benchmark:") == 1  # only the main process prints
+
+
+def test_label_free_tuning_of_an_upstream_dinov2_registers_classifier_by_agreement(dinov2_classifier, tmp_path,
+                                                                                    capsys):
+    data = flat_folder(tmp_path / "flat", count=16)
+    output = tmp_path / "tuned"
+    assert main(["tune", "--model", str(dinov2_classifier), "--dataset", str(data), "--objective", "agreement",
+                 "--gmacs-budget", "0.7", "--no-speed", "--tome-r", "4", "--output", str(output)]) == 0
+    report = capsys.readouterr().out
+    assert "objective: agreement" in report and "ToMe r=4" in report
+    config = json.loads((output / "config.json").read_text())
+    assert config["ats_layers"] and config["architectures"] == ["AtsDinov2ForImageClassification"]
+    saved = json.loads((output / "tune.json").read_text())
+    assert saved["objective"] == "agreement" and saved["dense"]["calibration"]["accuracy"] == 100.0
+    assert saved["chosen"]["calibration"]["gmacs_fraction"] <= 0.7
+    assert "agreement" in (output / "README.md").read_text()
+
+
+def test_label_free_tuning_of_a_clip_vision_model_with_projection_by_fidelity(tmp_path, capsys):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    upstream = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32,
+        patch_size=4, projection_dim=16))
+    upstream.save_pretrained(tmp_path / "clip")
+    tiny_image_processor().save_pretrained(tmp_path / "clip")
+    data = flat_folder(tmp_path / "flat", count=16)
+    output = tmp_path / "tuned"
+    assert main(["tune", "--model", str(tmp_path / "clip"), "--dataset", str(data), "--objective", "fidelity",
+                 "--gmacs-budget", "0.7", "--no-speed", "--tome-r", "4", "--output", str(output)]) == 0
+    assert "objective: fidelity" in capsys.readouterr().out
+    config = json.loads((output / "config.json").read_text())
+    assert config["ats_layers"]
+    saved = json.loads((output / "tune.json").read_text())
+    assert saved["dense"]["calibration"]["accuracy"] == pytest.approx(100.0, abs=1e-4)
+    assert saved["chosen"]["calibration"]["accuracy"] < 100.0 - 1e-6  # ATS changes the embedding a little

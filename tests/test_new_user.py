@@ -123,12 +123,13 @@ def test_convert_of_a_backbone_keeps_a_backbone_and_its_pooler(tmp_path, images)
         load_ats_classifier(tmp_path / "backbone")
 
 
-def test_benchmark_refuses_a_backbone_instead_of_a_random_head(tmp_path, capsys):
+def test_benchmark_scores_a_backbone_by_fidelity_and_refuses_accuracy_on_it(tmp_path, capsys):
+    # A backbone has no head, so no accuracy (never a randomly initialised head): it is a feature extractor.
     ViTModel(plain_vit_config()).save_pretrained(tmp_path / "backbone")
     tiny_image_processor().save_pretrained(tmp_path / "backbone")
-    assert main(["benchmark", "--model", str(tmp_path / "backbone"), "--batch-sizes",
+    assert main(["benchmark", "--model", str(tmp_path / "backbone"), "--batch-sizes", "--objective", "accuracy",
                  "--output-dir", str(tmp_path / "out")]) == 2
-    assert "without an image-classification head" in one_error_line(capsys, "benchmark")
+    assert "has no classifier head" in one_error_line(capsys, "benchmark")
 
 
 @pytest.mark.parametrize("capacity", [None, 12])

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_model
 
 from ats_hf import AtsSettings
+from ats_hf.evaluation import Objective
 from ats_hf.methods import AtsMethod
 from ats_hf.tune import (
     Score,
@@ -21,7 +22,7 @@ from ats_hf.tune import (
 
 
 def score(accuracy: float, gmacs: float, name: str = "x") -> Score:
-    return Score(AtsMethod(f"{name} {accuracy} {gmacs}", AtsSettings((1,))), correct=int(accuracy * 10), images=1000,
+    return Score(AtsMethod(f"{name} {accuracy} {gmacs}", AtsSettings((1,))), total=int(accuracy * 10), images=1000,
                  gmacs=gmacs)
 
 
@@ -114,7 +115,7 @@ def test_tune_on_a_tiny_model(images):
     chosen = result.chosen
     with torch.no_grad(), model.ats_settings_applied(chosen.method.settings):
         direct = model(pixel_values[12:]).logits.argmax(-1)
-    assert result.held_out[chosen.label].correct == int((direct == labels[12:]).sum())
+    assert result.held_out[chosen.label].total == int((direct == labels[12:]).sum())
     assert {entry["calibration"]["setting"] for entry in result.to_dict()["front"]} == {s.label for s in result.front}
     assert json.dumps(result.to_dict())  # JSON-serialisable
 
@@ -164,5 +165,6 @@ def test_tune_refuses_what_is_no_classifier(images):
 
     config = AtsDinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
     model = AtsDinov2Model(config).eval()
-    with pytest.raises(ValueError, match=r"tune searches ATS image classifiers; AtsDinov2Model is none"):
-        tune(model, torch.cat([images] * 2), torch.zeros(12, dtype=torch.long), Target(max_gmacs_fraction=0.5))
+    with pytest.raises(ValueError, match=r"AtsDinov2Model has no classifier head"):
+        tune(model, torch.cat([images] * 2), torch.zeros(12, dtype=torch.long), Target(max_gmacs_fraction=0.5),
+             objective=Objective("accuracy"))

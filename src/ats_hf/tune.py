@@ -29,7 +29,9 @@ from .benchmark.engine import evaluate_method, time_methods
 from .benchmark.runtimes import RUNTIMES
 from .calibration import calibrate_capacity
 from .configuration_ats_core import AtsSettings, num_input_tokens
-from .families import TOME, family_of, is_classifier
+from .evaluation import Evaluation, ImageSource, Objective, default_objective, evaluate_methods, tensor_images
+from .evaluation.sources import num_batches
+from .families import TOME, family_of
 from .flops import dense_gmacs
 from .methods import AtsMethod, Method, TomeMethod, dense_method
 
@@ -42,22 +44,27 @@ NEAR_FRONT_ERRORS = 2.0  # candidates within this many standard errors of the sc
 
 @dataclass
 class Score:
-    """Accuracy and mean GMACs of one method (ATS settings, dense, or ToMe) on one split."""
+    """The objective's value and mean GMACs of one method (ATS settings, dense, or ToMe) on one split: `total` is
+    the sum of the per-image scores (right top-1 answers for accuracy and agreement, cosines for fidelity),
+    `squares` the sum of their squares (None: 0/1 scores, where it equals `total`)."""
 
     method: Method
-    correct: int
+    total: float
     images: int
     gmacs: float
+    squares: float | None = None
 
     @property
     def accuracy(self) -> float:
-        return 100.0 * self.correct / self.images
+        """100 x the mean score: top-1 % for accuracy and agreement, cosine x 100 for fidelity."""
+        return 100.0 * self.total / self.images
 
     @property
     def standard_error(self) -> float:
-        """Binomial standard error of the accuracy, in points."""
-        p = self.correct / self.images
-        return 100.0 * math.sqrt(max(p * (1 - p), 1e-12) / self.images)
+        """Standard error of `accuracy` over the images, in its points (binomial for 0/1 scores)."""
+        mean = self.total / self.images
+        second_moment = mean if self.squares is None else self.squares / self.images
+        return 100.0 * math.sqrt(max(second_moment - mean * mean, 1e-12) / self.images)
 
     @property
     def label(self) -> str:
@@ -157,6 +164,7 @@ class TuneResult:
     speed: "SpeedSpec | None" = None
     speedups: dict[str, float] = field(default_factory=dict)  # measured speed-up over dense, by label
     notes: list[str] = field(default_factory=list)  # what the reader should know (e.g. why ToMe is missing)
+    objective: str = "accuracy"  # what the scores are (`ats_hf.evaluation.objectives`)
 
     def speedup(self, score: Score) -> float | None:
         return self.speedups.get(score.label)
@@ -165,6 +173,7 @@ class TuneResult:
         dense = self.dense_gmacs
         return {
             "target": dataclasses.asdict(self.target),
+            "objective": self.objective,
             "dense_gmacs": dense,
             "dense": {"calibration": self.dense_calibration.as_dict(dense),
                       "held_out": self.dense_held_out.as_dict(dense)},
@@ -204,38 +213,26 @@ def candidate_grid(
     return grid
 
 
-class _PrefixCache:
-    """Dense hidden states at the input of each layer, per batch of images, computed once."""
-
-    def __init__(self, model, pixel_values: torch.Tensor, batch_size: int):
-        base = model.base_model
-        self.inputs: dict[int, list[torch.Tensor]] = {}
-        with torch.inference_mode(), model.ats_settings_applied(AtsSettings()):
-            for start in range(0, len(pixel_values), batch_size):
-                hidden = base.ats_embed(pixel_values[start : start + batch_size])
-                for index in range(model.config.num_hidden_layers):
-                    self.inputs.setdefault(index, []).append(hidden)
-                    hidden = base.run_layers(hidden, None, index, index + 1).hidden_states
+def _scores(model, methods: list[Method], source: ImageSource, objective: Objective, batch_size: int,
+            batch_numbers=None, description: str = "tune") -> list[Score]:
+    """The `Score` of every method on the batches `batch_numbers` of `source` (default all): one pass of the shared
+    evaluation loop, which computes the dense layers before each first ATS layer once per batch."""
+    evaluations, _ = evaluate_methods(model, methods, source, objective, batch_size, batch_numbers=batch_numbers,
+                                      description=description)
+    return [_score_of(evaluation) for evaluation in evaluations]
 
 
-@torch.inference_mode()
-def _score(
-    model, method: AtsMethod, cache: _PrefixCache, labels: torch.Tensor, num_batches: int | None = None
-) -> Score:
-    """Accuracy and mean GMACs of an ATS method on the cached images (the first `num_batches` batches)."""
-    layers = method.settings.layers
-    start_layer = layers[0] if layers else 0
-    batches = cache.inputs[start_layer][:num_batches]
-    correct, gmacs, seen = 0, 0.0, 0
-    reference_tokens = cache.inputs[0][0].shape[1]
-    with method.applied(model):
-        for hidden in batches:
-            output = model.forward_from_layer(hidden, start_layer)
-            batch_labels = labels[seen : seen + len(hidden)]
-            correct += int((output.logits.argmax(-1) == batch_labels).sum())
-            gmacs += float(method.gmacs(model.config, output.num_tokens, reference_tokens).sum())
-            seen += len(hidden)
-    return Score(method, correct, seen, gmacs / seen)
+def _score_of(evaluation: Evaluation) -> Score:
+    scores = evaluation.scores
+    return Score(evaluation.method, float(scores.sum()), len(scores), evaluation.gmacs_mean,
+                 float(scores.square().sum()))
+
+
+def _joined(first: Score, rest: Score) -> Score:
+    """One method's scores on two disjoint sets of images, as one."""
+    images = first.images + rest.images
+    return Score(first.method, first.total + rest.total, images,
+                 (first.gmacs * first.images + rest.gmacs * rest.images) / images, first.squares + rest.squares)
 
 
 def pareto_front(scores: list[Score]) -> list[Score]:
@@ -277,75 +274,85 @@ def choose(
 def tune(
     model,
     pixel_values: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     target: Target,
     candidates: list[AtsSettings] | None = None,
     held_out_fraction: float = 0.5,
     batch_size: int = 250,
     tome_r: tuple[int, ...] = (),
     speed: SpeedSpec | None = None,
+    objective: Objective | None = None,
 ) -> TuneResult:
     """Search `candidates` (default `candidate_grid`) on a calibration split of the images and report the front and
     the choice on the held-out rest. The model's own settings come back afterwards.
 
     Args:
-        model: an ATS image classifier of any family.
-        pixel_values: (N, C, H, W) processed images; labels: (N,) model label ids. The last `held_out_fraction`
-            of them is held out (shuffle beforehand if they are ordered).
-        tome_r: ToMe merge counts per block to score next to the front, for comparison (families with ToMe only;
-            others get a note).
-        speed: time the front (and ToMe, in eager) against dense there; required by a speed-up target.
+        model: an ATS model of any family: a classifier, or a feature extractor (objective fidelity).
+        pixel_values: (N, C, H, W) processed images; labels: (N,) model label ids, or None (unlabelled). The last
+            `held_out_fraction` of them is held out (shuffle beforehand if they are ordered).
+        tome_r: ToMe merge counts per block to score next to the front, for comparison.
+        speed: time the front (and ToMe) against dense there; required by a speed-up target.
+        objective: what the search maximises (`ats_hf.evaluation.objectives`; default: accuracy with labels, else
+            agreement with dense for a classifier, fidelity for a feature extractor). An accuracy-drop target is in
+            that objective's points.
     """
-    if not is_classifier(type(model)):
-        raise ValueError(f"tune searches ATS image classifiers; {type(model).__name__} is none (see docs/tuning.md).")
+    objective = objective or default_objective(model, labels is not None)
+    objective.check(model, labels is not None)
     if target.min_speedup is not None and speed is None:
         raise ValueError("a speed-up target needs a SpeedSpec (where to time): pass speed=SpeedSpec(...).")
     if len(pixel_values) < 8:
-        raise ValueError(f"tune needs at least 8 labelled images, got {len(pixel_values)}.")
+        raise ValueError(f"tune needs at least 8 images, got {len(pixel_values)}.")
     model = model.eval()
     notes = []
     if tome_r and TOME not in family_of(model).capabilities:
-        notes.append(f"ToMe left out: the {family_of(model).title} family has no ToMe path yet.")
+        notes.append(f"ToMe left out: the {family_of(model).title} family has no ToMe path.")
         tome_r = ()
     split = len(pixel_values) - max(1, int(len(pixel_values) * held_out_fraction))
-    calib_x, calib_y, held_x, held_y = pixel_values[:split], labels[:split], pixel_values[split:], labels[split:]
+    calibration = tensor_images(pixel_values[:split], None if labels is None else labels[:split])
+    held = tensor_images(pixel_values[split:], None if labels is None else labels[split:])
     candidates = candidate_grid(model.config.num_hidden_layers) if candidates is None else candidates
     reference_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
     dense_value = dense_gmacs(model.config, reference_tokens)
-    dense = dense_method()
-    calib_cache = _PrefixCache(model, calib_x, batch_size)
-    held_cache = _PrefixCache(model, held_x, batch_size)
+    tomes = [TomeMethod(f"ToMe r={r}", r) for r in tome_r]
+    fixed = [dense_method(), *tomes]  # scored on every calibration image
 
-    screen_batches = max(1, round(len(calib_cache.inputs[0]) * SCREEN_FRACTION))
-    screened = [_score(model, candidate_method(c), calib_cache, calib_y, screen_batches) for c in candidates]
+    batches = num_batches(len(calibration), batch_size)
+    screen_batches = max(1, round(batches * SCREEN_FRACTION))
+    screened_all = _scores(model, fixed + [candidate_method(c) for c in candidates], calibration, objective,
+                           batch_size, range(screen_batches), "tune: screening")
+    screened = screened_all[len(fixed):]
     survivors = _near_front(screened, pareto_front(screened))
-    if screen_batches < len(calib_cache.inputs[0]):
-        scored = [_score(model, s.method, calib_cache, calib_y) for s in survivors]
+    if screen_batches < batches:
+        rest = _scores(model, fixed + [s.method for s in survivors], calibration, objective, batch_size,
+                       range(screen_batches, batches), "tune: the rest of the calibration split")
+        fixed_scores = [_joined(a, b) for a, b in zip(screened_all[: len(fixed)], rest[: len(fixed)], strict=True)]
+        scored = [_joined(a, b) for a, b in zip(survivors, rest[len(fixed):], strict=True)]
     else:
-        scored = survivors
-    dense_calibration = _score(model, dense, calib_cache, calib_y)
+        fixed_scores, scored = screened_all[: len(fixed)], survivors
+    dense_calibration, tome_calibration = fixed_scores[0], fixed_scores[1:]
     front = pareto_front(scored)
-    tome_calibration = [_tome_score(model, calib_x, calib_y, r, batch_size) for r in tome_r]
-    speedups = {} if speed is None else measure_speedups(model, front, tome_calibration, calib_x, speed)
+    speedups = {} if speed is None else measure_speedups(model, front, tome_calibration, pixel_values[:split],
+                                                         speed)
     chosen = choose(front, target, dense_calibration, dense_value, speedups)
-    held_out = {s.label: _score(model, s.method, held_cache, held_y) for s in front}
-    tome_held_out = {s.label: _tome_score(model, held_x, held_y, s.method.r, batch_size) for s in tome_calibration}
+    held_scores = _scores(model, [dense_method(), *tomes, *(s.method for s in front)], held, objective, batch_size,
+                          description="tune: held-out split")
     return TuneResult(
         target=target,
         dense_gmacs=dense_value,
         dense_calibration=dense_calibration,
-        dense_held_out=_score(model, dense, held_cache, held_y),
+        dense_held_out=held_scores[0],
         calibration=scored,
         front=front,
         chosen=chosen,
-        held_out=held_out,
+        held_out={s.label: s for s in held_scores[1 + len(tomes):]},
         tome_calibration=tome_calibration,
-        tome_held_out=tome_held_out,
+        tome_held_out={s.label: s for s in held_scores[1 : 1 + len(tomes)]},
         candidates_screened=len(candidates),
         candidates_scored_fully=len(scored),
         speed=speed,
         speedups=speedups,
         notes=notes,
+        objective=objective.name,
     )
 
 
@@ -368,21 +375,11 @@ def measure_speedups(model, front: list[Score], tome: list[Score], pixel_values:
     return {result.method.name: result.timings[speed.batch_size].speedup for result in timed[1:]}
 
 
-@torch.inference_mode()
-def _tome_score(model, pixel_values: torch.Tensor, labels: torch.Tensor, r: int, batch_size: int) -> Score:
-    method = TomeMethod(f"ToMe r={r}", r)
-    tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
-    correct = 0
-    for start in range(0, len(pixel_values), batch_size):
-        logits, _ = method.classify(model, pixel_values[start : start + batch_size])
-        correct += int((logits.argmax(-1) == labels[start : start + batch_size]).sum())
-    return Score(method, correct, len(pixel_values), method.executed_gmacs(model.config, tokens))
-
-
 def format_report(result: TuneResult) -> str:
     """The front and the choice as a text table (accuracy +- standard error, in points)."""
     dense = result.dense_gmacs
     lines = [f"target: {result.target.describe(result.speed)}",
+             f"objective: {result.objective} ({Objective(result.objective).unit}); +- one standard error",
              f"searched {result.candidates_screened} settings; {result.candidates_scored_fully} scored on the whole "
              f"calibration split ({result.dense_calibration.images} images); held out: "
              f"{result.dense_held_out.images} images",
@@ -439,7 +436,7 @@ def plot_front(result: TuneResult, path: Path) -> Path:
                      label="chosen")
     axes.axhline(result.dense_held_out.accuracy, color="black", linestyle=":", label="dense (held out)")
     axes.set_xlabel("% of dense GMACs")
-    axes.set_ylabel("top-1 accuracy (%)")
+    axes.set_ylabel(Objective(result.objective).unit)
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -459,8 +456,9 @@ def write_tune_output(model, processor, result: TuneResult, output: Path, data_n
     if result.chosen is None:
         return
     held = result.held_out[result.chosen.label]
-    metrics = {"held-out accuracy": held.accuracy, "calibration accuracy": result.chosen.accuracy,
-               "dense held-out accuracy": result.dense_held_out.accuracy}
+    name = result.objective
+    metrics = {f"held-out {name}": held.accuracy, f"calibration {name}": result.chosen.accuracy,
+               f"dense held-out {name}": result.dense_held_out.accuracy}
     model.set_ats(result.chosen.method.settings)
     save_ats_checkpoint(model, output, processor, model_id=output.name, base_model=None, ats_gmacs=held.gmacs,
                         gmacs_measured_on=data_name, metrics=metrics)

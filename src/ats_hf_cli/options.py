@@ -146,14 +146,16 @@ def add_data_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--label-column", help="label column (default: the first ClassLabel feature, or 'label')")
 
 
-def add_evaluation_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--objective and --num-workers, for commands on the shared evaluation loop."""
+def add_evaluation_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, workers: bool = True) -> None:
+    """--objective and (`workers`: for commands that stream their images) --num-workers."""
     parser.add_argument("--objective", choices=OBJECTIVES, help="how methods are scored: accuracy (labels), "
                         "agreement (top-1 agreement with the model without ATS; any classifier, no labels) or fidelity "
                         "(cosine similarity of the embedding to the model without ATS; feature extractors, no labels) "
                         "(default: accuracy with labels, else agreement for a classifier, fidelity otherwise)")
-    parser.add_argument("--num-workers", type=non_negative_int, metavar="N", help="DataLoader worker processes that "
-                        "decode and process images (default: 0 for the embedded split, else min(4, CPUs // 2))")
+    if workers:
+        parser.add_argument("--num-workers", type=non_negative_int, metavar="N", help="DataLoader worker processes "
+                            "that decode and process images (default: 0 for the embedded split, else "
+                            "min(4, CPUs // 2))")
 
 
 def check_inputs(

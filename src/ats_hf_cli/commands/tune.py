@@ -1,15 +1,17 @@
-"""`ats-hf tune`: choose the ATS settings for a GMACs budget, an accepted accuracy drop or a measured speed-up, on an
-image classifier of any family and labelled images; compares with ToMe where the family has it."""
+"""`ats-hf tune`: choose the ATS settings for a GMACs budget, an accepted drop of the objective or a measured
+speed-up, on a model of any family (classifier or feature extractor) and labelled or unlabelled images; compares
+with ToMe."""
 
 import argparse
 from pathlib import Path
 
 from .. import UsageError, usage_errors
-from ..inputs import load_classifier, load_images
+from ..inputs import load_images, load_model
 from ..options import (
     MAX_IMAGES,
     MODEL_HELP,
     add_data_arguments,
+    add_evaluation_arguments,
     check_inputs,
     fraction,
     non_negative_float,
@@ -26,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ats-hf tune`."""
     parser.add_argument("--model", help=MODEL_HELP)
     add_data_arguments(parser, f"all, at most {MAX_IMAGES}; the second half is held out")
+    add_evaluation_arguments(parser, workers=False)  # tune holds its images in memory for now
     goal = parser.add_mutually_exclusive_group()
     goal.add_argument("--gmacs-budget", type=fraction, metavar="F",
                       help="at most this fraction of dense GMACs (default: 0.5); the most accurate setting wins")
     goal.add_argument("--max-accuracy-drop", type=non_negative_float, metavar="POINTS",
-                      help="at most this many top-1 points below dense; the cheapest setting wins")
+                      help="at most this many points of the objective below dense; the cheapest setting wins")
     goal.add_argument("--min-speedup", type=positive_float, metavar="X",
                       help="at least this measured speed-up over dense (--speed-runtime, --speed-batch-size); the most "
                       "accurate setting wins")
@@ -44,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-layers", type=non_negative_int, nargs="+", metavar="S",
                         help="first ATS layers to search (default: 1 .. L-1); ranges S..E for every E >= S")
     parser.add_argument("--tome-r", type=positive_int, nargs="*", default=None, metavar="R",
-                        help=f"ToMe merge counts per block to compare, ViT classifiers only (default: "
+                        help=f"ToMe merge counts per block to compare (default: "
                              f"{' '.join(map(str, TOME_R))})")
     parser.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass")
     parser.add_argument("--output", type=Path, metavar="DIR", help="write a checkpoint with the chosen settings "
@@ -64,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     model_path = check_inputs(args, model=("--model", args.model),
                               output=None if args.output is None else ("--output", args.output, False))
 
+    from ats_hf.evaluation import Objective
     from ats_hf.tune import SpeedSpec, Target, candidate_grid, format_report, tune, write_tune_output
 
-    model, processor = load_classifier(model_path)
+    model, processor = load_model(model_path)
     num_layers = model.config.num_hidden_layers
     if args.first_layers and max(args.first_layers) >= num_layers:
         raise UsageError(f"--first-layers {max(args.first_layers)} is outside 0..{num_layers - 1}")
@@ -77,13 +81,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         target = Target(max_gmacs_fraction=args.gmacs_budget or 0.5)
     speed = None if args.no_speed else SpeedSpec(args.speed_runtime, args.speed_batch_size, args.speed_images)
-    data = load_images(args, processor, model.config.id2label, args.num_images or MAX_IMAGES)
-    if data.labels is None:
-        raise UsageError("tune needs labelled images: the dataset has no usable labels")
+    from ats_hf.families import is_classifier
+
+    id2label = model.config.id2label if is_classifier(type(model)) else None
+    data = load_images(args, processor, id2label, args.num_images or MAX_IMAGES)
+    objective = None if args.objective is None else Objective(args.objective)
     candidates = candidate_grid(num_layers, tuple(args.first_layers) if args.first_layers else None)
     with usage_errors(ValueError):
         result = tune(model, data.pixel_values, data.labels, target, candidates, batch_size=args.batch_size,
-                      tome_r=TOME_R if args.tome_r is None else tuple(args.tome_r), speed=speed)
+                      tome_r=TOME_R if args.tome_r is None else tuple(args.tome_r), speed=speed,
+                      objective=objective)
     print(format_report(result))
     if args.output is not None:
         with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
