@@ -176,6 +176,11 @@ def _run_accuracy_mode(args: argparse.Namespace, model_path: str, device: str):
             settings.replace(max_tokens=k).check(num_layers, config.ats_num_special_tokens)
 
     processes = args.processes
+    if args.model is None and processes.is_main:
+        from ats_hf.progress import note
+
+        note("the embedded model's benchmark takes about 1 to 1.5 minutes on a quiet 2-core CPU (2 passes over 2000 "
+             "images, then timing at batch 1 and 256)")
     source = open_source(args, processor, getattr(config, "id2label", None) if _is_classifier(model) else None,
                          args.num_images, args.seed, shown=processes.is_main)
     has_labels = source.labels is not None
