@@ -195,3 +195,16 @@ def test_label_free_tuning_of_a_clip_vision_model_with_projection_by_fidelity(tm
     saved = json.loads((output / "tune.json").read_text())
     assert saved["dense"]["calibration"]["accuracy"] == pytest.approx(100.0, abs=1e-4)
     assert saved["chosen"]["calibration"]["accuracy"] < 100.0 - 1e-6  # ATS changes the embedding a little
+
+
+def test_single_process_commands_refuse_a_multi_process_launch(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["tune", "--gmacs-budget", "0.5", "--no-speed", "--output", str(tmp_path / "out")]) == 2
+    assert "tune runs on one process, but a launcher started 2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_flat_folder_is_named_unlabelled_data(dinov2_classifier, tmp_path):
+    model, processor = load_model_and_processor(dinov2_classifier)
+    source = open_images(flat_folder(tmp_path / "flat", count=3), processor, model.config.id2label)
+    assert source.labels is None and "no class sub-folders" in source.notes[0]

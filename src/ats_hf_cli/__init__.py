@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 
 PROG = "ats-hf"
+MULTI_PROCESS_COMMANDS = ("benchmark",)  # the commands that share their work over a launcher's processes
 SUBCOMMANDS = {  # name -> one-line help; the module is ats_hf_cli.commands.<name>
     "benchmark": "Compare dense, ATS, top-K, random and ToMe: accuracy, GMACs, throughput.",
     "tune": "Choose ATS settings for a GMACs budget, accuracy drop or measured speed-up (vs ToMe).",
@@ -65,6 +66,15 @@ def build_parser(command: str | None = None) -> Parser:
     return parser
 
 
+def _check_launcher(command: str) -> None:
+    """Refuse a command that runs on one process only when a launcher (torchrun, accelerate launch) started several:
+    each would do the whole work and write the same files."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and command not in MULTI_PROCESS_COMMANDS:
+        raise UsageError(f"{command} runs on one process, but a launcher started {world_size} (WORLD_SIZE); run it "
+                         f"without torchrun / accelerate launch (on several: {', '.join(MULTI_PROCESS_COMMANDS)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `ats-hf ARGV`; returns the exit status (0 ok, 2 usage error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, or an argparse error already printed
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
+        _check_launcher(args.command)
         return args.run(args)
     except UsageError as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)

@@ -243,6 +243,12 @@ def _why_no_labels(dataset, table) -> str:
     path = Path(os.fspath(dataset)).expanduser()
     image_folder = path.is_dir() and not _is_saved_dataset(path)
     class_folders = sorted(child.name for child in path.iterdir() if child.is_dir()) if image_folder else []
+    if image_folder and not class_folders:
+        return (
+            f"no accuracy: {os.fspath(dataset)!r} holds its images directly (no class sub-folders), so it is "
+            "unlabelled data; methods are scored against the model without ATS (agreement, or fidelity for a "
+            "feature extractor)."
+        )
     if len(class_folders) == 1:
         return (
             f"no accuracy: {os.fspath(dataset)!r} has a single class folder ({class_folders[0]!r}), and datasets' "
