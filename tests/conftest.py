@@ -91,3 +91,16 @@ def one_torch_thread():
 @pytest.fixture
 def images():
     return torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def image_folder(root, classes, per_class=3, size=40, seed=0):
+    """Random RGB PNGs of `size` px under root/<class>/ for each class name (an image folder dataset)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root

@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 import torch
-from conftest import peaky_weights_, tiny_config, tiny_model
+from conftest import image_folder, peaky_weights_, tiny_config, tiny_model
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
@@ -274,15 +274,6 @@ def named_model(tmp_path):
     model.save_pretrained(tmp_path / "model")
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "model")
     return tmp_path / "model"
-
-
-def image_folder(root, classes, per_class=3):
-    rng = np.random.default_rng(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 def test_command_on_a_saved_model_and_an_image_folder(named_model, tmp_path, capsys):

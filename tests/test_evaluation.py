@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import image_folder
 from family_cases import CASES, tiny_image_processor
 from PIL import Image
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
@@ -31,13 +32,8 @@ def flat_folder(root, count=10, size=40):
     return root
 
 
-def class_folder(root, classes=("LABEL_0", "LABEL_3"), per_class=5):
-    rng = np.random.default_rng(2)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
+def class_folder(root, per_class=5):
+    return image_folder(root, ("LABEL_0", "LABEL_3"), per_class, size=36, seed=2)
 
 
 @pytest.fixture(scope="module")

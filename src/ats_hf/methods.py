@@ -4,8 +4,8 @@ Token Merging (`TomeMethod`, the peer baseline). Each kind knows how to run a ba
 
     method = AtsMethod("ats", AtsSettings(layers=(3, 4, 5), max_tokens=0.5))
     with method.applied(model):
-        logits, num_tokens = method.classify(model, pixel_values)
-    gmacs = method.gmacs(model.config, num_tokens, num_input_tokens)
+        output = method.forward(model, pixel_values)
+    gmacs = method.gmacs(model.config, output.num_tokens, num_input_tokens)
 """
 
 import contextlib
@@ -51,11 +51,6 @@ class AtsMethod:
     def forward(self, model, pixel_values: torch.Tensor):
         """The model's output (logits, embeddings, `num_tokens`; inside `applied`)."""
         return model(pixel_values)
-
-    def classify(self, model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, num_labels) logits and the (B, layers) tokens each layer output, on the CPU (inside `applied`)."""
-        output = model(pixel_values)
-        return output.logits, output.num_tokens.cpu()
 
     def gmacs(self, config, num_tokens: torch.Tensor, num_input_tokens: int) -> torch.Tensor:
         """(B,) GMACs per image at the real kept tokens (the papers' convention)."""
@@ -103,10 +98,6 @@ class TomeMethod:
     def forward(self, model, pixel_values: torch.Tensor):
         """The model's own output class (logits, embeddings, `num_tokens`) with Token Merging."""
         return tome_forward(model, pixel_values, self.r)
-
-    def classify(self, model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = tome_forward(model, pixel_values, self.r)
-        return output.logits, output.num_tokens.cpu()
 
     def gmacs(self, config, num_tokens: torch.Tensor, num_input_tokens: int) -> torch.Tensor:
         return torch.full((len(num_tokens),), tome_gmacs(config, self.r, num_input_tokens=num_input_tokens),

@@ -51,8 +51,17 @@ def load_images(args: argparse.Namespace, processor, id2label: dict, num_images:
                 seed: int = 0) -> ImagesInMemory:
     """The images the data options name, decoded into memory (tools that need few images, or that have not moved to
     the streaming loop yet: tune, calibrate, export)."""
+    import torch
+
+    from ats_hf.progress import Progress
+
     source = open_source(args, processor, id2label, num_images, seed)
-    return ImagesInMemory(source.head(len(source)), source.labels, source.description)
+    parts = []
+    with Progress(len(source), "preprocess images") as progress:
+        for pixel_values, _ in source.batches(256):
+            parts.append(pixel_values)
+            progress.update(len(pixel_values))
+    return ImagesInMemory(torch.cat(parts), source.labels, source.description)
 
 
 def num_workers(args: argparse.Namespace) -> int:

@@ -149,7 +149,7 @@ def _run_batch(model, methods: Sequence, pixel_values: torch.Tensor, labels: tor
 
 def _first_layer(method) -> int | None:
     """The first ATS layer of an ATS method that can start there (dense before it), else None (a whole pass)."""
-    layers = getattr(method, "settings", AtsSettings()).layers if method.kind == "ats" else ()
+    layers = method.settings.layers if method.kind == "ats" else ()
     return layers[0] if layers else None
 
 
