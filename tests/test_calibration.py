@@ -11,6 +11,7 @@ from conftest import tiny_model
 from ats_hf import AtsSettings, AtsViTForImageClassification
 from ats_hf.calibration import calibrate_capacity
 from ats_hf.data import DEFAULT_MODEL_DIR
+from ats_hf.evaluation import Objective, tensor_images
 from ats_hf.flops import gmacs_per_image, static_gmacs
 from ats_hf_cli import main
 
@@ -55,8 +56,9 @@ def test_capacities_are_the_quantile_of_the_adaptive_kept_counts(model, data):
         model.set_ats(**before)
     assert result.static_gmacs == pytest.approx(gmacs_per_image(model.config, static.num_tokens).mean().item())
     assert result.adaptive_gmacs == pytest.approx(gmacs_per_image(model.config, adaptive.num_tokens).mean().item())
-    assert result.static_accuracy == pytest.approx(100 * (static.logits.argmax(-1) == labels).float().mean().item())
-    assert result.dense_accuracy is not None and result.dense_gmacs > result.executed_gmacs
+    assert result.objective == "accuracy"
+    assert result.static_score == pytest.approx(100 * (static.logits.argmax(-1) == labels).float().mean().item())
+    assert result.dense_score is not None and result.dense_gmacs > result.executed_gmacs
     json.dumps(result.to_dict())
 
 
@@ -65,11 +67,52 @@ def test_at_quantile_one_the_static_mode_keeps_what_the_adaptive_mode_keeps(mode
     result = calibrate_capacity(model, pixel_values, labels, quantile=1.0)
     assert result.predicted_truncated == result.truncated == 0
     assert [layer.capacity for layer in result.layers] == [layer.kept_max for layer in result.layers]
-    assert result.static_accuracy == result.adaptive_accuracy
+    assert result.static_score == result.adaptive_score
     assert result.static_gmacs == pytest.approx(result.adaptive_gmacs)
     assert result.executed_gmacs >= result.static_gmacs
     assert model.ats_settings["capacity"] is None
-    assert calibrate_capacity(model, pixel_values, quantile=1.0).static_accuracy is None  # no labels
+
+
+def test_without_labels_the_modes_are_scored_against_dense(model, data):
+    """Unlabelled images: a classifier's modes are scored by agreement with dense (dense agrees with itself), and a
+    streamed source gives what the same images in memory give, at any batch size."""
+    pixel_values, labels = data
+    model.set_ats(max_tokens=[40, 30, 30])
+    result = calibrate_capacity(model, pixel_values, quantile=0.7, batch_size=8)
+    assert result.objective == "agreement" and result.dense_score == 100.0
+    with torch.no_grad():
+        dense = model.ats_settings_applied(AtsSettings())
+        with dense:
+            reference = model(pixel_values).logits.argmax(-1)
+        model.set_ats(**result.settings)
+        static = model(pixel_values).logits.argmax(-1)
+        model.set_ats(capacity=None)
+    assert result.static_score == pytest.approx(100 * (static == reference).double().mean().item())
+    streamed = calibrate_capacity(model, tensor_images(pixel_values, labels), quantile=0.7, batch_size=11)
+    in_memory = calibrate_capacity(model, pixel_values, labels, quantile=0.7, batch_size=8)
+    assert streamed.to_dict() == in_memory.to_dict()
+    with pytest.raises(ValueError, match="carries its own labels"):
+        calibrate_capacity(model, tensor_images(pixel_values, labels), labels)
+
+
+def test_a_feature_extractor_is_calibrated_by_fidelity():
+    from ats_hf import AtsDinov2Config, AtsDinov2Model
+
+    config = AtsDinov2Config(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                             mlp_ratio=2, num_register_tokens=2, ats_layers=[1, 2], ats_max_tokens=0.5)
+    model = AtsDinov2Model(config).eval()
+    pixel_values = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = calibrate_capacity(model, pixel_values, quantile=0.5)
+    assert result.objective == "fidelity" and result.dense_score == pytest.approx(100.0)
+    with torch.no_grad():
+        with model.ats_settings_applied(AtsSettings()):
+            dense = model(pixel_values).pooler_output
+        with model.ats_settings_applied(result.settings):
+            static = model(pixel_values).pooler_output
+    cosine = torch.nn.functional.cosine_similarity(static, dense, dim=-1).double().mean().item()
+    assert result.static_score == pytest.approx(100 * cosine) and result.static_score < 100
+    with pytest.raises(ValueError, match="has no classifier head"):
+        calibrate_capacity(model, pixel_values, quantile=0.5, objective=Objective("agreement"))
 
 
 def test_calibration_refuses_what_it_cannot_calibrate(model, data):
@@ -87,7 +130,8 @@ def test_command_saves_a_checkpoint_with_the_capacities(tmp_path, capsys):
     saved = json.loads((output / "calibration.json").read_text())
     capacity = saved["settings"]["capacity"]
     assert f"--ats-capacity {','.join(map(str, capacity))}" in printed and "truncated images" in printed
-    assert saved["num_images"] == 40 and saved["quantile"] == 0.9 and saved["static_accuracy"] is not None
+    assert saved["num_images"] == 40 and saved["quantile"] == 0.9 and saved["static_score"] is not None
+    assert saved["objective"] == "accuracy" and saved["processes"] == 1
     reloaded = AtsViTForImageClassification.from_pretrained(output)
     shipped_layers = AtsViTForImageClassification.from_pretrained(DEFAULT_MODEL_DIR).config.ats_layers
     assert reloaded.config.ats_capacity == capacity and reloaded.config.ats_layers == shipped_layers

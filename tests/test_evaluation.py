@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,7 +152,7 @@ def test_two_processes_give_exactly_one_process_results(dinov2_classifier, tmp_p
     single = json.loads((tmp_path / "one" / "benchmark.json").read_text())
     double = json.loads((tmp_path / "two" / "benchmark.json").read_text())
     assert single["processes"] == 1 and double["processes"] == 2
-    keys = ("method", "accuracy", "gmacs_mean", "gmacs_std", "tokens_per_layer", "tokens_per_layer_std")
+    keys = ("method", "score", "gmacs_mean", "gmacs_std", "tokens_per_layer", "tokens_per_layer_std")
     assert [{k: m[k] for k in keys} for m in double["methods"]] == [{k: m[k] for k in keys} for m in single["methods"]]
     assert two.stdout.count("ats-hf benchmark:") == 1  # only the main process prints
 
@@ -195,9 +196,44 @@ def test_label_free_tuning_of_a_clip_vision_model_with_projection_by_fidelity(tm
 
 def test_single_process_commands_refuse_a_multi_process_launch(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["tune", "--gmacs-budget", "0.5", "--no-speed", "--output", str(tmp_path / "out")]) == 2
-    assert "tune runs on one process, but a launcher started 2" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "out"), "--ats-capacity", "0.5"]) == 2
+    assert "export runs on one process, but a launcher started 2" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _run_one_and_two_processes(command: list[str], output_option: str, tmp_path) -> tuple[Path, Path, str]:
+    """Run `ats-hf COMMAND` on one process and under torchrun on two; returns both output folders and the two
+    processes' standard output."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "ats_hf", *command, output_option, str(tmp_path / "one")],
+                         env=environment, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "ats_hf", *command, output_option, str(tmp_path / "two")],
+                         env=environment, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    return tmp_path / "one", tmp_path / "two", two.stdout
+
+
+def test_tune_and_calibrate_on_two_processes_choose_exactly_what_one_process_chooses(dinov2_classifier, tmp_path):
+    data = class_folder(tmp_path / "data", per_class=7)
+    tune = ["tune", "--model", str(dinov2_classifier), "--dataset", str(data), "--gmacs-budget", "0.7", "--no-speed",
+            "--tome-r", "4", "--first-layers", "1", "2", "--batch-size", "3", "--num-workers", "0"]
+    one, two, printed = _run_one_and_two_processes(tune, "--output", tmp_path / "tune")
+    single, double = (json.loads((folder / "tune.json").read_text()) for folder in (one, two))
+    assert single.pop("processes") == 1 and double.pop("processes") == 2
+    # screening, the rest of the calibration split, the held-out split: every image is read once
+    assert single.pop("search")["images"] == double.pop("search")["images"] == len(list(data.rglob("*.png")))
+    assert single == double and single["chosen"] is not None
+    assert (one / "config.json").read_text() == (two / "config.json").read_text()
+    assert printed.count("chosen (*):") == 1  # only the main process prints
+
+    calibrate = ["calibrate", "--model", str(dinov2_classifier), "--dataset", str(data), "--ats-layers", "1-3",
+                 "--ats-max-tokens", "12", "--quantile", "0.6", "--batch-size", "3", "--num-workers", "0"]
+    one, two, _ = _run_one_and_two_processes(calibrate, "--output", tmp_path / "calibrate")
+    single, double = (json.loads((folder / "calibration.json").read_text()) for folder in (one, two))
+    assert single.pop("processes") == 1 and double.pop("processes") == 2
+    assert single == double and single["objective"] == "accuracy" and single["num_images"] > 0
 
 
 def test_a_flat_folder_is_named_unlabelled_data(dinov2_classifier, tmp_path):

@@ -9,15 +9,20 @@ because candidates share work:
 - every candidate is first scored on a quarter of the calibration images; only those on or near the
   accuracy-vs-GMACs Pareto front (within two standard errors) are scored on all of them.
 
-The front's points (and ToMe's, on ViT classifiers) are then timed against dense in a named runtime and batch size
-(`SpeedSpec`), so the report shows measured speed-ups next to GMACs, and a target may be a measured speed-up.
+The front's points (and ToMe's) are then timed against dense in a named runtime and batch size (`SpeedSpec`), so
+the report shows measured speed-ups next to GMACs, and a target may be a measured speed-up.
 
-Python API: `tune(model, pixel_values, labels, target, speed=SpeedSpec()) -> TuneResult`; `candidate_grid(...)`.
+Every score comes from the shared evaluation loop (`ats_hf.evaluation`): images are streamed in batches (never all
+in memory; per image and setting only its score and GMACs are kept), and with several processes each scores its
+share of the batches, with the same results as one process. Timing runs on the main process only.
+
+Python API: `tune(model, images, labels, target, speed=SpeedSpec()) -> TuneResult`; `candidate_grid(...)`.
 """
 
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +32,18 @@ from ats_hf_common.grammar import format_settings
 
 from .benchmark.engine import evaluate_method, time_methods
 from .benchmark.runtimes import RUNTIMES
-from .calibration import calibrate_capacity
-from .configuration_ats_core import AtsSettings, num_input_tokens
-from .evaluation import Evaluation, ImageSource, Objective, default_objective, evaluate_methods, tensor_images
+from .calibration import capacity_from_counts
+from .configuration_ats_core import AtsSettings, num_input_tokens, num_special_tokens
+from .evaluation import (
+    ONE_PROCESS,
+    Evaluation,
+    ImageSource,
+    Objective,
+    Processes,
+    as_source,
+    default_objective,
+    evaluate_methods,
+)
 from .evaluation.sources import num_batches
 from .families import TOME, family_of
 from .flops import dense_gmacs
@@ -104,13 +118,16 @@ class Target:
         if self.min_speedup is not None and not self.min_speedup > 0:
             raise ValueError(f"speed-up {self.min_speedup} must be > 0 (a ratio to dense throughput, e.g. 1.5).")
 
-    def describe(self, speed: "SpeedSpec | None" = None) -> str:
+    def describe(self, speed: "SpeedSpec | None" = None, objective: str = "accuracy") -> str:
+        """The target in words, for the objective the scores are."""
+        best = f"highest {objective} on the calibration split"
         if self.max_gmacs_fraction is not None:
-            return f"at most {self.max_gmacs_fraction:.0%} of dense GMACs, most accurate on the calibration split"
+            return f"at most {self.max_gmacs_fraction:.0%} of dense GMACs, {best}"
         if self.max_accuracy_drop is not None:
-            return f"at most {self.max_accuracy_drop:g} points below dense, fewest GMACs on the calibration split"
+            return (f"at most {self.max_accuracy_drop:g} points of {objective} below dense, fewest GMACs on the "
+                    "calibration split")
         where = "" if speed is None else f" ({speed.describe()})"
-        return f"at least {self.min_speedup:g}x dense throughput{where}, most accurate on the calibration split"
+        return f"at least {self.min_speedup:g}x dense throughput{where}, {best}"
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,33 @@ class SpeedSpec:
         return f"{self.runtime}, {mode}, batch {self.batch_size}, {torch.get_num_threads()} thread(s)"
 
 
+@dataclass(frozen=True)
+class SearchStats:
+    """How fast the search scored (timing of the front excluded): `images` read over all its passes (an image read
+    in the screening and again for the rest counts twice), `evaluations` image x setting forward passes, wall-clock
+    `seconds` of all processes together."""
+
+    images: int
+    evaluations: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
+
+    @property
+    def evaluations_per_second(self) -> float:
+        return self.evaluations / max(self.seconds, 1e-9)
+
+    def describe(self, processes: int) -> str:
+        return (f"{self.images} images read in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, "
+                f"{self.evaluations_per_second:.0f} image x setting evaluations/s) on {processes} process(es)")
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "evaluations": self.evaluations, "seconds": self.seconds,
+                "images_per_second": self.images_per_second, "evaluations_per_second": self.evaluations_per_second}
+
+
 @dataclass
 class TuneResult:
     """The search: dense, every calibration score, the calibration Pareto front, the choice, and held-out scores
@@ -165,6 +209,8 @@ class TuneResult:
     speedups: dict[str, float] = field(default_factory=dict)  # measured speed-up over dense, by label
     notes: list[str] = field(default_factory=list)  # what the reader should know (e.g. why ToMe is missing)
     objective: str = "accuracy"  # what the scores are (`ats_hf.evaluation.objectives`)
+    search: "SearchStats | None" = None
+    processes: int = 1
 
     def speedup(self, score: Score) -> float | None:
         return self.speedups.get(score.label)
@@ -188,6 +234,8 @@ class TuneResult:
                 **dataclasses.asdict(self.speed), "threads": torch.get_num_threads(), "speedups": self.speedups},
             "candidates_screened": self.candidates_screened,
             "candidates_scored_fully": self.candidates_scored_fully,
+            "search": None if self.search is None else self.search.to_dict(),
+            "processes": self.processes,
             "notes": list(self.notes),
         }
 
@@ -213,13 +261,31 @@ def candidate_grid(
     return grid
 
 
-def _scores(model, methods: list[Method], source: ImageSource, objective: Objective, batch_size: int,
-            batch_numbers=None, description: str = "tune") -> list[Score]:
-    """The `Score` of every method on the batches `batch_numbers` of `source` (default all): one pass of the shared
-    evaluation loop, which computes the dense layers before each first ATS layer once per batch."""
-    evaluations, _ = evaluate_methods(model, methods, source, objective, batch_size, batch_numbers=batch_numbers,
-                                      description=description)
-    return [_score_of(evaluation) for evaluation in evaluations]
+class _Scorer:
+    """Scores methods on batches of a split through the shared evaluation loop, and counts what it did."""
+
+    def __init__(self, model, objective: Objective, batch_size: int, num_workers: int, processes: Processes):
+        self.model, self.objective, self.batch_size = model, objective, batch_size
+        self.num_workers, self.processes = num_workers, processes
+        self.images = self.evaluations = 0
+        self.seconds = 0.0
+
+    def __call__(self, methods: list[Method], source: ImageSource, batch_numbers=None,
+                 description: str = "tune") -> list[Score]:
+        """The `Score` of every method on the batches `batch_numbers` of `source` (default all): one pass of the
+        loop, which computes the dense layers before each first ATS layer once per batch."""
+        started = time.perf_counter()
+        evaluations, _ = evaluate_methods(
+            self.model, methods, source, self.objective, self.batch_size, num_workers=self.num_workers,
+            processes=self.processes, batch_numbers=batch_numbers, description=description, token_counts=False)
+        self.seconds += time.perf_counter() - started
+        self.images += len(evaluations[0].gmacs)
+        self.evaluations += len(evaluations[0].gmacs) * len(methods)
+        return [_score_of(evaluation) for evaluation in evaluations]
+
+    @property
+    def stats(self) -> SearchStats:
+        return SearchStats(self.images, self.evaluations, self.seconds)
 
 
 def _score_of(evaluation: Evaluation) -> Score:
@@ -273,7 +339,7 @@ def choose(
 
 def tune(
     model,
-    pixel_values: torch.Tensor,
+    images,
     labels: torch.Tensor | None,
     target: Target,
     candidates: list[AtsSettings] | None = None,
@@ -282,60 +348,73 @@ def tune(
     tome_r: tuple[int, ...] = (),
     speed: SpeedSpec | None = None,
     objective: Objective | None = None,
+    *,
+    num_workers: int = 0,
+    processes: Processes = ONE_PROCESS,
 ) -> TuneResult:
     """Search `candidates` (default `candidate_grid`) on a calibration split of the images and report the front and
     the choice on the held-out rest. The model's own settings come back afterwards.
 
     Args:
         model: an ATS model of any family: a classifier, or a feature extractor (objective fidelity).
-        pixel_values: (N, C, H, W) processed images; labels: (N,) model label ids, or None (unlabelled). The last
-            `held_out_fraction` of them is held out (shuffle beforehand if they are ordered).
+        images: (N, C, H, W) processed images with `labels` (N,) model label ids or None (unlabelled), or an
+            `ats_hf.evaluation.ImageSource` (streamed; its own labels, `labels` None). The last `held_out_fraction`
+            of them is held out (shuffle beforehand if they are ordered; `open_images` does).
         tome_r: ToMe merge counts per block to score next to the front, for comparison.
-        speed: time the front (and ToMe) against dense there; required by a speed-up target.
+        speed: time the front (and ToMe) against dense there (on the main process); required by a speed-up target.
         objective: what the search maximises (`ats_hf.evaluation.objectives`; default: accuracy with labels, else
             agreement with dense for a classifier, fidelity for a feature extractor). An accuracy-drop target is in
             that objective's points.
+        num_workers: DataLoader worker processes decoding images; processes: share the batches over the processes
+            of a launcher (`ats_hf.evaluation.join_processes`); every process returns the same result.
     """
-    objective = objective or default_objective(model, labels is not None)
-    objective.check(model, labels is not None)
+    source = as_source(images, labels)
+    has_labels = source.labels is not None
+    objective = objective or default_objective(model, has_labels)
+    objective.check(model, has_labels)
     if target.min_speedup is not None and speed is None:
         raise ValueError("a speed-up target needs a SpeedSpec (where to time): pass speed=SpeedSpec(...).")
-    if len(pixel_values) < 8:
-        raise ValueError(f"tune needs at least 8 images, got {len(pixel_values)}.")
+    if len(source) < 8:
+        raise ValueError(f"tune needs at least 8 images, got {len(source)}.")
+    if not 0.0 < held_out_fraction < 1.0:
+        raise ValueError(f"held_out_fraction={held_out_fraction} must be in (0, 1).")
     model = model.eval()
     notes = []
     if tome_r and TOME not in family_of(model).capabilities:
         notes.append(f"ToMe left out: the {family_of(model).title} family has no ToMe path.")
         tome_r = ()
-    split = len(pixel_values) - max(1, int(len(pixel_values) * held_out_fraction))
-    calibration = tensor_images(pixel_values[:split], None if labels is None else labels[:split])
-    held = tensor_images(pixel_values[split:], None if labels is None else labels[split:])
+    split = len(source) - max(1, int(len(source) * held_out_fraction))
+    calibration = source.subset(0, split, "calibration split")
+    held = source.subset(split, len(source), "held-out split")
     candidates = candidate_grid(model.config.num_hidden_layers) if candidates is None else candidates
-    reference_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
+    reference_tokens = num_input_tokens(model.config, tuple(source.head(1).shape[-2:]))
     dense_value = dense_gmacs(model.config, reference_tokens)
     tomes = [TomeMethod(f"ToMe r={r}", r) for r in tome_r]
     fixed = [dense_method(), *tomes]  # scored on every calibration image
+    scorer = _Scorer(model, objective, batch_size, num_workers, processes)
 
     batches = num_batches(len(calibration), batch_size)
     screen_batches = max(1, round(batches * SCREEN_FRACTION))
-    screened_all = _scores(model, fixed + [candidate_method(c) for c in candidates], calibration, objective,
-                           batch_size, range(screen_batches), "tune: screening")
+    screened_all = scorer(fixed + [candidate_method(c) for c in candidates], calibration, range(screen_batches),
+                          "tune: screening")
     screened = screened_all[len(fixed):]
     survivors = _near_front(screened, pareto_front(screened))
     if screen_batches < batches:
-        rest = _scores(model, fixed + [s.method for s in survivors], calibration, objective, batch_size,
-                       range(screen_batches, batches), "tune: the rest of the calibration split")
+        rest = scorer(fixed + [s.method for s in survivors], calibration, range(screen_batches, batches),
+                      "tune: the rest of the calibration split")
         fixed_scores = [_joined(a, b) for a, b in zip(screened_all[: len(fixed)], rest[: len(fixed)], strict=True)]
         scored = [_joined(a, b) for a, b in zip(survivors, rest[len(fixed):], strict=True)]
     else:
         fixed_scores, scored = screened_all[: len(fixed)], survivors
     dense_calibration, tome_calibration = fixed_scores[0], fixed_scores[1:]
     front = pareto_front(scored)
-    speedups = {} if speed is None else measure_speedups(model, front, tome_calibration, pixel_values[:split],
-                                                         speed)
+    held_scores = scorer([dense_method(), *tomes, *(s.method for s in front)], held,
+                         description="tune: held-out split")
+    speedups = {}
+    if speed is not None:
+        speedups = measure_speedups(model, front, tome_calibration, calibration, speed, batch_size=batch_size,
+                                    num_workers=num_workers, processes=processes)
     chosen = choose(front, target, dense_calibration, dense_value, speedups)
-    held_scores = _scores(model, [dense_method(), *tomes, *(s.method for s in front)], held, objective, batch_size,
-                          description="tune: held-out split")
     return TuneResult(
         target=target,
         dense_gmacs=dense_value,
@@ -353,32 +432,54 @@ def tune(
         speedups=speedups,
         notes=notes,
         objective=objective.name,
+        search=scorer.stats,
+        processes=processes.world_size,
     )
 
 
-def measure_speedups(model, front: list[Score], tome: list[Score], pixel_values: torch.Tensor,
-                     speed: SpeedSpec) -> dict[str, float]:
-    """Measured throughput / dense throughput of every front point and ToMe point, timed interleaved
-    on the first `speed.images` of `pixel_values` (N, C, H, W). Returns `{label: speed-up}`."""
-    images = pixel_values[: speed.images]
-    methods = [dense_method()]
-    for score in front:
-        settings = score.method.settings
-        if speed.static and settings.layers:
-            with model.ats_settings_applied(settings):
-                calibrated = calibrate_capacity(model, pixel_values, quantile=speed.capacity_quantile).settings
-            settings = calibrated.replace(merge=settings.merge)
-        methods.append(AtsMethod(score.label, settings))
-    methods += [score.method for score in tome]
-    results = [evaluate_method(model, method, images, batch_size=speed.batch_size) for method in methods]
-    timed = time_methods(model, results, images, (speed.batch_size,), len(images), speed.repeats, runtime=speed.runtime)
-    return {result.method.name: result.timings[speed.batch_size].speedup for result in timed[1:]}
+def static_capacities(model, methods: list[AtsMethod], source: ImageSource, quantile: float, batch_size: int = 64,
+                      *, num_workers: int = 0, processes: Processes = ONE_PROCESS) -> list[AtsSettings]:
+    """Each ATS method's settings in the static mode, with capacities calibrated at `quantile` of its adaptive kept
+    counts on `source` (`ats_hf.calibration`): one pass of the loop for all of them."""
+    evaluations, _ = evaluate_methods(model, methods, source, None, batch_size, num_workers=num_workers,
+                                      processes=processes, description="tune: static-mode capacities")
+    least = num_special_tokens(model.config) + 1
+    calibrated = []
+    for method, evaluation in zip(methods, evaluations, strict=True):
+        if not method.settings.layers:  # dense: nothing to calibrate
+            calibrated.append(method.settings)
+            continue
+        counts = evaluation.num_tokens[:, list(method.settings.layers)]
+        calibrated.append(method.settings.replace(capacity=capacity_from_counts(counts, quantile, least)[0]))
+    return calibrated
+
+
+def measure_speedups(model, front: list[Score], tome: list[Score], calibration: ImageSource, speed: SpeedSpec,
+                     batch_size: int = 64, *, num_workers: int = 0,
+                     processes: Processes = ONE_PROCESS) -> dict[str, float]:
+    """Measured throughput / dense throughput of every front point and ToMe point, timed interleaved on the main
+    process on the first `speed.images` of the `calibration` images; the static mode's capacities come from all of
+    them. Returns `{label: speed-up}` on every process."""
+    methods = [AtsMethod(score.label, score.method.settings) for score in front]
+    if speed.static:
+        static = static_capacities(model, methods, calibration, speed.capacity_quantile, batch_size,
+                                   num_workers=num_workers, processes=processes)
+        methods = [AtsMethod(method.name, settings) for method, settings in zip(methods, static, strict=True)]
+    methods = [dense_method(), *methods, *(score.method for score in tome)]
+    speedups = None
+    if processes.is_main:
+        images = calibration.head(speed.images)
+        results = [evaluate_method(model, method, images, batch_size=speed.batch_size) for method in methods]
+        timed = time_methods(model, results, images, (speed.batch_size,), len(images), speed.repeats,
+                             runtime=speed.runtime)
+        speedups = {result.method.name: result.timings[speed.batch_size].speedup for result in timed[1:]}
+    return processes.broadcast(speedups)
 
 
 def format_report(result: TuneResult) -> str:
     """The front and the choice as a text table (accuracy +- standard error, in points)."""
     dense = result.dense_gmacs
-    lines = [f"target: {result.target.describe(result.speed)}",
+    lines = [f"target: {result.target.describe(result.speed, result.objective)}",
              f"objective: {result.objective} ({Objective(result.objective).unit}); +- one standard error",
              f"searched {result.candidates_screened} settings; {result.candidates_scored_fully} scored on the whole "
              f"calibration split ({result.dense_calibration.images} images); held out: "
@@ -393,6 +494,8 @@ def format_report(result: TuneResult) -> str:
                 f"{calibration.accuracy:7.2f} +-{calibration.standard_error:4.2f} "
                 f"{held.accuracy:7.2f} +-{held.standard_error:4.2f} {measured}").rstrip()
 
+    if result.search is not None:
+        lines.insert(3, f"search: {result.search.describe(result.processes)}")
     if result.speed is not None:
         lines.insert(2, f"speed-up: measured throughput / dense's ({result.speed.describe()}, "
                         f"{result.speed.images} calibration images, median of {result.speed.repeats})")
@@ -464,5 +567,6 @@ def write_tune_output(model, processor, result: TuneResult, output: Path, data_n
                         gmacs_measured_on=data_name, metrics=metrics)
 
 
-__all__ = ["Score", "SpeedSpec", "Target", "TuneResult", "candidate_grid", "candidate_method", "choose",
-           "format_report", "measure_speedups", "pareto_front", "plot_front", "tune", "write_tune_output"]
+__all__ = ["Score", "SearchStats", "SpeedSpec", "Target", "TuneResult", "candidate_grid", "candidate_method",
+           "choose", "format_report", "measure_speedups", "pareto_front", "plot_front", "static_capacities", "tune",
+           "write_tune_output"]

@@ -19,7 +19,8 @@ import sys
 from collections.abc import Iterator
 
 PROG = "ats-hf"
-MULTI_PROCESS_COMMANDS = ("benchmark",)  # the commands that share their work over a launcher's processes
+# The commands that share their work over a launcher's processes.
+MULTI_PROCESS_COMMANDS = ("benchmark", "tune", "calibrate")
 SUBCOMMANDS = {  # name -> one-line help; the module is ats_hf_cli.commands.<name>
     "benchmark": "Compare dense, ATS, top-K, random and ToMe: accuracy, GMACs, throughput.",
     "tune": "Choose ATS settings for a GMACs budget, accuracy drop or measured speed-up (vs ToMe).",

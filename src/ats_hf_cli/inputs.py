@@ -3,7 +3,6 @@ Each function imports ats_hf (torch, transformers) only when called, after the c
 expected failures into one-line `UsageError`s."""
 
 import argparse
-from typing import Any, NamedTuple
 
 from . import UsageError, usage_errors
 from .options import settings_from_args
@@ -41,29 +40,6 @@ def open_source(args: argparse.Namespace, processor, id2label: dict | None, num_
     return source
 
 
-class ImagesInMemory(NamedTuple):
-    pixel_values: Any  # (N, C, H, W)
-    labels: Any  # (N,) label ids, or None
-    description: str
-
-
-def load_images(args: argparse.Namespace, processor, id2label: dict, num_images: int | None,
-                seed: int = 0) -> ImagesInMemory:
-    """The images the data options name, decoded into memory (tools that need few images, or that have not moved to
-    the streaming loop yet: tune, calibrate, export)."""
-    import torch
-
-    from ats_hf.progress import Progress
-
-    source = open_source(args, processor, id2label, num_images, seed)
-    parts = []
-    with Progress(len(source), "preprocess images") as progress:
-        for pixel_values, _ in source.batches(256):
-            parts.append(pixel_values)
-            progress.update(len(pixel_values))
-    return ImagesInMemory(torch.cat(parts), source.labels, source.description)
-
-
 def num_workers(args: argparse.Namespace) -> int:
     """--num-workers, or its default: none for the embedded split (held in memory), else min(4, CPUs // 2)."""
     import os
@@ -98,5 +74,5 @@ def refuse_no_layers(settings, what: str) -> None:
         raise UsageError(f"--ats-layers none leaves nothing to {what}; give at least one ATS layer")
 
 
-__all__ = ["chosen_device", "load_classifier", "load_images", "load_model", "num_workers", "open_source",
+__all__ = ["chosen_device", "load_classifier", "load_model", "num_workers", "open_source",
            "refuse_no_layers", "settings_for"]

@@ -24,7 +24,6 @@ from ats_hf_common.paths import check_source, check_target, default_model_dir
 from . import UsageError, usage_errors
 
 OBJECTIVES = ("accuracy", "agreement", "fidelity")  # ats_hf.evaluation.objectives.OBJECTIVES, without torch
-MAX_IMAGES = 2000  # images drawn from a dataset when --num-images is not given
 MODEL_HELP = ("Hub id or folder of an image classifier of any ATS family, plain or ATS (ViT, DeiT, DINOv2, CLIP; "
               "default: the embedded model)")
 # What a command may need beyond the core install: name -> (modules, the extra that installs them).
@@ -201,7 +200,6 @@ def require(need: str, what: str) -> None:
 
 
 __all__ = [
-    "MAX_IMAGES",
     "MODEL_HELP",
     "NEEDS",
     "OBJECTIVES",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..configuration_ats_core import AtsSettings, num_input_tokens
+from ..configuration_ats_core import AtsSettings, num_input_tokens, num_special_tokens
 from ..methods import dense_method
 from ..progress import Progress
 from .objectives import Objective
@@ -28,12 +28,14 @@ from .sources import ImageSource, num_batches
 @dataclass(frozen=True)
 class Evaluation:
     """One method on the evaluated images: per image, its objective score (None: no objective), tokens out of each
-    layer (CLS included) and GMACs at the real tokens."""
+    layer (CLS included; None when not asked for), its GMACs at the real tokens and, when asked for, the patch
+    positions each ATS layer kept."""
 
     method: object  # an `ats_hf.methods` method
     scores: torch.Tensor | None  # (N,) float64; 1/0 per image, or a cosine
-    num_tokens: torch.Tensor  # (N, L) long
+    num_tokens: torch.Tensor | None  # (N, L) long
     gmacs: torch.Tensor  # (N,) float64
+    kept: torch.Tensor | None = None  # (N, ATS layers, P) bool over the P patch positions
 
     @property
     def score(self) -> float | None:
@@ -52,10 +54,10 @@ class Evaluation:
         return self.gmacs.mean().item()
 
     def extended(self, other: "Evaluation") -> "Evaluation":
-        """This evaluation followed by `other`'s images (the same method)."""
-        scores = None if self.scores is None else torch.cat([self.scores, other.scores])
-        return Evaluation(self.method, scores, torch.cat([self.num_tokens, other.num_tokens]),
-                          torch.cat([self.gmacs, other.gmacs]))
+        """This evaluation followed by `other`'s images (the same method, the same details)."""
+        return Evaluation(self.method, *(None if mine is None else torch.cat([mine, theirs]) for mine, theirs in (
+            (self.scores, other.scores), (self.num_tokens, other.num_tokens), (self.gmacs, other.gmacs),
+            (self.kept, other.kept))))
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def evaluate_methods(
     processes: Processes = ONE_PROCESS,
     batch_numbers: Sequence[int] | None = None,
     description: str = "evaluate",
+    token_counts: bool = True,
+    kept_positions: bool = False,
 ) -> tuple[list[Evaluation], LoopStats]:
     """Every method of `methods` on the images of `source` (only its batches `batch_numbers`, when given), in eager
     PyTorch; returns one `Evaluation` per method (in batch order) and this process's time shares.
@@ -96,6 +100,8 @@ def evaluate_methods(
     objective: how each image is scored (None: tokens and GMACs only); agreement and fidelity compare with the
     dense model's outputs on the same batch. batch_size: images per forward pass (the results do not depend on it,
     except the random sampler's draws). num_workers: DataLoader worker processes decoding and processing images.
+    token_counts: keep every image's tokens per layer (a search over many methods leaves them out: per image and
+    method it then keeps two numbers). kept_positions: keep the patch positions each ATS layer kept (calibration).
     """
     if batch_size < 1 or not methods:
         raise ValueError(f"batch_size={batch_size} must be >= 1, with at least one method (got {len(methods)}).")
@@ -114,25 +120,27 @@ def evaluate_methods(
             pixel_values, labels = next(batches)
             loaded = time.perf_counter()
             pixel_values = pixel_values.to(parameter.device, parameter.dtype)
-            own.append((number, _run_batch(model, methods, pixel_values, labels, objective, seed + number)))
+            rows = _run_batch(model, methods, pixel_values, labels, objective, seed + number, kept_positions)
+            own.append((number, [row if token_counts else (row[0], None, *row[2:]) for row in rows]))
             data_seconds += loaded - started
             model_seconds += time.perf_counter() - loaded
             progress.update(len(pixel_values) * processes.world_size)
-    stats = LoopStats(sum(len(rows[0][1]) for _, rows in own), data_seconds, model_seconds)
+    stats = LoopStats(sum(len(rows[0][2]) for _, rows in own), data_seconds, model_seconds)
     ordered = sorted((item for part in processes.gather(own) for item in part), key=lambda item: item[0])
     evaluations = []
     for index, method in enumerate(methods):
         rows = [per_method[index] for _, per_method in ordered]
-        scores = None if objective is None else torch.cat([row[0] for row in rows])
-        evaluations.append(Evaluation(method, scores, torch.cat([row[1] for row in rows]),
-                                      torch.cat([row[2] for row in rows])))
+        columns = [None if rows[0][column] is None else torch.cat([row[column] for row in rows]) for column in range(4)]
+        evaluations.append(Evaluation(method, *columns))
     return evaluations, stats
 
 
 def _run_batch(model, methods: Sequence, pixel_values: torch.Tensor, labels: torch.Tensor,
-               objective: Objective | None, seed: int) -> list[tuple]:
-    """(scores or None, (B, L) tokens, (B,) GMACs) of every method on one batch, all on the CPU."""
+               objective: Objective | None, seed: int, kept_positions: bool) -> list[tuple]:
+    """(scores or None, (B, L) tokens, (B,) GMACs, (B, ATS layers, P) kept positions or None) of every method on
+    one batch, all on the CPU."""
     input_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
+    num_patches = input_tokens - num_special_tokens(model.config)
     prefixes = _dense_prefixes(model, pixel_values, {_first_layer(method) for method in methods})
     reference = None
     if objective is not None and objective.needs_reference:
@@ -143,8 +151,21 @@ def _run_batch(model, methods: Sequence, pixel_values: torch.Tensor, labels: tor
         output = _forward(model, method, pixel_values, prefixes, seed)
         num_tokens = output.num_tokens.cpu()
         scores = None if objective is None else objective.scores(output, labels, reference)
-        rows.append((scores, num_tokens, method.gmacs(model.config, num_tokens, input_tokens)))
+        kept = None
+        if kept_positions:
+            kept = _kept_positions(output.sampled_token_indices, num_patches, len(pixel_values))
+        rows.append((scores, num_tokens, method.gmacs(model.config, num_tokens, input_tokens), kept))
     return rows
+
+
+def _kept_positions(sampled_token_indices: torch.Tensor | None, num_patches: int, batch_size: int) -> torch.Tensor:
+    """(B, ATS layers, max_kept) -1-padded patch indices (None: no ATS layer) -> (B, ATS layers, P) bool."""
+    if sampled_token_indices is None:
+        return torch.zeros(batch_size, 0, num_patches, dtype=torch.bool)
+    indices = sampled_token_indices.cpu()
+    marks = torch.zeros(*indices.shape[:2], num_patches + 1, dtype=torch.bool)
+    marks.scatter_(2, indices + 1, True)  # -1 (padding) marks column 0, dropped below
+    return marks[:, :, 1:]
 
 
 def _first_layer(method) -> int | None:

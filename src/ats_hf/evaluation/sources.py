@@ -150,6 +150,24 @@ def tensor_images(pixel_values: torch.Tensor, labels: torch.Tensor | None = None
                        description or f"{len(pixel_values)} processed images")
 
 
+def as_source(images, labels: torch.Tensor | None = None) -> ImageSource:
+    """`images` as a source: an `ImageSource` as it is (it carries its own labels: `labels` must be None), or (N, C, H,
+    W) processed pixel values with (N,) label ids or None."""
+    if isinstance(images, ImageSource):
+        if labels is not None:
+            raise ValueError("an ImageSource carries its own labels; pass labels=None with it.")
+        return images
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be an ImageSource or (N, C, H, W) pixel values, got {_shape_of(images)}.")
+    if labels is not None and labels.shape != (len(images),):
+        raise ValueError(f"labels of shape {tuple(labels.shape)} do not match the {len(images)} images.")
+    return tensor_images(images, labels)
+
+
+def _shape_of(value) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _stack(images: list, return_tensors: str = "pt") -> dict:
     """What an image processor returns, for images that are pixel values already."""
     return {"pixel_values": torch.stack(images)}
@@ -307,4 +325,4 @@ def _find_column(table, feature_type: str, names: tuple[str, ...], required: boo
     return None
 
 
-__all__ = ["ImageSource", "num_batches", "open_images", "tensor_images", "to_model_labels"]
+__all__ = ["ImageSource", "as_source", "num_batches", "open_images", "tensor_images", "to_model_labels"]

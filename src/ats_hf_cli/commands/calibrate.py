@@ -1,16 +1,17 @@
-"""`ats-hf calibrate`: propose the static mode's capacities (a quantile of the adaptive kept counts on images) for an
-image classifier of any family, show what they cost and change, and optionally save a checkpoint with them."""
+"""`ats-hf calibrate`: propose the static mode's capacities (a quantile of the adaptive kept counts on images) for a
+model of any family (classifier or feature extractor), show what they cost and change, and optionally save a
+checkpoint with them."""
 
 import argparse
 from pathlib import Path
 
 from .. import usage_errors
-from ..inputs import chosen_device, load_classifier, load_images, refuse_no_layers, settings_for
+from ..inputs import chosen_device, load_model, num_workers, open_source, refuse_no_layers, settings_for
 from ..options import (
-    MAX_IMAGES,
     MODEL_HELP,
     add_ats_arguments,
     add_data_arguments,
+    add_evaluation_arguments,
     check_inputs,
     float_in,
     positive_int,
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ats-hf calibrate`."""
     source = parser.add_argument_group("model and calibration images")
     source.add_argument("--model", help=MODEL_HELP)
-    add_data_arguments(source, f"all, at most {MAX_IMAGES}")
+    add_data_arguments(source, "all")
+    add_evaluation_arguments(source)
     ats = parser.add_argument_group("ATS settings to calibrate (default: the model's)")
     add_ats_arguments(ats, capacity=False)
     parser.add_argument("--quantile", type=float_in(0.0, 1.0, low_open=True, what="a quantile in (0, 1]"),
@@ -32,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "counts), Q in (0, 1]; 1 fits every calibration image (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                         help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu; under a launcher "
+                        "each process takes its own GPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset shuffle (default: %(default)s)")
     parser.add_argument("--output", type=Path, metavar="DIR",
                         help="write a checkpoint (weights, config with the capacities, image processor, code, model "
@@ -46,18 +49,28 @@ def run(args: argparse.Namespace) -> int:
                               output=None if args.output is None else ("--output", args.output, False))
 
     from ats_hf.calibration import calibrate_capacity, format_result, save_calibrated_checkpoint
+    from ats_hf.evaluation import Objective
+    from ats_hf.evaluation.processes import join_processes, process_device
+    from ats_hf.families import is_classifier
 
-    device = chosen_device(args.device)
-    model, processor = load_classifier(model_path)
+    device = process_device(chosen_device(args.device))
+    processes = join_processes(device)
+    model, processor = load_model(model_path)
     model.set_ats(settings_for(model, args).replace(capacity=None))  # calibration starts from the adaptive mode
     refuse_no_layers(model.ats_settings, "calibrate")
-    data = load_images(args, processor, model.config.id2label, args.num_images or MAX_IMAGES, args.seed)
-    result = calibrate_capacity(model.to(device), data.pixel_values, data.labels, args.quantile, args.batch_size)
-    print(f"ats-hf calibrate: {args.model or 'embedded default model'}\ndata: {data.description}")
+    id2label = model.config.id2label if is_classifier(type(model)) else None
+    source = open_source(args, processor, id2label, args.num_images, args.seed, shown=processes.is_main)
+    objective = None if args.objective is None else Objective(args.objective)
+    with usage_errors(ValueError, context="calibrate"):
+        result = calibrate_capacity(model.to(device), source, None, args.quantile, args.batch_size,
+                                    objective=objective, num_workers=num_workers(args), processes=processes)
+    if not processes.is_main:
+        return 0
+    print(f"ats-hf calibrate: {args.model or 'embedded default model'}\ndata: {source.description}")
     print(format_result(result))
     if args.output is not None:
         with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
-            save_calibrated_checkpoint(model, processor, result, args.output, model_path, data.description)
+            save_calibrated_checkpoint(model, processor, result, args.output, model_path, source.description)
         print(f"\nwrote {args.output} (the static mode at these capacities: `ats-hf export {args.output} OUT` makes "
               "its ONNX folder)")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from ats_hf_common.grammar import format_settings
 
 from .. import UsageError, usage_errors
-from ..inputs import load_classifier, load_images, settings_for
+from ..inputs import load_classifier, open_source, settings_for
 from ..options import (
     MODEL_HELP,
     add_ats_arguments,
@@ -87,8 +87,8 @@ def _verification_images(args: argparse.Namespace, model, processor):
         height, width = (size, size) if isinstance(size, int) else size
         generator = torch.Generator().manual_seed(args.seed)
         return torch.randn(count, config.num_channels, height, width, generator=generator), f"{count} random images"
-    data = load_images(args, processor, model.config.id2label, count, args.seed)
-    return data.pixel_values, data.description
+    source = open_source(args, processor, model.config.id2label, count, args.seed)
+    return source.head(count), source.description
 
 
 __all__ = ["add_arguments", "run"]

@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 from .. import UsageError, usage_errors
-from ..inputs import load_images, load_model
+from ..inputs import chosen_device, load_model, num_workers, open_source
 from ..options import (
-    MAX_IMAGES,
     MODEL_HELP,
     add_data_arguments,
     add_evaluation_arguments,
@@ -27,8 +26,8 @@ TOME_R = (4, 6, 8, 10, 12, 14)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ats-hf tune`."""
     parser.add_argument("--model", help=MODEL_HELP)
-    add_data_arguments(parser, f"all, at most {MAX_IMAGES}; the second half is held out")
-    add_evaluation_arguments(parser, workers=False)  # tune holds its images in memory for now
+    add_data_arguments(parser, "all; the second half is held out")
+    add_evaluation_arguments(parser)
     goal = parser.add_mutually_exclusive_group()
     goal.add_argument("--gmacs-budget", type=fraction, metavar="F",
                       help="at most this fraction of dense GMACs (default: 0.5); the most accurate setting wins")
@@ -50,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ToMe merge counts per block to compare (default: "
                              f"{' '.join(map(str, TOME_R))})")
     parser.add_argument("--batch-size", type=positive_int, default=250, help="images per forward pass")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu; under a launcher "
+                        "each process takes its own GPU)")
     parser.add_argument("--output", type=Path, metavar="DIR", help="write a checkpoint with the chosen settings "
                         "(config, weights, image processor, model card), tune.json and tune.png there (an empty or "
                         "new folder)")
@@ -68,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
                               output=None if args.output is None else ("--output", args.output, False))
 
     from ats_hf.evaluation import Objective
+    from ats_hf.evaluation.processes import join_processes, process_device
     from ats_hf.tune import SpeedSpec, Target, candidate_grid, format_report, tune, write_tune_output
 
+    device = process_device(chosen_device(args.device))
+    processes = join_processes(device)
     model, processor = load_model(model_path)
+    model = model.to(device)
     num_layers = model.config.num_hidden_layers
     if args.first_layers and max(args.first_layers) >= num_layers:
         raise UsageError(f"--first-layers {max(args.first_layers)} is outside 0..{num_layers - 1}")
@@ -84,18 +89,19 @@ def run(args: argparse.Namespace) -> int:
     from ats_hf.families import is_classifier
 
     id2label = model.config.id2label if is_classifier(type(model)) else None
-    data = load_images(args, processor, id2label, args.num_images or MAX_IMAGES)
+    source = open_source(args, processor, id2label, args.num_images, shown=processes.is_main)
     objective = None if args.objective is None else Objective(args.objective)
     candidates = candidate_grid(num_layers, tuple(args.first_layers) if args.first_layers else None)
     with usage_errors(ValueError):
-        result = tune(model, data.pixel_values, data.labels, target, candidates, batch_size=args.batch_size,
+        result = tune(model, source, None, target, candidates, batch_size=args.batch_size,
                       tome_r=TOME_R if args.tome_r is None else tuple(args.tome_r), speed=speed,
-                      objective=objective)
-    print(format_report(result))
-    if args.output is not None:
-        with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
-            write_tune_output(model, processor, result, args.output, data.description)
-        print(f"\nwrote {args.output}")
+                      objective=objective, num_workers=num_workers(args), processes=processes)
+    if processes.is_main:
+        print(format_report(result))
+        if args.output is not None:
+            with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
+                write_tune_output(model.cpu(), processor, result, args.output, source.description)
+            print(f"\nwrote {args.output}")
     return 0 if result.chosen is not None else 1
 
 
