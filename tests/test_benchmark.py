@@ -67,7 +67,7 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
 
     with torch.no_grad():
         output = model(pixel_values)  # the config's own settings are ATS
-    assert ats.accuracy == pytest.approx(100 * (output.logits.argmax(-1) == labels).float().mean().item())
+    assert ats.score == pytest.approx(100 * (output.logits.argmax(-1) == labels).float().mean().item())
     assert ats.gmacs_mean == pytest.approx(gmacs_per_image(model.config, output.num_tokens).mean().item())
     assert ats.tokens_per_layer == pytest.approx(output.num_tokens.double().mean(0).tolist())
     assert dense.tokens_per_layer == (65.0,) * 4 and dense.gmacs_std == pytest.approx(0.0, abs=1e-12)
@@ -93,7 +93,7 @@ def test_methods_accuracy_gmacs_and_matched_token_counts(model, data):
     gap = abs(tome_gmacs(model.config, r) - ats.gmacs_mean)
     assert all(abs(tome_gmacs(model.config, other) - ats.gmacs_mean) >= gap for other in range(0, 33))
     output = tome_forward(model, pixel_values, r)
-    assert tome.accuracy == pytest.approx(100 * (output.logits.argmax(-1) == labels).float().mean().item())
+    assert tome.score == pytest.approx(100 * (output.logits.argmax(-1) == labels).float().mean().item())
     assert tome.tokens_per_layer == tuple(float(c) for c in output.num_tokens[0])
     assert tome.gmacs_mean == pytest.approx(tome.executed_gmacs, rel=1e-6)
     assert method_from_dict(json.loads(json.dumps(tome.method.to_dict()))) == tome.method
@@ -105,7 +105,7 @@ def test_prediction_does_not_depend_on_eval_batch_size(model, data):
         run_benchmark(model, tensor_images(pixel_values, labels), batch_sizes=(), eval_batch_size=size).methods[1]
         for size in (1, 24)
     ]
-    assert results[0].accuracy == results[1].accuracy
+    assert results[0].score == results[1].score
     torch.testing.assert_close(results[0].gmacs, results[1].gmacs)
 
 
@@ -149,6 +149,58 @@ def test_report_table_json_and_plots(model, data, tmp_path):
     for path in written[1:]:
         with Image.open(path) as picture:
             assert picture.width > 300 and picture.height > 200
+    rows = saved["methods"] + saved["sweep"]
+    assert all("score" in row and "accuracy" not in row for row in rows), "the objective's value is the score"
+    assert saved["objective"] == "accuracy" and rows[1]["score"] == result.methods[1].score
+
+
+def scored_result(objective: str = "accuracy", with_random: bool = True) -> BenchmarkResult:
+    """A hand-made run (no model): dense, ATS in layers 2-3, top-K and random at K = 9, 8, ToMe r = 12, and one
+    sweep point (ATS in layers 2-5) with its top-K and random; random far below the others."""
+
+    def row(method, score, gmacs):
+        return MethodResult(method, score, gmacs, 0.0, (65.0,) * 6, (0.0,) * 6)
+
+    def sampled(name, layers, k=None, sampler="inverse_transform"):
+        return AtsMethod(name, AtsSettings(layers, k, sampler))
+
+    methods = [row(dense_method(), 96.1, 0.0348), row(sampled("ats", (2, 3)), 95.5, 0.0166),
+               row(sampled("top-k", (2, 3), (9, 8), "top_k"), 95.25, 0.0166),
+               row(sampled("random", (2, 3), (9, 8), "random"), 44.0, 0.0166),
+               row(TomeMethod("tome r=12", 12), 94.45, 0.0167)]
+    layers = (2, 3, 4, 5)
+    sweep = [row(sampled("ats layers 2-5", layers), 95.2, 0.0164),
+             row(sampled("top-k (as ats layers 2-5)", layers, (9, 8, 8, 8), "top_k"), 94.5, 0.0164),
+             row(sampled("random (as ats layers 2-5)", layers, (9, 8, 8, 8), "random"), 43.45, 0.0164)]
+    if not with_random:
+        methods = [r for r in methods if r.method.family != "random"]
+        sweep = [r for r in sweep if r.method.family != "random"]
+    return BenchmarkResult("tiny", "digits", 2000, 0.0348, methods, sweep, {}, objective=objective)
+
+
+def test_the_random_baseline_gets_its_own_panel_and_every_point_its_setting():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ats_hf.benchmark.report import _plot_accuracy_vs_gmacs
+
+    figure = _plot_accuracy_vs_gmacs(scored_result("agreement"), plt)
+    try:
+        main, random = figure.axes
+        assert main.get_ylim()[0] > 90 and random.get_ylim()[0] < 44, "random no longer stretches the main panel"
+        assert main.get_shared_x_axes().joined(main, random)
+        assert main.get_ylabel() == "top-1 agreement with dense (%)" and random.get_xlabel() == "mean GMACs per image"
+        texts = {t.get_text(): t for t in main.texts}
+        assert set(texts) == {"dense", "L2-3, K all", "K 9,8", "r 12", "L2-5", "K 9,8,8,8"}
+        assert texts["L2-3, K all"].get_fontweight() == "bold" and texts["L2-5"].get_fontweight() == "normal"
+        assert {t.get_text() for t in random.texts} == {"K 9,8", "K 9,8,8,8"}
+    finally:
+        plt.close(figure)
+    figure = _plot_accuracy_vs_gmacs(scored_result(with_random=False), plt)
+    assert len(figure.axes) == 1 and figure.axes[0].get_ylabel() == "top-1 accuracy (%)"
+    plt.close(figure)
 
 
 def test_methods_leave_the_model_settings_and_the_given_results_as_they_were(model, data):
@@ -163,7 +215,7 @@ def test_methods_leave_the_model_settings_and_the_given_results_as_they_were(mod
     assert model.ats_settings == before
     timed = time_methods(model, results, pixel_values, batch_sizes=(4,), timing_images=4, repeats=1)
     assert all(not r.timings for r in results), "the given results are not filled in"
-    assert [set(r.timings) for r in timed] == [{4}, {4}] and timed[1].accuracy == results[1].accuracy
+    assert [set(r.timings) for r in timed] == [{4}, {4}] and timed[1].score == results[1].score
     assert model.ats_settings == before
 
 
@@ -185,7 +237,7 @@ def test_speed_mode_on_a_small_geometry():
     assert half.tokens_per_layer[1] <= 33 and half.timings[4].gmacs_ratio > 1.3
     assert tome.timings[1].images_per_second > 0 and tome.gmacs_mean == pytest.approx(tome.executed_gmacs)
     assert no_drop.tokens_per_layer == dense.tokens_per_layer
-    assert all(r.accuracy is None for r in result.methods)
+    assert all(r.score is None for r in result.methods)
     table = format_table(result)
     assert "no-drop" in table and "top-k / random keep" not in table
 
@@ -288,7 +340,7 @@ def test_command_on_a_saved_model_and_an_image_folder(named_model, tmp_path, cap
     assert "top-k" in printed and "img/s bs1" in printed
     saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
     assert saved["num_images"] == 6 and saved["methods"][1]["method"]["settings"]["max_tokens"] == 0.5
-    assert [m["accuracy"] for m in saved["methods"]] == [50.0] * 5  # dense, ATS, top-K, random, ToMe
+    assert [m["score"] for m in saved["methods"]] == [50.0] * 5  # dense, ATS, top-K, random, ToMe
     assert saved["sweep"] == [] and saved["notes"] == []
 
 
@@ -308,7 +360,7 @@ def test_a_one_class_folder_says_why_there_is_no_accuracy(named_model, tmp_path,
     assert "single class folder ('class2')" in captured.err and "single class folder" in captured.out
     saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
     # Without labels the methods are scored by their top-1 agreement with dense (dense agrees with itself).
-    assert saved["objective"] == "agreement" and saved["methods"][0]["accuracy"] == 100.0
+    assert saved["objective"] == "agreement" and saved["methods"][0]["score"] == 100.0
     assert "no accuracy" in saved["notes"][0]
 
 

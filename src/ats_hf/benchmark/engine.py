@@ -1,14 +1,15 @@
-"""The benchmark engine: dense vs ATS vs top-K vs random at equal mean tokens, in accuracy, GMACs and measured speed.
+"""The benchmark engine: dense vs ATS vs top-K vs random at equal mean tokens, in score, GMACs and measured speed.
 
 Two modes:
-- accuracy mode (`run_benchmark`): a trained model on labelled images. ATS runs first; top-K and random then keep,
-  in every ATS layer, ATS's mean token count (rounded). Optional sweeps add points to the accuracy-vs-GMACs plot.
+- accuracy mode (`run_benchmark`): a trained model on images, scored by the run's objective (accuracy on
+  labelled images, agreement or fidelity without labels). ATS runs first; top-K and random then keep,
+  in every ATS layer, ATS's mean token count (rounded). Optional sweeps add points to the score-vs-GMACs plot.
 - speed mode (`run_speed_benchmark`): a named geometry with random weights and random images, timing only.
 
 Methods (`ats_hf.methods`) switch the model's ATS settings while they run (the model's own settings come back after
 each use). Functions return new result objects and never change the results they are given.
 
-Each ATS method runs in the adaptive or the static mode (its settings' capacity). Accuracy, GMACs and tokens are always
+Each ATS method runs in the adaptive or the static mode (its settings' capacity). Scores, GMACs and tokens are always
 measured in eager PyTorch; the timing runs in the chosen runtime (`runtimes`: eager, compile, onnxruntime), which
 computes the same thing (the exported graph is checked against PyTorch).
 """
@@ -130,7 +131,7 @@ def _method_result(model, evaluation: Evaluation, input_tokens: int) -> MethodRe
     tokens, gmacs = evaluation.num_tokens.double(), evaluation.gmacs
     return MethodResult(
         method=evaluation.method,
-        accuracy=evaluation.score,
+        score=evaluation.score,
         gmacs_mean=gmacs.mean().item(),
         gmacs_std=gmacs.std(unbiased=False).item(),
         tokens_per_layer=tuple(tokens.mean(0).tolist()),

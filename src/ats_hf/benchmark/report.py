@@ -1,10 +1,11 @@
 """Reporting a `BenchmarkResult`: the terminal table (with a plain warning when the timings cannot be trusted), the
 JSON file, and PNG plots (matplotlib, Agg backend)."""
 
+import itertools
 from pathlib import Path
 
 from ats_hf_common.benchmark_defaults import UNRELIABLE_SPREAD
-from ats_hf_common.grammar import format_settings
+from ats_hf_common.grammar import format_layers, format_max_tokens, format_settings
 
 from ..reporting import format_grid
 from .profiling import format_profiles
@@ -19,6 +20,8 @@ FAMILY_STYLE = {  # family -> (colour, marker, line style)
     "tome": ("tab:red", "D", "-."),
 }
 OBJECTIVE_TITLES = {"accuracy": "top-1 %", "agreement": "agree. w/ dense %", "fidelity": "cos. to dense x100"}
+OBJECTIVE_AXIS_LABELS = {"accuracy": "top-1 accuracy (%)", "agreement": "top-1 agreement with dense (%)",
+                         "fidelity": "cosine similarity to dense x 100"}
 PLOTS = ("accuracy_vs_gmacs.png", "tokens_per_layer.png", "gmacs_per_image.png", "throughput.png")
 
 
@@ -35,7 +38,7 @@ def format_table(result: BenchmarkResult) -> str:
         header += [f"img/s bs{batch_size}", f"speed-up bs{batch_size} (GMACs ratio)"]
     rows = []
     for r in result.methods:
-        row = [r.method.name, _accuracy(r), f"{r.gmacs_mean:.4f} ± {r.gmacs_std:.4f}"]
+        row = [r.method.name, _score(r), f"{r.gmacs_mean:.4f} ± {r.gmacs_std:.4f}"]
         row += [_executed(r)] * static + [_mean_tokens(r)]
         row += [_seconds(r.preparation_seconds)] * prepared
         for batch_size in batch_sizes:
@@ -80,9 +83,9 @@ def format_table(result: BenchmarkResult) -> str:
         [[r.method.name] + [f"{n:.1f}" for n in r.tokens_per_layer] for r in result.methods],
     )]
     if result.sweep:
-        lines += ["", "sweep (accuracy and GMACs only)", format_grid(
-            ["method", "top-1 %", "GMACs mean ± std", "tokens/layer"],
-            [[r.method.name, _accuracy(r), f"{r.gmacs_mean:.4f} ± {r.gmacs_std:.4f}", _mean_tokens(r)]
+        lines += ["", f"sweep ({result.objective} and GMACs only)", format_grid(
+            ["method", header[1], "GMACs mean ± std", "tokens/layer"],
+            [[r.method.name, _score(r), f"{r.gmacs_mean:.4f} ± {r.gmacs_std:.4f}", _mean_tokens(r)]
              for r in result.sweep],
         )]
     if result.profiles:
@@ -128,23 +131,176 @@ def plot_all(result: BenchmarkResult, output_dir: Path) -> list[Path]:
 
 
 def _plot_accuracy_vs_gmacs(result: BenchmarkResult, plt):
-    points = [r for r in result.methods + result.sweep if r.accuracy is not None]
+    """Score (the run's objective) against mean GMACs per image, each marker labelled with its setting
+    (`_point_label`): the compared setting and the methods matched to it in bold, the sweep's points in normal
+    weight. The random baseline, far below the others, gets a panel of its own under the main one (same x axis), so
+    that the main panel's y-range covers dense, ATS, top-K and ToMe only; a ToMe point far below those (`_in_range`)
+    is a mark on the bottom edge that gives its value."""
+    points = [r for r in result.methods + result.sweep if r.score is not None]
     if not points:
         return None
-    figure, axes = plt.subplots(figsize=(6.4, 4.4))
-    for name, (colour, marker, linestyle) in FAMILY_STYLE.items():
-        members = sorted((r for r in points if r.method.family == name), key=lambda r: r.gmacs_mean)
-        if members:
-            axes.plot([r.gmacs_mean for r in members], [r.accuracy for r in members], marker=marker, color=colour,
-                      linestyle=linestyle, label=name, markersize=13 if name == "dense" else 6,
-                      markerfacecolor="none" if name == "top-k" else colour, zorder=3 if name == "ats" else 2)
-    axes.set_xlabel("mean GMACs per image")
-    axes.set_ylabel({"accuracy": "top-1 accuracy (%)", "agreement": "top-1 agreement with dense (%)",
-                     "fidelity": "cosine similarity to dense x 100"}.get(result.objective, result.objective))
-    axes.set_title("Quality vs compute (top-K / random at ATS's mean tokens)")
-    axes.grid(alpha=0.3)
-    axes.legend()
+    random = [r for r in points if r.method.family == "random"]
+    others = [r for r in points if r.method.family != "random"]
+    if random and others:
+        figure, (axes, random_axes) = plt.subplots(2, 1, sharex=True, figsize=(7.2, 6.8),
+                                                   gridspec_kw={"height_ratios": (3, 1.5), "hspace": 0.08})
+        panels = [(axes, others), (random_axes, random)]
+    else:
+        figure, axes = plt.subplots(figsize=(7.2, 4.8))
+        random_axes, panels = None, [(axes, points)]
+    compared = {id(r) for r in result.methods}
+    ats = next((r.method.settings for r in result.methods if r.method.family == "ats"), None)
+    label = OBJECTIVE_AXIS_LABELS.get(result.objective, result.objective)
+    for panel, members in panels:
+        for name, (colour, marker, linestyle) in FAMILY_STYLE.items():
+            family = sorted((r for r in members if r.method.family == name), key=lambda r: r.gmacs_mean)
+            if family:
+                panel.plot([r.gmacs_mean for r in family], [r.score for r in family], marker=marker, color=colour,
+                           linestyle=linestyle, label=name, markersize=_marker_size(name),
+                           markerfacecolor="none" if name == "top-k" else colour, zorder=3 if name == "ats" else 2)
+        panel.grid(alpha=0.3)
+    dense = next((r for r in result.methods if r.method.family == "dense" and r.score is not None), None)
+    if random_axes is not None and dense is not None:
+        random_axes.axhline(dense.score, color="black", linestyle=":", linewidth=1, label="dense")
+    axes.set_ylabel(label)
+    axes.set_title("Quality vs compute: top-K / random at each ATS point's mean tokens, ToMe at its GMACs\n"
+                   "labels: L = ATS layers, K = tokens kept, r = ToMe merges; "
+                   "bold: the compared setting and its matches",
+                   fontsize=9)
+    axes.legend(fontsize=8, loc="lower right")
+    if random_axes is None:
+        axes.set_xlabel("mean GMACs per image")
+    else:
+        random_axes.set_xlabel("mean GMACs per image")
+        random_axes.set_ylabel(OBJECTIVE_TITLES.get(result.objective, result.objective))
+        random_axes.legend(fontsize=8, loc="lower right")
+    for panel, members in panels:  # fix the ranges (with room for the labels) before placing the labels
+        scores = [r.score for r in _in_range(members)]
+        scores += [dense.score] if panel is random_axes and dense is not None else []  # its dotted line
+        pad = 0.14 * (max(scores) - min(scores)) or 1.0
+        panel.set_ylim(min(scores) - pad, max(scores) + pad)
+    axes.margins(x=0.1)
+    axes.autoscale_view(scaley=False)
+    axes.set_xlim(axes.get_xlim())
+    shown = {_setting(r) for r in result.methods}  # a sweep point equal to a compared one is labelled once
+    for panel, members in panels:
+        inside, bottom = {id(r) for r in _in_range(members)}, panel.get_ylim()[0]
+        for r in members:  # a point far below the others: a mark on the bottom edge, with its value
+            if id(r) not in inside:
+                panel.plot([r.gmacs_mean], [bottom], marker="v", color=FAMILY_STYLE[r.method.family][0],
+                           markersize=7, clip_on=False, zorder=3)
+        labelled = sorted((r for r in members if id(r) in compared or _setting(r) not in shown),
+                          key=lambda r: (id(r) not in compared, r.method.family != "ats"))
+        _place_labels(figure, panel, [
+            (r.gmacs_mean, r.score if id(r) in inside else bottom,
+             _point_label(r, ats, id(r) in compared) + ("" if id(r) in inside else f": {r.score:.2f}, off the axis"),
+             FAMILY_STYLE[r.method.family][0], id(r) in compared, _marker_size(r.method.family) / 2)
+            for r in labelled
+        ], [(r.gmacs_mean, r.score if id(r) in inside else bottom, _marker_size(r.method.family) / 2)
+            for r in members], [panel.get_legend()])
     return figure
+
+
+def _in_range(members: list[MethodResult]) -> list[MethodResult]:
+    """The points a panel's y-range covers: dense, ATS and top-K, and the others (ToMe) unless one falls further
+    below the lowest of those than their whole spread (at least 1 point): such a point would squash the rest."""
+    core = [r.score for r in members if r.method.family in ("dense", "ats", "top-k")]
+    if not core:
+        return members
+    floor = min(core) - max(max(core) - min(core), 1.0)
+    return [r for r in members if r.score >= floor]
+
+
+def _setting(r: MethodResult) -> tuple:
+    """What a method runs, whatever its name: (kind, settings) or (kind, r)."""
+    method = r.method
+    return (method.kind, method.r if method.kind == "tome" else method.settings)
+
+
+def _marker_size(family: str) -> float:
+    return 13 if family == "dense" else 6
+
+
+def _point_label(r: MethodResult, ats, compared: bool) -> str:
+    """A marker's short label: 'r 12' (ToMe), 'K 9,8' (top-K, random: tokens kept per ATS layer), and for ATS its
+    layers and K ('L2-3, K all' for the compared setting; a sweep point names what differs from it)."""
+    method = r.method
+    if method.kind == "tome":
+        return f"r {method.r}"
+    settings = method.settings
+    if method.family == "dense":
+        return "dense"
+    if method.family != "ats":
+        return f"K {format_max_tokens(settings.max_tokens)}"
+    layers, k = f"L{format_layers(settings.layers)}", f"K {format_max_tokens(settings.max_tokens)}"
+    if compared or ats is None:
+        return f"{layers}, {k}"
+    parts = [layers] * (settings.layers != ats.layers) + [k] * (settings.max_tokens != ats.max_tokens)
+    return " ".join(parts) or f"{layers}, {k}"
+
+
+def _place_labels(figure, axes, labels: list[tuple], markers: list[tuple[float, float, float]],
+                  artists: list = ()) -> None:
+    """Annotate points next to their markers, each label where it overlaps no label placed before it, no marker, the
+    legend (`artists`) and as little of the lines as it can, inside the axes: 8 directions close by, then 8 farther
+    out (with a thin leader line), the spot with the least overlap winning, a near one before a far one. `labels`:
+    (x, y, text, colour, bold, marker radius in points), in order of priority; `markers`: (x, y, radius in points) of
+    every marker in the axes. Each label sits on a light box, so that a line under it does not hide it."""
+    import numpy as np
+
+    renderer = figure.canvas.get_renderer()
+    scale = figure.dpi / 72  # display pixels per point
+    frame = axes.get_window_extent(renderer)
+    solid = [tuple(artist.get_window_extent(renderer).extents) for artist in artists if artist is not None]
+    for x, y, radius in markers:
+        px, py = axes.transData.transform((x, y))
+        size = (radius + 0.5) * scale
+        solid.append((px - size, py - size, px + size, py + size))
+    samples = []  # points along the lines, every 3 pixels
+    for line in axes.get_lines():
+        path = line.get_transform().transform(line.get_xydata())
+        for (x0, y0), (x1, y1) in itertools.pairwise(path):
+            steps = max(int(np.hypot(x1 - x0, y1 - y0) / 3), 1)
+            samples += [(x0 + (x1 - x0) * t, y0 + (y1 - y0) * t) for t in np.linspace(0, 1, steps + 1)]
+    half = 1.5
+    soft = np.array([(x - half, y - half, x + half, y + half) for x, y in samples]).reshape(-1, 4)
+    directions = [(1, 0, "left", "center"), (-1, 0, "right", "center"), (0.7, 0.7, "left", "bottom"),
+                  (0.7, -0.7, "left", "top"), (-0.7, 0.7, "right", "bottom"), (-0.7, -0.7, "right", "top"),
+                  (0, 1, "center", "bottom"), (0, -1, "center", "top")]
+    for x, y, text, colour, bold, radius in labels:
+        style = {"fontsize": 7, "color": colour, "fontweight": "bold" if bold else "normal", "zorder": 4,
+                 "bbox": {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}}
+        probe = axes.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", **style)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
+        px, py = axes.transData.transform((x, y))
+        area = extent.width * extent.height
+        best = None
+        for ring, distance in enumerate((radius + 1.5, radius + 11, radius + 22)):
+            for dx, dy, ha, va in directions:
+                left = px + dx * distance * scale - {"left": 0, "center": 0.5, "right": 1}[ha] * extent.width
+                bottom = py + dy * distance * scale - {"bottom": 0, "center": 0.5, "top": 1}[va] * extent.height
+                box = (left, bottom, left + extent.width, bottom + extent.height)
+                cost = _overlap(box, np.array(solid)) + 0.3 * _overlap(box, soft) + 0.3 * ring * area
+                cost += 10 * (area - _overlap(box, np.array([tuple(frame.extents)])))  # outside the axes
+                if best is None or cost < best[0]:
+                    best = (cost, ring, dx * distance, dy * distance, ha, va, box)
+            if best[0] == 0:
+                break
+        _, ring, dx, dy, ha, va, box = best
+        arrow = {"arrowstyle": "-", "color": colour, "linewidth": 0.5, "shrinkA": 0, "shrinkB": radius}
+        axes.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                      arrowprops=arrow if ring else None, **style)
+        solid.append(box)
+
+
+def _overlap(box: tuple, others) -> float:
+    """Total area that a display-space box (x0, y0, x1, y1) shares with each row of `others` (K, 4)."""
+    if len(others) == 0:
+        return 0.0
+    width = (others[:, 2].clip(max=box[2]) - others[:, 0].clip(min=box[0])).clip(min=0)
+    height = (others[:, 3].clip(max=box[3]) - others[:, 1].clip(min=box[1])).clip(min=0)
+    return float((width * height).sum())
 
 
 def _style(result: BenchmarkResult, index: int) -> tuple[str, str, str]:
@@ -272,8 +428,8 @@ def _seconds(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f}"
 
 
-def _accuracy(r: MethodResult) -> str:
-    return "-" if r.accuracy is None else f"{r.accuracy:.2f}"
+def _score(r: MethodResult) -> str:
+    return "-" if r.score is None else f"{r.score:.2f}"
 
 
 def _mean_tokens(r: MethodResult) -> str:

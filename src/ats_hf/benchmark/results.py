@@ -1,4 +1,4 @@
-"""What the benchmark measures, as dataclasses: each compared method's accuracy / GMACs / tokens, its timings, and a
+"""What the benchmark measures, as dataclasses: each compared method's score / GMACs / tokens, its timings, and a
 whole run, with its JSON form. The methods themselves are `ats_hf.methods`."""
 
 import json
@@ -54,7 +54,7 @@ class MethodResult:
     """Everything measured for one method."""
 
     method: Method
-    accuracy: float | None  # the run's objective x 100 (top-1 % for accuracy); None: not scored
+    score: float | None  # the run's objective x 100 (top-1 % for accuracy and agreement); None: not scored
     gmacs_mean: float
     gmacs_std: float
     tokens_per_layer: tuple[float, ...]  # mean tokens out of each layer, CLS included
@@ -70,7 +70,7 @@ class MethodResult:
     def to_dict(self) -> dict:
         return {
             "method": self.method.to_dict(),
-            "accuracy": self.accuracy,
+            "score": self.score,
             "gmacs_mean": self.gmacs_mean,
             "gmacs_std": self.gmacs_std,
             "tokens_per_layer": list(self.tokens_per_layer),
@@ -84,7 +84,7 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class BenchmarkResult:
-    """A whole run: the compared methods (with timings), the sweep points (accuracy and GMACs only), where it ran,
+    """A whole run: the compared methods (with timings), the sweep points (score and GMACs only), where it ran,
     and notes for the reader (e.g. why there is no accuracy)."""
 
     model: str
@@ -98,7 +98,7 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     runtime: str = "eager"  # where the methods were timed: eager, compile or onnxruntime
     profiles: list = field(default_factory=list)  # `profiling.LayerProfile`s of dense and ATS at batch 1 (--profile)
-    objective: str = "accuracy"  # what `MethodResult.accuracy` scores: accuracy, agreement or fidelity (see evaluation)
+    objective: str = "accuracy"  # what `MethodResult.score` is: accuracy, agreement or fidelity (see evaluation)
     processes: int = 1  # processes that shared the evaluation (timings: the main process alone)
     evaluation: dict = field(default_factory=dict)  # the evaluation loop on the main process: images/s, time shares
 
