@@ -80,9 +80,9 @@ def evaluate(model, settings: dict, pixel_values: torch.Tensor, labels: torch.Te
     """Top-1 (%), its binomial standard error, mean GMACs per image, fraction of dense and the mean tokens each
     layer outputs, with `settings` (`set_ats` keyword arguments) applied (the benchmark's `evaluate_method`)."""
     result = evaluate_method(model.eval(), AtsMethod("eval", AtsSettings(**settings)), pixel_values, labels, EVAL_BATCH)
-    accuracy = result.accuracy / 100
+    accuracy = result.score / 100
     return {
-        "accuracy": result.accuracy,
+        "accuracy": result.score,
         "std_error": 100 * math.sqrt(accuracy * (1 - accuracy) / len(labels)),
         "gmacs": result.gmacs_mean,
         "fraction_of_dense": result.gmacs_mean / dense_gmacs(model.config),

@@ -100,8 +100,8 @@ def test_unlabelled_folder_agreement_and_tome_on_an_upstream_dinov2_classifier(d
     assert saved["objective"] == "agreement" and saved["processes"] == 1 and saved["num_images"] == 10
     names = [m["method"]["name"] for m in saved["methods"]]
     assert names[:4] == ["dense", "ats", "top-k", "random"] and names[4].startswith("tome r=")
-    assert saved["methods"][0]["accuracy"] == 100.0
-    assert 0 <= saved["methods"][1]["accuracy"] <= 100 and saved["methods"][4]["gmacs_mean"] < saved["dense_gmacs"]
+    assert saved["methods"][0]["score"] == 100.0
+    assert 0 <= saved["methods"][1]["score"] <= 100 and saved["methods"][4]["gmacs_mean"] < saved["dense_gmacs"]
     assert "agree" in capsys.readouterr().out
 
 
@@ -112,8 +112,8 @@ def test_fidelity_is_the_default_for_a_feature_extractor(dinov2_backbone, tmp_pa
     saved = json.loads((tmp_path / "out" / "benchmark.json").read_text())
     assert saved["objective"] == "fidelity"
     dense, ats = saved["methods"][0], saved["methods"][1]
-    assert dense["accuracy"] == pytest.approx(100.0, abs=1e-4)  # cosine of the dense embedding with itself
-    assert ats["accuracy"] < dense["accuracy"] - 1e-3 and ats["gmacs_mean"] < dense["gmacs_mean"]
+    assert dense["score"] == pytest.approx(100.0, abs=1e-4)  # cosine of the dense embedding with itself
+    assert ats["score"] < dense["score"] - 1e-3 and ats["gmacs_mean"] < dense["gmacs_mean"]
     assert saved["methods"][4]["method"]["kind"] == "tome"
 
 
@@ -168,7 +168,7 @@ def test_label_free_tuning_of_an_upstream_dinov2_registers_classifier_by_agreeme
     config = json.loads((output / "config.json").read_text())
     assert config["ats_layers"] and config["architectures"] == ["AtsDinov2ForImageClassification"]
     saved = json.loads((output / "tune.json").read_text())
-    assert saved["objective"] == "agreement" and saved["dense"]["calibration"]["accuracy"] == 100.0
+    assert saved["objective"] == "agreement" and saved["dense"]["calibration"]["score"] == 100.0
     assert saved["chosen"]["calibration"]["gmacs_fraction"] <= 0.7
     assert "agreement" in (output / "README.md").read_text()
 
@@ -190,8 +190,8 @@ def test_label_free_tuning_of_a_clip_vision_model_with_projection_by_fidelity(tm
     config = json.loads((output / "config.json").read_text())
     assert config["ats_layers"]
     saved = json.loads((output / "tune.json").read_text())
-    assert saved["dense"]["calibration"]["accuracy"] == pytest.approx(100.0, abs=1e-4)
-    assert saved["chosen"]["calibration"]["accuracy"] < 100.0 - 1e-6  # ATS changes the embedding a little
+    assert saved["dense"]["calibration"]["score"] == pytest.approx(100.0, abs=1e-4)
+    assert saved["chosen"]["calibration"]["score"] < 100.0 - 1e-6  # ATS changes the embedding a little
 
 
 def test_single_process_commands_refuse_a_multi_process_launch(tmp_path, capsys, monkeypatch):

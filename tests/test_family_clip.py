@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import peaky_weights_
+from conftest import image_folder, peaky_weights_
 from hf_fixtures import random_image, run_without_ats_hf
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -32,11 +32,16 @@ from ats_hf import (
     AtsCLIPVisionConfig,
     AtsCLIPVisionModel,
     AtsCLIPVisionModelWithProjection,
+    AtsSettings,
     inverse_transform_sampling,
 )
 from ats_hf.benchmark.engine import speed_model
+from ats_hf.evaluation import evaluate_methods, tensor_images
+from ats_hf.evaluation.zero_shot import zero_shot_objective
 from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier
 from ats_hf.hub.convert import convert_to_ats
+from ats_hf.methods import AtsMethod, dense_method
+from ats_hf_cli import main
 
 # 32 px images, 4 px patches: 64 patches + CLS = 65 tokens; default ATS layers 1..3.
 VISION = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32,
@@ -249,6 +254,68 @@ def test_zero_shot_pipeline_batches_like_one_image_at_a_time(ats_clip):
         expected = output.logits_per_image[index].softmax(dim=-1)
         expected = dict(zip(LABELS, expected.tolist(), strict=True))
         assert {e["label"]: e["score"] for e in alone} == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_zero_shot_objective_is_clips_own_zero_shot_accuracy(ats_clip):
+    """Scored through the vision tower, the zero-shot objective equals the top-1 of CLIPModel's logits_per_image
+    with the same prompts, dense and with ATS (settings applied to the tower are the CLIPModel's)."""
+    clip = eval_ats(AtsCLIPModel.from_pretrained(ats_clip))
+    pictures = [random_image(seed, size=(36, 30)) for seed in range(9)]
+    pixel_values = processor().image_processor(pictures, return_tensors="pt")["pixel_values"]
+    labels = torch.tensor([0, 1, 2] * 3)
+    vision, objective = zero_shot_objective(clip, processor().tokenizer, LABELS, "this is a photo of a {}.")
+    ats = AtsSettings((1, 2, 3), 30)
+    evaluations, _ = evaluate_methods(vision, [dense_method(), AtsMethod("ats", ats)],
+                                      tensor_images(pixel_values, labels), objective, batch_size=4)
+    for evaluation, settings in zip(evaluations, (AtsSettings(), ats), strict=True):
+        with torch.no_grad(), clip.vision_model.ats_settings_applied(settings):
+            logits = clip(pixel_values=pixel_values, **text_inputs()).logits_per_image
+        assert evaluation.scores.tolist() == (logits.argmax(-1) == labels).double().tolist()
+    assert vision.vision_model is clip.vision_model and vision.config is clip.config.vision_config
+    vision.set_ats(ats)
+    assert clip.ats_settings == ats
+    with pytest.raises(ValueError, match="exactly one"):
+        zero_shot_objective(clip, processor().tokenizer, LABELS, "a photo")
+
+
+def test_tune_chooses_settings_for_a_clip_model_by_zero_shot_accuracy(ats_clip, tmp_path, capsys):
+    data = image_folder(tmp_path / "data", LABELS, per_class=4, size=36)
+    output = tmp_path / "tuned"
+    assert main(["tune", "--model", str(ats_clip), "--dataset", str(data), "--gmacs-budget", "0.8", "--no-speed",
+                 "--tome-r", "4", "--prompt-template", "this is a photo of a {}.", "--output", str(output)]) == 0
+    report = capsys.readouterr().out
+    assert "objective: zero-shot" in report and "ToMe r=4" in report
+    config = json.loads((output / "config.json").read_text())
+    assert config["architectures"] == ["AtsCLIPModel"] and config["vision_config"]["ats_layers"]
+    saved = json.loads((output / "tune.json").read_text())
+    assert saved["objective"] == "zero-shot" and saved["chosen"]["calibration"]["gmacs_fraction"] <= 0.8
+    classify = pipeline("zero-shot-image-classification", model=str(output))  # the tokenizer was saved too
+    assert type(classify.model) is AtsCLIPModel and classify.model.ats_settings.layers
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt-template", "a photo"], "'a photo' must hold exactly one {} for the class name"),
+    (["--objective", "accuracy"], "has no classifier head"),
+])
+def test_zero_shot_mistakes_are_one_line(ats_clip, tmp_path, capsys, argv, message):
+    data = image_folder(tmp_path / "data", LABELS, per_class=1, size=36)
+    assert main(["benchmark", "--model", str(ats_clip), "--dataset", str(data), "--batch-sizes", *argv,
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero_shot_is_refused_without_labels_and_for_other_models(ats_clip, upstream, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    random_image(0, size=(36, 30)).save(flat / "a.png")
+    assert main(["benchmark", "--model", str(ats_clip), "--dataset", str(flat), "--batch-sizes", "--objective",
+                 "zero-shot", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "objective 'zero-shot' needs labelled data" in capsys.readouterr().err
+    data = image_folder(tmp_path / "data", LABELS, per_class=1, size=36)
+    assert main(["benchmark", "--model", str(upstream["root"] / "vision"), "--dataset", str(data), "--batch-sizes",
+                 "--objective", "zero-shot", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "is not a CLIP vision tower with projection" in capsys.readouterr().err
 
 
 REMOTE_SCRIPT = textwrap.dedent(

@@ -237,7 +237,7 @@ def test_the_benchmark_runs_tome_on_another_family(saved, images):
     result = run_benchmark(model, tensor_images(images, labels), batch_sizes=())
     (tome,) = [r for r in result.methods if r.method.kind == "tome"]
     logits = tome_forward(model, images, tome.method.r).logits
-    assert tome.accuracy == pytest.approx(100 * (logits.argmax(-1) == labels).float().mean().item())
+    assert tome.score == pytest.approx(100 * (logits.argmax(-1) == labels).float().mean().item())
     assert tome.gmacs_mean == pytest.approx(tome_gmacs(model.config, tome.method.r))
 
 

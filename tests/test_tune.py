@@ -37,7 +37,7 @@ def test_grid_covers_contiguous_ranges_and_skips_top_k_at_all():
 
 def test_front_keeps_only_undominated_scores():
     scores = [score(90, 1.0), score(95, 2.0), score(93, 2.5), score(96, 3.0), score(80, 0.5)]
-    assert [(s.accuracy, s.gmacs) for s in pareto_front(scores)] == [(80, 0.5), (90, 1.0), (95, 2.0), (96, 3.0)]
+    assert [(s.value, s.gmacs) for s in pareto_front(scores)] == [(80, 0.5), (90, 1.0), (95, 2.0), (96, 3.0)]
 
 
 def test_choice_meets_the_target():
@@ -87,7 +87,7 @@ def test_tune_times_the_front_and_meets_a_speed_up_target(images, runtime):
     assert set(result.speedups) == {s.label for s in result.front} | {"ToMe r=4"}
     assert all(value > 0 for value in result.speedups.values())
     assert result.chosen is not None and result.chosen in result.front
-    assert result.chosen.accuracy == max(s.accuracy for s in result.front)
+    assert result.chosen.value == max(s.value for s in result.front)
     report = format_report(result)
     assert f"{runtime}, {'static' if runtime == 'compile' else 'adaptive'} mode, batch 2" in report
     assert f"{result.speedups[result.chosen.label]:8.2f}x" in report
@@ -107,7 +107,7 @@ def test_tune_on_a_tiny_model(images):
     result = tune(model, pixel_values, labels, Target(max_gmacs_fraction=0.9), candidates, batch_size=5,
                   tome_r=(4,))
     assert model.ats_settings == before, "the model's own settings come back"
-    assert result.dense_calibration.accuracy == result.dense_held_out.accuracy == 100.0
+    assert result.dense_calibration.value == result.dense_held_out.value == 100.0
     assert result.dense_calibration.images == result.dense_held_out.images == 12
     assert result.front == pareto_front(result.calibration)
     assert result.chosen is not None and result.chosen.gmacs <= 0.9 * result.dense_gmacs

@@ -79,9 +79,8 @@ class AtsCLIPPreTrainedModel(AtsPreTrainedMixin, CLIPPreTrainedModel):
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPVisionEmbeddings", "CLIPEncoderLayer", "AtsCLIPEncoderLayer"]
     # A full CLIP checkpoint carries the text tower and both projections; a vision-only class has no place for them.
     _ats_optional_weights = ("text_model.", "text_projection.", "visual_projection.", "logit_scale", "classifier.")
-    _keys_to_ignore_on_load_unexpected = [
-        r"^text_model\.", r"^text_projection\.", r"^visual_projection\.", r"^logit_scale$"
-    ]
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^visual_projection\.",
+                                          r"^logit_scale$"]
     _ats_expected_checkpoints = "a CLIP (CLIPModel, CLIPVisionModel, ...) or ATS-CLIP checkpoint of this architecture"
 
     def _init_weights(self, module):
@@ -214,6 +213,14 @@ class AtsCLIPModel(AtsPreTrainedMixin, CLIPModel):
     def set_ats(self, settings=None, /, **changes):
         """Switch ATS on the vision tower; arguments and return value as [`AtsCLIPVisionModel.set_ats`]."""
         return self.vision_model.set_ats(settings, **changes)
+
+    def ats_image_embedder(self) -> AtsCLIPVisionModelWithProjection:
+        """The vision tower and visual projection as an [`AtsCLIPVisionModelWithProjection`] (built on the meta device,
+        sharing their modules and config, so settings apply to both): `image_embeds` are this model's image features."""
+        with torch.device("meta"):
+            embedder = AtsCLIPVisionModelWithProjection(self.vision_model.config)
+        embedder.vision_model, embedder.visual_projection = self.vision_model, self.visual_projection
+        return embedder.eval()
 
 
 # Standalone CLIPVisionModel checkpoints (and full CLIP ones, read by a vision-only class) name weights

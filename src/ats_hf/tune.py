@@ -1,13 +1,13 @@
 """Choosing the ATS settings for a user's budget on their model and data (`ats-hf tune`).
 
 The search runs plug and play (no training) over contiguous ranges of ATS layers, K, the sampler and the merge
-option, on a calibration split, and reports accuracy on a separate held-out split, so that the choice is not fitted
+option, on a calibration split, and reports the objective on a separate held-out split, so that the choice is not fitted
 to the numbers it reports. It works on an image classifier of every family (`forward_from_layer`), and is fast
 because candidates share work:
 - the layers before a candidate's first ATS layer are dense for every candidate, so their output is computed once
   per first layer and cached (the model runs on from it);
 - every candidate is first scored on a quarter of the calibration images; only those on or near the
-  accuracy-vs-GMACs Pareto front (within two standard errors) are scored on all of them.
+  objective-vs-GMACs Pareto front (within two standard errors) are scored on all of them.
 
 The front's points (and ToMe's) are then timed against dense in a named runtime and batch size (`SpeedSpec`), so
 the report shows measured speed-ups next to GMACs, and a target may be a measured speed-up.
@@ -69,13 +69,13 @@ class Score:
     squares: float | None = None
 
     @property
-    def accuracy(self) -> float:
+    def value(self) -> float:
         """100 x the mean score: top-1 % for accuracy and agreement, cosine x 100 for fidelity."""
         return 100.0 * self.total / self.images
 
     @property
     def standard_error(self) -> float:
-        """Standard error of `accuracy` over the images, in its points (binomial for 0/1 scores)."""
+        """Standard error of `value` over the images, in its points (binomial for 0/1 scores)."""
         mean = self.total / self.images
         second_moment = mean if self.squares is None else self.squares / self.images
         return 100.0 * math.sqrt(max(second_moment - mean * mean, 1e-12) / self.images)
@@ -85,7 +85,7 @@ class Score:
         return self.method.name
 
     def as_dict(self, dense: float) -> dict:
-        return {"setting": self.label, "accuracy": self.accuracy, "standard_error": self.standard_error,
+        return {"setting": self.label, "score": self.value, "standard_error": self.standard_error,
                 "gmacs": self.gmacs, "gmacs_fraction": self.gmacs / dense, "images": self.images,
                 "method": self.method.to_dict()}
 
@@ -97,9 +97,10 @@ def candidate_method(settings: AtsSettings) -> AtsMethod:
 
 @dataclass
 class Target:
-    """What the user wants: at most `max_gmacs_fraction` of dense GMACs (highest accuracy wins), at most
+    """What the user wants: at most `max_gmacs_fraction` of dense GMACs (highest score wins), at most
     `max_accuracy_drop` points below dense (fewest GMACs win), or a measured speed-up over dense of at least
-    `min_speedup` in the `SpeedSpec`'s runtime and batch size (highest accuracy wins). Exactly one is set."""
+    `min_speedup` in the `SpeedSpec`'s runtime and batch size (highest score wins). Scores and drops are in the
+    objective's points. Exactly one is set."""
 
     max_gmacs_fraction: float | None = None
     max_accuracy_drop: float | None = None
@@ -302,22 +303,22 @@ def _joined(first: Score, rest: Score) -> Score:
 
 
 def pareto_front(scores: list[Score]) -> list[Score]:
-    """Scores no other score beats in both accuracy (higher) and GMACs (lower), by increasing GMACs."""
+    """Scores no other score beats in both value (higher) and GMACs (lower), by increasing GMACs."""
     front, best = [], -1.0
-    for score in sorted(scores, key=lambda s: (s.gmacs, -s.accuracy)):
-        if score.accuracy > best:
+    for score in sorted(scores, key=lambda s: (s.gmacs, -s.value)):
+        if score.value > best:
             front.append(score)
-            best = score.accuracy
+            best = score.value
     return front
 
 
 def _near_front(scores: list[Score], front: list[Score]) -> list[Score]:
-    """Scores within NEAR_FRONT_ERRORS standard errors of the best front accuracy at their GMACs or fewer."""
+    """Scores within NEAR_FRONT_ERRORS standard errors of the best front value at their GMACs or fewer."""
     kept = []
     for score in scores:
-        reachable = [f.accuracy for f in front if f.gmacs <= score.gmacs]
+        reachable = [f.value for f in front if f.gmacs <= score.gmacs]
         best = max(reachable, default=-1.0)
-        if score.accuracy >= best - NEAR_FRONT_ERRORS * max(score.standard_error, 1e-9):
+        if score.value >= best - NEAR_FRONT_ERRORS * max(score.standard_error, 1e-9):
             kept.append(score)
     return kept
 
@@ -329,12 +330,12 @@ def choose(
     measured `speedups` (by label)."""
     if target.min_speedup is not None:
         fast = [s for s in front if (speedups or {}).get(s.label, 0.0) >= target.min_speedup]
-        return max(fast, key=lambda s: (s.accuracy, -s.gmacs), default=None)
+        return max(fast, key=lambda s: (s.value, -s.gmacs), default=None)
     if target.max_gmacs_fraction is not None:
         within = [s for s in front if s.gmacs <= target.max_gmacs_fraction * dense_gmacs_value]
-        return max(within, key=lambda s: (s.accuracy, -s.gmacs), default=None)
-    good = [s for s in front if s.accuracy >= dense.accuracy - target.max_accuracy_drop]
-    return min(good, key=lambda s: (s.gmacs, -s.accuracy), default=None)
+        return max(within, key=lambda s: (s.value, -s.gmacs), default=None)
+    good = [s for s in front if s.value >= dense.value - target.max_accuracy_drop]
+    return min(good, key=lambda s: (s.gmacs, -s.value), default=None)
 
 
 def tune(
@@ -477,7 +478,7 @@ def measure_speedups(model, front: list[Score], tome: list[Score], calibration: 
 
 
 def format_report(result: TuneResult) -> str:
-    """The front and the choice as a text table (accuracy +- standard error, in points)."""
+    """The front and the choice as a text table (the objective +- standard error, in points)."""
     dense = result.dense_gmacs
     lines = [f"target: {result.target.describe(result.speed, result.objective)}",
              f"objective: {result.objective} ({Objective(result.objective).unit}); +- one standard error",
@@ -491,8 +492,8 @@ def format_report(result: TuneResult) -> str:
         speedup = 1.0 if calibration is result.dense_calibration else result.speedup(calibration)
         measured = "" if result.speed is None else ("      n/a" if speedup is None else f"{speedup:8.2f}x")
         return (f"{mark}{calibration.label:57.57} {calibration.gmacs:8.4f} {100 * calibration.gmacs / dense:7.1f}% "
-                f"{calibration.accuracy:7.2f} +-{calibration.standard_error:4.2f} "
-                f"{held.accuracy:7.2f} +-{held.standard_error:4.2f} {measured}").rstrip()
+                f"{calibration.value:7.2f} +-{calibration.standard_error:4.2f} "
+                f"{held.value:7.2f} +-{held.standard_error:4.2f} {measured}").rstrip()
 
     if result.search is not None:
         lines.insert(3, f"search: {result.search.describe(result.processes)}")
@@ -514,7 +515,7 @@ def format_report(result: TuneResult) -> str:
 
 
 def plot_front(result: TuneResult, path: Path) -> Path:
-    """Accuracy vs % of dense GMACs: every calibration score, the front (held-out accuracy with error bars),
+    """The objective vs % of dense GMACs: every calibration score, the front (held-out scores with error bars),
     ToMe and the choice."""
     import matplotlib
 
@@ -523,21 +524,21 @@ def plot_front(result: TuneResult, path: Path) -> Path:
 
     dense = result.dense_gmacs
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    axes.scatter([100 * s.gmacs / dense for s in result.calibration], [s.accuracy for s in result.calibration],
+    axes.scatter([100 * s.gmacs / dense for s in result.calibration], [s.value for s in result.calibration],
                  s=10, color="0.7", label="searched (calibration)")
     front_x = [100 * s.gmacs / dense for s in result.front]
     held = [result.held_out[s.label] for s in result.front]
-    axes.errorbar(front_x, [h.accuracy for h in held], yerr=[h.standard_error for h in held], marker="o",
+    axes.errorbar(front_x, [h.value for h in held], yerr=[h.standard_error for h in held], marker="o",
                   color="tab:blue", label="front (held out)")
     if result.tome_calibration:
         tome = [result.tome_held_out[s.label] for s in result.tome_calibration]
-        axes.errorbar([100 * s.gmacs / dense for s in tome], [s.accuracy for s in tome],
+        axes.errorbar([100 * s.gmacs / dense for s in tome], [s.value for s in tome],
                       yerr=[s.standard_error for s in tome], marker="s", color="tab:red", label="ToMe (held out)")
     if result.chosen is not None:
         chosen = result.held_out[result.chosen.label]
-        axes.scatter([100 * chosen.gmacs / dense], [chosen.accuracy], s=160, facecolors="none", edgecolors="black",
+        axes.scatter([100 * chosen.gmacs / dense], [chosen.value], s=160, facecolors="none", edgecolors="black",
                      label="chosen")
-    axes.axhline(result.dense_held_out.accuracy, color="black", linestyle=":", label="dense (held out)")
+    axes.axhline(result.dense_held_out.value, color="black", linestyle=":", label="dense (held out)")
     axes.set_xlabel("% of dense GMACs")
     axes.set_ylabel(Objective(result.objective).unit)
     axes.legend(fontsize=8)
@@ -560,8 +561,8 @@ def write_tune_output(model, processor, result: TuneResult, output: Path, data_n
         return
     held = result.held_out[result.chosen.label]
     name = result.objective
-    metrics = {f"held-out {name}": held.accuracy, f"calibration {name}": result.chosen.accuracy,
-               f"dense held-out {name}": result.dense_held_out.accuracy}
+    metrics = {f"held-out {name}": held.value, f"calibration {name}": result.chosen.value,
+               f"dense held-out {name}": result.dense_held_out.value}
     model.set_ats(result.chosen.method.settings)
     save_ats_checkpoint(model, output, processor, model_id=output.name, base_model=None, ats_gmacs=held.gmacs,
                         gmacs_measured_on=data_name, metrics=metrics)

@@ -40,6 +40,51 @@ def open_source(args: argparse.Namespace, processor, id2label: dict | None, num_
     return source
 
 
+def is_clip_model(model) -> bool:
+    """Whether `model` is CLIP's image-text model (zero-shot; scored through its vision tower)."""
+    from ats_hf.families import ZERO_SHOT, family_of
+
+    return ZERO_SHOT in family_of(model).capabilities
+
+
+def scored_view(model, processor, model_path: str):
+    """(the model the evaluation loop runs, the processor to save with a checkpoint): the model and its image
+    processor, except for a CLIPModel: its vision tower with projection (shared weights and settings) and its whole
+    processor (the tokenizer writes the zero-shot prompts)."""
+    if not is_clip_model(model):
+        return model, processor
+    from transformers import AutoProcessor
+
+    with usage_errors(OSError, ValueError, context=f"cannot load the processor of {model_path!r}"):
+        return model.ats_image_embedder(), AutoProcessor.from_pretrained(model_path)
+
+
+def scored_data(args: argparse.Namespace, model, scored, processor, num_images: int | None, seed: int = 0,
+                shown: bool = True):
+    """(the images the data options name, the objective): --objective, else accuracy with labels (zero-shot for a
+    CLIPModel, whose prompts are --prompt-template with the dataset's class names), agreement without labels for a
+    classifier, fidelity otherwise; checked for `scored` (what `scored_view` gave for `model`) and the data."""
+    from ats_hf.evaluation import Objective, default_objective
+    from ats_hf.families import is_classifier
+
+    id2label = model.config.id2label if is_classifier(type(model)) else None
+    source = open_source(args, getattr(processor, "image_processor", processor), id2label, num_images, seed,
+                         shown=shown)
+    has_labels = source.labels is not None
+    name = args.objective or ("zero-shot" if is_clip_model(model) and has_labels else None)
+    if name == "zero-shot" and has_labels and is_clip_model(model):
+        from ats_hf.evaluation.zero_shot import class_embeddings
+
+        with usage_errors(ValueError, context="--objective zero-shot"):
+            embeddings = class_embeddings(model, processor.tokenizer, source.class_names or [], args.prompt_template)
+        objective = Objective("zero-shot", class_embeddings=embeddings)
+    else:
+        objective = Objective(name) if name else default_objective(scored, has_labels)
+    with usage_errors(ValueError, context=f"--objective {objective.name}"):
+        objective.check(scored, has_labels)
+    return source, objective
+
+
 def num_workers(args: argparse.Namespace) -> int:
     """--num-workers, or its default: none for the embedded split (held in memory), else min(4, CPUs // 2)."""
     import os
@@ -74,5 +119,5 @@ def refuse_no_layers(settings, what: str) -> None:
         raise UsageError(f"--ats-layers none leaves nothing to {what}; give at least one ATS layer")
 
 
-__all__ = ["chosen_device", "load_classifier", "load_model", "num_workers", "open_source",
-           "refuse_no_layers", "settings_for"]
+__all__ = ["chosen_device", "is_clip_model", "load_classifier", "load_model", "num_workers", "open_source",
+           "refuse_no_layers", "scored_data", "scored_view", "settings_for"]

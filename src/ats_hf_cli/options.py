@@ -23,7 +23,9 @@ from ats_hf_common.paths import check_source, check_target, default_model_dir
 
 from . import UsageError, usage_errors
 
-OBJECTIVES = ("accuracy", "agreement", "fidelity")  # ats_hf.evaluation.objectives.OBJECTIVES, without torch
+# ats_hf.evaluation.objectives.OBJECTIVES, without torch
+OBJECTIVES = ("accuracy", "agreement", "fidelity", "zero-shot")
+DEFAULT_PROMPT_TEMPLATE = "a photo of a {}."  # ats_hf.evaluation.zero_shot.DEFAULT_TEMPLATE
 MODEL_HELP = ("Hub id or folder of an image classifier of any ATS family, plain or ATS (ViT, DeiT, DINOv2, CLIP; "
               "default: the embedded model)")
 # What a command may need beyond the core install: name -> (modules, the extra that installs them).
@@ -145,16 +147,25 @@ def add_data_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--label-column", help="label column (default: the first ClassLabel feature, or 'label')")
 
 
-def add_evaluation_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, workers: bool = True) -> None:
-    """--objective and (`workers`: for commands that stream their images) --num-workers."""
+def add_evaluation_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--objective, --prompt-template and --num-workers."""
     parser.add_argument("--objective", choices=OBJECTIVES, help="how methods are scored: accuracy (labels), "
-                        "agreement (top-1 agreement with the model without ATS; any classifier, no labels) or fidelity "
+                        "agreement (top-1 agreement with the model without ATS; any classifier, no labels), fidelity "
                         "(cosine similarity of the embedding to the model without ATS; feature extractors, no labels) "
-                        "(default: accuracy with labels, else agreement for a classifier, fidelity otherwise)")
-    if workers:
-        parser.add_argument("--num-workers", type=non_negative_int, metavar="N", help="DataLoader worker processes "
-                            "that decode and process images (default: 0 for the embedded split, else "
-                            "min(4, CPUs // 2))")
+                        "or zero-shot (a CLIPModel's zero-shot top-1 accuracy with the class names as prompts; labels) "
+                        "(default: accuracy with labels (zero-shot for a CLIPModel), else agreement for a classifier, "
+                        "fidelity otherwise)")
+    parser.add_argument("--prompt-template", type=prompt_template, default=DEFAULT_PROMPT_TEMPLATE, metavar="TEXT",
+                        help="zero-shot prompt, with {} for the class name (default: '%(default)s')")
+    parser.add_argument("--num-workers", type=non_negative_int, metavar="N", help="DataLoader worker processes "
+                        "that decode and process images (default: 0 for the embedded split, else min(4, CPUs // 2))")
+
+
+def prompt_template(text: str) -> str:
+    """argparse type: a prompt with exactly one {} for the class name."""
+    if text.count("{}") != 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must hold exactly one {{}} for the class name")
+    return text
 
 
 def check_inputs(

@@ -7,6 +7,7 @@ from pathlib import Path
 from ats_hf_common.benchmark_defaults import UNRELIABLE_SPREAD
 from ats_hf_common.grammar import format_layers, format_max_tokens, format_settings
 
+from ..evaluation.objectives import Objective
 from ..reporting import format_grid
 from .profiling import format_profiles
 from .results import BenchmarkResult, MethodResult
@@ -19,9 +20,6 @@ FAMILY_STYLE = {  # family -> (colour, marker, line style)
     "random": ("tab:green", "^", ":"),
     "tome": ("tab:red", "D", "-."),
 }
-OBJECTIVE_TITLES = {"accuracy": "top-1 %", "agreement": "agree. w/ dense %", "fidelity": "cos. to dense x100"}
-OBJECTIVE_AXIS_LABELS = {"accuracy": "top-1 accuracy (%)", "agreement": "top-1 agreement with dense (%)",
-                         "fidelity": "cosine similarity to dense x 100"}
 PLOTS = ("accuracy_vs_gmacs.png", "tokens_per_layer.png", "gmacs_per_image.png", "throughput.png")
 
 
@@ -31,7 +29,7 @@ def format_table(result: BenchmarkResult) -> str:
     static = any(r.method.kind == "ats" and r.method.settings.capacity is not None for r in result.methods)
     prepared = any(r.preparation_seconds is not None for r in result.methods)
     preparation = "export s" if result.runtime == "onnxruntime" else "compile s"
-    header = ["method", OBJECTIVE_TITLES.get(result.objective, result.objective), "GMACs mean ± std"]
+    header = ["method", Objective(result.objective).short, "GMACs mean ± std"]
     header += ["GMACs executed"] * static + ["tokens/layer"]
     header += [preparation] * prepared
     for batch_size in batch_sizes:
@@ -150,7 +148,7 @@ def _plot_accuracy_vs_gmacs(result: BenchmarkResult, plt):
         random_axes, panels = None, [(axes, points)]
     compared = {id(r) for r in result.methods}
     ats = next((r.method.settings for r in result.methods if r.method.family == "ats"), None)
-    label = OBJECTIVE_AXIS_LABELS.get(result.objective, result.objective)
+    label = Objective(result.objective).unit
     for panel, members in panels:
         for name, (colour, marker, linestyle) in FAMILY_STYLE.items():
             family = sorted((r for r in members if r.method.family == name), key=lambda r: r.gmacs_mean)
@@ -172,7 +170,7 @@ def _plot_accuracy_vs_gmacs(result: BenchmarkResult, plt):
         axes.set_xlabel("mean GMACs per image")
     else:
         random_axes.set_xlabel("mean GMACs per image")
-        random_axes.set_ylabel(OBJECTIVE_TITLES.get(result.objective, result.objective))
+        random_axes.set_ylabel(Objective(result.objective).short)
         random_axes.legend(fontsize=8, loc="lower right")
     for panel, members in panels:  # fix the ranges (with room for the labels) before placing the labels
         scores = [r.score for r in _in_range(members)]

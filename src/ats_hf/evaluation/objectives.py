@@ -6,6 +6,9 @@
 - fidelity: mean cosine similarity of the image embedding to the dense model's (`image_embeds` of a model with a
   projection, else `pooler_output`, else the final CLS row). Feature extractors (DINOv2, CLIP vision, any base
   model); no labels needed.
+- zero-shot: top-1 accuracy of CLIP's zero-shot classification against the labels: each image embedding is matched
+  with the text embeddings of one prompt per class (`ats_hf.evaluation.zero_shot` builds the objective and the
+  vision tower it scores from a `CLIPModel`).
 
 Every objective scores each image in [0, 1] (fidelity: the cosine, in [-1, 1]) and reports 100 x the mean, so the
 tools treat them alike (higher is better, points of loss, standard errors).
@@ -13,20 +16,22 @@ tools treat them alike (higher is better, points of loss, standard errors).
     objective = default_objective(model, has_labels=source.labels is not None)
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..families import is_classifier
 
-OBJECTIVES = ("accuracy", "agreement", "fidelity")
+OBJECTIVES = ("accuracy", "agreement", "fidelity", "zero-shot")
 
 
 @dataclass(frozen=True)
 class Objective:
-    """One objective (see the module docstring): its `name`, and whether it needs labels or the dense outputs."""
+    """One objective (see the module docstring): its `name`, and whether it needs labels or the dense outputs.
+    zero-shot carries the (C, E) unit-norm text embeddings of its C class prompts (`zero_shot.zero_shot_objective`)."""
 
     name: str
+    class_embeddings: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -34,30 +39,38 @@ class Objective:
 
     @property
     def needs_labels(self) -> bool:
-        return self.name == "accuracy"
+        return self.name in ("accuracy", "zero-shot")
 
     @property
     def needs_reference(self) -> bool:
         """Whether each image is compared with the dense model's output on it."""
-        return self.name != "accuracy"
+        return self.name in ("agreement", "fidelity")
 
     @property
     def unit(self) -> str:
         """What the reported number is, for tables and plots."""
         return {"accuracy": "top-1 accuracy (%)", "agreement": "top-1 agreement with dense (%)",
-                "fidelity": "cosine similarity to dense x 100"}[self.name]
+                "fidelity": "cosine similarity to dense x 100", "zero-shot": "zero-shot top-1 accuracy (%)"}[self.name]
 
     @property
     def short(self) -> str:
         """Column title."""
-        return {"accuracy": "acc. %", "agreement": "agree %", "fidelity": "cos x100"}[self.name]
+        titles = {"accuracy": "top-1 %", "agreement": "agree. w/ dense %", "fidelity": "cos. to dense x100",
+                  "zero-shot": "zero-shot top-1 %"}
+        return titles[self.name]
 
     def check(self, model, has_labels: bool) -> None:
         """`ValueError` when the objective cannot score `model` on the data (e.g. accuracy without labels)."""
         kind = type(model).__name__
         if self.needs_labels and not has_labels:
-            raise ValueError("objective 'accuracy' needs labelled data; the data has no labels (use 'agreement' for "
-                             "a classifier, 'fidelity' for a feature extractor).")
+            raise ValueError(f"objective {self.name!r} needs labelled data; the data has no labels (use 'agreement' "
+                             "for a classifier, 'fidelity' for a feature extractor).")
+        if self.name == "zero-shot":
+            if self.class_embeddings is None or not hasattr(model, "visual_projection"):
+                raise ValueError(f"objective 'zero-shot' scores a CLIPModel's image embeddings against its class "
+                                 f"prompts; {kind} is not a CLIP vision tower with projection built by "
+                                 "ats_hf.evaluation.zero_shot.zero_shot_objective.")
+            return
         if self.name in ("accuracy", "agreement") and not is_classifier(type(model)):
             raise ValueError(f"objective {self.name!r} compares class predictions; {kind} has no classifier head "
                              "(use 'fidelity', which compares embeddings).")
@@ -76,6 +89,10 @@ class Objective:
         if self.name == "fidelity":
             embedding = image_embedding(output).float()
             return torch.nn.functional.cosine_similarity(embedding, reference.float(), dim=-1).double().cpu()
+        if self.name == "zero-shot":
+            embedding = torch.nn.functional.normalize(output.image_embeds.float(), dim=-1)
+            predicted = (embedding @ self.class_embeddings.to(embedding.device).T).argmax(-1)
+            return (predicted.cpu() == labels.cpu()).double()
         target = labels if self.name == "accuracy" else reference
         return (output.logits.argmax(-1).cpu() == target.cpu()).double()
 

@@ -28,6 +28,7 @@ class ImageSource(torch.utils.data.Dataset):
     Attributes:
         labels: (N,) the model's label ids, or None (unlabelled: no accuracy).
         description: one line saying what the data is; notes: what the user should know (e.g. why no labels).
+        class_names: the name of every label id (zero-shot prompts), or None when the data names no classes.
     """
 
     def __init__(
@@ -38,9 +39,11 @@ class ImageSource(torch.utils.data.Dataset):
         labels: torch.Tensor | None,
         description: str,
         notes: Sequence[str] = (),
+        class_names: Sequence[str] | None = None,
     ):
         self.read, self.size, self.processor = read, size, processor
         self.labels, self.description, self.notes = labels, description, list(notes)
+        self.class_names = None if class_names is None else list(class_names)
 
     def __len__(self) -> int:
         return self.size
@@ -60,7 +63,8 @@ class ImageSource(torch.utils.data.Dataset):
         if not 0 <= start < stop <= self.size:
             raise ValueError(f"images {start}..{stop - 1} are outside this source's 0..{self.size - 1}.")
         labels = None if self.labels is None else self.labels[start:stop]
-        return ImageSource(_Shifted(self.read, start), stop - start, self.processor, labels, description, self.notes)
+        return ImageSource(_Shifted(self.read, start), stop - start, self.processor, labels, description, self.notes,
+                           self.class_names)
 
     def head(self, count: int) -> torch.Tensor:
         """(min(count, N), C, H, W) pixel values of the first images, in memory (timing, export checks)."""
@@ -122,7 +126,8 @@ def open_images(
     if dataset is None:
         images, labels = synthetic_digits.test_split(num_images or synthetic_digits.TEST_SIZE)
         description = f"synthetic digits test split (seed {synthetic_digits.TEST_SEED}), {len(labels)} images"
-        return ImageSource(_InMemoryImages(images.numpy()), len(labels), processor, labels, description)
+        return ImageSource(_InMemoryImages(images.numpy()), len(labels), processor, labels, description,
+                           class_names=[str(digit) for digit in range(synthetic_digits.NUM_CLASSES)])
 
     table, split = _open_split(dataset, split)
     if len(table) == 0:
@@ -139,7 +144,8 @@ def open_images(
         return ImageSource(read, len(table), processor, None, description, [_why_no_labels(dataset, table)])
     if id2label is None:
         labels = torch.as_tensor(table[label_column], dtype=torch.long)
-        return ImageSource(read, len(table), processor, labels, description)
+        names = getattr(table.features[label_column], "names", None)
+        return ImageSource(read, len(table), processor, labels, description, class_names=names)
     labels, notes = to_model_labels(table, label_column, id2label)
     return ImageSource(read, len(table), processor, labels, description, notes)
 

@@ -29,7 +29,7 @@ from ats_hf_common.benchmark_defaults import (
 from ats_hf_common.grammar import parse_max_tokens
 
 from .. import UsageError, usage_errors
-from ..inputs import chosen_device, load_model, num_workers, open_source, refuse_no_layers, settings_for
+from ..inputs import chosen_device, load_model, num_workers, refuse_no_layers, scored_data, scored_view, settings_for
 from ..options import (
     MODEL_HELP,
     add_ats_arguments,
@@ -155,11 +155,11 @@ def _run_accuracy_mode(args: argparse.Namespace, model_path: str, device: str):
     from ats_hf.benchmark import run_benchmark, sweep_methods
     from ats_hf.benchmark.engine import DTYPES as TORCH_DTYPES
     from ats_hf.benchmark.engine import default_ats_method
-    from ats_hf.evaluation import Objective, default_objective
     from ats_hf.methods import AtsMethod
 
-    model, processor = load_model(model_path, attn_implementation=args.attn_implementation)
-    model = model.to(device=device, dtype=TORCH_DTYPES[args.dtype]).eval()
+    loaded, processor = load_model(model_path, attn_implementation=args.attn_implementation)
+    loaded = loaded.to(device=device, dtype=TORCH_DTYPES[args.dtype]).eval()
+    model, processor = scored_view(loaded, processor, model_path)
     config = model.config
     settings = settings_for(model, args, default_ats_method(config).settings)
     refuse_no_layers(settings, "compare with dense")
@@ -181,12 +181,8 @@ def _run_accuracy_mode(args: argparse.Namespace, model_path: str, device: str):
 
         note("the embedded model's benchmark takes about 1 to 1.5 minutes on a quiet 2-core CPU (2 passes over 2000 "
              "images, then timing at batch 1 and 256)")
-    source = open_source(args, processor, getattr(config, "id2label", None) if _is_classifier(model) else None,
-                         args.num_images, args.seed, shown=processes.is_main)
-    has_labels = source.labels is not None
-    objective = Objective(args.objective) if args.objective else default_objective(model, has_labels)
-    with usage_errors(ValueError, context=f"--objective {objective.name}"):
-        objective.check(model, has_labels)
+    source, objective = scored_data(args, loaded, model, processor, args.num_images, args.seed,
+                                    shown=processes.is_main)
     ats = AtsMethod("ats", settings)
     timing = ACCURACY_MODE_TIMING
     return run_benchmark(
@@ -207,12 +203,6 @@ def _run_accuracy_mode(args: argparse.Namespace, model_path: str, device: str):
         processes=processes,
         **_runtime_options(args),
     )
-
-
-def _is_classifier(model) -> bool:
-    from ats_hf.families import is_classifier
-
-    return is_classifier(type(model))
 
 
 def _run_speed_mode(args: argparse.Namespace, device: str):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import usage_errors
-from ..inputs import chosen_device, load_model, num_workers, open_source, refuse_no_layers, settings_for
+from ..inputs import chosen_device, load_model, num_workers, refuse_no_layers, scored_data, scored_view, settings_for
 from ..options import (
     MODEL_HELP,
     add_ats_arguments,
@@ -49,20 +49,18 @@ def run(args: argparse.Namespace) -> int:
                               output=None if args.output is None else ("--output", args.output, False))
 
     from ats_hf.calibration import calibrate_capacity, format_result, save_calibrated_checkpoint
-    from ats_hf.evaluation import Objective
     from ats_hf.evaluation.processes import join_processes, process_device
-    from ats_hf.families import is_classifier
 
     device = process_device(chosen_device(args.device))
     processes = join_processes(device)
-    model, processor = load_model(model_path)
+    loaded, processor = load_model(model_path)
+    model, processor = scored_view(loaded.to(device), processor, model_path)
     model.set_ats(settings_for(model, args).replace(capacity=None))  # calibration starts from the adaptive mode
     refuse_no_layers(model.ats_settings, "calibrate")
-    id2label = model.config.id2label if is_classifier(type(model)) else None
-    source = open_source(args, processor, id2label, args.num_images, args.seed, shown=processes.is_main)
-    objective = None if args.objective is None else Objective(args.objective)
+    source, objective = scored_data(args, loaded, model, processor, args.num_images, args.seed,
+                                    shown=processes.is_main)
     with usage_errors(ValueError, context="calibrate"):
-        result = calibrate_capacity(model.to(device), source, None, args.quantile, args.batch_size,
+        result = calibrate_capacity(model, source, None, args.quantile, args.batch_size,
                                     objective=objective, num_workers=num_workers(args), processes=processes)
     if not processes.is_main:
         return 0
@@ -70,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_result(result))
     if args.output is not None:
         with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
-            save_calibrated_checkpoint(model, processor, result, args.output, model_path, source.description)
+            save_calibrated_checkpoint(loaded, processor, result, args.output, model_path, source.description)
         print(f"\nwrote {args.output} (the static mode at these capacities: `ats-hf export {args.output} OUT` makes "
               "its ONNX folder)")
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import UsageError, usage_errors
-from ..inputs import chosen_device, load_model, num_workers, open_source
+from ..inputs import chosen_device, load_model, num_workers, scored_data, scored_view
 from ..options import (
     MODEL_HELP,
     add_data_arguments,
@@ -68,14 +68,14 @@ def run(args: argparse.Namespace) -> int:
     model_path = check_inputs(args, model=("--model", args.model),
                               output=None if args.output is None else ("--output", args.output, False))
 
-    from ats_hf.evaluation import Objective
     from ats_hf.evaluation.processes import join_processes, process_device
     from ats_hf.tune import SpeedSpec, Target, candidate_grid, format_report, tune, write_tune_output
 
     device = process_device(chosen_device(args.device))
     processes = join_processes(device)
-    model, processor = load_model(model_path)
-    model = model.to(device)
+    loaded, processor = load_model(model_path)
+    loaded = loaded.to(device)
+    model, processor = scored_view(loaded, processor, model_path)
     num_layers = model.config.num_hidden_layers
     if args.first_layers and max(args.first_layers) >= num_layers:
         raise UsageError(f"--first-layers {max(args.first_layers)} is outside 0..{num_layers - 1}")
@@ -86,11 +86,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         target = Target(max_gmacs_fraction=args.gmacs_budget or 0.5)
     speed = None if args.no_speed else SpeedSpec(args.speed_runtime, args.speed_batch_size, args.speed_images)
-    from ats_hf.families import is_classifier
-
-    id2label = model.config.id2label if is_classifier(type(model)) else None
-    source = open_source(args, processor, id2label, args.num_images, shown=processes.is_main)
-    objective = None if args.objective is None else Objective(args.objective)
+    source, objective = scored_data(args, loaded, model, processor, args.num_images, shown=processes.is_main)
     candidates = candidate_grid(num_layers, tuple(args.first_layers) if args.first_layers else None)
     with usage_errors(ValueError):
         result = tune(model, source, None, target, candidates, batch_size=args.batch_size,
@@ -100,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(result))
         if args.output is not None:
             with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
-                write_tune_output(model.cpu(), processor, result, args.output, source.description)
+                write_tune_output(loaded.cpu(), processor, result, args.output, source.description)
             print(f"\nwrote {args.output}")
     return 0 if result.chosen is not None else 1
 
