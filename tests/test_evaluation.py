@@ -130,6 +130,41 @@ def test_objectives_the_data_or_model_cannot_give_are_refused(dinov2_classifier,
     assert not (tmp_path / "out").exists()
 
 
+def test_patch_fidelity_is_the_mean_patch_cosine_of_the_dense_output(dinov2_backbone):
+    model, _ = load_model_and_processor(dinov2_backbone)
+    pixel_values = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    ats = AtsSettings((1, 2), 20)
+    objective = Objective("patch-fidelity")
+    with pytest.raises(ValueError, match="set model.config.ats_dense_output = True"):
+        evaluate_methods(model, [dense_method()], tensor_images(pixel_values), objective)
+    model.config.ats_dense_output = True
+    (dense, sampled), _ = evaluate_methods(model, [dense_method(), AtsMethod("ats", ats)], tensor_images(pixel_values),
+                                           objective, batch_size=4)
+    with torch.no_grad():
+        with model.ats_settings_applied(AtsSettings()):
+            reference = model(pixel_values).last_hidden_state[:, 3:]  # CLS and two registers first
+        with model.ats_settings_applied(ats):
+            output = model(pixel_values)
+    assert output.last_hidden_state.shape[1] == 3 + 64 and output.num_tokens[:, -1].max() <= 20
+    expected = torch.nn.functional.cosine_similarity(output.last_hidden_state[:, 3:], reference, dim=-1).mean(-1)
+    assert sampled.scores == pytest.approx(expected.double(), abs=1e-6) and sampled.score < 100.0
+    assert dense.score == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="Token Merging merges tokens"):
+        evaluate_methods(model, [dense_method(), TomeMethod("tome r=8", 8)], tensor_images(pixel_values), objective)
+
+
+def test_label_free_tuning_by_patch_fidelity_keeps_the_dense_output(dinov2_backbone, tmp_path, capsys):
+    data = flat_folder(tmp_path / "flat", count=12)
+    output = tmp_path / "tuned"
+    assert main(["tune", "--model", str(dinov2_backbone), "--dataset", str(data), "--objective", "patch-fidelity",
+                 "--gmacs-budget", "0.8", "--no-speed", "--tome-r", "4", "--output", str(output)]) == 0
+    captured = capsys.readouterr()
+    assert "objective: patch-fidelity" in captured.out and "ToMe left out: it merges tokens" in captured.out
+    assert "runs with ats_dense_output=True" in captured.err
+    config = json.loads((output / "config.json").read_text())
+    assert config["ats_layers"] and config["ats_dense_output"] is True
+
+
 def test_agreement_on_a_feature_extractor_is_refused(dinov2_backbone, tmp_path, capsys):
     data = flat_folder(tmp_path / "flat", count=2)
     assert main(["benchmark", "--model", str(dinov2_backbone), "--dataset", str(data), "--batch-sizes",

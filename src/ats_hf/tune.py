@@ -384,6 +384,9 @@ def tune(
     if tome_r and TOME not in family_of(model).capabilities:
         notes.append(f"ToMe left out: the {family_of(model).title} family has no ToMe path.")
         tome_r = ()
+    if tome_r and objective.needs_token_grid:
+        notes.append(f"ToMe left out: it merges tokens, so {objective.name} has no token grid to compare.")
+        tome_r = ()
     split = len(source) - max(1, int(len(source) * held_out_fraction))
     calibration = source.subset(0, split, "calibration split")
     held = source.subset(split, len(source), "held-out split")

@@ -80,6 +80,13 @@ def scored_data(args: argparse.Namespace, model, scored, processor, num_images: 
         objective = Objective("zero-shot", class_embeddings=embeddings)
     else:
         objective = Objective(name) if name else default_objective(scored, has_labels)
+    if objective.needs_token_grid and not scored.config.ats_dense_output:
+        from ats_hf.progress import note
+
+        scored.config.ats_dense_output = True
+        if shown:
+            note("note: patch-fidelity compares the patch features on the input token grid: the model runs with "
+                 "ats_dense_output=True (and a checkpoint written keeps it)")
     with usage_errors(ValueError, context=f"--objective {objective.name}"):
         objective.check(scored, has_labels)
     return source, objective

@@ -24,7 +24,7 @@ from ats_hf_common.paths import check_source, check_target, default_model_dir
 from . import UsageError, usage_errors
 
 # ats_hf.evaluation.objectives.OBJECTIVES, without torch
-OBJECTIVES = ("accuracy", "agreement", "fidelity", "zero-shot")
+OBJECTIVES = ("accuracy", "agreement", "fidelity", "patch-fidelity", "zero-shot")
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {}."  # ats_hf.evaluation.zero_shot.DEFAULT_TEMPLATE
 MODEL_HELP = ("Hub id or folder of an image classifier of any ATS family, plain or ATS (ViT, DeiT, DINOv2, CLIP; "
               "default: the embedded model)")
@@ -151,7 +151,9 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser | argparse._Argumen
     """--objective, --prompt-template and --num-workers."""
     parser.add_argument("--objective", choices=OBJECTIVES, help="how methods are scored: accuracy (labels), "
                         "agreement (top-1 agreement with the model without ATS; any classifier, no labels), fidelity "
-                        "(cosine similarity of the embedding to the model without ATS; feature extractors, no labels) "
+                        "(cosine similarity of the embedding to the model without ATS; feature extractors, no labels), "
+                        "patch-fidelity (of the dense-output patch features, averaged over the patches; feature "
+                        "extractors, no labels) "
                         "or zero-shot (a CLIPModel's zero-shot top-1 accuracy with the class names as prompts; labels) "
                         "(default: accuracy with labels (zero-shot for a CLIPModel), else agreement for a classifier, "
                         "fidelity otherwise)")

@@ -295,9 +295,11 @@ def run_benchmark(
     # Two passes over the data: the ATS points, then what is matched to them (top-K, random, ToMe).
     first, stats = evaluate([dense_method(), ats, *sweep], f"pass 1 of 2: dense, ATS and {len(sweep)} sweep points")
     dense, ats_result, sweep_points = first[0], first[1], first[2:]
-    with_tome = supports_tome(model)
-    if not with_tome:
+    with_tome = supports_tome(model) and not objective.needs_token_grid
+    if not supports_tome(model):
         notes = [*notes, f"ToMe baseline left out: {type(model).__name__} has no ToMe path (see ats_hf.tome)."]
+    elif not with_tome:
+        notes = [*notes, f"ToMe baseline left out: it merges tokens, so {objective.name} has no token grid to compare."]
     matched = list(matched_baselines(ats_result)) + ([matched_tome(ats_result, model.config, tokens)] * with_tome)
     sweep_matched = []
     for point in sweep_points:

@@ -107,6 +107,7 @@ def evaluate_methods(
         raise ValueError(f"batch_size={batch_size} must be >= 1, with at least one method (got {len(methods)}).")
     if objective is not None:
         objective.check(model, source.labels is not None)
+        objective = objective.for_model(model)
     parameter = next(model.parameters())
     all_numbers = range(num_batches(len(source), batch_size)) if batch_numbers is None else batch_numbers
     mine = [all_numbers[i] for i in processes.shard(len(all_numbers))]

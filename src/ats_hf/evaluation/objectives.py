@@ -6,6 +6,9 @@
 - fidelity: mean cosine similarity of the image embedding to the dense model's (`image_embeds` of a model with a
   projection, else `pooler_output`, else the final CLS row). Feature extractors (DINOv2, CLIP vision, any base
   model); no labels needed.
+- patch-fidelity: mean cosine similarity, over the patch positions, of the dense-output patch features
+  (`ats_dense_output`: the last hidden state on the full token grid) to the dense model's. Feature extractors whose
+  patch features are used (segmentation, retrieval, depth); no labels needed. Token Merging has no such grid.
 - zero-shot: top-1 accuracy of CLIP's zero-shot classification against the labels: each image embedding is matched
   with the text embeddings of one prompt per class (`ats_hf.evaluation.zero_shot` builds the objective and the
   vision tower it scores from a `CLIPModel`).
@@ -16,22 +19,26 @@ tools treat them alike (higher is better, points of loss, standard errors).
     objective = default_objective(model, has_labels=source.labels is not None)
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
+from ..configuration_ats_core import num_special_tokens
 from ..families import is_classifier
 
-OBJECTIVES = ("accuracy", "agreement", "fidelity", "zero-shot")
+OBJECTIVES = ("accuracy", "agreement", "fidelity", "patch-fidelity", "zero-shot")
 
 
 @dataclass(frozen=True)
 class Objective:
     """One objective (see the module docstring): its `name`, and whether it needs labels or the dense outputs.
-    zero-shot carries the (C, E) unit-norm text embeddings of its C class prompts (`zero_shot.zero_shot_objective`)."""
+    zero-shot carries the (C, E) unit-norm text embeddings of its C class prompts (`zero_shot.zero_shot_objective`);
+    patch-fidelity the number of special tokens before the patches (`for_model`)."""
 
     name: str
     class_embeddings: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    num_special: int = field(default=1, compare=False, repr=False)
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -44,19 +51,30 @@ class Objective:
     @property
     def needs_reference(self) -> bool:
         """Whether each image is compared with the dense model's output on it."""
-        return self.name in ("agreement", "fidelity")
+        return self.name in ("agreement", "fidelity", "patch-fidelity")
+
+    @property
+    def needs_token_grid(self) -> bool:
+        """Whether every method must output features on the input token grid (Token Merging cannot)."""
+        return self.name == "patch-fidelity"
+
+    def for_model(self, model) -> "Objective":
+        """This objective with what it needs to know of `model` (its special tokens)."""
+        return dataclasses.replace(self, num_special=num_special_tokens(model.config))
 
     @property
     def unit(self) -> str:
         """What the reported number is, for tables and plots."""
         return {"accuracy": "top-1 accuracy (%)", "agreement": "top-1 agreement with dense (%)",
-                "fidelity": "cosine similarity to dense x 100", "zero-shot": "zero-shot top-1 accuracy (%)"}[self.name]
+                "fidelity": "cosine similarity to dense x 100",
+                "patch-fidelity": "patch-feature cosine similarity to dense x 100",
+                "zero-shot": "zero-shot top-1 accuracy (%)"}[self.name]
 
     @property
     def short(self) -> str:
         """Column title."""
         titles = {"accuracy": "top-1 %", "agreement": "agree. w/ dense %", "fidelity": "cos. to dense x100",
-                  "zero-shot": "zero-shot top-1 %"}
+                  "patch-fidelity": "patch cos. x100", "zero-shot": "zero-shot top-1 %"}
         return titles[self.name]
 
     def check(self, model, has_labels: bool) -> None:
@@ -74,13 +92,18 @@ class Objective:
         if self.name in ("accuracy", "agreement") and not is_classifier(type(model)):
             raise ValueError(f"objective {self.name!r} compares class predictions; {kind} has no classifier head "
                              "(use 'fidelity', which compares embeddings).")
-        if self.name == "fidelity" and is_classifier(type(model)):
-            raise ValueError(f"objective 'fidelity' compares embeddings of a feature extractor; {kind} is a "
+        if self.name in ("fidelity", "patch-fidelity") and is_classifier(type(model)):
+            raise ValueError(f"objective {self.name!r} compares features of a feature extractor; {kind} is a "
                              "classifier (use 'agreement' or 'accuracy').")
+        if self.needs_token_grid and not model.config.ats_dense_output:
+            raise ValueError("objective 'patch-fidelity' compares the patch features on the input token grid; set "
+                             "model.config.ats_dense_output = True (the command line does).")
 
     def reference(self, output) -> torch.Tensor:
         """What each image is compared with, from the dense model's `output`: (B,) predicted classes or (B, D)
         embeddings."""
+        if self.name == "patch-fidelity":
+            return output.last_hidden_state[:, self.num_special :]
         return output.logits.argmax(-1) if self.name == "agreement" else image_embedding(output)
 
     def scores(self, output, labels: torch.Tensor | None, reference: torch.Tensor | None) -> torch.Tensor:
@@ -89,6 +112,14 @@ class Objective:
         if self.name == "fidelity":
             embedding = image_embedding(output).float()
             return torch.nn.functional.cosine_similarity(embedding, reference.float(), dim=-1).double().cpu()
+        if self.name == "patch-fidelity":
+            patches = output.last_hidden_state[:, self.num_special :]
+            if patches.shape != reference.shape:
+                raise ValueError(f"objective 'patch-fidelity' needs every method's features on the input token grid "
+                                 f"{tuple(reference.shape)}; this one gives {tuple(patches.shape)} (Token Merging "
+                                 "merges tokens: leave it out).")
+            cosines = torch.nn.functional.cosine_similarity(patches.float(), reference.float(), dim=-1)
+            return cosines.mean(dim=-1).double().cpu()
         if self.name == "zero-shot":
             embedding = torch.nn.functional.normalize(output.image_embeds.float(), dim=-1)
             predicted = (embedding @ self.class_embeddings.to(embedding.device).T).argmax(-1)
