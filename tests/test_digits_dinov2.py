@@ -9,13 +9,13 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import ats_hf
 from ats_hf.benchmark import evaluate_method
-from ats_hf.data import DEFAULT_MODEL_DIR
+from ats_hf.data import DIGITS_DINOV2_REGISTERS_DIR
 from ats_hf.data import synthetic_digits as digits
 from ats_hf.flops import dense_gmacs, gmacs_per_image
 from ats_hf.methods import AtsMethod, dense_method
 from ats_hf_cli import main
 
-MODEL_DIR = DEFAULT_MODEL_DIR.parent / "digits_dinov2_registers"
+MODEL_DIR = DIGITS_DINOV2_REGISTERS_DIR
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ def test_patch_fidelity_is_the_mean_patch_cosine_of_the_dense_output(dinov2_back
     pixel_values = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     ats = AtsSettings((1, 2), 20)
     objective = Objective("patch-fidelity")
-    with pytest.raises(ValueError, match="set model.config.ats_dense_output = True"):
+    with pytest.raises(ValueError, match=r"set model\.config\.ats_dense_output = True"):
         evaluate_methods(model, [dense_method()], tensor_images(pixel_values), objective)
     model.config.ats_dense_output = True
     (dense, sampled), _ = evaluate_methods(model, [dense_method(), AtsMethod("ats", ats)], tensor_images(pixel_values),
