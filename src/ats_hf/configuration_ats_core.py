@@ -192,10 +192,23 @@ def num_special_tokens(config) -> int:
     return getattr(config, "ats_num_special_tokens", 1)
 
 
-def num_input_tokens(config, image_size: int | tuple[int, int] | None = None) -> int:
-    """Tokens entering the first encoder layer, special tokens included, for `image_size` (default: the config's)."""
-    rows, columns = patch_grid(config, image_size)
-    return rows * columns + num_special_tokens(config)
+def num_input_tokens(config, image_size: int | tuple[int, ...] | None = None) -> int:
+    """Tokens entering the first encoder layer, special tokens included, for an input of `image_size` (default: the
+    config's): an image's (height, width); a video family's (height, width) at its configured frame count, or
+    (frames, height, width). An ATS config answers for its family (`ats_num_input_tokens`; asked by name, since the
+    code saved for remote-code users may be loaded twice); another config is read as a ViT's."""
+    if hasattr(config, "ats_num_input_tokens"):
+        return config.ats_num_input_tokens(image_size)
+    return math.prod(patch_grid(config, image_size)) + num_special_tokens(config)
+
+
+def patch_values(config) -> int:
+    """Input values one patch token embeds (channels x patch pixels; a video tubelet's frames too), so that the patch
+    embedding costs `patch_values(config) * hidden_size` multiply-adds per patch token. An ATS config answers for
+    its family (`ats_patch_values`); another config is read as a ViT's."""
+    if hasattr(config, "ats_patch_values"):
+        return config.ats_patch_values
+    return config.num_channels * math.prod(patch_shape(config))
 
 
 def _pair(value) -> tuple[int, int]:
@@ -237,6 +250,21 @@ class AtsConfigMixin(AtsBaseModelTypesMixin):
     def ats_num_special_tokens(self) -> int:
         """Leading tokens that are always kept and never scored (1: CLS). Families with more override this."""
         return 1
+
+    def ats_patch_grid(self, input_size: int | tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Patch tokens along each axis of an input of `input_size` (default: the config's): (rows, columns) of an
+        image of (height, width). A video family adds its time axis in front."""
+        return patch_grid(self, input_size)
+
+    def ats_num_input_tokens(self, input_size: int | tuple[int, ...] | None = None) -> int:
+        """Tokens entering the first encoder layer for an input of `input_size` (see `ats_patch_grid`): the patch
+        tokens and the special tokens."""
+        return math.prod(self.ats_patch_grid(input_size)) + self.ats_num_special_tokens
+
+    @property
+    def ats_patch_values(self) -> int:
+        """Input values one patch token embeds: channels x patch height x patch width (a video tubelet: x frames)."""
+        return self.num_channels * math.prod(patch_shape(self))
 
     def __post_init__(self, **kwargs):
         if self.ats_layers is None:
@@ -348,4 +376,5 @@ __all__ = [
     "num_special_tokens",
     "patch_grid",
     "patch_shape",
+    "patch_values",
 ]

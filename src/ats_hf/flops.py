@@ -6,8 +6,9 @@ The count follows what the ATS models actually compute (see docs/how-ats-works.m
 - ATS layer, N_in tokens in and N_out out: q, k, v projections 3 N_in D^2; CLS attention row N_in D (the
   scoring overhead); attention of kept rows 2 N_out N_in D; output projection N_out D^2; MLP 2 N_out D I; with
   `ats_merge`, the key similarity of entering to kept rows N_in N_out D.
-- patch embedding (num_patches C p_h p_w D) and classifier head (D num_labels; a head on more than the CLS
-  feature, as DINOv2's CLS + mean, is counted at D num_labels too).
+- patch embedding (num_patches C p_h p_w D; ViViT's tubelets of p_t frames: num_patches C p_t p_h p_w D) and
+  classifier head (D num_labels; a head on more than the CLS feature, as DINOv2's CLS + mean, is counted at
+  D num_labels too).
 - Token Merging (`tome_gmacs`): every block runs q, k, v, attention and the output projection on the tokens entering
   it, the bipartite matching on the |A| |B| pairs of head-width keys (the N_in - S mergeable tokens in two alternating
   sets, about (N_in / 2)^2 pairs), and the MLP on the tokens left.
@@ -20,7 +21,7 @@ import torch
 from transformers import PretrainedConfig
 
 from .ats_sampling import tome_schedule
-from .configuration_ats_core import AtsSettings, num_special_tokens, patch_shape
+from .configuration_ats_core import AtsSettings, num_special_tokens, patch_values
 from .configuration_ats_core import num_input_tokens as input_token_count
 
 _ITEMS = ("patch_embedding", "projections", "attention", "mlp", "ats_scoring", "ats_merging", "head")
@@ -55,12 +56,12 @@ def mac_breakdown(
     with_head: bool = True,
     settings: AtsSettings | None = None,
 ) -> MacBreakdown:
-    """Itemised multiply-adds per image.
+    """Itemised multiply-adds per image (per video for a video family: one input of the batch).
 
     Args:
-        config: a ViT-family or ATS config (hidden_size, MLP width, patch_size, num_channels, num_labels).
+        config: a ViT-family or ATS config (hidden_size, MLP width, patch geometry, num_channels, num_labels).
         num_tokens: (B, num_hidden_layers) tokens each layer outputs per image (`output.num_tokens`).
-        num_input_tokens: tokens entering layer 0, CLS included; defaults to the config's image size.
+        num_input_tokens: tokens entering layer 0, CLS included; defaults to the config's input size.
         with_head: count the classifier (D x num_labels); False for a base model.
         settings: the ATS settings the counts were taken with (default: the config's).
     """
@@ -71,7 +72,6 @@ def mac_breakdown(
     hidden = float(config.hidden_size)
     if num_input_tokens is None:
         num_input_tokens = input_token_count(config)
-    patch_h, patch_w = patch_shape(config)
     tokens_in = torch.cat([counts.new_full((batch_size, 1), float(num_input_tokens)), counts[:, :-1]], dim=1)
     tokens_out = counts
     if settings is None:
@@ -91,7 +91,7 @@ def mac_breakdown(
     num_labels = float(config.num_labels) if with_head else 0.0
     patches = float(num_input_tokens - num_special_tokens(config))
     return MacBreakdown(
-        patch_embedding=torch.full((batch_size,), patches * config.num_channels * patch_h * patch_w * hidden),
+        patch_embedding=torch.full((batch_size,), patches * patch_values(config) * hidden),
         projections=projections.sum(dim=1),
         attention=attention.sum(dim=1),
         mlp=mlp.sum(dim=1),
@@ -112,7 +112,7 @@ def mlp_macs_per_token(config: PretrainedConfig) -> float:
 
 
 def gmacs_per_image(config: PretrainedConfig, num_tokens: torch.Tensor, **kwargs) -> torch.Tensor:
-    """(B,) GMACs per image; arguments as in `mac_breakdown`."""
+    """(B,) GMACs per image (per video for a video family); arguments as in `mac_breakdown`."""
     return mac_breakdown(config, num_tokens, **kwargs).gmacs
 
 
@@ -160,8 +160,7 @@ def tome_gmacs(config: PretrainedConfig, r: int | list[int], num_input_tokens: i
     hidden = config.hidden_size
     tokens = input_token_count(config) if num_input_tokens is None else num_input_tokens
     special = num_special_tokens(config)
-    patch_h, patch_w = patch_shape(config)
-    total = (tokens - special) * config.num_channels * patch_h * patch_w * hidden
+    total = (tokens - special) * patch_values(config) * hidden
     for merged in tome_schedule(r, config.num_hidden_layers, tokens, special):
         total += 4 * tokens * hidden**2 + 2 * tokens * tokens * hidden
         if merged:  # sets A and B: the even and odd positions after the special tokens

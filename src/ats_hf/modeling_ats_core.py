@@ -639,7 +639,7 @@ class AtsBaseModelMixin:
         raise NotImplementedError
 
     def ats_embed(self, pixel_values: torch.Tensor, **options) -> torch.Tensor:
-        """(B, C, H, W) pixels -> (B, N, D) the first layer's input."""
+        """(B, C, H, W) pixels (a video family: (B, T, C, H, W)) -> (B, N, D) the first layer's input."""
         raise NotImplementedError
 
     def ats_final_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -660,7 +660,7 @@ class AtsBaseModelMixin:
         layer (see `ats_sampling.tome_schedule`), never a special token.
 
         Args:
-            pixel_values: (B, C, H, W) images.
+            pixel_values: (B, C, H, W) images (a video family: (B, T, C, H, W) videos).
         Returns:
             The base model's output on the (B, M, D) merged rows: `last_hidden_state` after the final norm (special
             tokens first), `pooler_output`, `token_sizes` (B, M) and `num_tokens` (B, layers), the same for every
@@ -698,7 +698,8 @@ class AtsBaseModelMixin:
     ) -> AtsModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Images, as from the family's image processor.
+            Images, as from the family's image processor; a video family's videos, `(batch_size, num_frames,
+            num_channels, height, width)`.
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
             Patches to replace by the mask token (models built with `use_mask_token=True`; ViT, DeiT, DINOv2).
         interpolate_pos_encoding (`bool`, *optional*):
@@ -836,8 +837,9 @@ def _write_rows(grid: torch.Tensor, rows: torch.Tensor, state: TokenState) -> to
 
 
 class AtsViTStyleModelMixin(AtsBaseModelMixin):
-    """The base model of a ViT-style family (ViT, DeiT): `embeddings`, `layers`, `layernorm` and an optional
-    `pooler`, built from the family's classes (`ats_embeddings_class`, `ats_layer_class`, `ats_pooler_class`)."""
+    """The base model of a ViT-style family (ViT, DeiT, ViViT): `embeddings`, `layers`, `layernorm` and an optional
+    `pooler`, built from the family's classes (`ats_embeddings_class`, `ats_layer_class`, `ats_pooler_class`).
+    Embeddings that take `bool_masked_pos` are built with `use_mask_token`; others (ViViT's) from the config alone."""
 
     ats_embeddings_class: type
     ats_layer_class: type
@@ -847,7 +849,8 @@ class AtsViTStyleModelMixin(AtsBaseModelMixin):
         super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
 
     def ats_build(self, config, add_pooling_layer: bool = True, use_mask_token: bool = False) -> None:
-        self.embeddings = self.ats_embeddings_class(config, use_mask_token=use_mask_token)
+        masking = "bool_masked_pos" in self.ats_embedding_options
+        self.embeddings = self.ats_embeddings_class(config, **({"use_mask_token": use_mask_token} if masking else {}))
         self.layers = nn.ModuleList([self.ats_layer_class(config, index) for index in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = self.ats_pooler_class(config) if add_pooling_layer else None
