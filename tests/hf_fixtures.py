@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from conftest import peaky_weights_, tiny_model, tiny_plain_vit
 from PIL import Image
-from transformers import ViTImageProcessorPil
+from transformers import ViTImageProcessorPil, VivitImageProcessor
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run_image_classification.py"
 CLASS_COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 220)}
@@ -20,6 +20,26 @@ CLASS_COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 220
 
 def tiny_image_processor() -> ViTImageProcessorPil:
     return ViTImageProcessorPil(size={"height": 32, "width": 32})
+
+
+def tiny_video_processor() -> VivitImageProcessor:
+    """ViViT's processor (frames resized and cropped to 32 px), which its video-classification pipeline uses."""
+    return VivitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def write_video(path: Path, seed: int, num_frames: int = 10, size: tuple[int, int] = (40, 36)) -> Path:
+    """An MPEG-4 file of `num_frames` noise frames of `size` (width, height), written with PyAV (`av`)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for _ in range(num_frames):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return path
 
 
 def save_plain_vit(directory: Path, num_labels: int = 3) -> Path:

@@ -14,7 +14,7 @@ from ats_hf_common import grammar
 
 SOURCE = Path(ats_hf.__file__).parent
 FAMILY_FILES = {f"{kind}_ats_{name}.py" for kind in ("configuration", "modeling") for name in ("vit", "deit", "dinov2",
-                                                                                                 "clip")}
+                                                                                                 "clip", "vivit")}
 MODEL_FILES = FAMILY_FILES | {"configuration_ats_core.py", "modeling_ats_core.py", "ats_sampling.py"}
 
 
@@ -56,7 +56,7 @@ def test_no_tool_imports_a_family_module():
 
 
 def test_family_class_names_appear_only_in_their_files_the_registry_and_the_package():
-    other_families = re.compile(r"\bAts(DeiT|Dinov2|CLIP)\w*")
+    other_families = re.compile(r"\bAts(DeiT|Dinov2|CLIP|Vivit)\w*")
     for path in [*SOURCE.rglob("*.py"), *Path(ats_hf_cli.__file__).parent.rglob("*.py"),
                  *Path(ats_hf_common.__file__).parent.rglob("*.py")]:
         if path.parent == SOURCE and path.name in FAMILY_FILES | {"families.py", "__init__.py"}:

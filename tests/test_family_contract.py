@@ -1,21 +1,23 @@
-"""The contract every image-classifier family of the registry keeps, checked on transformers' own checkpoints of
-each (`family_cases.CASES`): without ATS it is the upstream model; batches do not change any image's result; the
-static mode equals the adaptive one when everything fits; the dense grid; running on from a dense prefix; save and
-load; the Auto classes and the pipeline; remote code where ats_hf cannot be imported; GMACs against
-FlopCounterMode. What only one family has (its heads, special tokens, loading formats) stays in its own test file."""
+"""The contract every classifier family of the registry keeps (of images, and ViViT's of videos), checked on
+transformers' own checkpoints of each (`family_cases.CASES`): without ATS it is the upstream model; batches do not
+change any input's result; the static mode equals the adaptive one when everything fits; the dense grid; running on
+from a dense prefix; save and load; the Auto classes and the pipeline; remote code where ats_hf cannot be imported;
+GMACs against FlopCounterMode. What only one family has (its heads, special tokens, loading formats) stays in its own
+test file."""
 
 import json
 import textwrap
 
 import pytest
 import torch
+import transformers
 from family_cases import CASES
-from hf_fixtures import random_image, run_without_ats_hf
+from hf_fixtures import run_without_ats_hf
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModelForImageClassification, pipeline
+from transformers import pipeline
 
 from ats_hf import AtsSettings
-from ats_hf.families import CLASSIFY, FAMILIES, family_named, family_of
+from ats_hf.families import FAMILIES, family_named, family_of
 from ats_hf.flops import mac_breakdown
 from ats_hf.hub.checkpoint import load_ats_classifier, save_ats_checkpoint
 
@@ -23,7 +25,7 @@ IDS = [case.name for case in CASES]
 
 
 def test_every_classifier_family_has_a_contract_case():
-    classifiers = {family.name for family in FAMILIES if CLASSIFY in family.capabilities}
+    classifiers = {family.name for family in FAMILIES if family.classifier is not None}
     assert classifiers == {case.family for case in CASES}
 
 
@@ -41,8 +43,9 @@ def ats(folder, **settings):
 
 
 @pytest.fixture
-def batch():
-    return torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+def batch(case):
+    """Six random inputs of the case (images or videos)."""
+    return case[0].inputs(6, seed=5)
 
 
 def kept(output, index: int) -> list[list[int]]:
@@ -53,7 +56,7 @@ def test_the_registry_picks_the_family_class(case):
     family_case, folder = case
     model = load_ats_classifier(folder)
     assert family_of(model) is family_named(family_case.family)
-    assert type(model) in family_named(family_case.family).auto_models["AutoModelForImageClassification"]
+    assert type(model) in family_named(family_case.family).auto_models[family_case.auto_class]
     assert model.config.ats_num_special_tokens == family_case.num_special
 
 
@@ -126,7 +129,7 @@ def test_running_on_from_a_dense_prefix_equals_the_whole_pass(case, batch):
 def test_save_load_and_the_auto_class_give_the_same_model(case, batch, tmp_path):
     model = ats(case[1], layers=[1, 3], max_tokens=[20, 0.25], sampler="top_k")
     model.save_pretrained(tmp_path)
-    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    loaded = getattr(transformers, case[0].auto_class).from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model) and loaded.ats_settings == model.ats_settings
     with torch.no_grad():
         assert torch.equal(loaded(batch).logits, model(batch).logits)
@@ -134,11 +137,11 @@ def test_save_load_and_the_auto_class_give_the_same_model(case, batch, tmp_path)
 
 def test_the_pipeline_in_batches_equals_one_image_at_a_time(case, tmp_path):
     model = ats(case[1])
-    save_ats_checkpoint(model, tmp_path, load_processor(case[1]))
-    classifier = pipeline("image-classification", model=str(tmp_path))
-    images = [random_image(seed) for seed in range(3)]
-    together = classifier(images, batch_size=2, top_k=2)
-    alone = [classifier(image, top_k=2) for image in images]
+    save_ats_checkpoint(model, tmp_path / "checkpoint", load_processor(case[1]))
+    classifier = pipeline(case[0].task, model=str(tmp_path / "checkpoint"))
+    inputs = case[0].pipeline_inputs(tmp_path, 3)
+    together = classifier(inputs, batch_size=2, top_k=2)
+    alone = [classifier(one, top_k=2) for one in inputs]
     for batched, single in zip(together, alone, strict=True):
         assert [r["label"] for r in batched] == [r["label"] for r in single]
         assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in single], abs=1e-6)
@@ -154,10 +157,10 @@ REMOTE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import torch
-    from transformers import AutoModelForImageClassification
+    import transformers
 
-    checkpoint, pixels, outputs = sys.argv[1:]
-    model = AutoModelForImageClassification.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    checkpoint, pixels, outputs, auto_class = sys.argv[1:]
+    model = getattr(transformers, auto_class).from_pretrained(checkpoint, trust_remote_code=True).eval()
     with torch.no_grad():
         result = model(pixel_values=torch.load(pixels))
     torch.save({"logits": result.logits, "num_tokens": result.num_tokens,
@@ -172,7 +175,7 @@ def test_remote_code_where_ats_hf_cannot_be_imported_gives_the_same_outputs(case
     save_ats_checkpoint(model, tmp_path / "checkpoint", load_processor(case[1]))
     torch.save(batch, tmp_path / "pixels.pt")
     run = run_without_ats_hf(REMOTE_SCRIPT, tmp_path / "checkpoint", tmp_path / "pixels.pt", tmp_path / "out.pt",
-                             cwd=tmp_path)
+                             case[0].auto_class, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["module"].startswith("transformers_modules.") and seen["ats_hf"] == []
@@ -189,7 +192,7 @@ def test_gmacs_equal_what_flop_counter_mode_counts(case, settings):
     model = ats(case[1], **settings)
     model.set_attn_implementation("eager")  # FlopCounterMode does not see inside CPU sdpa kernels
     base = model.base_model
-    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    image = case[0].inputs(1, seed=3)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         output = base(image)
     measured = counter.get_total_flops() / 2 / 1e9

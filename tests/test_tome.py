@@ -1,5 +1,5 @@
-"""Token Merging (the ToMe baseline) on every model of every image family: r = 0 is the model, special tokens never
-merge, the schedule, batches, size-weighted pooling, GMACs, one compiled graph."""
+"""Token Merging (the ToMe baseline) on every model of every family (images, and ViViT's videos): r = 0 is the model,
+special tokens never merge, the schedule, batches, size-weighted pooling, GMACs, one compiled graph."""
 
 from itertools import accumulate
 
@@ -49,13 +49,13 @@ def float_fields(output) -> dict[str, torch.Tensor]:
     return {name: value for name, value in output.items() if torch.is_tensor(value) and value.is_floating_point()}
 
 
-def test_every_image_family_has_tome():
-    image_families = {case.family for case in CASES}
-    assert {family.name for family in FAMILIES if TOME in family.capabilities} == image_families
+def test_every_family_with_a_classifier_has_tome():
+    assert {family.name for family in FAMILIES if TOME in family.capabilities} == {case.family for case in CASES}
 
 
 @pytest.mark.parametrize("case, model_class", KINDS, ids=KIND_IDS)
-def test_r_zero_is_the_dense_model_whatever_its_ats_settings(saved, case, model_class, images):
+def test_r_zero_is_the_dense_model_whatever_its_ats_settings(saved, case, model_class):
+    images = case.inputs(6, seed=1)  # images or videos
     model = load(model_class, saved(case))
     model.set_ats(layers=[1, 2], max_tokens=0.5)  # ToMe ignores them and runs every token
     assert supports_tome(model)
@@ -73,7 +73,8 @@ def test_r_zero_is_the_dense_model_whatever_its_ats_settings(saved, case, model_
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_special_tokens_are_never_merged(saved, case, images):
+def test_special_tokens_are_never_merged(saved, case):
+    images = case.inputs(6, seed=1)
     model = load(family_named(case.family).base_model, saved(case))
     num_special, num_tokens = case.num_special, case.num_tokens
     layer = model.ats_encoder_layers[0]
@@ -97,7 +98,8 @@ def test_special_tokens_are_never_merged(saved, case, images):
 
 
 @pytest.mark.parametrize("case, model_class", KINDS, ids=KIND_IDS)
-def test_a_batch_gives_every_image_what_it_gets_alone(saved, case, model_class, images):
+def test_a_batch_gives_every_image_what_it_gets_alone(saved, case, model_class):
+    images = case.inputs(6, seed=1)
     model = load(model_class, saved(case))
     with torch.no_grad():
         together = tome_forward(model, images, 6)
@@ -242,7 +244,8 @@ def test_the_benchmark_runs_tome_on_another_family(saved, images):
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_tome_classifier_compiles_in_one_graph_with_the_same_logits(saved, case, images):
+def test_tome_classifier_compiles_in_one_graph_with_the_same_logits(saved, case):
+    images = case.inputs(6, seed=1)
     torch._dynamo.reset()
     module = TomeClassifier(load(family_named(case.family).classifier, saved(case)), 6).eval()
     compiled = torch.compile(module, fullgraph=True, dynamic=False, backend="eager")  # fails on any graph break

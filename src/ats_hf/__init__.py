@@ -1,4 +1,5 @@
-"""ats_hf: Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for HuggingFace transformers ViT-family models.
+"""ats_hf: Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for HuggingFace transformers ViT-family models
+(images and ViViT's videos).
 
 Importing the package registers every family of the registry (`ats_hf.families`: `ats_vit`, `ats_deit`, ...) with
 AutoConfig, AutoModel and its task auto classes, and marks the classes so that `save_pretrained` writes the modeling
@@ -19,6 +20,7 @@ from .configuration_ats_core import AtsSettings
 from .configuration_ats_deit import AtsDeiTConfig
 from .configuration_ats_dinov2 import AtsDinov2Config
 from .configuration_ats_vit import AtsViTConfig
+from .configuration_ats_vivit import AtsVivitConfig
 from .families import FAMILIES, register_families
 from .modeling_ats_clip import (
     AtsCLIPForImageClassification,
@@ -30,6 +32,7 @@ from .modeling_ats_core import AtsImageClassifierOutput, AtsModelOutput, AtsPreT
 from .modeling_ats_deit import AtsDeiTForImageClassification, AtsDeiTForImageClassificationWithTeacher, AtsDeiTModel
 from .modeling_ats_dinov2 import AtsDinov2ForImageClassification, AtsDinov2Model
 from .modeling_ats_vit import AtsViTForImageClassification, AtsViTModel, AtsViTModelOutput, AtsViTPreTrainedModel
+from .modeling_ats_vivit import AtsVivitForVideoClassification, AtsVivitModel
 
 __version__ = "0.2.0"
 
@@ -82,6 +85,9 @@ __all__ = [
     "AtsViTModel",
     "AtsViTModelOutput",
     "AtsViTPreTrainedModel",
+    "AtsVivitConfig",
+    "AtsVivitForVideoClassification",
+    "AtsVivitModel",
     "convert_to_ats",
     "inverse_transform_sampling",
     "load_ats_classifier",

@@ -17,6 +17,7 @@ from .configuration_ats_clip import AtsCLIPConfig, AtsCLIPVisionConfig
 from .configuration_ats_deit import AtsDeiTConfig
 from .configuration_ats_dinov2 import AtsDinov2Config
 from .configuration_ats_vit import AtsViTConfig
+from .configuration_ats_vivit import AtsVivitConfig
 from .modeling_ats_clip import (
     AtsCLIPForImageClassification,
     AtsCLIPModel,
@@ -27,9 +28,11 @@ from .modeling_ats_core import AtsClassifierMixin
 from .modeling_ats_deit import AtsDeiTForImageClassification, AtsDeiTForImageClassificationWithTeacher, AtsDeiTModel
 from .modeling_ats_dinov2 import AtsDinov2ForImageClassification, AtsDinov2Model
 from .modeling_ats_vit import AtsViTForImageClassification, AtsViTModel
+from .modeling_ats_vivit import AtsVivitForVideoClassification, AtsVivitModel
 
-CLASSIFY, FEATURES, ZERO_SHOT, TOME = "classify", "features", "zero-shot", "tome"
+CLASSIFY, FEATURES, ZERO_SHOT, TOME, VIDEO = "classify", "features", "zero-shot", "tome", "video"
 IMAGE_CLASSIFICATION = "AutoModelForImageClassification"
+VIDEO_CLASSIFICATION = "AutoModelForVideoClassification"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ class Family:
         special_tokens: the tokens before the patches that ATS always keeps and never scores.
         head: what the task head computes.
         capabilities: what the tools support: CLASSIFY (image classification), FEATURES (embeddings), ZERO_SHOT,
-            TOME (the Token Merging baseline: `ats_hf.tome`, on every model class of the family).
+            TOME (the Token Merging baseline: `ats_hf.tome`, on every model class of the family); VIDEO: the inputs
+            are videos, (B, T, C, H, W), and the classifier classifies videos (`video-classification`), which the
+            image tools (benchmark, tune, calibrate, visualize) do not take.
         aliases: more upstream architecture names the family's classes read (beyond each class's upstream parent).
         classifier_family: the family whose image classifier reads this family's checkpoints, when it has none of
             its own (CLIP's image-text model: the vision tower's classifier), for fine-tuning a new head.
@@ -72,8 +77,9 @@ class Family:
 
     @property
     def classifier(self) -> type | None:
-        """The default image classifier of the family (None if it has none)."""
-        return self.auto_models.get(IMAGE_CLASSIFICATION, (None,))[0]
+        """The default classifier of the family: of images, or of videos for a video family (None if it has none)."""
+        classifiers = self.auto_models.get(IMAGE_CLASSIFICATION) or self.auto_models.get(VIDEO_CLASSIFICATION)
+        return classifiers[0] if classifiers else None
 
     @property
     def architectures(self) -> dict[str, type]:
@@ -150,6 +156,17 @@ FAMILIES = (
         capabilities=frozenset({ZERO_SHOT}),
         classifier_family="clip",
     ),
+    Family(
+        name="vivit",
+        title="ViViT",
+        config_class=AtsVivitConfig,
+        base_model=AtsVivitModel,
+        models=(AtsVivitModel, AtsVivitForVideoClassification),
+        auto_models={VIDEO_CLASSIFICATION: (AtsVivitForVideoClassification,)},
+        special_tokens="CLS",
+        head="a linear layer on the final CLS token",
+        capabilities=frozenset({VIDEO, TOME}),
+    ),
 )
 
 
@@ -190,7 +207,7 @@ def supported_model_types() -> tuple[str, ...]:
 def model_class_for(config_dict: dict) -> type:
     """The ATS class that reads a checkpoint, from its config dict: the class its `architectures` names (ATS or
     upstream name; a full CLIP checkpoint's vision part is read by the CLIP vision classes too), else the family's
-    default image classifier, else its base model. `ValueError` for an unsupported model type."""
+    default classifier (of images, or of videos), else its base model. `ValueError` for an unsupported model type."""
     model_type = config_dict.get("model_type")
     family = family_for_model_type(model_type)
     candidates = [family] + [f for f in FAMILIES if f is not family and model_type in f.model_types]
@@ -204,8 +221,9 @@ def model_class_for(config_dict: dict) -> type:
 
 
 def classifier_for(model_class: type) -> type | None:
-    """The image classifier that reads checkpoints of `model_class` (the same family's default classifier, or that of
-    `classifier_family`), for fine-tuning a new head; None when there is none."""
+    """The classifier (of images, or of videos for a video family) that reads checkpoints of `model_class` (the same
+    family's default classifier, or that of `classifier_family`), for fine-tuning a new head; None when there is
+    none."""
     family = family_of(model_class)
     if family.classifier is None and family.classifier_family is not None:
         family = family_named(family.classifier_family)
@@ -213,8 +231,14 @@ def classifier_for(model_class: type) -> type | None:
 
 
 def is_classifier(model_class: type) -> bool:
-    """Whether an ATS model class is an image classifier (a head over the base model's outputs)."""
+    """Whether an ATS model class is a classifier (a head over the base model's outputs) of images, or of videos for a
+    video family."""
     return issubclass(model_class, AtsClassifierMixin)
+
+
+def takes_videos(model_or_config) -> bool:
+    """Whether an ATS model, config or class belongs to a video family (inputs (B, T, C, H, W))."""
+    return VIDEO in family_of(model_or_config).capabilities
 
 
 def register_families() -> None:
@@ -250,6 +274,7 @@ __all__ = [
     "FAMILIES",
     "FEATURES",
     "TOME",
+    "VIDEO",
     "ZERO_SHOT",
     "Family",
     "classifier_for",
@@ -260,4 +285,5 @@ __all__ = [
     "model_class_for",
     "register_families",
     "supported_model_types",
+    "takes_videos",
 ]

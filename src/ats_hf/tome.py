@@ -1,6 +1,6 @@
 """Token Merging (ToMe; Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023) as a baseline, written here
-from the paper's description, on the same weights as ATS, for every image family of the registry (ViT, distilled
-DeiT, DINOv2 with or without registers, CLIP's vision tower).
+from the paper's description, on the same weights as ATS, for every family of the registry with ToMe (ViT, distilled
+DeiT, DINOv2 with or without registers, CLIP's vision tower, and ViViT on videos).
 
 In every block, between attention and MLP, ToMe merges `r` pairs of similar tokens (`ats_sampling.bipartite_merge`):
 the tokens are split into two alternating sets A and B, each A token finds its most similar B token (cosine
@@ -28,8 +28,8 @@ PROPORTIONAL_ATTENTION = ("eager", "sdpa")
 
 
 def supports_tome(model: nn.Module) -> bool:
-    """Whether `tome_forward` can run `model`: an ATS model of a family with ToMe (every image family; not CLIP's
-    image-text model)."""
+    """Whether `tome_forward` can run `model`: an ATS model of a family with ToMe (every image family and ViViT; not
+    CLIP's image-text model)."""
     try:
         return TOME in family_of(model).capabilities
     except ValueError:
@@ -39,7 +39,7 @@ def supports_tome(model: nn.Module) -> bool:
 def _check_tome(model: nn.Module) -> None:
     if not supports_tome(model):
         raise ValueError(
-            f"ToMe runs on the ATS models of every image family (ViT, DeiT, DINOv2, CLIP vision), not "
+            f"ToMe runs on the ATS models of every image family (ViT, DeiT, DINOv2, CLIP vision) and ViViT, not "
             f"{type(model).__name__}; load a transformers checkpoint with its ATS class (same weights)."
         )
     implementation = model.config._attn_implementation
@@ -56,7 +56,7 @@ def tome_forward(model: nn.Module, pixel_values: torch.Tensor, r: int | list[int
 
     Args:
         model: an ATS base model, image classifier or CLIP's projection model (see `supports_tome`).
-        pixel_values: (B, C, H, W) images.
+        pixel_values: (B, C, H, W) images (ViViT: (B, T, C, H, W) videos).
     Returns:
         The output the model's own forward returns (`logits`, with distilled DeiT's `cls_logits` and
         `distillation_logits`; or `last_hidden_state` (B, M, D) of the merged rows after the final norm, special
@@ -69,8 +69,9 @@ def tome_forward(model: nn.Module, pixel_values: torch.Tensor, r: int | list[int
 
 
 class TomeClassifier(nn.Module):
-    """`model` (an ATS image classifier of any family, shared, not copied) run with Token Merging as one module, for
-    torch.compile and ONNX export: forward((B, C, H, W) pixel values) -> (B, num_labels) logits."""
+    """`model` (an ATS classifier of any family with ToMe, shared, not copied) run with Token Merging as one module,
+    for torch.compile and ONNX export: forward((B, C, H, W) pixel values; ViViT's (B, T, C, H, W)) -> (B, num_labels)
+    logits."""
 
     def __init__(self, model: nn.Module, r: int | list[int]):
         super().__init__()

@@ -1,9 +1,9 @@
 """Loading, saving and uploading ATS checkpoints of every family (Hub ids or local folders).
 
 Which ATS class reads a checkpoint is the registry's answer (`ats_hf.families.model_class_for`): the class its
-`architectures` names, plain or ATS. A tool that needs an image classifier (`load_ats_classifier`) refuses a
-backbone, or a classifier whose head would be randomly initialised, instead of reporting accuracies of random
-weights.
+`architectures` names, plain or ATS. A tool that needs a classifier (`load_ats_classifier`) refuses a backbone, or a
+classifier whose head would be randomly initialised, instead of reporting accuracies of random weights. The image
+tools' loaders (`load_classifier_and_processor`, `load_model_and_processor`) refuse a video model (ViViT).
 """
 
 import os
@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig
 
 from ats_hf_common.paths import check_source
 
-from ..families import classifier_for, is_classifier, model_class_for
+from ..families import classifier_for, family_of, is_classifier, model_class_for, takes_videos
 from .model_card import write_model_card
 
 UPLOAD_IGNORE = ["checkpoint-*", "_*"]
@@ -44,7 +44,8 @@ def load_ats_model(source: str | os.PathLike, **kwargs):
 
 
 def load_ats_classifier(source: str | os.PathLike, *, allow_new_head: bool = False, **kwargs):
-    """`load_ats_model` for a checkpoint that must be an image classifier with a trained head: a backbone (e.g. a
+    """`load_ats_model` for a checkpoint that must be a classifier (of images; of videos for a video family) with a
+    trained head: a backbone (e.g. a
     `ViTModel` or `CLIPModel` checkpoint), or a checkpoint whose head weights are missing, raises `ValueError`
     instead of loading a randomly initialised head. With `allow_new_head` (fine-tuning), a backbone loads into its
     family's image classifier and a missing head is initialised, as transformers does."""
@@ -74,20 +75,34 @@ def load_ats_classifier(source: str | os.PathLike, *, allow_new_head: bool = Fal
 
 
 def load_classifier_and_processor(source: str | os.PathLike, **kwargs):
-    """(`load_ats_classifier(source, **kwargs)` in eval mode, the checkpoint's image processor)."""
-    model = load_ats_classifier(source, **kwargs).eval()
+    """(`load_ats_classifier(source, **kwargs)` in eval mode, the checkpoint's image processor), for the image tools:
+    a video model raises `ValueError`."""
+    check_source(source)
     hub_kwargs = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
+    _refuse_videos(source, ats_model_class(source, **hub_kwargs))
+    model = load_ats_classifier(source, **kwargs).eval()
     return model, AutoImageProcessor.from_pretrained(source, **hub_kwargs)
 
 
 def load_model_and_processor(source: str | os.PathLike, **kwargs):
-    """(the ATS model a checkpoint holds in eval mode, its image processor): a classifier checked as by
-    `load_ats_classifier`, or a feature extractor (base model, CLIP's projection model) as `load_ats_model` loads it."""
+    """(the ATS model a checkpoint holds in eval mode, its image processor), for the image tools: a classifier
+    checked as by `load_ats_classifier`, or a feature extractor (base model, CLIP's projection model) as
+    `load_ats_model` loads it; a video model raises `ValueError`."""
     check_source(source)
     hub_kwargs = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
-    if is_classifier(ats_model_class(source, **hub_kwargs)):
+    model_class = ats_model_class(source, **hub_kwargs)
+    _refuse_videos(source, model_class)
+    if is_classifier(model_class):
         return load_classifier_and_processor(source, **kwargs)
     return load_ats_model(source, **kwargs).eval(), AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+
+
+def _refuse_videos(source, model_class: type) -> None:
+    if takes_videos(model_class):
+        raise ValueError(
+            f"{os.fspath(source)!r} is a {family_of(model_class).title} model, which takes videos; this tool takes "
+            "image models (run a video model from Python: docs/family-vivit.md)."
+        )
 
 
 def save_ats_checkpoint(

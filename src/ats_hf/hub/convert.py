@@ -19,7 +19,7 @@ from transformers import AutoImageProcessor, AutoProcessor, PretrainedConfig
 
 from ats_hf_common.paths import check_target
 
-from ..families import ZERO_SHOT, family_of, is_classifier
+from ..families import ZERO_SHOT, family_of, is_classifier, takes_videos
 from ..flops import gmacs_per_image
 from ..modeling_ats_core import AtsBaseModelMixin
 from .checkpoint import load_ats_model, push_checkpoint, save_ats_checkpoint
@@ -56,7 +56,7 @@ def convert_to_ats(
             model, or to the `base_model` in the card of an ATS `source`.
         license: for the card; defaults to the license in `source`'s card, if it can be read.
         measure_gmacs_on: a directory of images (searched recursively): their mean GMACs per image with ATS goes on
-            the card.
+            the card (image models only).
         push_to_hub: a Hub repo id to upload the directory to (huggingface_hub `create_repo` + `upload_folder`).
         private: visibility of a repo that `push_to_hub` creates.
         config_overrides: config fields to set, e.g. `ats_layers=[3, 4, 5]`, `ats_max_tokens=0.5`,
@@ -71,6 +71,11 @@ def convert_to_ats(
                 if name in config_overrides}
     model = load_ats_model(source, **config_overrides).eval()
     model.set_ats(**settings)
+    if images is not None and takes_videos(model):
+        raise ValueError(
+            f"measure_gmacs_on takes images, and {family_of(model).title} takes videos: measure its GMACs per video "
+            "with ats_hf.flops.gmacs_per_image(model.config, outputs.num_tokens) on your videos."
+        )
     processor = _load_processor(image_processor or source, zero_shot=ZERO_SHOT in family_of(model).capabilities)
     source_card = _read_card(source)
     if base_model is None:

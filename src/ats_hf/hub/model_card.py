@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import PretrainedConfig
 
 from ..configuration_ats_core import num_input_tokens, num_special_tokens
-from ..families import ZERO_SHOT, family_of, is_classifier, model_class_for
+from ..families import ZERO_SHOT, family_of, is_classifier, model_class_for, takes_videos
 from ..flops import dense_gmacs
 
 TAGS = ["vision", "adaptive-token-sampling", "ats_hf"]
@@ -59,7 +59,7 @@ def build_model_card(
         license=license or "unknown",
         base_model=base_model,
         datasets=datasets or None,
-        tags=[TAGS[0], task, *TAGS[1:]],
+        tags=[TAGS[0], *([task] if task else []), *TAGS[1:]],
     )
     sections = [
         _title(config, model_id, base_model),
@@ -73,12 +73,20 @@ def build_model_card(
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
 
-def _task(config: PretrainedConfig) -> str:
-    """The pipeline task of the checkpoint: what the class its `architectures` names does."""
+def _task(config: PretrainedConfig) -> str | None:
+    """The pipeline task of the checkpoint: what the class its `architectures` names does (None for a video backbone:
+    transformers has no pipeline for video features)."""
     model_class = model_class_for(config.to_dict())
     if ZERO_SHOT in family_of(model_class).capabilities:
         return "zero-shot-image-classification"
+    if takes_videos(model_class):
+        return "video-classification" if is_classifier(model_class) else None
     return "image-classification" if is_classifier(model_class) else "image-feature-extraction"
+
+
+def _input_kind(config: PretrainedConfig) -> str:
+    """What one input of the model is: "video" for a video family, else "image"."""
+    return "video" if takes_videos(config) else "image"
 
 
 def write_model_card(save_directory: str | os.PathLike, config: PretrainedConfig, **kwargs) -> Path:
@@ -96,6 +104,7 @@ def _title(config: PretrainedConfig, model_id: str, base_model: str | None) -> s
     config = _ats_config(config)
     source = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"A {family} model"
     adaptive = "" if config.ats_layers else f" (`ats_layers` is empty: this checkpoint runs as a plain {family})"
+    kind = _input_kind(config)
     return (
         f"# {name}\n\n"
         f"{source} with **Adaptive Token Sampling** (ATS; Fayyaz et al., ECCV 2022){adaptive}, packaged with "
@@ -103,8 +112,8 @@ def _title(config: PretrainedConfig, model_id: str, base_model: str | None) -> s
         "ATS is parameter-free. In each ATS layer, every patch token gets a significance score (the CLS token's "
         "attention to it, summed over heads, times the norm of its value vector); inverse-transform sampling of the "
         "scores' cumulative distribution picks the tokens to keep, and the others leave the sequence. The number "
-        "of kept tokens therefore differs per image: easy images cost less. Outputs carry `num_tokens` (tokens "
-        "per layer per image) and `sampled_token_indices` (the patch positions each ATS layer kept).\n"
+        f"of kept tokens therefore differs per {kind}: easy {kind}s cost less. Outputs carry `num_tokens` (tokens "
+        f"per layer per {kind}) and `sampled_token_indices` (the patch positions each ATS layer kept).\n"
     )
 
 
@@ -147,19 +156,20 @@ def _compute_section(
     config: PretrainedConfig, base_model: str | None, ats_gmacs: float | None, measured_on: str | None
 ) -> str:
     dense = dense_gmacs(_ats_config(config), with_head=is_classifier(model_class_for(config.to_dict())))
+    kind = _input_kind(config)
     dense_name = f"dense ({base_model})" if base_model else "dense (same weights, no token sampling)"
     rows = [f"| {dense_name} | {dense:.4g} | |"]
     if ats_gmacs is None:
         note = (
-            "The ATS cost depends on the image and was not measured for this card. Measure it on your data: "
-            "`ats_hf.flops.gmacs_per_image(model.config, outputs.num_tokens)` gives GMACs per image.\n"
+            f"The ATS cost depends on the {kind} and was not measured for this card. Measure it on your data: "
+            f"`ats_hf.flops.gmacs_per_image(model.config, outputs.num_tokens)` gives GMACs per {kind}.\n"
         )
     else:
         rows.append(f"| ATS (mean over {measured_on}) | {ats_gmacs:.4g} | {100 * (ats_gmacs / dense - 1):+.1f}% |")
         note = ""
     return (
-        '## Compute per image\n\nMultiply-adds per image in GMACs (the papers\' "GFLOPs").\n\n'
-        "| model | GMACs per image | vs dense |\n|---|---|---|\n" + "\n".join(rows) + "\n\n" + note
+        f'## Compute per {kind}\n\nMultiply-adds per {kind} in GMACs (the papers\' "GFLOPs").\n\n'
+        f"| model | GMACs per {kind} | vs dense |\n|---|---|---|\n" + "\n".join(rows) + "\n\n" + note
     )
 
 
@@ -174,19 +184,22 @@ _PIPELINES = {  # task -> (the variable the snippet names, its call)
     "image-classification": ("classifier", 'classifier("image.jpg", top_k=5)'),
     "image-feature-extraction": ("extractor", 'extractor("image.jpg")  # (1, tokens, hidden_size) per image'),
     "zero-shot-image-classification": ("classifier", 'classifier("image.jpg", candidate_labels=["a cat", "a dog"])'),
+    "video-classification": ("classifier", 'classifier("video.mp4", top_k=5)  # decoding a file needs PyAV (av)'),
 }
 _AUTO_CLASSES = {
     "image-classification": "AutoModelForImageClassification",
     "image-feature-extraction": "AutoModel",
     "zero-shot-image-classification": "AutoModel",
+    "video-classification": "AutoModelForVideoClassification",
+    None: "AutoModel",  # a video backbone
 }
 
 
-def _usage_section(model_id: str, config, task: str) -> str:
+def _usage_section(model_id: str, config, task: str | None) -> str:
     configuration_file = type(config).__module__.rsplit(".", 1)[-1] + ".py"
     modeling_file = configuration_file.replace("configuration_", "modeling_", 1)
     auto_class = _AUTO_CLASSES[task]
-    variable, call = _PIPELINES[task]
+    kind = _input_kind(config)
     if task == "zero-shot-image-classification":
         inputs = 'processor(text=["a cat", "a dog"], images=Image.open("image.jpg"), return_tensors="pt", padding=True)'
         ats_outputs = "outputs.vision_model_output"
@@ -194,9 +207,36 @@ def _usage_section(model_id: str, config, task: str) -> str:
     else:
         inputs, ats_outputs, processor_class = 'processor(Image.open("image.jpg"), return_tensors="pt")', "outputs", (
             "AutoImageProcessor")
-    return f"""## Usage
+    source, frames = "from PIL import Image\n", ""
+    if kind == "video":
+        inputs, source = 'processor(frames, return_tensors="pt")', ""
+        frames = "frames = ...  # the video's model.config.num_frames RGB frames: (height, width, 3) uint8 arrays\n"
+    pipelines = "" if task is None else _pipeline_usage(model_id, config, task)
+    return f"## Usage\n\n{pipelines}" + f"""\
+`trust_remote_code=True` executes this repository's `{configuration_file}` and `{modeling_file}` (and the ATS core
+they import: `configuration_ats_core.py`, `modeling_ats_core.py` and `ats_sampling.py`) on your machine. Read them
+before you run them, and pin the revision you read (`revision="<commit sha>"`) so that a later push cannot change the
+code you execute.
 
-With ats_hf installed, the model runs from ats_hf's own code:
+Tokens kept and compute per {kind}:
+
+```python
+import torch
+{source}from transformers import {processor_class}, {auto_class}
+
+processor = {processor_class}.from_pretrained("{model_id}")
+model = {auto_class}.from_pretrained("{model_id}", trust_remote_code=True).eval()
+{frames}with torch.no_grad():
+    outputs = model(**{inputs})
+{ats_outputs}.num_tokens             # (batch, num_layers): tokens each layer outputs, special tokens included
+{ats_outputs}.sampled_token_indices  # (batch, ATS layers, max_kept): kept patch positions, -1 padded
+```
+"""
+
+
+def _pipeline_usage(model_id: str, config, task: str) -> str:
+    variable, call = _PIPELINES[task]
+    return f"""With ats_hf installed, the model runs from ats_hf's own code:
 
 ```python
 import ats_hf  # registers the {config.model_type} model type with transformers' Auto classes
@@ -215,25 +255,6 @@ from transformers import pipeline
 {call}
 ```
 
-`trust_remote_code=True` executes this repository's `{configuration_file}` and `{modeling_file}` (and the ATS core
-they import: `configuration_ats_core.py`, `modeling_ats_core.py` and `ats_sampling.py`) on your machine. Read them
-before you run them, and pin the revision you read (`revision="<commit sha>"`) so that a later push cannot change the
-code you execute.
-
-Tokens kept and compute per image:
-
-```python
-import torch
-from PIL import Image
-from transformers import {processor_class}, {auto_class}
-
-processor = {processor_class}.from_pretrained("{model_id}")
-model = {auto_class}.from_pretrained("{model_id}", trust_remote_code=True).eval()
-with torch.no_grad():
-    outputs = model(**{inputs})
-{ats_outputs}.num_tokens             # (batch, num_layers): tokens each layer outputs, special tokens included
-{ats_outputs}.sampled_token_indices  # (batch, ATS layers, max_kept): kept patch positions, -1 padded
-```
 """
 
 

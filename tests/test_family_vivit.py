@@ -1,0 +1,202 @@
+"""The ViViT family: videos (B, T, C, H, W) cut into space-time tubelets, against transformers' own ViViT.
+
+What every classifier family keeps (equal to upstream without ATS, batch invariance under three settings, static =
+adaptive, the dense grid, save and load, the Auto class, the pipeline in batches, remote code without ats_hf, GMACs
+of the base model) is checked by tests/test_family_contract.py, whose cases include ViViT (`family_cases.py`), and
+ToMe by tests/test_tome.py. Here: the tubelet geometry, `ats-hf convert` of a checkpoint with the Hub's old weight
+names, the default settings, GMACs per video with the head, the pipeline on frames and on a video file, the static
+mode compiled and in ONNX, the dense grid's rows, and the image tools refusing a video model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from family_cases import CASES
+from hf_fixtures import write_video
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoImageProcessor, AutoModelForVideoClassification
+
+from ats_hf import AtsVivitConfig, AtsVivitForVideoClassification
+from ats_hf.configuration_ats_core import num_input_tokens
+from ats_hf.flops import dense_gmacs, gmacs_per_image, mac_breakdown
+from ats_hf.hub.checkpoint import load_classifier_and_processor, load_model_and_processor
+from ats_hf.hub.convert import convert_to_ats
+from ats_hf_cli import main
+
+VIVIT = next(case for case in CASES if case.family == "vivit")
+NUM_TOKENS = 65  # CLS + 4 x 4 x 4 tubelets
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    return VIVIT.upstream()
+
+
+@pytest.fixture(scope="module")
+def upstream_folder(upstream, tmp_path_factory):
+    """transformers' ViViT classifier saved with the old weight names (`encoder.layer.N.attention.attention.query`),
+    as google/vivit-b-16x2-kinetics400 is on the Hub, and its processor."""
+    folder = tmp_path_factory.mktemp("vivit") / "upstream"
+    upstream.save_pretrained(folder, save_original_format=True)
+    VIVIT.processor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def converted(upstream_folder, tmp_path_factory):
+    """`ats-hf convert` of the upstream checkpoint, default settings."""
+    folder = tmp_path_factory.mktemp("vivit") / "ats"
+    assert main(["convert", str(upstream_folder), str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture
+def videos():
+    return VIVIT.inputs(4, seed=11)
+
+
+def load(folder, **settings) -> AtsVivitForVideoClassification:
+    model = AutoModelForVideoClassification.from_pretrained(folder).eval()
+    model.set_ats(**settings)
+    return model
+
+
+def test_tubelets_set_the_token_grid_and_the_patch_embedding_size():
+    config = AtsVivitConfig(**{key: value for key, value in VIVIT.build().config.to_dict().items()
+                               if key in AtsVivitConfig().to_dict()})
+    assert config.ats_patch_grid() == (4, 4, 4) and config.ats_num_input_tokens() == NUM_TOKENS
+    # The image tools pass (height, width): the configured frames; a video family also takes (frames, height, width).
+    assert num_input_tokens(config, (32, 32)) == NUM_TOKENS and num_input_tokens(config, 32) == NUM_TOKENS
+    assert num_input_tokens(config, (16, 48, 32)) == 1 + 8 * 6 * 4
+    assert config.ats_patch_values == 3 * 2 * 8 * 8
+    assert config.ats_layers == [1, 2, 3] and config.ats_num_special_tokens == 1
+
+
+def test_convert_reads_the_old_weight_names_and_equals_upstream_without_ats(converted, upstream, videos):
+    saved = json.loads((converted / "config.json").read_text())
+    assert saved["model_type"] == "ats_vivit" and saved["architectures"] == ["AtsVivitForVideoClassification"]
+    assert saved["auto_map"]["AutoModelForVideoClassification"] == (
+        "modeling_ats_vivit.AtsVivitForVideoClassification")
+    assert {"modeling_ats_vivit.py", "configuration_ats_vivit.py", "modeling_ats_core.py", "ats_sampling.py",
+            "preprocessor_config.json"} <= {path.name for path in converted.iterdir()}
+    assert "pipeline_tag: video-classification" in (converted / "README.md").read_text()
+    model = load(converted, layers=[])
+    assert type(model) is AtsVivitForVideoClassification
+    with torch.no_grad():
+        ours, theirs = model(videos, output_hidden_states=True), upstream(videos, output_hidden_states=True)
+    assert (ours.logits - theirs.logits).abs().max() <= 1e-5
+    assert len(ours.hidden_states) == len(theirs.hidden_states) == 5
+    for mine, upstreams in zip(ours.hidden_states, theirs.hidden_states, strict=True):
+        assert (mine - upstreams).abs().max() <= 1e-5
+
+
+def test_the_default_settings_drop_tubelets_and_each_video_keeps_its_own(converted, videos):
+    model = load(converted)
+    with torch.no_grad():
+        together = model(videos)
+        alone = [model(video[None]) for video in videos]
+    assert together.num_tokens[:, 0].eq(NUM_TOKENS).all() and (together.num_tokens[:, -1] < NUM_TOKENS).all()
+    assert len(set(together.num_tokens[:, -1].tolist())) > 1
+    kept = together.sampled_token_indices
+    assert kept.shape[:2] == (len(videos), 3) and kept.max() < NUM_TOKENS - 1
+    for index, single in enumerate(alone):
+        assert (together.logits[index] - single.logits[0]).abs().max() <= 1e-5
+        assert torch.equal(together.num_tokens[index], single.num_tokens[0])
+        rows = [row[row >= 0].tolist() for row in together.sampled_token_indices[index]]
+        assert rows == [row[row >= 0].tolist() for row in single.sampled_token_indices[0]]
+
+
+@pytest.mark.parametrize("settings", [dict(layers=[]), dict(), dict(max_tokens=0.5, sampler="top_k")],
+                         ids=["dense", "default", "K-half"])
+def test_gmacs_per_video_with_the_head_equal_what_flop_counter_mode_counts(converted, settings):
+    model = load(converted, **settings)
+    model.set_attn_implementation("eager")  # FlopCounterMode does not see inside CPU sdpa kernels
+    for seed in (3, 4):
+        video = VIVIT.inputs(1, seed=seed)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            output = model(video)
+        measured = counter.get_total_flops() / 2 / 1e9  # the Conv3d tubelet embedding, every matmul, the head
+        breakdown = mac_breakdown(model.config, output.num_tokens)
+        # The counter sees matrix products only, not the CLS row's scoring (N_in x D per ATS layer).
+        assert (breakdown.total - breakdown.ats_scoring).item() / 1e9 == pytest.approx(measured, rel=1e-6)
+        ours = gmacs_per_image(model.config, output.num_tokens).item()
+        if settings.get("layers") == []:
+            assert ours == pytest.approx(dense_gmacs(model.config), rel=1e-12)
+        else:
+            assert ours < dense_gmacs(model.config)
+
+
+def test_the_pipeline_preprocessing_of_frames_and_a_video_file(converted, upstream, tmp_path):
+    """Frames through the checkpoint's processor (the pipeline's path after decoding) give upstream's logits without
+    ATS; with PyAV, `pipeline("video-classification")` on a file gives the model's top classes on its frames."""
+    processor = AutoImageProcessor.from_pretrained(converted)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (36, 40, 3), dtype=np.uint8) for _ in range(8)]
+    pixel_values = processor(frames, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 8, 3, 32, 32)
+    model = load(converted)
+    with torch.no_grad(), model.ats_settings_applied(layers=[]):
+        assert (model(pixel_values).logits - upstream(pixel_values).logits).abs().max() <= 1e-5
+
+    av = pytest.importorskip("av", reason="the video-classification pipeline decodes files with PyAV")
+    from transformers import pipeline
+    from transformers.pipelines.video_classification import read_video_pyav
+
+    path = write_video(tmp_path / "clip.mp4", seed=5)
+    classifier = pipeline("video-classification", model=str(converted))
+    assert isinstance(classifier.model, AtsVivitForVideoClassification)
+    predictions = classifier(str(path), top_k=3)
+    with av.open(str(path)) as container:
+        decoded = list(read_video_pyav(container, list(range(8))))
+    with torch.no_grad():
+        probabilities = model(**processor(decoded, return_tensors="pt")).logits[0].softmax(-1)
+    scores, ids = probabilities.topk(3)
+    assert [p["label"] for p in predictions] == [model.config.id2label[i] for i in ids.tolist()]
+    assert [p["score"] for p in predictions] == pytest.approx(scores.tolist(), abs=1e-6)
+
+
+def test_the_static_mode_compiles_in_one_graph_and_exports_to_onnx(converted, videos, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ats_hf.export import export_folder
+
+    model = load(converted, max_tokens=0.5, capacity=24)
+    with torch.no_grad():
+        eager = model(videos)
+    assert eager.token_mask.shape[1] == 24 and not eager.token_mask.all(), "needs padded rows"
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # dynamo captures it whole or fails
+    with torch.no_grad():
+        again = compiled(pixel_values=videos)
+    torch.testing.assert_close(again.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(again.sampled_token_indices, eager.sampled_token_indices)
+    report = export_folder(model, tmp_path / "onnx", videos)
+    assert report["passed"] and report["identical_kept_tokens"], report
+
+
+def test_the_dense_grid_holds_each_tubelet_at_its_position(converted, videos):
+    model = load(converted)
+    with torch.no_grad():
+        packed = model.base_model(videos)
+        model.config.ats_dense_output = True
+        grid = model.base_model(videos)
+    assert grid.last_hidden_state.shape == (len(videos), NUM_TOKENS, 32)
+    for index in range(len(videos)):
+        kept = packed.sampled_token_indices[index, -1]
+        kept = kept[kept >= 0]
+        rows = packed.last_hidden_state[index, 1 : 1 + len(kept)]
+        torch.testing.assert_close(grid.last_hidden_state[index, 1 + kept], rows, atol=1e-6, rtol=0)
+        torch.testing.assert_close(grid.last_hidden_state[index, 0], packed.last_hidden_state[index, 0])
+
+
+def test_the_image_tools_refuse_a_video_model(converted, tmp_path):
+    for loader in (load_classifier_and_processor, load_model_and_processor):
+        with pytest.raises(ValueError, match="is a ViViT model, which takes videos; this tool takes image models"):
+            loader(converted)
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(images / "0.png")
+    with pytest.raises(ValueError, match="measure_gmacs_on takes images, and ViViT takes videos"):
+        convert_to_ats(converted, tmp_path / "out", measure_gmacs_on=images)
