@@ -4,8 +4,8 @@ What every classifier family keeps (equal to upstream without ATS, batch invaria
 adaptive, the dense grid, save and load, the Auto class, the pipeline in batches, remote code without ats_hf, GMACs
 of the base model) is checked by tests/test_family_contract.py, whose cases include ViViT (`family_cases.py`), and
 ToMe by tests/test_tome.py. Here: the tubelet geometry, `ats-hf convert` of a checkpoint with the Hub's old weight
-names, the default settings, GMACs per video with the head, the pipeline on frames and on a video file, the static
-mode compiled and in ONNX, the dense grid's rows, and the image tools refusing a video model."""
+names, the default settings, GMACs per video with the head (ATS and ToMe), the pipeline on frames and on a video file,
+the static mode compiled and in ONNX, the dense grid's rows, and the image tools refusing a video model."""
 
 import json
 
@@ -19,9 +19,10 @@ from transformers import AutoImageProcessor, AutoModelForVideoClassification
 
 from ats_hf import AtsVivitConfig, AtsVivitForVideoClassification
 from ats_hf.configuration_ats_core import num_input_tokens
-from ats_hf.flops import dense_gmacs, gmacs_per_image, mac_breakdown
+from ats_hf.flops import dense_gmacs, gmacs_per_image, mac_breakdown, tome_gmacs
 from ats_hf.hub.checkpoint import load_classifier_and_processor, load_model_and_processor
 from ats_hf.hub.convert import convert_to_ats
+from ats_hf.tome import tome_forward
 from ats_hf_cli import main
 
 VIVIT = next(case for case in CASES if case.family == "vivit")
@@ -125,6 +126,15 @@ def test_gmacs_per_video_with_the_head_equal_what_flop_counter_mode_counts(conve
             assert ours == pytest.approx(dense_gmacs(model.config), rel=1e-12)
         else:
             assert ours < dense_gmacs(model.config)
+
+
+def test_tome_gmacs_per_video_count_what_runs(converted):
+    model = load(converted)
+    model.set_attn_implementation("eager")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        tome_forward(model, VIVIT.inputs(1, seed=3), 8)
+    assert counter.get_total_flops() / 2 / 1e9 == pytest.approx(tome_gmacs(model.config, 8), rel=1e-9)
+    assert tome_gmacs(model.config, 8) < dense_gmacs(model.config)
 
 
 def test_the_pipeline_preprocessing_of_frames_and_a_video_file(converted, upstream, tmp_path):
