@@ -1,4 +1,4 @@
-"""Shared parts of the ModelTesterMixin runs against the ATS families (DeiT, DINOv2, CLIP); see
+"""Shared parts of the ModelTesterMixin runs against the ATS families (ViT, DeiT, DINOv2, CLIP, ViViT); see
 `scripts/run_transformers_model_tests.sh`, which copies this module beside the family test files.
 
 The source release of transformers ships no `tests/models/*` files, so the upstream testers (`Dinov2ModelTester`,
@@ -103,8 +103,10 @@ class AtsVisionModelTester:
 
 class AtsModelTestMixin(ModelTesterMixin):
     """ModelTesterMixin for an ATS vision family: set `config_class`, `all_model_classes`, `ats_layers`,
-    `ats_max_tokens`, `num_special_tokens` and the family's `config_kwargs`."""
+    `ats_max_tokens`, `num_special_tokens` and the family's `config_kwargs` (and `model_tester_class` for inputs that
+    are not images)."""
 
+    model_tester_class = AtsVisionModelTester
     config_class = None
     config_kwargs: dict = {}
     config_tester_kwargs: dict = {"hidden_size": 37}
@@ -114,7 +116,7 @@ class AtsModelTestMixin(ModelTesterMixin):
     ats_max_tokens = None
 
     def setUp(self):
-        self.model_tester = AtsVisionModelTester(
+        self.model_tester = self.model_tester_class(
             self, self.config_class, self.ats_layers, self.ats_max_tokens, self.num_special_tokens,
             **self.config_kwargs,
         )
