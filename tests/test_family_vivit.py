@@ -5,7 +5,8 @@ adaptive, the dense grid, save and load, the Auto class, the pipeline in batches
 of the base model) is checked by tests/test_family_contract.py, whose cases include ViViT (`family_cases.py`), and
 ToMe by tests/test_tome.py. Here: the tubelet geometry, `ats-hf convert` of a checkpoint with the Hub's old weight
 names, the default settings, GMACs per video with the head (ATS and ToMe), the pipeline on frames and on a video file,
-the static mode compiled and in ONNX, the dense grid's rows, and the image tools refusing a video model."""
+the static mode compiled and in ONNX, the dense grid's rows, and the image tools (visualize, export) refusing a
+video model."""
 
 import json
 
@@ -200,9 +201,10 @@ def test_the_dense_grid_holds_each_tubelet_at_its_position(converted, videos):
 
 
 def test_the_image_tools_refuse_a_video_model(converted, tmp_path):
-    for loader in (load_classifier_and_processor, load_model_and_processor):
-        with pytest.raises(ValueError, match="is a ViViT model, which takes videos; this tool takes image models"):
-            loader(converted)
+    """visualize and export take images; benchmark, tune and calibrate take videos too (tests/test_video_tools.py)."""
+    with pytest.raises(ValueError, match="is a ViViT model, which takes videos; this tool takes image models"):
+        load_classifier_and_processor(converted)
+    assert type(load_model_and_processor(converted)[0]) is AtsVivitForVideoClassification
     images = tmp_path / "images"
     images.mkdir()
     from PIL import Image

@@ -23,7 +23,7 @@ import torch
 
 from ats_hf_common.grammar import format_layers, format_max_tokens, format_settings
 
-from .configuration_ats_core import AtsSettings, num_input_tokens, num_special_tokens
+from .configuration_ats_core import AtsSettings, input_size, num_input_tokens, num_special_tokens
 from .evaluation import ONE_PROCESS, Objective, Processes, as_source, default_objective, evaluate_methods
 from .flops import dense_gmacs, static_gmacs
 from .methods import AtsMethod, dense_method
@@ -149,7 +149,7 @@ def calibrate_capacity(
     objective.check(model, source.labels is not None)
     model.eval()
     config = model.config
-    input_tokens = num_input_tokens(config, tuple(source.head(1).shape[-2:]))
+    input_tokens = num_input_tokens(config, input_size(source.head(1)))
     options = {"objective": objective, "batch_size": batch_size, "num_workers": num_workers,
                "processes": processes, "kept_positions": True}
     (dense, adaptive), _ = evaluate_methods(model, [dense_method(), AtsMethod("adaptive", settings)], source,

@@ -202,6 +202,13 @@ def num_input_tokens(config, image_size: int | tuple[int, ...] | None = None) ->
     return math.prod(patch_grid(config, image_size)) + num_special_tokens(config)
 
 
+def input_size(pixel_values) -> tuple[int, ...]:
+    """The size `num_input_tokens` reads from a batch: (height, width) of images (B, C, H, W), (frames, height,
+    width) of videos (B, T, C, H, W)."""
+    shape = tuple(pixel_values.shape)
+    return shape[-2:] if len(shape) == 4 else (shape[1], *shape[-2:])
+
+
 def patch_values(config) -> int:
     """Input values one patch token embeds (channels x patch pixels; a video tubelet's frames too), so that the patch
     embedding costs `patch_values(config) * hidden_size` multiply-adds per patch token. An ATS config answers for

@@ -33,7 +33,7 @@ from ats_hf_common.grammar import format_settings
 from .benchmark.engine import evaluate_method, time_methods
 from .benchmark.runtimes import RUNTIMES
 from .calibration import capacity_from_counts
-from .configuration_ats_core import AtsSettings, num_input_tokens, num_special_tokens
+from .configuration_ats_core import AtsSettings, input_size, num_input_tokens, num_special_tokens
 from .evaluation import (
     ONE_PROCESS,
     Evaluation,
@@ -391,7 +391,7 @@ def tune(
     calibration = source.subset(0, split, "calibration split")
     held = source.subset(split, len(source), "held-out split")
     candidates = candidate_grid(model.config.num_hidden_layers) if candidates is None else candidates
-    reference_tokens = num_input_tokens(model.config, tuple(source.head(1).shape[-2:]))
+    reference_tokens = num_input_tokens(model.config, input_size(source.head(1)))
     dense_value = dense_gmacs(model.config, reference_tokens)
     tomes = [TomeMethod(f"ToMe r={r}", r) for r in tome_r]
     fixed = [dense_method(), *tomes]  # scored on every calibration image

@@ -25,16 +25,16 @@ def load_model(path: str, what: str = "--model", **kwargs):
 
 
 def open_source(args: argparse.Namespace, processor, id2label: dict | None, num_images: int | None, seed: int = 0,
-                shown: bool = True):
-    """The images the data options name (the embedded test split without --dataset), not yet decoded
-    (`ats_hf.evaluation.ImageSource`); notes go to stderr when `shown`."""
+                shown: bool = True, videos: bool = False):
+    """The images the data options name (the embedded test split without --dataset; the embedded clips for a video
+    model, `videos`), not yet decoded (`ats_hf.evaluation.ImageSource`); notes go to stderr when `shown`."""
     from ats_hf.evaluation import open_images
     from ats_hf.progress import note
 
     context = f"cannot read --dataset {args.dataset!r}" if args.dataset else "cannot read the embedded test split"
     with usage_errors(OSError, ValueError, context=context):
         source = open_images(args.dataset, processor, id2label, args.split, num_images, args.image_column,
-                             args.label_column, seed)
+                             args.label_column, seed, videos)
     for text in source.notes if shown else ():
         note(f"note: {text}")
     return source
@@ -65,11 +65,11 @@ def scored_data(args: argparse.Namespace, model, scored, processor, num_images: 
     CLIPModel, whose prompts are --prompt-template with the dataset's class names), agreement without labels for a
     classifier, fidelity otherwise; checked for `scored` (what `scored_view` gave for `model`) and the data."""
     from ats_hf.evaluation import Objective, default_objective
-    from ats_hf.families import is_classifier
+    from ats_hf.families import is_classifier, takes_videos
 
     id2label = model.config.id2label if is_classifier(type(model)) else None
     source = open_source(args, getattr(processor, "image_processor", processor), id2label, num_images, seed,
-                         shown=shown)
+                         shown=shown, videos=takes_videos(model))
     has_labels = source.labels is not None
     name = args.objective or ("zero-shot" if is_clip_model(model) and has_labels else None)
     if name == "zero-shot" and has_labels and is_clip_model(model):

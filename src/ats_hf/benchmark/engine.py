@@ -32,7 +32,7 @@ from ats_hf_common.benchmark_defaults import (
 )
 from ats_hf_common.grammar import format_max_tokens
 
-from ..configuration_ats_core import AtsSettings, default_ats_layers, num_input_tokens
+from ..configuration_ats_core import AtsSettings, default_ats_layers, input_size, num_input_tokens
 from ..evaluation import (
     ONE_PROCESS,
     Evaluation,
@@ -123,7 +123,7 @@ def evaluate_sources(
     images of `source`, streamed through the shared evaluation loop (`ats_hf.evaluation`), in eager PyTorch."""
     evaluations, stats = evaluate_methods(model, methods, source, objective, batch_size, num_workers=num_workers,
                                           seed=seed, processes=processes)
-    input_tokens = num_input_tokens(model.config, tuple(source.head(1).shape[-2:]))
+    input_tokens = num_input_tokens(model.config, input_size(source.head(1)))
     return [_method_result(model, e, input_tokens) for e in evaluations], stats
 
 
@@ -285,7 +285,7 @@ def run_benchmark(
     objective = objective or default_objective(model, source.labels is not None)
     model.eval()
     example = source.head(1)
-    tokens = num_input_tokens(model.config, tuple(example.shape[-2:]))
+    tokens = num_input_tokens(model.config, input_size(example))
 
     def evaluate(methods: list[Method], description: str) -> list[MethodResult]:
         if processes.is_main:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..configuration_ats_core import AtsSettings, num_input_tokens, num_special_tokens
+from ..configuration_ats_core import AtsSettings, input_size, num_input_tokens, num_special_tokens
 from ..methods import dense_method
 from ..progress import Progress
 from .objectives import Objective
@@ -140,7 +140,7 @@ def _run_batch(model, methods: Sequence, pixel_values: torch.Tensor, labels: tor
                objective: Objective | None, seed: int, kept_positions: bool) -> list[tuple]:
     """(scores or None, (B, L) tokens, (B,) GMACs, (B, ATS layers, P) kept positions or None) of every method on
     one batch, all on the CPU."""
-    input_tokens = num_input_tokens(model.config, tuple(pixel_values.shape[-2:]))
+    input_tokens = num_input_tokens(model.config, input_size(pixel_values))
     num_patches = input_tokens - num_special_tokens(model.config)
     prefixes = _dense_prefixes(model, pixel_values, {_first_layer(method) for method in methods})
     reference = None

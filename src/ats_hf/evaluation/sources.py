@@ -19,7 +19,7 @@ import torch
 
 from ats_hf_common.paths import is_local_path
 
-from ..data import synthetic_digits
+from ..data import synthetic_clips, synthetic_digits
 
 
 class ImageSource(torch.utils.data.Dataset):
@@ -53,8 +53,9 @@ class ImageSource(torch.utils.data.Dataset):
         return pixel_values[0], int(labels[0])
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b, C, H, W) pixel values of images `indices` (one processor call) and their (b,) labels (-1: none)."""
-        pixel_values = self.processor(images=self.read(list(indices)), return_tensors="pt")["pixel_values"]
+        """(b, C, H, W) pixel values of images `indices` ((b, T, C, H, W) of videos; one processor call) and their
+        (b,) labels (-1: none)."""
+        pixel_values = self.processor(self.read(list(indices)), return_tensors="pt")["pixel_values"]
         labels = self.labels[indices] if self.labels is not None else torch.full((len(indices),), -1)
         return pixel_values, labels
 
@@ -107,8 +108,9 @@ def open_images(
     image_column: str | None = None,
     label_column: str | None = None,
     seed: int = 0,
+    videos: bool = False,
 ) -> ImageSource:
-    """The images a tool evaluates on, not yet decoded.
+    """The images (or videos) a tool evaluates on, not yet decoded.
 
     Args:
         dataset: None for the embedded synthetic test split; else a folder of images (class sub-folders: labelled;
@@ -117,12 +119,19 @@ def open_images(
             None: a model without a classifier head, the labels are kept as the dataset's ids).
         split: the split to read (default: the first of test, validation, train); num_images: how many (>= 1;
             default all), drawn in a fixed shuffled order (`seed`) so that sorted folders mix classes.
+        videos: a video model's data: the embedded synthetic clips, or a dataset column of frame lists (a
+            `Sequence(Image())` feature, e.g. `synthetic_clips.as_dataset`), each clip processed as one video.
     Raises:
         FileNotFoundError: a local dataset folder that does not exist.
         ValueError: an empty dataset, an unknown split or column, or classes that do not match the model's labels.
     """
     if num_images is not None and num_images < 1:
         raise ValueError(f"num_images={num_images} must be >= 1.")
+    if dataset is None and videos:
+        clips, labels = synthetic_clips.test_split(num_images or synthetic_clips.TEST_SIZE)
+        description = f"synthetic clips test split (seed {synthetic_clips.TEST_SEED}), {len(labels)} clips"
+        return ImageSource(_InMemoryClips(clips.numpy()), len(labels), processor, labels, description,
+                           class_names=list(synthetic_clips.CLASS_NAMES))
     if dataset is None:
         images, labels = synthetic_digits.test_split(num_images or synthetic_digits.TEST_SIZE)
         description = f"synthetic digits test split (seed {synthetic_digits.TEST_SEED}), {len(labels)} images"
@@ -132,14 +141,17 @@ def open_images(
     table, split = _open_split(dataset, split)
     if len(table) == 0:
         raise ValueError(f"dataset {os.fspath(dataset)!r} [{split}] holds no images.")
-    image_column = image_column or _find_column(table, "Image", ("image", "img", "picture"))
+    if videos:
+        image_column = image_column or _find_video_column(table)
+    else:
+        image_column = image_column or _find_column(table, "Image", ("image", "img", "picture"))
     label_column = label_column or _find_column(table, "ClassLabel", ("label", "labels", "fine_label"), required=False)
     for column in (image_column, label_column):
         if column is not None and column not in table.column_names:
             raise ValueError(f"column {column!r} is not in the dataset; its columns are {table.column_names}.")
     table = table.shuffle(seed=seed).select(range(min(len(table), num_images or len(table))))
     description = f"{os.fspath(dataset)} [{split}], {len(table)} images"
-    read = _TableImages(table, image_column)
+    read = (_TableVideos if videos else _TableImages)(table, image_column)
     if label_column is None:
         return ImageSource(read, len(table), processor, None, description, [_why_no_labels(dataset, table)])
     if id2label is None:
@@ -158,13 +170,14 @@ def tensor_images(pixel_values: torch.Tensor, labels: torch.Tensor | None = None
 
 def as_source(images, labels: torch.Tensor | None = None) -> ImageSource:
     """`images` as a source: an `ImageSource` as it is (it carries its own labels: `labels` must be None), or (N, C, H,
-    W) processed pixel values with (N,) label ids or None."""
+    W) processed pixel values ((N, T, C, H, W) videos) with (N,) label ids or None."""
     if isinstance(images, ImageSource):
         if labels is not None:
             raise ValueError("an ImageSource carries its own labels; pass labels=None with it.")
         return images
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be an ImageSource or (N, C, H, W) pixel values, got {_shape_of(images)}.")
+    if not isinstance(images, torch.Tensor) or images.dim() not in (4, 5):
+        raise ValueError(f"images must be an ImageSource, (N, C, H, W) pixel values or (N, T, C, H, W) videos, got "
+                         f"{_shape_of(images)}.")
     if labels is not None and labels.shape != (len(images),):
         raise ValueError(f"labels of shape {tuple(labels.shape)} do not match the {len(images)} images.")
     return tensor_images(images, labels)
@@ -190,6 +203,14 @@ class _InMemoryImages:
         return list(self.images[indices])
 
 
+class _InMemoryClips(_InMemoryImages):
+    """Videos held in memory, an (N, T, H, W, 3) uint8 array; call with indices -> one list of frames per video (an
+    image processor reads a bare (T, H, W, 3) array as a batch of videos)."""
+
+    def __call__(self, indices: list[int]) -> list:
+        return [list(clip) for clip in self.images[indices]]
+
+
 class _Shifted:
     """Another reader's images from `offset` on; call with indices -> theirs."""
 
@@ -208,6 +229,13 @@ class _TableImages:
 
     def __call__(self, indices: list[int]) -> list:
         return [image.convert("RGB") for image in self.table[indices][self.column]]
+
+
+class _TableVideos(_TableImages):
+    """A column of frame lists of a `datasets.Dataset`; call with indices -> one list of RGB PIL frames per video."""
+
+    def __call__(self, indices: list[int]) -> list:
+        return [[frame.convert("RGB") for frame in video] for video in self.table[indices][self.column]]
 
 
 def to_model_labels(table, label_column: str, id2label: dict[int, str]) -> tuple[torch.Tensor, list[str]]:
@@ -317,6 +345,15 @@ def _open_split(dataset: str | os.PathLike, split: str | None):
 def _is_saved_dataset(path: Path) -> bool:
     """Whether `path` was written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
     return any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
+
+
+def _find_video_column(table) -> str:
+    """The first column whose feature is a list of images (one video's frames)."""
+    for name, feature in table.features.items():
+        if type(getattr(feature, "feature", None)).__name__ == "Image":
+            return name
+    raise ValueError(f"no column of frame lists (a Sequence of Image) among {table.column_names}; name it with "
+                     "--image-column.")
 
 
 def _find_column(table, feature_type: str, names: tuple[str, ...], required: bool = True) -> str | None:

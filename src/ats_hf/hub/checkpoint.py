@@ -3,7 +3,8 @@
 Which ATS class reads a checkpoint is the registry's answer (`ats_hf.families.model_class_for`): the class its
 `architectures` names, plain or ATS. A tool that needs a classifier (`load_ats_classifier`) refuses a backbone, or a
 classifier whose head would be randomly initialised, instead of reporting accuracies of random weights. The image
-tools' loaders (`load_classifier_and_processor`, `load_model_and_processor`) refuse a video model (ViViT).
+tools' loaders: `load_model_and_processor` (benchmark, tune, calibrate: images and videos) and
+`load_classifier_and_processor` (visualize, export: images; a video model (ViViT) is refused).
 """
 
 import os
@@ -75,26 +76,27 @@ def load_ats_classifier(source: str | os.PathLike, *, allow_new_head: bool = Fal
 
 
 def load_classifier_and_processor(source: str | os.PathLike, **kwargs):
-    """(`load_ats_classifier(source, **kwargs)` in eval mode, the checkpoint's image processor), for the image tools:
-    a video model raises `ValueError`."""
+    """(`load_ats_classifier(source, **kwargs)` in eval mode, the checkpoint's image processor), for the image tools
+    (visualize, export): a video model raises `ValueError`."""
     check_source(source)
     hub_kwargs = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
     _refuse_videos(source, ats_model_class(source, **hub_kwargs))
-    model = load_ats_classifier(source, **kwargs).eval()
-    return model, AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+    return _classifier_and_processor(source, hub_kwargs, **kwargs)
 
 
 def load_model_and_processor(source: str | os.PathLike, **kwargs):
-    """(the ATS model a checkpoint holds in eval mode, its image processor), for the image tools: a classifier
-    checked as by `load_ats_classifier`, or a feature extractor (base model, CLIP's projection model) as
-    `load_ats_model` loads it; a video model raises `ValueError`."""
+    """(the ATS model a checkpoint holds in eval mode, its image processor), for the evaluation tools (benchmark,
+    tune, calibrate): a classifier of images or videos checked as by `load_ats_classifier`, or a feature extractor
+    (base model, CLIP's projection model) as `load_ats_model` loads it."""
     check_source(source)
     hub_kwargs = {key: kwargs[key] for key in _HUB_OPTIONS if key in kwargs}
-    model_class = ats_model_class(source, **hub_kwargs)
-    _refuse_videos(source, model_class)
-    if is_classifier(model_class):
-        return load_classifier_and_processor(source, **kwargs)
+    if is_classifier(ats_model_class(source, **hub_kwargs)):
+        return _classifier_and_processor(source, hub_kwargs, **kwargs)
     return load_ats_model(source, **kwargs).eval(), AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+
+
+def _classifier_and_processor(source, hub_kwargs: dict, **kwargs):
+    return load_ats_classifier(source, **kwargs).eval(), AutoImageProcessor.from_pretrained(source, **hub_kwargs)
 
 
 def _refuse_videos(source, model_class: type) -> None:

@@ -1,0 +1,79 @@
+"""The evaluation tools on videos: benchmark, tune and calibrate take a ViViT classifier and stream its clips (the
+embedded synthetic clips, or a dataset column of frame lists) through the shared loop, with GMACs per video."""
+
+import json
+
+import pytest
+import torch
+from transformers import VivitImageProcessor
+
+from ats_hf import AtsSettings, AtsVivitConfig, AtsVivitForVideoClassification
+from ats_hf.data import synthetic_clips
+from ats_hf.evaluation import evaluate_methods, open_images, tensor_images
+from ats_hf.flops import dense_gmacs
+from ats_hf.methods import AtsMethod, dense_method
+from ats_hf_cli import main
+
+
+def clips_processor() -> VivitImageProcessor:
+    """What `synthetic_clips.to_pixel_values` computes, as a processor."""
+    return VivitImageProcessor(do_resize=False, do_center_crop=False, rescale_factor=1 / 255, offset=False,
+                               image_mean=0.5, image_std=0.5)
+
+
+@pytest.fixture(scope="module")
+def vivit(tmp_path_factory):
+    """A tiny random ViViT classifier of the synthetic clips (8 frames of 64 px, tubelets 2 x 8 x 8: 257 tokens)."""
+    folder = tmp_path_factory.mktemp("vivit") / "model"
+    torch.manual_seed(0)
+    names = synthetic_clips.CLASS_NAMES
+    config = AtsVivitConfig(image_size=64, num_frames=8, tubelet_size=[2, 8, 8], hidden_size=32, num_hidden_layers=4,
+                            num_attention_heads=4, intermediate_size=64, num_labels=len(names),
+                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+                            ats_layers=[1, 2, 3], ats_max_tokens=0.5)
+    AtsVivitForVideoClassification(config).save_pretrained(folder)
+    clips_processor().save_pretrained(folder)
+    return folder
+
+
+def test_streamed_clips_equal_the_same_clips_in_memory(vivit):
+    model = AtsVivitForVideoClassification.from_pretrained(vivit).eval()
+    source = open_images(None, clips_processor(), model.config.id2label, num_images=10, videos=True)
+    clips, labels = synthetic_clips.test_split(10)
+    methods = [dense_method(), AtsMethod("ats", AtsSettings((1, 2, 3), 0.5))]
+    streamed, _ = evaluate_methods(model, methods, source, batch_size=4)
+    in_memory, _ = evaluate_methods(model, methods, tensor_images(synthetic_clips.to_pixel_values(clips), labels),
+                                    batch_size=10)
+    for a, b in zip(streamed, in_memory, strict=True):
+        assert torch.equal(a.num_tokens, b.num_tokens) and torch.allclose(a.gmacs, b.gmacs)
+    assert streamed[0].gmacs_mean == pytest.approx(dense_gmacs(model.config))  # per video, 257 tokens
+    assert streamed[1].gmacs_mean < streamed[0].gmacs_mean and source.class_names == list(synthetic_clips.CLASS_NAMES)
+
+
+def test_benchmark_of_a_video_classifier_on_the_embedded_clips(vivit, tmp_path, capsys):
+    assert main(["benchmark", "--model", str(vivit), "--num-images", "12", "--batch-sizes", "--eval-batch-size", "5",
+                 "--output-dir", str(tmp_path / "out")]) == 0
+    assert "synthetic clips test split" in capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    rows = {row["method"]["name"]: row for row in result["methods"]}
+    assert result["objective"] == "accuracy" and set(rows) >= {"dense", "ats", "top-k", "random"}
+    assert any(name.startswith("tome") for name in rows)
+    assert rows["ats"]["gmacs_mean"] < rows["dense"]["gmacs_mean"]
+
+
+def test_tune_and_calibrate_on_a_dataset_of_frame_lists(vivit, tmp_path, capsys):
+    clips, labels = synthetic_clips.generate("test", 16, seed=5)
+    synthetic_clips.as_dataset(clips, labels).save_to_disk(tmp_path / "clips")
+    tuned = tmp_path / "tuned"
+    assert main(["tune", "--model", str(vivit), "--dataset", str(tmp_path / "clips"), "--gmacs-budget", "0.8",
+                 "--no-speed", "--first-layers", "1", "--tome-r", "16", "--batch-size", "4", "--output",
+                 str(tuned)]) == 0
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["architectures"] == ["AtsVivitForVideoClassification"] and config["ats_layers"][0] == 1
+    assert json.loads((tuned / "tune.json").read_text())["search"]["images"] == 16
+    calibrated = tmp_path / "calibrated"
+    assert main(["calibrate", "--model", str(tuned), "--dataset", str(tmp_path / "clips"), "--output",
+                 str(calibrated)]) == 0
+    saved = json.loads((calibrated / "calibration.json").read_text())
+    assert saved["num_images"] == 16 and len(saved["settings"]["capacity"]) == len(config["ats_layers"])
+    assert "ats-hf calibrate" in capsys.readouterr().out
