@@ -1,6 +1,6 @@
-"""Data for the tooling: the synthetic digits (`synthetic_digits`), the small trained model embedded in the package
-(`DEFAULT_MODEL_DIR`, a ViT) and a DINOv2 with registers trained the same way (`DIGITS_DINOV2_REGISTERS_DIR`); images
-from folders or datasets are `ats_hf.evaluation.sources`."""
+"""Data for the tooling: the synthetic digits (`synthetic_digits`) and clips (`synthetic_clips`, videos), the small
+trained model embedded in the package (`DEFAULT_MODEL_DIR`, a ViT) and a DINOv2 with registers trained the same way
+(`DIGITS_DINOV2_REGISTERS_DIR`); images from folders or datasets are `ats_hf.evaluation.sources`."""
 
 from pathlib import Path
 
