@@ -77,3 +77,17 @@ def test_tune_and_calibrate_on_a_dataset_of_frame_lists(vivit, tmp_path, capsys)
     saved = json.loads((calibrated / "calibration.json").read_text())
     assert saved["num_images"] == 16 and len(saved["settings"]["capacity"]) == len(config["ats_layers"])
     assert "ats-hf calibrate" in capsys.readouterr().out
+
+
+def test_the_video_token_map_has_a_row_of_frames_and_one_per_ats_layer(vivit):
+    from ats_hf.visualize import video_token_map
+
+    model = AtsVivitForVideoClassification.from_pretrained(vivit).eval()
+    clip = list(synthetic_clips.test_split(1)[0][0].numpy())
+    three = video_token_map(clip, model, clips_processor(), panel_size=64)
+    with model.ats_settings_applied(layers=[2]):
+        one = video_token_map(clip, model, clips_processor(), panel_size=64)
+    row = (three.height - one.height) / 2  # two more ATS layers: two more rows of the same height
+    assert row > 64 and min(three.width, one.width) > 4 * 64  # 4 tubelet time steps across
+    with pytest.raises(ValueError, match="panel_size=8 must be >= 16"):
+        video_token_map(clip, model, clips_processor(), panel_size=8)

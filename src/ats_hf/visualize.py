@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ats_hf_common.grammar import format_settings
 
-from .configuration_ats_core import num_input_tokens, patch_grid, patch_shape
+from .configuration_ats_core import input_size, num_input_tokens, patch_grid, patch_shape
 from .data import DEFAULT_MODEL_DIR
 from .hub.checkpoint import load_classifier_and_processor
 
@@ -102,6 +102,46 @@ def token_map(
     return _compose(panels, header, columns)
 
 
+def video_token_map(frames, model, processor, panel_size: int = 96) -> Image.Image:
+    """Render the token map of one video with a video model's (ViViT's) current ATS settings: a row of frames (the
+    first of every tubelet time step), then one row per ATS layer with the tubelets it kept outlined on those frames
+    and the dropped ones veiled.
+
+    Args:
+        frames: the video, T frames as PIL images or (H, W, 3) uint8 arrays (the model's frame count and size after
+            its processor); model, processor: an ATS video classifier and its image processor.
+        panel_size: the longer side of each panel in pixels (>= 16).
+    """
+    if panel_size < MIN_PANEL_SIZE:
+        raise ValueError(f"panel_size={panel_size} must be >= {MIN_PANEL_SIZE}.")
+    frames = [Image.fromarray(frame) if isinstance(frame, np.ndarray) else frame.convert("RGB") for frame in frames]
+    pixel_values = processor([frames], return_tensors="pt")["pixel_values"]  # (1, T, C, H, W)
+    model.eval()
+    parameter = next(model.parameters())
+    with torch.inference_mode():
+        output = model(pixel_values.to(device=parameter.device, dtype=parameter.dtype))
+    config = model.config
+    time_steps, rows, columns = config.ats_patch_grid(input_size(pixel_values))
+    step = pixel_values.shape[1] // time_steps
+    shown = [_displayable(pixel_values[0, t * step], processor) for t in range(time_steps)]
+    scale = panel_size / max(shown[0].shape[:2])
+    size = (max(1, round(shown[0].shape[1] * scale)), max(1, round(shown[0].shape[0] * scale)))
+    shown = [np.asarray(Image.fromarray(frame).resize(size, Image.NEAREST)) for frame in shown]
+    settings = model.ats_settings
+    grids = [] if output.sampled_token_indices is None else kept_patch_grids(output.sampled_token_indices,
+                                                                              (time_steps, rows * columns))
+    counts = output.num_tokens[0].tolist()
+    probabilities = output.logits[0].float().softmax(-1)
+    label = int(probabilities.argmax())
+    header = (f"prediction: {config.id2label.get(label, label)} ({100 * probabilities[label]:.1f}%)   "
+              f"{'ATS ' + format_settings(settings) if settings.layers else 'no ATS layers'}")
+    panels = [(frame, f"frame {t * step}") for t, frame in enumerate(shown)]
+    for layer, grid in zip(settings.layers, grids, strict=True):
+        panels += [(_veil_dropped(frame, grid[t].view(rows, columns)), f"layer {layer}: {counts[layer]}" if t == 0
+                    else f"t {t}") for t, frame in enumerate(shown)]
+    return _compose(panels, header, time_steps)
+
+
 def _panel_pixels(image, pixel_values, processor, grid_size, patch, panel_size: int) -> np.ndarray:
     """What a panel shows, (h, w, 3) uint8 with max(h, w) = panel_size: the image at its own aspect ratio when the
     processor only resizes (each patch is then a cell of a grid stretched over it), else the processed image."""
@@ -135,12 +175,14 @@ def _veil_dropped(pixels: np.ndarray, kept_grid: torch.Tensor) -> np.ndarray:
 
 
 def _displayable(pixel_values: torch.Tensor, processor) -> np.ndarray:
-    """(C, H, W) processed pixels -> (H, W, 3) uint8, undoing the processor's normalisation."""
+    """(C, H, W) processed pixels -> (H, W, 3) uint8, undoing the processor's normalisation (and ViViT's offset)."""
     pixels = pixel_values.float()
     if getattr(processor, "do_normalize", False):
-        mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
+        mean = torch.tensor(processor.image_mean, dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.tensor(processor.image_std, dtype=torch.float32).reshape(-1, 1, 1)
         pixels = pixels * std + mean
+    if getattr(processor, "offset", False):  # ViViT's rescaling to [-1, 1]
+        pixels = (pixels + 1) / 2
     return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
@@ -166,4 +208,4 @@ def _compose(panels: list[tuple[np.ndarray, str]], header: str, columns: int) ->
     return canvas
 
 
-__all__ = ["kept_patch_grids", "token_map"]
+__all__ = ["kept_patch_grids", "token_map", "video_token_map"]
