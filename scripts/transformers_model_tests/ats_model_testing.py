@@ -76,10 +76,17 @@ class AtsVisionModelTester:
         self.ats_max_tokens = ats_max_tokens
         self.config_kwargs = config_kwargs
 
+    def geometry(self) -> dict:
+        """The config fields that cut an input into tokens."""
+        return {"patch_size": self.patch_size}
+
+    def input_shape(self) -> list[int]:
+        return [self.batch_size, self.num_channels, self.image_size, self.image_size]
+
     def get_config(self):
         return self.config_class(
             image_size=self.image_size,
-            patch_size=self.patch_size,
+            **self.geometry(),
             num_channels=self.num_channels,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,
@@ -92,7 +99,7 @@ class AtsVisionModelTester:
         )
 
     def prepare_config_and_inputs(self):
-        pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
+        pixel_values = floats_tensor(self.input_shape())
         labels = ids_tensor([self.batch_size], self.num_labels)
         return self.get_config(), pixel_values, labels
 

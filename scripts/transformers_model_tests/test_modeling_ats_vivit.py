@@ -15,7 +15,6 @@ from transformers.models.auto.modeling_auto import (
 import ats_hf  # noqa: F401  (registers the families with the Auto classes)
 from ats_hf import AtsVivitConfig, AtsVivitForVideoClassification, AtsVivitModel
 
-from ...test_modeling_common import floats_tensor, ids_tensor
 from .ats_model_testing import AtsModelTestMixin, AtsVisionModelTester, skip_common_tests
 
 MODEL_MAPPING_NAMES.setdefault("ats_vivit", "AtsVivitModel")
@@ -28,25 +27,11 @@ class AtsVideoModelTester(AtsVisionModelTester):
     num_frames = 2
     tubelet_size = [2, 2, 2]
 
-    def get_config(self):
-        return self.config_class(
-            image_size=self.image_size,
-            num_frames=self.num_frames,
-            tubelet_size=self.tubelet_size,
-            num_channels=self.num_channels,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            num_labels=self.num_labels,
-            ats_layers=self.ats_layers,
-            ats_max_tokens=self.ats_max_tokens,
-            **self.config_kwargs,
-        )
+    def geometry(self) -> dict:
+        return {"num_frames": self.num_frames, "tubelet_size": self.tubelet_size}
 
-    def prepare_config_and_inputs(self):
-        shape = [self.batch_size, self.num_frames, self.num_channels, self.image_size, self.image_size]
-        return self.get_config(), floats_tensor(shape), ids_tensor([self.batch_size], self.num_labels)
+    def input_shape(self) -> list[int]:
+        return [self.batch_size, self.num_frames, self.num_channels, self.image_size, self.image_size]
 
 
 class _AtsVivitCommonTests(AtsModelTestMixin):
