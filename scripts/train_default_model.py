@@ -161,13 +161,15 @@ def evaluate(model: torch.nn.Module, pixel_values: torch.Tensor, labels: torch.T
     return 100.0 * correct / len(labels), torch.cat(gmacs).mean().item()
 
 
-def save_model(model: torch.nn.Module, output: Path) -> None:
-    """Write the weights, the image processor and the config (with the model's ATS settings) into `output`."""
+def save_model(model: torch.nn.Module, output: Path, processor=None) -> None:
+    """Write the weights, the image processor (default: the digits' `ViTImageProcessorPil`, 64 px, mean = std = 0.5)
+    and the config (with the model's ATS settings) into `output`."""
     with tempfile.TemporaryDirectory() as staging:
         model.save_pretrained(staging)
-        processor = ViTImageProcessorPil(
-            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-        )
+        if processor is None:
+            processor = ViTImageProcessorPil(
+                size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+            )
         processor.save_pretrained(staging)
         output.mkdir(parents=True, exist_ok=True)
         for name in ("model.safetensors", "preprocessor_config.json"):

@@ -1,0 +1,80 @@
+"""The shipped tiny ATS-ViViT of the synthetic clips (src/ats_hf/data/clips_vivit): trained dense by
+`python scripts/train_clips_vivit.py --threads 1`, ATS settings chosen by `ats_hf.tune.tune` (its --tune-only)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoModelForVideoClassification
+
+import ats_hf  # noqa: F401  (registers the ATS classes with the Auto classes)
+from ats_hf import AtsVivitForVideoClassification
+from ats_hf.data import synthetic_clips as clips
+from ats_hf.flops import dense_gmacs, gmacs_per_image
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "src" / "ats_hf" / "data" / "clips_vivit"
+SCRIPT = ROOT / "scripts" / "train_clips_vivit.py"
+NUM_CLIPS = 200
+
+
+@pytest.fixture(scope="module")
+def model():
+    return AutoModelForVideoClassification.from_pretrained(MODEL_DIR).eval()
+
+
+@pytest.fixture(scope="module")
+def test_clips():
+    return clips.test_split(NUM_CLIPS)
+
+
+def _evaluate(model, pixel_values, labels, **settings):
+    """Top-1 (%), mean GMACs per video and mean tokens out of the last layer, with `settings` applied."""
+    with torch.no_grad(), model.ats_settings_applied(**settings):  # GMACs read the settings from the config
+        output = model(pixel_values)
+        gmacs = gmacs_per_image(model.config, output.num_tokens).mean().item()
+    accuracy = 100.0 * (output.logits.argmax(-1) == labels).float().mean().item()
+    return accuracy, gmacs, output.num_tokens
+
+
+def test_the_folder_loads_through_the_auto_class_as_a_small_vivit(model):
+    assert isinstance(model, AtsVivitForVideoClassification)
+    config = model.config
+    assert (config.num_frames, config.image_size, list(config.tubelet_size)) == (8, 64, [2, 8, 8])
+    assert [config.id2label[i] for i in range(4)] == list(clips.CLASS_NAMES)
+    assert (MODEL_DIR / "model.safetensors").stat().st_size < 3 * 2**20
+
+
+def test_the_shipped_settings_are_the_training_scripts():
+    """config.json carries SHIPPED_ATS of scripts/train_clips_vivit.py (the tune choice written there)."""
+    spec = importlib.util.spec_from_file_location("train_clips_vivit", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = json.loads((MODEL_DIR / "config.json").read_text())
+    shipped = module.SHIPPED_ATS
+    assert shipped["layers"], "the shipped config samples tokens"
+    assert (config["ats_layers"], config["ats_max_tokens"], config["ats_sampler"], config["ats_merge"]) == (
+        shipped["layers"], shipped["max_tokens"], shipped["sampler"], shipped["merge"])
+    assert "tune(" in SCRIPT.read_text()
+
+
+def test_dense_and_shipped_ats_accuracy_and_cost(model, test_clips):
+    videos, labels = test_clips
+    pixel_values = clips.to_pixel_values(videos)
+    dense_accuracy, dense_mean, dense_tokens = _evaluate(model, pixel_values, labels, layers=[])
+    ats_accuracy, ats_mean, ats_tokens = _evaluate(model, pixel_values, labels)  # the shipped settings
+    assert dense_accuracy >= 90.0
+    assert dense_mean == pytest.approx(dense_gmacs(model.config), rel=1e-6)
+    assert (ats_tokens <= dense_tokens).all() and ats_tokens.float().mean() < dense_tokens.float().mean()
+    assert ats_mean < dense_gmacs(model.config)
+    assert ats_accuracy >= dense_accuracy - 3.0
+
+
+def test_the_saved_processor_on_frames_equals_to_pixel_values(test_clips):
+    processor = AutoImageProcessor.from_pretrained(MODEL_DIR)
+    videos = test_clips[0][:4]
+    processed = processor([list(video.numpy()) for video in videos], return_tensors="pt")["pixel_values"]
+    assert processed.shape == (4, 8, 3, 64, 64)
+    torch.testing.assert_close(processed, clips.to_pixel_values(videos), atol=1e-5, rtol=0)
