@@ -11,11 +11,12 @@ from transformers import AutoImageProcessor, AutoModelForVideoClassification
 
 import ats_hf  # noqa: F401  (registers the ATS classes with the Auto classes)
 from ats_hf import AtsVivitForVideoClassification
+from ats_hf.data import CLIPS_VIVIT_DIR
 from ats_hf.data import synthetic_clips as clips
 from ats_hf.flops import dense_gmacs, gmacs_per_image
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "src" / "ats_hf" / "data" / "clips_vivit"
+MODEL_DIR = CLIPS_VIVIT_DIR
 SCRIPT = ROOT / "scripts" / "train_clips_vivit.py"
 NUM_CLIPS = 200
 
