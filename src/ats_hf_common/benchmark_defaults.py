@@ -53,6 +53,12 @@ GEOMETRIES = {
     # Distilled DeiT-S (CLS and distillation tokens, two heads): 196 patches + 2 = 198 tokens.
     "deit-s-distilled": dict(family="deit", image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12,
                              num_attention_heads=6, intermediate_size=1536),
+    # ViViT (joint space-time attention): 8 frames of 224 px in 2 x 16 x 16 tubelets at ViT-S width (784 tubelets +
+    # CLS), and google/vivit-b-16x2-kinetics400's geometry (32 frames: 3136 tubelets + CLS).
+    "vivit-s": dict(family="vivit", image_size=224, num_frames=8, tubelet_size=[2, 16, 16], hidden_size=384,
+                    num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+    "vivit-b": dict(family="vivit", image_size=224, num_frames=32, tubelet_size=[2, 16, 16], hidden_size=768,
+                    num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     # For tests and dry runs: 17 tokens, 4 layers.
     "tiny": dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                  intermediate_size=128),

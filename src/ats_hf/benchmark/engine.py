@@ -44,7 +44,7 @@ from ..evaluation import (
     evaluate_methods,
     tensor_images,
 )
-from ..families import family_named
+from ..families import family_named, takes_videos
 from ..flops import tome_gmacs
 from ..methods import AtsMethod, Method, TomeMethod, dense_method
 from ..progress import note
@@ -432,7 +432,10 @@ def run_speed_benchmark(
     generator = torch.Generator().manual_seed(seed)
     size = config.image_size
     height, width = (size, size) if isinstance(size, int) else size
-    pixel_values = torch.randn(count, config.num_channels, height, width, generator=generator).to(dtype)
+    shape = (config.num_channels, height, width)
+    if takes_videos(model):
+        shape = (config.num_frames, *shape)
+    pixel_values = torch.randn(count, *shape, generator=generator).to(dtype)
     results = [evaluate_method(model, method, pixel_values, batch_size=max(batch_sizes), seed=seed) for method in
                methods]
     if supports_tome(model):
@@ -442,7 +445,7 @@ def run_speed_benchmark(
                            compile_backend=compile_backend, compile_mode=compile_mode)
     return BenchmarkResult(
         model=f"{geometry if isinstance(geometry, str) else 'custom geometry'} (random weights, {attn_implementation})",
-        data=f"{count} random images",
+        data=f"{count} random {'videos' if takes_videos(model) else 'images'}",
         num_images=count,
         dense_gmacs=results[0].gmacs_mean,
         methods=results,
