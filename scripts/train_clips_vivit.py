@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import VivitImageProcessor
 
 from ats_hf import AtsVivitConfig, AtsVivitForVideoClassification
@@ -53,7 +52,8 @@ def _sibling_script(name: str):
 
 
 _images = _sibling_script("train_default_model")
-evaluate, learning_rate, save_model = _images.evaluate, _images.learning_rate, _images.save_model
+evaluate, learning_rate, save_model, train_step = (_images.evaluate, _images.learning_rate, _images.save_model,
+                                                  _images.train_step)
 sincos_position_embeddings = _images.sincos_position_embeddings
 
 DEFAULT_OUTPUT = _images.DATA_DIR / "clips_vivit"
@@ -131,15 +131,9 @@ def train(args: argparse.Namespace) -> AtsVivitForVideoClassification:
     model.train()
     for step in range(args.steps):
         clips, labels = generate("train", args.batch_size, seed=args.seed * 1_000_003 + step)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args)
-        loss = F.cross_entropy(model(to_pixel_values(clips)).logits, labels, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = train_step(model, optimizer, to_pixel_values(clips), labels, learning_rate(step, args))
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  lr {learning_rate(step, args):.2e}  "
+            print(f"step {step:5d}  loss {loss:.4f}  lr {learning_rate(step, args):.2e}  "
                   f"{time.perf_counter() - started:6.0f} s", flush=True)
         if (step + 1) % 200 == 0:
             accuracy, _ = evaluate(model, monitor_pixels, monitor_labels)

@@ -149,6 +149,20 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pixel_values: torch.Tensor,
+               labels: torch.Tensor, lr: float) -> float:
+    """One AdamW step at learning rate `lr` on a batch (cross-entropy with label smoothing 0.1, gradients clipped
+    at norm 1); returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = F.cross_entropy(model(pixel_values).logits, labels, label_smoothing=0.1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor):
     """Top-1 accuracy (%) and mean GMACs per image."""
@@ -207,16 +221,9 @@ def main() -> None:
         images, labels = generate(
             "train", args.batch_size, seed=args.seed * 1_000_003 + step, digit_size=digit_size, spread=spread
         )
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args)
-        logits = model(to_pixel_values(images)).logits
-        loss = F.cross_entropy(logits, labels, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = train_step(model, optimizer, to_pixel_values(images), labels, learning_rate(step, args))
         if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  lr {learning_rate(step, args):.2e}  "
+            print(f"step {step:5d}  loss {loss:.4f}  lr {learning_rate(step, args):.2e}  "
                   f"{time.perf_counter() - started:6.0f} s", flush=True)
         if (step + 1) % 500 == 0:
             accuracy, _ = evaluate(model, monitor_pixels, monitor_labels)
