@@ -113,10 +113,12 @@ def evaluate_methods(
     mine = [all_numbers[i] for i in processes.shard(len(all_numbers))]
     own: list[tuple[int, list[tuple]]] = []
     data_seconds = model_seconds = 0.0
-    total = sum(min(batch_size, len(source) - number * batch_size) for number in all_numbers)
-    with Progress(total, f"{description} ({len(methods)} methods)", shown=processes.is_main) as progress:
+    sizes = [min(batch_size, len(source) - number * batch_size) for number in all_numbers]
+    # All processes run one batch each per round: the progress counts a round's images as this process's batch ends.
+    rounds = [sum(sizes[start : start + processes.world_size]) for start in range(0, len(sizes), processes.world_size)]
+    with Progress(sum(sizes), f"{description} ({len(methods)} methods)", shown=processes.is_main) as progress:
         batches = source.batches(batch_size, num_workers, mine)
-        for number in mine:
+        for number, round_images in zip(mine, rounds, strict=False):
             started = time.perf_counter()
             pixel_values, labels = next(batches)
             loaded = time.perf_counter()
@@ -125,7 +127,7 @@ def evaluate_methods(
             own.append((number, [row if token_counts else (row[0], None, *row[2:]) for row in rows]))
             data_seconds += loaded - started
             model_seconds += time.perf_counter() - loaded
-            progress.update(len(pixel_values) * processes.world_size)
+            progress.update(round_images)
     stats = LoopStats(sum(len(rows[0][2]) for _, rows in own), data_seconds, model_seconds)
     ordered = sorted((item for part in processes.gather(own) for item in part), key=lambda item: item[0])
     evaluations = []
