@@ -4,8 +4,8 @@ import pytest
 import torch
 from official_reference import official_picks
 
-from ats_hf import ats_sampling, inverse_transform_sampling, pack_kept_tokens, random_sampling, top_k_sampling
-from ats_hf.ats_sampling import _count_below, _stable_sort
+from ats_hf import ats_sampling, inverse_transform_sampling, pack_kept_rows, random_sampling, top_k_sampling
+from ats_hf.ats_sampling import _nearest, _stable_sort
 
 
 def onnx_top_k_sort(values: torch.Tensor, descending: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,9 +16,8 @@ def onnx_top_k_sort(values: torch.Tensor, descending: bool) -> tuple[torch.Tenso
 
 @pytest.fixture(autouse=True, params=["eager-ops", "export-ops"])
 def sampler_ops(request, monkeypatch):
-    """Every test runs twice: with torch.sort/searchsorted, and with the forms used under torch.export (ONNX has
-    neither a stable sort nor searchsorted: the sort is ONNX's TopK, the search a comparison count); both must select
-    exactly the same tokens."""
+    """Every test runs twice: with torch.sort, and with the sort used under torch.export (ONNX has no stable sort: it
+    is ONNX's TopK); both must select exactly the same tokens."""
     if request.param == "export-ops":
         monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
         monkeypatch.setattr(ats_sampling, "_exported_sort", onnx_top_k_sort)
@@ -85,15 +84,22 @@ def test_one_or_two_tokens_left():
     assert kept_positions([0.7], 197) == [0]
     assert kept_positions([0.3, 0.7], 197) == [1]
     assert kept_positions([0.7, 0.3], 2) == [0]
-    # Padding never counts: two real tokens among padding.
+    # Padding never counts: two real tokens among padding, or one (a flat CDF: kept).
     assert kept_positions([0.3, 0.0, 0.7, 0.0], 197, [True, False, True, False]) == [2]
+    assert kept_positions([0.0, 0.0, 0.7, 0.0], 2, [False, False, True, True]) == [2]
 
 
-def test_all_equal_and_all_zero_scores():
+def test_all_equal_and_unrankable_scores():
     assert kept_positions([0.25] * 4, 197) == [1, 2, 3]
-    # All-zero scores: a flat CDF keeps one token, never NaN.
-    kept = inverse_transform_sampling(torch.zeros(1, 5), None, 10)
-    assert kept.sum() == 1
+    # All-zero or NaN scores cannot be ranked: every real patch is kept (a flat CDF), never NaN in the selection.
+    for value in (0.0, float("nan")):
+        scores = torch.full((3, 5), value)
+        scores[1] = torch.tensor([0.1, 0.3, 0.2, 0.15, 0.25])
+        mask = torch.tensor([[True] * 5, [True] * 5, [True, False, True, False, True]])
+        for sampler in (inverse_transform_sampling, top_k_sampling, random_sampling):
+            kept = sampler(scores, mask, 3)
+            assert kept[0].all() and kept[2].tolist() == mask[2].tolist(), sampler
+            assert kept[1].sum() == 2
 
 
 def test_padding_is_invisible():
@@ -126,32 +132,54 @@ def test_samplers_keep_only_real_tokens(sampler):
     assert not (kept & ~mask).any()
 
 
-def test_pack_kept_tokens():
-    kept = torch.tensor([[False, True, False, True], [True, True, True, False]])
-    rows, padding = pack_kept_tokens(kept)
+def test_pack_kept_rows():
+    kept = torch.tensor([[True, False, True, False, True], [True, True, True, True, False]])
+    rows, padding = pack_kept_rows(kept)
     assert rows[0, :3].tolist() == [0, 2, 4] and rows[1].tolist() == [0, 1, 2, 3]
     assert padding.token_mask.tolist() == [[True, True, True, False], [True, True, True, True]]
     assert padding.real_rows.tolist() == [0, 1, 2, 4, 5, 6, 7]
     assert padding.packed_index.tolist() == [0, 1, 2, 7, 3, 4, 5, 6]
     unpacked = padding.unpack(torch.arange(1.0, 8.0)[:, None])
     assert unpacked.flatten().tolist() == [1, 2, 3, 0, 4, 5, 6, 7]
-    rows, padding = pack_kept_tokens(torch.tensor([[True, False], [False, True]]))
+    rows, padding = pack_kept_rows(torch.tensor([[True, True, False], [True, False, True]]))
     assert padding is None and rows.tolist() == [[0, 1], [0, 2]]
+    rows, padding = pack_kept_rows(torch.tensor([[True, False, False, True, True]]))  # one image: no padding
+    assert padding is None and rows.tolist() == [[0, 3, 4]]
 
 
-def test_stable_sort_and_the_export_search_match_eager_ops(monkeypatch):
+def test_stable_sort_in_index_order_for_ties():
     generator = torch.Generator().manual_seed(3)
     values = torch.randint(0, 6, (4, 30), generator=generator).float() / 5  # many ties
     values[1, 25:] = float("inf")
     values[2, 0] = float("-inf")  # ToMe's protected CLS
-    points = torch.rand(4, 17, generator=generator).sort(dim=1).values
-    points[0, :3] = torch.tensor([0.0, 0.2, 0.4])  # exactly on values
     # Ties in index order, ascending and descending: Python's sort is stable.
     for descending in (False, True):
         order = [sorted(range(30), key=lambda i, row=row: -row[i] if descending else row[i])
                  for row in values.tolist()]
         assert _stable_sort(values, descending)[1].tolist() == order
-    sorted_values = _stable_sort(values)[0]
-    expected_count = _count_below(sorted_values, points)
-    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-    assert torch.equal(_count_below(sorted_values, points), expected_count)
+
+
+def test_binary_search_finds_the_distance_matrix_choice(monkeypatch):
+    """Above `NEAREST_BY_DISTANCES_LIMIT` the nearest value comes from a binary search: the same positions as the
+    official first-minimum of |point - value|, on ties (points exactly halfway, on values, above 1 by rounding,
+    equal leading zeros and the trailing 1 of padding), for points from the smallest non-zero value on."""
+    generator = torch.Generator().manual_seed(11)
+    rows = []
+    for _ in range(60):
+        count = int(torch.randint(2, 30, (1,), generator=generator))
+        # Sorted scores: leading zeros, then equal steps (exact halves); the last one positive.
+        steps = torch.randint(0, 4, (count,), generator=generator).float().sort().values
+        steps[-1] = steps[-1] + 1
+        cdf = torch.cumsum(steps, 0)
+        cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0])
+        rows.append(torch.cat([cdf, torch.ones(30 - count)]))  # padding repeats the last real 1
+    values = torch.stack(rows)[:, None, :]
+    points = torch.cat([values[:, 0, :12] + values[:, 0, 1:13], torch.rand(60, 12, generator=generator)], dim=1) / 2
+    points = torch.cat([points, torch.full((60, 1), 1.0 + 2**-23)], dim=1)[..., None]
+    # The sampler's points start at the smallest non-zero value.
+    lowest_nonzero = torch.where(values > 0, values, 1.0).amin(dim=2, keepdim=True)
+    points = torch.maximum(points, lowest_nonzero)
+    expected = (points - values).abs().argmin(dim=2)
+    assert torch.equal(_nearest(values, points), expected)
+    monkeypatch.setattr(ats_sampling, "NEAREST_BY_DISTANCES_LIMIT", 0)
+    assert torch.equal(_nearest(values, points), expected)

@@ -5,7 +5,7 @@ import torch
 from conftest import counting_host_reads, tiny_model
 
 from ats_hf import AtsViTForImageClassification
-from ats_hf.ats_sampling import pack_kept_tokens, pack_kept_tokens_static
+from ats_hf.ats_sampling import pack_kept_rows, pack_kept_tokens_static
 
 build = tiny_model
 
@@ -63,7 +63,7 @@ def test_truncation_keeps_the_highest_scoring_sampled_tokens():
     assert padding.real_rows is None
     # With room for everything it is the adaptive packing, padded to the capacity.
     rows, padding = pack_kept_tokens_static(kept, scores, capacity=7)
-    adaptive_rows, adaptive_padding = pack_kept_tokens(kept)
+    adaptive_rows, adaptive_padding = pack_kept_rows(torch.nn.functional.pad(kept, (1, 0), value=True))
     width = adaptive_rows.shape[1]
     assert torch.equal(rows[:, :width][adaptive_padding.token_mask], adaptive_rows[adaptive_padding.token_mask])
     assert not padding.token_mask[:, width:].any()

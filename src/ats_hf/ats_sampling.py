@@ -1,7 +1,7 @@
 """Adaptive Token Sampling, the algorithm: pure functions, tensors in and tensors out.
 
 Scoring (`significance_scores`), the samplers (`inverse_transform_sampling`, the paper's; `top_k_sampling` and
-`random_sampling`, its ablation baselines), packing the kept rows (`pack_kept_tokens` for the adaptive mode,
+`random_sampling`, its ablation baselines), packing the kept rows (`pack_kept_rows` for the adaptive mode,
 `pack_kept_tokens_static` for the static mode), merging dropped tokens (`merge_dropped_tokens`), and `select_tokens`,
 the whole selection step of an ATS layer in one call. Token Merging's bipartite matching (`bipartite_merge`, the peer
 baseline) sits beside them.
@@ -22,6 +22,9 @@ import torch
 
 ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
 TINY = torch.finfo(torch.float32).tiny  # what a sum is divided by when it is 0 (0 / tiny = 0)
+NEAREST_BY_DISTANCES_LIMIT = 1 << 22
+"""The largest (B, R, P) distance matrix (16 MiB of float32) the nearest-value matching builds; above it, binary
+search (see `_nearest`)."""
 
 
 def significance_scores(
@@ -45,10 +48,10 @@ def _significance(
     cls_attention: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor | None, num_special: int
 ) -> torch.Tensor:
     """`significance_scores` from the (B, L) CLS attention already summed over heads."""
-    attention = _as_float32(cls_attention[:, num_special:])
-    scores = attention * _as_float32(torch.linalg.vector_norm(_as_float32(values[:, num_special:]), dim=-1))
+    norms = torch.linalg.vector_norm(_as_float32(values), dim=-1)
+    scores = (_as_float32(cls_attention) * norms)[:, num_special:]
     if token_mask is not None:
-        scores = scores.masked_fill(~token_mask[:, num_special:], 0.0)
+        scores = torch.where(token_mask[:, num_special:], scores, _scalar(0.0, scores))
     # An all-zero row stays zero: 0 / tiny = 0; any other row has total >= tiny and is divided by it exactly.
     return scores / torch.maximum(scores.sum(dim=1, keepdim=True), _scalar(TINY, scores))
 
@@ -61,7 +64,8 @@ def inverse_transform_sampling(
     Per image, over its own real patch tokens only: sort scores ascending, take the cumulative sum, min-max
     normalise it to [0, 1], place R = max_tokens - 1 points from the smallest non-zero normalised value up to 1,
     and keep the token whose normalised CDF is nearest to each point (ties to the lower one). The lowest token is
-    never kept; an image with a flat CDF (one patch left, or all scores zero) keeps its last-sorted patch.
+    never kept. An image whose CDF is flat (one real patch, or every score zero) or NaN cannot be ranked: it keeps
+    every real patch.
 
     Args:
         scores: (B, P) float32 significance scores, >= 0.
@@ -70,43 +74,52 @@ def inverse_transform_sampling(
     Returns:
         (B, P) bool, True for kept patch tokens.
     """
+    return sample_patch_tokens("inverse_transform", scores, patch_mask, max_tokens)
+
+
+def _inverse_transform_picks(
+    scores: torch.Tensor, patch_mask: torch.Tensor | None, num_points: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse-transform sampler's picks: (B, R) patch indices (duplicates included) and whether each image's
+    (B, 1) CDF can rank its patches. The official arithmetic: the same sort, sums, points and first-nearest choice."""
     batch_size, num_patches = scores.shape
-    if num_patches == 0:  # only special tokens are left: nothing to sample
-        return torch.zeros_like(scores, dtype=torch.bool)
-    tiny = _scalar(TINY, scores)
-    if patch_mask is None:
-        sorted_scores, order = _stable_sort(scores)
-        cdf = torch.cumsum(sorted_scores, dim=1)
-        cdf_first = cdf[:, :1]
-        # From exactly 0 up to exactly 1 (x / x), or all 0 when the CDF is flat (span 0: see below).
-        normalized_cdf = (cdf - cdf_first) / torch.maximum(cdf[:, -1:] - cdf_first, tiny)
-    else:
-        # Padding sorts last and is then zeroed, so the CDF of the real tokens is unchanged.
-        inf = float("inf")
-        sorted_scores, order = _stable_sort(scores.masked_fill(~patch_mask, inf))
-        last = (patch_mask.sum(dim=1, keepdim=True) - 1).clamp(min=0)
-        padding = torch.arange(num_patches, device=scores.device) > last
-        cdf = torch.cumsum(sorted_scores.masked_fill(padding, 0.0), dim=1)
-        cdf_first = cdf[:, :1]
-        normalized_cdf = (cdf - cdf_first) / torch.maximum(cdf.gather(1, last) - cdf_first, tiny)
-        # 1 at the last real token (x / x already is, unless the CDF is flat); padding above every point.
-        normalized_cdf = normalized_cdf.scatter_(1, last, 1.0).masked_fill_(padding, inf)
+    if patch_mask is not None:  # padding sorts last, then adds nothing: the CDF repeats its last real value there
+        scores = torch.where(patch_mask, scores, _scalar(float("inf"), scores))
+    sorted_scores, order = _stable_sort(scores)
+    if patch_mask is not None:
+        sorted_scores = sorted_scores.nan_to_num(nan=float("nan"), posinf=0.0)
+    cdf = torch.cumsum(sorted_scores, dim=1)
+    lowest, highest = torch.aminmax(cdf, dim=1, keepdim=True)
+    span = highest - lowest
+    rankable = span > _scalar(0.0, span)  # False for a flat CDF and for NaN
+    # (B, 1, P), from exactly 0 to exactly 1 (x / x); padding repeats the 1, after the last real patch.
+    normalized_cdf = ((cdf - lowest) / span).view(batch_size, 1, num_patches)
+    # The points start at the smallest non-zero value (zeros belong to the lowest patches, never kept).
+    nonzero = torch.where(normalized_cdf > _scalar(0.0, span), normalized_cdf, _scalar(1.0, span))
+    points = _sample_points(nonzero.min(dim=2, keepdim=True).values, num_points)
+    return order.gather(1, _nearest(normalized_cdf, points)), rankable
 
-    # The normalised CDF rises from 0: its smallest non-zero value is the smallest positive one (1 when it is flat).
-    zero, one = _scalar(0.0, scores), _scalar(1.0, scores)
-    lowest_nonzero = torch.where(normalized_cdf > zero, normalized_cdf, one).amin(dim=1, keepdim=True)
-    points = _sample_points(lowest_nonzero, max_tokens - 1)
 
-    # Nearest CDF value to each point: the first one at or above it, or the one below when that is no farther and
-    # not zero. A point above every value (a flat CDF, or 1 plus rounding) takes the last one.
-    above = torch.minimum(_count_below(normalized_cdf, points), _scalar(num_patches - 1, points, torch.long))
-    below = torch.maximum(above - 1, _scalar(0, points, torch.long))
-    cdf_below = normalized_cdf.gather(1, below)
-    take_below = (points - cdf_below <= normalized_cdf.gather(1, above) - points) & (cdf_below > zero)
-    picked = order.gather(1, torch.where(take_below, below, above))
+def _nearest(ascending: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B, 1, P) ascending values, (B, R, 1) points in [0, 1] -> (B, R) long: the position of the value nearest to
+    each point, the first of equally near ones (the official argmin of |point - value|).
 
-    kept = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=scores.device).scatter_(1, picked, True)
-    return kept if patch_mask is None else kept & patch_mask
+    A batch whose (B, R, P) distance matrix fits `NEAREST_BY_DISTANCES_LIMIT` (and every exported graph: ONNX has no
+    binary search) computes that matrix: a few operations, which is what batch 1 is bound by. A larger one finds
+    the same positions by binary search: the first value at or above the point, or the one before it when that is
+    no farther. (Equal values are the leading zeros, never nearest, and the trailing 1 of padding, after the last
+    real 1; a point above 1 by rounding is taken as 1.)"""
+    batch_size, num_points = points.shape[:2]
+    num_values = ascending.shape[2]
+    if torch.compiler.is_exporting() or batch_size * num_points * num_values <= NEAREST_BY_DISTANCES_LIMIT:
+        distances = points - ascending
+        return torch.abs(distances, out=distances).argmin(dim=2)
+    values = ascending.view(batch_size, num_values)
+    points = torch.minimum(points.view(batch_size, num_points), _scalar(1.0, points))
+    above = torch.searchsorted(values, points).clamp_(max=num_values - 1)  # in range for NaN rows as well
+    below = (above - 1).clamp_(min=0)
+    take_below = points - values.gather(1, below) <= values.gather(1, above) - points
+    return torch.where(take_below, below, above)
 
 
 def _stable_sort(values: torch.Tensor, descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,60 +138,61 @@ def _exported_sort(values: torch.Tensor, descending: bool) -> tuple[torch.Tensor
     return values.topk(values.shape[1], dim=1, largest=descending, sorted=True)
 
 
-def _count_below(sorted_values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B, N) ascending values, (B, R) points -> (B, R) long: how many values are below each point (left
-    `searchsorted`). Under torch.export (ONNX has no searchsorted) an exact (B, R, N) comparison."""
-    if not torch.compiler.is_exporting():
-        return torch.searchsorted(sorted_values, points)
-    return (sorted_values[:, None, :] < points[:, :, None]).sum(dim=2)
-
-
 def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tensor:
-    """(B, 1) start values -> (B, R) points, evenly spaced from the start up to 1 (the official arithmetic)."""
+    """(B, 1, 1) start values -> (B, R, 1) points, evenly spaced from the start up to 1 (the official arithmetic:
+    start + (linspace(0, 1, R) (R - 1) - start step) / (R - 1))."""
     if num_points == 1:
         return torch.ones_like(lowest_nonzero)
-    # Eager reuses the grid (two fewer ops per layer); a compiled graph folds it into its kernels instead.
-    grid = _point_grid if torch.compiler.is_compiling() else _cached_point_grid
-    steps, unit = grid(num_points, lowest_nonzero.device)
-    return lowest_nonzero + (unit - lowest_nonzero * steps) / _scalar(num_points - 1, lowest_nonzero)
+    steps, unit = _constant(_point_grid, num_points, lowest_nonzero.device)
+    return torch.addcdiv(lowest_nonzero, unit - lowest_nonzero * steps, _scalar(num_points - 1, lowest_nonzero))
 
 
 def _point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R,) step numbers 0..R-1 and (R,) linspace(0, 1, R) * (R - 1)."""
+    """(R, 1) step numbers 0..R-1 and (R, 1) linspace(0, 1, R) * (R - 1)."""
     steps = torch.arange(num_points, device=device, dtype=torch.float32)
-    return steps, torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_point_grid`, made once per (R, device), outside any inference mode so that every mode can read it."""
-    with torch.inference_mode(False), torch.no_grad():
-        return _point_grid(num_points, device)
+    unit = torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
+    return steps.view(-1, 1), unit.view(-1, 1)
 
 
 def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
     """Ablation baseline: keep the `max_tokens - 1` highest-scoring real patch tokens. (B, P) -> (B, P) bool."""
-    return _keep_largest(scores, patch_mask, max_tokens - 1)
+    return sample_patch_tokens("top_k", scores, patch_mask, max_tokens)
 
 
 def random_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
     """Ablation baseline: keep `max_tokens - 1` uniformly random real patch tokens (torch's global RNG)."""
-    return _keep_largest(torch.rand_like(scores), patch_mask, max_tokens - 1)
+    return sample_patch_tokens("random", scores, patch_mask, max_tokens)
 
 
-def _keep_largest(keys: torch.Tensor, patch_mask: torch.Tensor | None, count: int) -> torch.Tensor:
+def _top_k_picks(scores: torch.Tensor, patch_mask: torch.Tensor | None, count: int):
+    return _largest(scores, patch_mask, count), _rankable_rows(scores)
+
+
+def _random_picks(scores: torch.Tensor, patch_mask: torch.Tensor | None, count: int):
+    return _largest(torch.rand_like(scores), patch_mask, count), _rankable_rows(scores)
+
+
+def _largest(keys: torch.Tensor, patch_mask: torch.Tensor | None, count: int) -> torch.Tensor:
+    """(B, P) keys -> (B, min(count, P)) indices of the largest ones among the real patches (padding only once
+    the real ones run out)."""
     if patch_mask is not None:
         keys = keys.masked_fill(~patch_mask, float("-inf"))
-    chosen = keys.topk(min(count, keys.shape[1]), dim=1).indices
-    kept = torch.zeros_like(keys, dtype=torch.bool).scatter_(1, chosen, True)
-    return kept if patch_mask is None else kept & patch_mask
+    return keys.topk(min(count, keys.shape[1]), dim=1).indices
 
 
-TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], torch.Tensor]] = {
-    "inverse_transform": inverse_transform_sampling,
-    "top_k": top_k_sampling,
-    "random": random_sampling,
+def _rankable_rows(scores: torch.Tensor) -> torch.Tensor:
+    """(B, 1) bool: False for an image whose scores are all zero or NaN (normalising spreads a NaN over the whole
+    row), as for the inverse transform's flat or NaN CDF."""
+    return scores.sum(dim=1, keepdim=True) > _scalar(0.0, scores)
+
+
+TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], tuple[torch.Tensor, torch.Tensor]]] = {
+    "inverse_transform": _inverse_transform_picks,
+    "top_k": _top_k_picks,
+    "random": _random_picks,
 }
+"""Each sampler by name, as `(scores (B, P), patch_mask (B, P) | None, R) -> (picks, rankable)`: the (B, R') long
+patch indices it picks (duplicates allowed; R' <= R) and (B, 1) bool, False for an image it cannot rank."""
 
 
 def sample_patch_tokens(
@@ -186,12 +200,44 @@ def sample_patch_tokens(
 ) -> torch.Tensor:
     """The patch tokens `sampler` (a name in `TOKEN_SAMPLERS`) keeps. (B, P) scores -> (B, P) bool.
 
-    An image whose scores are not finite (a NaN or inf in its input makes its whole row NaN) cannot be ranked: it
-    keeps every real patch token, so it never falls below the documented minimum and is never counted as cheap.
+    An image the sampler cannot rank (scores that are not finite: a NaN or inf in its input makes its whole row NaN;
+    for the inverse transform also a flat CDF) keeps every real patch token, so it never falls below the documented
+    minimum and is never counted as cheap.
     """
-    kept = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens)
-    unscorable = scores[:, :1].isnan()  # normalising spreads a NaN over the whole row
-    return kept | (unscorable if patch_mask is None else unscorable & patch_mask)
+    num_patches = scores.shape[1]
+    if num_patches == 0:  # only special tokens are left: nothing to sample
+        return torch.zeros_like(scores, dtype=torch.bool)
+    picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - 1)
+    return kept_rows_mask(picks, rankable, num_patches, patch_mask)
+
+
+def kept_rows_mask(
+    picks: torch.Tensor,
+    rankable: torch.Tensor,
+    num_rows: int,
+    token_mask: torch.Tensor | None = None,
+    num_special: int = 0,
+) -> torch.Tensor:
+    """Which of N = S + P rows are kept: the S special rows, the picked patches, and every real row of an image
+    that cannot be ranked.
+
+    Args:
+        picks: (B, R) long patch indices (into the P patches, duplicates allowed); rankable: (B, 1) bool.
+        num_rows: N; token_mask: (B, N) bool real rows (None: all real); num_special: S.
+    Returns:
+        (B, N) bool.
+    """
+    # Not rankable: every row (template >= False); rankable: the special rows only (template >= True).
+    kept = _constant(_special_rows_template, num_rows, num_special, picks.device) >= rankable
+    if num_special:
+        picks = picks + _scalar(num_special, picks, torch.long)
+    kept = kept.scatter_(1, picks, True)
+    return kept if token_mask is None else kept & token_mask
+
+
+def _special_rows_template(num_rows: int, num_special: int, device: torch.device) -> torch.Tensor:
+    """(1, N) bool, True for the first S rows."""
+    return (torch.arange(num_rows, device=device) < num_special).view(1, -1)
 
 
 @dataclass
@@ -220,34 +266,24 @@ class PaddingLayout:
         return with_zero_row.index_select(0, self.packed_index)
 
 
-def pack_kept_tokens(kept_patches: torch.Tensor, num_special: int = 1) -> tuple[torch.Tensor, PaddingLayout | None]:
-    """Rows to keep, the S special tokens first then kept patches in their current order, packed to the front.
+def pack_kept_rows(kept: torch.Tensor) -> tuple[torch.Tensor, PaddingLayout | None]:
+    """The kept rows, in their current order, packed to the front (the adaptive mode).
 
     Args:
-        kept_patches: (B, P) bool.
-        num_special: S, the leading rows that are always kept.
+        kept: (B, L) bool, True for the rows to keep (the special rows among them).
     Returns:
-        kept_rows: (B, M) long indices into the L = P + S input rows, M = S + the largest kept count.
+        kept_rows: (B, M) long indices into the L rows, M = the largest kept count;
         padding: the layout of the (B, M) output, or None when every image keeps M rows.
     The only device-to-host read of an ATS layer happens here (inside `nonzero` for a single image).
     """
-    if kept_patches.shape[0] == 1:  # the kept patch rows after the special ones: no padding can exist
-        patch_rows = kept_patches.view(-1).nonzero().view(1, -1) + num_special
-        return torch.cat([_special_rows(num_special, kept_patches.device), patch_rows], dim=1), None
-    kept = torch.nn.functional.pad(kept_patches, (num_special, 0), value=True)
+    if kept.shape[0] == 1:  # no padding can exist
+        return kept.view(-1).nonzero().view(1, -1), None
     counts = kept.sum(dim=1)
     largest, smallest, total = torch.stack([counts.max(), counts.min(), counts.sum()]).tolist()
     kept_rows = torch.argsort((~kept).to(torch.uint8), dim=1, stable=True)[:, :largest]
     if largest == smallest:
         return kept_rows, None
     return kept_rows, PaddingLayout.from_mask(torch.arange(largest, device=counts.device) < counts[:, None], total)
-
-
-@functools.lru_cache(maxsize=16)
-def _special_rows(num_special: int, device: torch.device) -> torch.Tensor:
-    """(1, S) long: 0 .. S-1, made once per (S, device), outside any inference mode so that every mode can read it."""
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.arange(num_special, device=device).view(1, -1)
 
 
 def pack_kept_tokens_static(
@@ -326,13 +362,11 @@ def merge_dropped_tokens(
     return merged.to(rows.dtype), merged_sizes
 
 
-
-
 def gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """(B, L, ...) rows picked by (B, M) indices -> (B, M, ...), as one index_select over the flattened batch."""
     batch_size, num_rows = tensor.shape[:2]
     if batch_size == 1:
-        return tensor.index_select(1, rows[0])
+        return tensor.index_select(1, rows.view(-1))
     offsets = torch.arange(0, batch_size * num_rows, num_rows, device=rows.device)[:, None]
     flat = tensor.reshape(batch_size * num_rows, *tensor.shape[2:]).index_select(0, (rows + offsets).flatten())
     return flat.view(*rows.shape, *tensor.shape[2:])
@@ -350,10 +384,11 @@ def kept_patch_positions(last_kept_by: torch.Tensor, num_layers: int, width: int
         ascending, padded with -1.
     """
     num_patches = last_kept_by.shape[1]
-    layers = torch.arange(num_layers, device=last_kept_by.device)
-    kept = last_kept_by[:, None, :] >= layers[None, :, None]  # (B, layers, P)
+    device = last_kept_by.device
+    layers = _constant(torch.arange, num_layers, device=device).view(-1, 1)
+    kept = last_kept_by.unsqueeze(1) >= layers  # (B, layers, P)
     beyond = _scalar(num_patches, last_kept_by, torch.long)
-    candidates = torch.where(kept, torch.arange(num_patches, device=last_kept_by.device), beyond)
+    candidates = torch.where(kept, _constant(torch.arange, num_patches, device=device), beyond)
     ascending = candidates.topk(width, dim=2, largest=False).values  # kept positions first, then `beyond`
     return torch.where(ascending < beyond, ascending, _scalar(-1, last_kept_by, torch.long))
 
@@ -411,12 +446,12 @@ def select_tokens(
         cls_logits = cls_logits.masked_fill(~token_mask[..., None], float("-inf"))
     scores = _significance(cls_logits.softmax(dim=1).sum(dim=-1), values, token_mask, num_special)
     patch_mask = None if token_mask is None else token_mask[:, num_special:]
-    # The samplers count K with one special token (CLS); K - S + 1 leaves K - S patch tokens.
-    kept_patches = sample_patch_tokens(sampler, scores, patch_mask, max_tokens - num_special + 1)
+    picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - num_special)
+    kept = kept_rows_mask(picks, rankable, num_tokens, token_mask, num_special)  # (B, L), the special rows included
     if capacity is None:
-        kept_rows, padding = pack_kept_tokens(kept_patches, num_special)
+        kept_rows, padding = pack_kept_rows(kept)
     else:
-        kept_rows, padding = pack_kept_tokens_static(kept_patches, scores, capacity, num_special)
+        kept_rows, padding = pack_kept_tokens_static(kept[:, num_special:], scores, capacity, num_special)
     if token_mask is None and padding is None and kept_rows.shape[1] == num_tokens:
         return TokenSelection(None, None)  # every row kept, in place: nothing to gather or merge
     return TokenSelection(kept_rows, padding, keys if merge else None)
@@ -424,17 +459,23 @@ def select_tokens(
 
 def _scalar(value: float, like: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """`value` as a 0-dim tensor on `like`'s device. An operation with a Python float converts it to a tensor on every
-    call (four extra dispatched operations in eager mode); eager mode reuses one made once, a compiled or exported
-    graph makes its own (a constant in the graph)."""
+    call (four extra dispatched operations in eager mode); a `_constant` is made once."""
+    return _constant(torch.full, (), value, dtype=dtype, device=like.device)
+
+
+def _constant(build: Callable, *args, **kwargs):
+    """`build(*args, **kwargs)`, tensors that depend on nothing but the arguments. Eager mode makes them once, outside
+    any inference mode so that every mode can read them; a compiled or exported graph makes its own (constants in
+    the graph)."""
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return torch.full((), value, dtype=dtype, device=like.device)
-    return _cached_scalar(value, dtype, like.device)
+        return build(*args, **kwargs)
+    return _cached_constant(build, *args, **kwargs)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _cached_constant(build: Callable, *args, **kwargs):
     with torch.inference_mode(False), torch.no_grad():
-        return torch.full((), value, dtype=dtype, device=device)
+        return build(*args, **kwargs)
 
 
 def _as_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -507,8 +548,9 @@ __all__ = [
     "gather_rows",
     "inverse_transform_sampling",
     "kept_patch_positions",
+    "kept_rows_mask",
     "merge_dropped_tokens",
-    "pack_kept_tokens",
+    "pack_kept_rows",
     "pack_kept_tokens_static",
     "random_sampling",
     "sample_patch_tokens",
