@@ -176,11 +176,19 @@ def _self_attention_mask(
 def _attention_mask(config, queries: torch.Tensor, keys: torch.Tensor, token_mask: torch.Tensor | None):
     """The key-padding mask for (B, M) query rows over (B, L) key rows, for the configured attention implementation.
 
-    A padding layout exists only when there is padding, so transformers' all-real check (a device-to-host read) is
-    skipped. Eager and sdpa take no mask at all when every key is real (what transformers would return), so that
-    case skips the mask builder's Python work."""
-    if token_mask is None and config._attn_implementation in ("eager", "sdpa"):
-        return None
+    Eager and sdpa take a (B, 1, 1, L) key mask that serves any number of query rows: sdpa's bool one (True: attend)
+    and eager's additive one (0, or the dtype's minimum), the values transformers' mask builder gives them, in one or
+    two operations instead of its sixty; none when every key is real. Other implementations (flash, flex) get
+    transformers' mask; a padding layout exists only when there is padding, so its all-real check (a device-to-host
+    read) is skipped."""
+    attn_implementation = config._attn_implementation
+    if attn_implementation in ("eager", "sdpa"):
+        if token_mask is None:
+            return None
+        key_mask = token_mask.view(token_mask.shape[0], 1, 1, -1)
+        if attn_implementation == "sdpa":
+            return key_mask
+        return torch.where(key_mask, queries.new_zeros(()), torch.finfo(queries.dtype).min)
     return create_bidirectional_mask(
         config=config,
         inputs_embeds=queries,
