@@ -161,7 +161,7 @@ def test_stable_sort_in_index_order_for_ties():
 
 def test_binary_search_finds_the_distance_matrix_choice(monkeypatch):
     """Above `NEAREST_BY_DISTANCES_LIMIT` the nearest value comes from a binary search: the same positions as the
-    official first-minimum of |point - value|, on ties (points exactly halfway, on values, above 1 by rounding,
+    distance matrix's first minimum of |point - value| (the zeros, the lowest patches, never taken), on ties (points exactly halfway, on values, above 1 by rounding,
     equal leading zeros and the trailing 1 of padding), for points from the smallest non-zero value on."""
     generator = torch.Generator().manual_seed(11)
     rows = []
@@ -176,10 +176,15 @@ def test_binary_search_finds_the_distance_matrix_choice(monkeypatch):
     values = torch.stack(rows)[:, None, :]
     points = torch.cat([values[:, 0, :12] + values[:, 0, 1:13], torch.rand(60, 12, generator=generator)], dim=1) / 2
     points = torch.cat([points, torch.full((60, 1), 1.0 + 2**-23)], dim=1)[..., None]
+    # A smallest non-zero value below half an ulp of the points: 0 is as near as it, and is still never taken.
+    values[0, 0, :4] = torch.tensor([0.0, 1e-10, 0.5, 1.0])
+    values[0, 0, 4:] = 1.0
     # The sampler's points start at the smallest non-zero value.
-    lowest_nonzero = torch.where(values > 0, values, 1.0).amin(dim=2, keepdim=True)
-    points = torch.maximum(points, lowest_nonzero)
-    expected = (points - values).abs().argmin(dim=2)
-    assert torch.equal(_nearest(values, points), expected)
+    nonzero = torch.where(values > 0, values, 2.0)
+    points = torch.maximum(points, nonzero.amin(dim=2, keepdim=True))
+    points[0, :3, 0] = torch.tensor([1e-10, 0.2, 0.75])
+    expected = (points - nonzero).abs().argmin(dim=2)  # the official argmin, zeros left out
+    assert expected[0, :3].tolist() == [1, 1, 2]
+    assert torch.equal(_nearest(values, nonzero, points), expected)
     monkeypatch.setattr(ats_sampling, "NEAREST_BY_DISTANCES_LIMIT", 0)
-    assert torch.equal(_nearest(values, points), expected)
+    assert torch.equal(_nearest(values, nonzero, points), expected)

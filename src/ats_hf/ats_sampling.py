@@ -94,25 +94,28 @@ def _inverse_transform_picks(
     rankable = span > _scalar(0.0, span)  # False for a flat CDF and for NaN
     # (B, 1, P), from exactly 0 to exactly 1 (x / x); padding repeats the 1, after the last real patch.
     normalized_cdf = ((cdf - lowest) / span).view(batch_size, 1, num_patches)
-    # The points start at the smallest non-zero value (zeros belong to the lowest patches, never kept).
-    nonzero = torch.where(normalized_cdf > _scalar(0.0, span), normalized_cdf, _scalar(1.0, span))
+    # The lowest patches (normalised CDF 0) are never kept: as 2, above every point, they are never nearest either,
+    # and the points start at the smallest value left.
+    nonzero = torch.where(normalized_cdf > _scalar(0.0, span), normalized_cdf, _scalar(2.0, span))
     points = _sample_points(nonzero.min(dim=2, keepdim=True).values, num_points)
-    return order.gather(1, _nearest(normalized_cdf, points)), rankable
+    return order.gather(1, _nearest(normalized_cdf, nonzero, points)), rankable
 
 
-def _nearest(ascending: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B, 1, P) ascending values, (B, R, 1) points in [0, 1] -> (B, R) long: the position of the value nearest to
-    each point, the first of equally near ones (the official argmin of |point - value|).
+def _nearest(ascending: torch.Tensor, nonzero: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B, 1, P) ascending values from 0, the same with zeros as 2, (B, R, 1) points from the smallest non-zero value
+    up to 1 -> (B, R) long: the position of the non-zero value nearest to each point, the first of equally near ones
+    (the official argmin of |point - value|, less the lowest patches, which it could pick only when rounding made
+    a point as near to 0 as to the smallest non-zero value).
 
     A batch whose (B, R, P) distance matrix fits `NEAREST_BY_DISTANCES_LIMIT` (and every exported graph: ONNX has no
     binary search) computes that matrix: a few operations, which is what batch 1 is bound by. A larger one finds
     the same positions by binary search: the first value at or above the point, or the one before it when that is
-    no farther. (Equal values are the leading zeros, never nearest, and the trailing 1 of padding, after the last
+    no farther. (Equal values are the leading zeros, never taken, and the trailing 1 of padding, after the last
     real 1; a point above 1 by rounding is taken as 1.)"""
     batch_size, num_points = points.shape[:2]
     num_values = ascending.shape[2]
     if torch.compiler.is_exporting() or batch_size * num_points * num_values <= NEAREST_BY_DISTANCES_LIMIT:
-        distances = points - ascending
+        distances = points - nonzero
         return torch.abs(distances, out=distances).argmin(dim=2)
     values = ascending.view(batch_size, num_values)
     points = torch.minimum(points.view(batch_size, num_points), _scalar(1.0, points))
