@@ -31,6 +31,16 @@ def test_each_dropped_row_joins_its_most_similar_kept_patch_weighted_by_size():
     merged, new_sizes = merge_dropped_tokens(rows, sizes, keys, kept_rows, padding, token_mask, min_similarity=0.994)
     assert new_sizes.tolist() == [[1.0, 1.0, 2.0, 0.0]]
     torch.testing.assert_close(merged[0, :3, 0], torch.tensor([10.0, 1.0, 3.0]))
+    # Unpadded, two images: the same rule per image, and the same result for the first as alone.
+    both, both_sizes = merge_dropped_tokens(rows[:, :5].expand(2, -1, -1), sizes[:, :5].expand(2, -1),
+                                            keys[:, :5].expand(2, -1, -1), kept_rows[:, :3].expand(2, -1), None, None)
+    assert both_sizes.tolist() == [[1.0, 3.0, 2.0]] * 2
+    torch.testing.assert_close(both[:, :, 0], merged.new_tensor([[10.0, 7.0 / 3, 3.0]] * 2))
+
+
+def test_merging_needs_a_kept_patch_row():
+    with pytest.raises(ValueError, match="no kept patch row"):
+        merge_dropped_tokens(torch.randn(1, 4, 8), None, torch.randn(1, 4, 4), torch.tensor([[0]]), None, None)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])

@@ -161,8 +161,9 @@ def test_stable_sort_in_index_order_for_ties():
 
 def test_binary_search_finds_the_distance_matrix_choice(monkeypatch):
     """Above `NEAREST_BY_DISTANCES_LIMIT` the nearest value comes from a binary search: the same positions as the
-    distance matrix's first minimum of |point - value| (the zeros, the lowest patches, never taken), on ties (points exactly halfway, on values, above 1 by rounding,
-    equal leading zeros and the trailing 1 of padding), for points from the smallest non-zero value on."""
+    distance matrix's first minimum of |point - value| (the zeros, the lowest patches, never taken), on ties
+    (points exactly halfway, on values, above 1 by rounding, equal leading zeros and the trailing 1 of padding),
+    for points from the smallest non-zero value on."""
     generator = torch.Generator().manual_seed(11)
     rows = []
     for _ in range(60):

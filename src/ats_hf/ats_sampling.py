@@ -341,27 +341,39 @@ def merge_dropped_tokens(
     """
     batch_size, num_rows, width = rows.shape
     num_slots = kept_rows.shape[1]
-    slots = torch.arange(num_slots, device=rows.device).expand(batch_size, -1)
-    slot_is_real = torch.ones_like(slots, dtype=torch.bool) if padding is None else padding.token_mask
-    # Each current row's own slot if it was kept, else -1; padding slots write into a spare column.
-    slot_of_row = torch.full((batch_size, num_rows + 1), -1, dtype=torch.long, device=rows.device)
-    slot_of_row = slot_of_row.scatter(1, kept_rows.masked_fill(~slot_is_real, num_rows), slots)[:, :num_rows]
+    if num_slots <= num_special:
+        raise ValueError(f"kept_rows has {num_slots} rows, no kept patch row to merge into (S = {num_special}).")
+    device = rows.device
+    slots = _constant(torch.arange, num_slots, device=device).expand(batch_size, -1)
+    # Each current row's own slot if it was kept, else -1 (padding slots point at CLS: they write into a spare column).
+    own_slot = torch.full((batch_size, num_rows + (padding is not None)), -1, dtype=torch.long, device=device)
+    if padding is None:
+        own_slot = own_slot.scatter_(1, kept_rows, slots)
+    else:
+        own_slot = own_slot.scatter_(1, kept_rows.masked_fill(~padding.token_mask, num_rows), slots)[:, :num_rows]
 
+    # The most similar kept patch row of every row (special rows never receive), by cosine similarity of the keys.
     metric = torch.nn.functional.normalize(keys.float(), dim=-1)
-    similarity = metric @ gather_rows(metric, kept_rows).transpose(1, 2)  # (B, L, M)
-    can_receive = slot_is_real & (slots >= num_special)
-    best, nearest = similarity.masked_fill(~can_receive[:, None, :], float("-inf")).max(dim=-1)
+    receivers = gather_rows(metric, kept_rows)[:, num_special:]
+    similarity = metric @ receivers.transpose(1, 2)  # (B, L, M - S)
+    if padding is not None:
+        similarity = similarity.masked_fill(~padding.token_mask[:, None, num_special:], float("-inf"))
+    best, nearest = similarity.max(dim=-1, keepdim=True)
     # Dropped rows too far from every kept row, and padding rows, go to the spare slot M, which is cut off.
-    leaves = best < min_similarity if token_mask is None else (best < min_similarity) | ~token_mask
-    nearest = nearest.masked_fill(leaves, num_slots)
+    leaves = best < _scalar(min_similarity, best)
+    if token_mask is not None:
+        leaves = leaves | ~token_mask[..., None]
+    spare_slot = _scalar(num_slots, nearest, torch.long)
+    nearest = torch.where(leaves, spare_slot, nearest + _scalar(num_special, nearest, torch.long)).view(batch_size, -1)
+    target = torch.where(own_slot >= _scalar(0, own_slot, torch.long), own_slot, nearest)  # (B, L) slots
+
     weights = rows.new_ones(batch_size, num_rows, dtype=torch.float32) if sizes is None else sizes
-    target = torch.where(slot_of_row >= 0, slot_of_row, nearest)
     merged_sizes = weights.new_zeros(batch_size, num_slots + 1).scatter_add_(1, target, weights)[:, :num_slots]
-    weighted = rows.float() * weights[..., None]
+    weighted = rows.float() * weights.unsqueeze(-1)
     merged = weighted.new_zeros(batch_size, num_slots + 1, width).scatter_add_(
-        1, target[..., None].expand(-1, -1, width), weighted
+        1, target.unsqueeze(-1).expand(-1, -1, width), weighted
     )[:, :num_slots]
-    merged = merged / merged_sizes.clamp(min=torch.finfo(torch.float32).tiny)[..., None]
+    merged = merged / merged_sizes.clamp_min(TINY).unsqueeze(-1)
     return merged.to(rows.dtype), merged_sizes
 
 
