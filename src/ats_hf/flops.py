@@ -5,7 +5,7 @@ The count follows what the ATS models actually compute (see docs/how-ats-works.m
   output projection N D^2; MLP 2 N D I (a gated SwiGLU MLP, as in some DINOv2 models: 3 N D I).
 - ATS layer, N_in tokens in and N_out out: q, k, v projections 3 N_in D^2; CLS attention row N_in D (the
   scoring overhead); attention of kept rows 2 N_out N_in D; output projection N_out D^2; MLP 2 N_out D I; with
-  `ats_merge`, the key similarity of entering to kept rows N_in N_out D.
+  `ats_merge`, the key similarity of entering rows to kept patch rows N_in (N_out - S) D.
 - patch embedding (num_patches C p_h p_w D; ViViT's tubelets of p_t frames: num_patches C p_t p_h p_w D) and
   classifier head (D num_labels; a head on more than the CLS feature, as DINOv2's CLS + mean, is counted at
   D num_labels too).
@@ -85,11 +85,12 @@ def mac_breakdown(
     attention = 2 * tokens_out * tokens_in * hidden
     mlp = tokens_out * mlp_macs_per_token(config)
     ats_scoring = torch.where(is_ats, tokens_in * hidden, torch.zeros_like(tokens_in))
-    # ats_merge: key similarity of every entering row to every kept row.
+    # ats_merge: key similarity of every entering row to every kept patch row (the special rows receive nothing).
+    special = num_special_tokens(config)
     merges = is_ats & (settings.merge is not None)
-    ats_merging = torch.where(merges, tokens_in * tokens_out * hidden, torch.zeros_like(tokens_in))
+    ats_merging = torch.where(merges, tokens_in * (tokens_out - special) * hidden, torch.zeros_like(tokens_in))
     num_labels = float(config.num_labels) if with_head else 0.0
-    patches = float(num_input_tokens - num_special_tokens(config))
+    patches = float(num_input_tokens - special)
     return MacBreakdown(
         patch_embedding=torch.full((batch_size,), patches * patch_values(config) * hidden),
         projections=projections.sum(dim=1),
