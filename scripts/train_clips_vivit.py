@@ -52,8 +52,9 @@ def _sibling_script(name: str):
 
 
 _images = _sibling_script("train_default_model")
-evaluate, learning_rate, save_model, train_step = (_images.evaluate, _images.learning_rate, _images.save_model,
-                                                  _images.train_step)
+adamw_optimizer, evaluate, learning_rate, save_model, train_step = (
+    _images.adamw_optimizer, _images.evaluate, _images.learning_rate, _images.save_model, _images.train_step
+)
 sincos_position_embeddings = _images.sincos_position_embeddings
 
 DEFAULT_OUTPUT = _images.DATA_DIR / "clips_vivit"
@@ -123,9 +124,7 @@ def build_model() -> AtsVivitForVideoClassification:
 def train(args: argparse.Namespace) -> AtsVivitForVideoClassification:
     started = time.perf_counter()
     model = build_model()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embeddings" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}])
+    optimizer = adamw_optimizer(model)
     monitor_clips, monitor_labels = generate("train", 200, seed=10**9 + args.seed)
     monitor_pixels = to_pixel_values(monitor_clips)
     model.train()

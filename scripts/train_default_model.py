@@ -149,6 +149,13 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def adamw_optimizer(model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW with weight decay 0.05 on the weight matrices outside the embeddings, none on the rest."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embeddings" in n]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}])
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pixel_values: torch.Tensor,
                labels: torch.Tensor, lr: float) -> float:
     """One AdamW step at learning rate `lr` on a batch (cross-entropy with label smoothing 0.1, gradients clipped
@@ -210,9 +217,7 @@ def main() -> None:
         position_embeddings[0, 1:] = sincos_position_embeddings(ARCHITECTURE["hidden_size"], grid_size)
         if getattr(embeddings, "register_tokens", None) is not None:
             embeddings.register_tokens.normal_(std=0.02)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embeddings" in n]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}])
+    optimizer = adamw_optimizer(model)
     monitor_images, monitor_labels = generate("train", 500, seed=10**9 + args.seed)
     monitor_pixels = to_pixel_values(monitor_images)
     model.train()
