@@ -248,10 +248,10 @@ class AtsAttentionMixin:
         if not all_rows and kept_rows is not None:
             queries = gather_rows(queries, kept_rows)
         query_states = queries.view(*queries.shape[:2], -1, self.head_dim).transpose(1, 2)
-        if state.sizes is None:
-            mask = _attention_mask(config, queries, hidden_states, token_mask)
+        if state.sizes is None and attn_implementation not in ("eager", "sdpa"):
+            mask = _attention_mask(config, queries, hidden_states, token_mask)  # flash / flex: per query row
         else:
-            mask = state.attention_mask  # (B, 1, 1, L) key bias: it serves any number of query rows
+            mask = state.attention_mask  # eager / sdpa: (B, 1, 1, L) key mask or bias, for any number of query rows
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
