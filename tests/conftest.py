@@ -30,7 +30,7 @@ def peaky_weights_(model: torch.nn.Module, scale: float = 12.0) -> torch.nn.Modu
     """Make attention peaky so that ATS drops many tokens with random weights (a stand-in for a trained model)."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
+            if name.endswith(("q_proj.weight", "k_proj.weight", ".query.weight", ".key.weight")):  # VideoMAE's names
                 parameter.mul_(scale)
     return model
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import peaky_weights_
-from hf_fixtures import random_image, tiny_image_processor, tiny_video_processor, write_video
+from hf_fixtures import random_image, tiny_image_processor, tiny_video_processor, tiny_videomae_processor, write_video
 from transformers import (
     CLIPConfig,
     CLIPForImageClassification,
@@ -20,6 +20,8 @@ from transformers import (
     Dinov2ForImageClassification,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersForImageClassification,
+    VideoMAEConfig,
+    VideoMAEForVideoClassification,
     ViTConfig,
     ViTForImageClassification,
     VivitConfig,
@@ -30,15 +32,18 @@ GEOMETRY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, imag
 # Videos of 8 frames of 32 px in tubelets of 2 frames x 8 x 8 px: 4 x 4 x 4 = 64 tubelets, as the images' 64 patches.
 VIDEO_GEOMETRY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, num_frames=8,
                       tubelet_size=[2, 8, 8], intermediate_size=64, num_labels=5)
+# VideoMAE's tubelets are tubelet_size frames x patch_size x patch_size: the same 64 tubelets, and no special token.
+VIDEOMAE_GEOMETRY = {**{k: v for k, v in VIDEO_GEOMETRY.items() if k != "tubelet_size"}, "tubelet_size": 2,
+                     "patch_size": 8}
 TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=64)
 
 
 @dataclass(frozen=True)
 class FamilyCase:
     """One upstream classifier of a registry family: `family` is its name in `ats_hf.families`, `num_special` the
-    tokens before the patches (CLS first), `build` makes the upstream model; `input_shape` is one input's (an image's
-    (C, H, W), a video's (T, C, H, W)), `auto_class` and `task` are transformers' for it, `processor` makes its
-    processor."""
+    tokens before the patches (CLS first; none for VideoMAE), `build` makes the upstream model; `input_shape` is one
+    input's (an image's (C, H, W), a video's (T, C, H, W)), `auto_class` and `task` are transformers' for it,
+    `processor` makes its processor."""
 
     name: str
     family: str
@@ -98,4 +103,7 @@ CASES = [
     FamilyCase("vivit", "vivit", 1, lambda: VivitForVideoClassification(VivitConfig(**VIDEO_GEOMETRY)),
                input_shape=(8, 3, 32, 32), auto_class="AutoModelForVideoClassification", task="video-classification",
                processor=tiny_video_processor),
+    FamilyCase("videomae", "videomae", 0, lambda: VideoMAEForVideoClassification(VideoMAEConfig(**VIDEOMAE_GEOMETRY)),
+               input_shape=(8, 3, 32, 32), auto_class="AutoModelForVideoClassification", task="video-classification",
+               processor=tiny_videomae_processor),
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from conftest import peaky_weights_, tiny_model, tiny_plain_vit
 from PIL import Image
-from transformers import ViTImageProcessorPil, VivitImageProcessor
+from transformers import VideoMAEImageProcessorPil, ViTImageProcessorPil, VivitImageProcessor
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "run_image_classification.py"
 CLASS_COLOURS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 220)}
@@ -25,6 +25,11 @@ def tiny_image_processor() -> ViTImageProcessorPil:
 def tiny_video_processor() -> VivitImageProcessor:
     """ViViT's processor (frames resized and cropped to 32 px), which its video-classification pipeline uses."""
     return VivitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def tiny_videomae_processor() -> VideoMAEImageProcessorPil:
+    """VideoMAE's processor (frames resized and cropped to 32 px; the PIL backend, which needs no torchvision)."""
+    return VideoMAEImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
 def write_video(path: Path, seed: int, num_frames: int = 10, size: tuple[int, int] = (40, 36)) -> Path:

@@ -1,5 +1,5 @@
 """ats_hf: Adaptive Token Sampling (Fayyaz et al., ECCV 2022) for HuggingFace transformers ViT-family models
-(images and ViViT's videos).
+(images, and ViViT's and VideoMAE's videos).
 
 Importing the package registers every family of the registry (`ats_hf.families`: `ats_vit`, `ats_deit`, ...) with
 AutoConfig, AutoModel and its task auto classes, and marks the classes so that `save_pretrained` writes the modeling
@@ -19,6 +19,7 @@ from .configuration_ats_clip import AtsCLIPConfig, AtsCLIPVisionConfig
 from .configuration_ats_core import AtsSettings
 from .configuration_ats_deit import AtsDeiTConfig
 from .configuration_ats_dinov2 import AtsDinov2Config
+from .configuration_ats_videomae import AtsVideoMAEConfig
 from .configuration_ats_vit import AtsViTConfig
 from .configuration_ats_vivit import AtsVivitConfig
 from .families import FAMILIES, register_families
@@ -31,6 +32,7 @@ from .modeling_ats_clip import (
 from .modeling_ats_core import AtsImageClassifierOutput, AtsModelOutput, AtsPreTrainedMixin
 from .modeling_ats_deit import AtsDeiTForImageClassification, AtsDeiTForImageClassificationWithTeacher, AtsDeiTModel
 from .modeling_ats_dinov2 import AtsDinov2ForImageClassification, AtsDinov2Model
+from .modeling_ats_videomae import AtsVideoMAEForVideoClassification, AtsVideoMAEModel
 from .modeling_ats_vit import AtsViTForImageClassification, AtsViTModel, AtsViTModelOutput, AtsViTPreTrainedModel
 from .modeling_ats_vivit import AtsVivitForVideoClassification, AtsVivitModel
 
@@ -85,6 +87,9 @@ __all__ = [
     "AtsViTModel",
     "AtsViTModelOutput",
     "AtsViTPreTrainedModel",
+    "AtsVideoMAEConfig",
+    "AtsVideoMAEForVideoClassification",
+    "AtsVideoMAEModel",
     "AtsVivitConfig",
     "AtsVivitForVideoClassification",
     "AtsVivitModel",

@@ -9,7 +9,7 @@ baseline) sits beside them.
 Imports torch only: no transformers, no modeling code. It is saved beside the modeling files of every checkpoint
 (`trust_remote_code`), so it must stay that way.
 
-Shapes: B = batch, L = tokens entering a layer (S special tokens first, CLS at 0, then P = L - S patch tokens),
+Shapes: B = batch, L = tokens entering a layer (S >= 0 special tokens first, CLS at 0, then P = L - S patch tokens),
 M = rows a layer outputs, H = heads, D = width (all heads), d = head width, R = sample points.
 """
 
@@ -418,6 +418,28 @@ class TokenSelection(NamedTuple):
     merge_keys: torch.Tensor | None = None
 
 
+def scoring_query(
+    queries: torch.Tensor, num_special: int, token_mask: torch.Tensor | None = None, sizes: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The query whose attention row scores the tokens: CLS's (row 0) when there are special tokens; for a model
+    without any (S = 0, e.g. VideoMAE, which mean-pools), the mean query of the real rows, each weighing as the
+    tokens it stands for once tokens were merged (the mean of every input token's query: a query is linear in its
+    row).
+
+    Args:
+        queries: (B, L, D) all heads concatenated; token_mask: (B, L) bool real rows (None: all real);
+        sizes: (B, L) float32 tokens each row stands for, 0 for padding (None: one each).
+    Returns:
+        (B, 1, D).
+    """
+    if num_special:
+        return queries[:, :1]
+    if sizes is None and token_mask is None:
+        return queries.mean(dim=1, keepdim=True)
+    weights = (sizes if sizes is not None else token_mask.to(torch.float32)).to(queries.dtype)[..., None]
+    return (queries * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+
+
 def select_tokens(
     cls_query: torch.Tensor,
     keys: torch.Tensor,
@@ -433,11 +455,12 @@ def select_tokens(
     sizes: torch.Tensor | None = None,
     merge: bool = False,
 ) -> TokenSelection:
-    """The selection step of an ATS layer: score the patch tokens by the CLS attention row and the value norms,
-    sample them, and pack the kept rows (CLS and the other special tokens first).
+    """The selection step of an ATS layer: score the patch tokens by the CLS attention row (the mean query's when
+    S = 0) and the value norms, sample them, and pack the kept rows (CLS and the other special tokens first).
 
     Args:
-        cls_query: (B, 1, D) the CLS token's query; keys, values: (B, L, D); all with the H heads concatenated.
+        cls_query: (B, 1, D) the query that scores (`scoring_query`: CLS's, or the mean query when S = 0); keys,
+            values: (B, L, D); all with the H heads concatenated.
         num_heads: H; scaling: the attention logits' scale (1 / sqrt(D / H) in a plain ViT).
         sampler: a name in `ATS_SAMPLERS`; max_tokens: K > S, the most rows kept, special tokens included.
         capacity: None for the adaptive mode (M = the batch's largest kept count), or C > S rows (the static mode).
@@ -569,6 +592,7 @@ __all__ = [
     "pack_kept_tokens_static",
     "random_sampling",
     "sample_patch_tokens",
+    "scoring_query",
     "select_tokens",
     "significance_scores",
     "tome_schedule",

@@ -92,11 +92,14 @@ class AtsSettings(Mapping):
             raise ValueError(f"ats_layers={list(layers)} has negative indices {negative}; layers are 0-based.")
         if len(set(layers)) != len(layers):
             raise ValueError(f"ats_layers={list(layers)} has duplicate indices; each layer may be listed once.")
-        max_tokens = _per_layer_values("ats_max_tokens", self.max_tokens, layers, allow_none=True)
+        # Model-free: at least one token (a family with no special token may keep one); `check` adds the model's S.
+        max_tokens = _per_layer_values("ats_max_tokens", self.max_tokens, layers, True, num_special=0)
         sampler = self.sampler
         if not isinstance(sampler, str) or sampler not in ATS_SAMPLERS:
             raise ValueError(f"ats_sampler={sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
-        capacity = None if self.capacity is None else _per_layer_values("ats_capacity", self.capacity, layers, False)
+        capacity = self.capacity
+        if capacity is not None:
+            capacity = _per_layer_values("ats_capacity", capacity, layers, False, num_special=0)
         merge = self.merge
         number = not isinstance(merge, bool) and isinstance(merge, (int, float))
         if merge is not None and not (number and -1 <= merge <= 1):
@@ -255,7 +258,8 @@ class AtsConfigMixin(AtsBaseModelTypesMixin):
 
     @property
     def ats_num_special_tokens(self) -> int:
-        """Leading tokens that are always kept and never scored (1: CLS). Families with more override this."""
+        """Leading tokens that are always kept and never scored (1: CLS). Families with more, or none (VideoMAE: its
+        mean query scores), override this."""
         return 1
 
     def ats_patch_grid(self, input_size: int | tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -336,18 +340,22 @@ def _per_layer_values(field: str, values, layers, allow_none: bool, num_special:
 
 def _check_count_value(field: str, value, allow_none: bool, num_special: int) -> None:
     least = num_special + 1
-    allowed = ("None, " if allow_none else "") + f"an int >= {least} or a float in (0, 1]"
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        allowed = ("None, " if allow_none else "") + "an int (a token count) or a float in (0, 1]"
         raise ValueError(f"{field} entries must be {allowed}; got {value!r}.")
     if isinstance(value, int) and value < least:
         raise ValueError(
-            f"{field}={value} is too small: an int must be >= {least} (the {num_special} special token(s) and one "
-            "patch token)."
+            f"{field}={value} is too small: an int must be >= {least} ({_kept_at_least(num_special)})."
         )
     if isinstance(value, float) and not 0.0 < value <= 1.0:
         raise ValueError(f"{field}={value} is outside (0, 1]: a float is a fraction of the initial tokens.")
+
+
+def _kept_at_least(num_special: int) -> str:
+    """What the least count keeps, in words."""
+    return f"the {num_special} special token(s) and one patch token" if num_special else "one patch token"
 
 
 def _resolve_counts(field: str, values, layers, num_reference_tokens: int, num_special: int) -> dict[int, int]:
@@ -365,8 +373,7 @@ def _resolve_counts(field: str, values, layers, num_reference_tokens: int, num_s
         if tokens <= num_special:
             raise ValueError(
                 f"{field}={value!r} for layer {layer_index} resolves to {tokens} token(s) of {num_reference_tokens}; "
-                f"an ATS layer must keep at least {num_special + 1} (the {num_special} special token(s) and one patch "
-                "token)."
+                f"an ATS layer must keep at least {num_special + 1} ({_kept_at_least(num_special)})."
             )
         resolved[layer_index] = tokens
     return resolved

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel
 from .configuration_ats_clip import AtsCLIPConfig, AtsCLIPVisionConfig
 from .configuration_ats_deit import AtsDeiTConfig
 from .configuration_ats_dinov2 import AtsDinov2Config
+from .configuration_ats_videomae import AtsVideoMAEConfig
 from .configuration_ats_vit import AtsViTConfig
 from .configuration_ats_vivit import AtsVivitConfig
 from .modeling_ats_clip import (
@@ -27,6 +28,7 @@ from .modeling_ats_clip import (
 from .modeling_ats_core import AtsClassifierMixin
 from .modeling_ats_deit import AtsDeiTForImageClassification, AtsDeiTForImageClassificationWithTeacher, AtsDeiTModel
 from .modeling_ats_dinov2 import AtsDinov2ForImageClassification, AtsDinov2Model
+from .modeling_ats_videomae import AtsVideoMAEForVideoClassification, AtsVideoMAEModel
 from .modeling_ats_vit import AtsViTForImageClassification, AtsViTModel
 from .modeling_ats_vivit import AtsVivitForVideoClassification, AtsVivitModel
 
@@ -165,6 +167,17 @@ FAMILIES = (
         auto_models={VIDEO_CLASSIFICATION: (AtsVivitForVideoClassification,)},
         special_tokens="CLS",
         head="a linear layer on the final CLS token",
+        capabilities=frozenset({VIDEO, TOME}),
+    ),
+    Family(
+        name="videomae",
+        title="VideoMAE",
+        config_class=AtsVideoMAEConfig,
+        base_model=AtsVideoMAEModel,
+        models=(AtsVideoMAEModel, AtsVideoMAEForVideoClassification),
+        auto_models={VIDEO_CLASSIFICATION: (AtsVideoMAEForVideoClassification,)},
+        special_tokens="none (the tokens' mean query scores them)",
+        head="a norm and a linear layer on the mean of the kept tokens",
         capabilities=frozenset({VIDEO, TOME}),
     ),
 )

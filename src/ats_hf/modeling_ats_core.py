@@ -8,7 +8,8 @@ Self-contained for the Hub: imports only torch, transformers, `.ats_sampling` an
 family's modeling file (`modeling_ats_vit.py`, ...) subclasses its upstream classes with these mixins and adds only
 what differs: its embeddings and norms, the names of its branches and attributes, and its heads.
 
-Shapes: B = batch, L = tokens entering a layer (S special tokens first, CLS at 0, then P = L - S patch tokens),
+Shapes: B = batch, L = tokens entering a layer (S special tokens first, CLS at 0, then P = L - S patch tokens; a
+family may have S = 0: no CLS, the mean query scores, VideoMAE),
 M = rows a layer outputs, N = tokens entering the first layer, D = hidden size.
 """
 
@@ -33,6 +34,7 @@ from .ats_sampling import (
     gather_rows,
     kept_patch_positions,
     merge_dropped_tokens,
+    scoring_query,
     select_tokens,
     tome_schedule,
 )
@@ -57,7 +59,8 @@ class TokenState:
     """What the layers know about the rows of the (B, M, D) hidden states besides their values."""
 
     positions: torch.Tensor
-    """(B, M) long: each row's index in the first layer's input (0 = CLS, S + p = patch p); 0 in padding rows."""
+    """(B, M) long: each row's index in the first layer's input (0 = CLS, S + p = patch p); 0 in padding rows (use
+    `token_mask`: with S = 0, 0 is a patch)."""
     padding: PaddingLayout | None
     """Where the real rows are; None when every row is real."""
     attention_mask: torch.Tensor | None
@@ -128,19 +131,30 @@ def _input_padding(
     check: bool = True,
 ) -> PaddingLayout | None:
     """A user's 2-D attention mask over input tokens as a padding layout, or None when it masks nothing. The S
-    special tokens may not be masked: one host read checks them and counts the real tokens. Without `check`, none
-    happens: the mask is taken as it is (a mask over a special token is not refused) and every row runs the MLP,
-    as in the static mode."""
+    special tokens may not be masked, and a model without special tokens (S = 0) needs one real token per input: one
+    host read checks that and counts the real tokens. Without `check`, none happens: the mask is taken as it is (a
+    mask over a special token is not refused) and every row runs the MLP, as in the static mode."""
     if attention_mask is None:
         return None
     if attention_mask.shape != (batch_size, num_tokens):
         raise ValueError(
             f"attention_mask has shape {tuple(attention_mask.shape)}; ATS models take a 2-D mask of shape "
-            f"(batch_size, sequence_length) = ({batch_size}, {num_tokens}), CLS first."
+            f"(batch_size, sequence_length) = ({batch_size}, {num_tokens})"
+            + (", CLS first." if num_special else ".")
         )
     token_mask = attention_mask.to(device=device, dtype=torch.bool)
     if not check:
         return PaddingLayout(token_mask)
+    if not num_special:
+        real_per_input = token_mask.sum(dim=1)
+        num_real, empty = torch.stack([real_per_input.sum(), (real_per_input == 0).sum()]).tolist()
+        if empty:
+            inputs = (real_per_input == 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"attention_mask masks every token of input(s) {inputs}; each input needs at least one token set to 1 "
+                "(its tokens' mean query scores them and its output is their mean)."
+            )
+        return None if num_real == token_mask.numel() else PaddingLayout.from_mask(token_mask, num_real)
     special_masked = ~token_mask[:, :num_special]
     num_real, cls_masked, others_masked = torch.stack(
         [token_mask.sum(), special_masked[:, 0].sum(), special_masked[:, 1:].sum()]
@@ -206,11 +220,14 @@ def _attention_mask(config, queries: torch.Tensor, keys: torch.Tensor, token_mas
 class AtsAttentionMixin:
     """ATS for a family's self-attention module (listed before the upstream class), which provides `q_proj`,
     `k_proj`, `v_proj` (heads of `head_dim`), `config` and a `forward(hidden_states, attention_mask)`. A family whose
-    output projection, scale or dropout attributes are not named as ViT's sets the `ats_*_attribute` names."""
+    output projection, scale or dropout attributes are not named as ViT's sets the `ats_*_attribute` names; one whose
+    upstream `forward` takes no mask sets `ats_upstream_takes_mask = False`, and its ordinary layers attend through
+    the same projections here (`ats_attend`)."""
 
     ats_output_projection_attribute = "o_proj"
     ats_scaling_attribute = "scaling"
     ats_dropout_attribute = "attention_dropout"
+    ats_upstream_takes_mask = True
 
     def forward(
         self, hidden_states: torch.Tensor, state: TokenState, plan: AtsLayerPlan | None = None, **kwargs
@@ -219,7 +236,10 @@ class AtsAttentionMixin:
         state's mask). Returns the (B, M, D) output, the attention probabilities (eager only, else None) and the
         kept rows (None in an ordinary layer, or if every row was kept in place)."""
         if plan is None:
-            attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
+            if self.ats_upstream_takes_mask:
+                attn_output, attn_weights = super().forward(hidden_states, state.attention_mask, **kwargs)
+            else:
+                attn_output, attn_weights, _ = self.ats_attend(hidden_states, state.attention_mask, **kwargs)
             return attn_output, attn_weights, None
         return self.ats_forward(hidden_states, state, plan, **kwargs)
 
@@ -236,9 +256,11 @@ class AtsAttentionMixin:
         value_states = values.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
 
         with torch.no_grad():  # the selection is discrete: no gradient flows through the scores
+            num_special = num_special_tokens(config)
+            query = scoring_query(queries, num_special, token_mask, state.sizes)
             selection = select_tokens(
-                queries[:, :1], keys, values, keys.shape[-1] // self.head_dim, scaling, sampler=config.ats_sampler,
-                max_tokens=plan.max_tokens, capacity=plan.capacity, num_special=num_special_tokens(config),
+                query, keys, values, keys.shape[-1] // self.head_dim, scaling, sampler=config.ats_sampler,
+                max_tokens=plan.max_tokens, capacity=plan.capacity, num_special=num_special,
                 token_mask=token_mask, sizes=state.sizes, merge=config.ats_merge is not None,
             )
         kept_rows = selection.kept_rows
@@ -279,6 +301,16 @@ class AtsAttentionMixin:
         Returns:
             The (B, L, D) output and the (B, L, head_dim) keys averaged over heads (ToMe's similarity metric).
         """
+        output, _, key_states = self.ats_attend(hidden_states, _self_attention_mask(self.config, hidden_states, None,
+                                                                                    sizes))
+        return output, key_states.mean(dim=1)
+
+    def ats_attend(
+        self, hidden_states: torch.Tensor, mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Every row attends to every row under `mask`, through this module's projections, scale and attention
+        implementation. (B, L, D) normed rows -> the (B, L, D) output, the attention probabilities (eager only) and
+        the (B, H, L, head_dim) keys."""
         batch_size, num_tokens, _ = hidden_states.shape
         query_states, key_states, value_states = (
             projection(hidden_states).view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
@@ -287,17 +319,18 @@ class AtsAttentionMixin:
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, _ = attention_interface(
+        attn_output, attn_weights = attention_interface(
             self,
             query_states,
             key_states,
             value_states,
-            _self_attention_mask(self.config, hidden_states, None, sizes),
+            mask,
             dropout=0.0 if not self.training else getattr(self, self.ats_dropout_attribute),
             scaling=getattr(self, self.ats_scaling_attribute),
+            **kwargs,
         )
         output = getattr(self, self.ats_output_projection_attribute)(attn_output.reshape(batch_size, num_tokens, -1))
-        return output, key_states.mean(dim=1)
+        return output, attn_weights, key_states
 
 
 class AtsLayerMixin:
@@ -429,8 +462,8 @@ AtsModelOutput.__doc__ = (
     "`config.ats_dense_output`.\n"
     + ATS_OUTPUT_DOC
     + r"""    token_sizes (`torch.FloatTensor` of shape `(batch_size, sequence_length)`):
-        Under Token Merging (`ats_tome_forward`), the input tokens each row of `last_hidden_state` stands for; None
-        otherwise.
+        The input tokens each row of `last_hidden_state` stands for (0 for padding) under Token Merging
+        (`ats_tome_forward`) and under ATS with `ats_merge` (packed output only); None otherwise.
 """
 )
 AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of an ATS image classifier.\n" + ATS_OUTPUT_DOC
@@ -451,8 +484,8 @@ def mean_of_kept_patches(outputs: AtsModelOutput, num_special: int, dense_output
     """(B, D) mean of the patch tokens the last layer kept, from a base model's outputs (for heads that pool patches,
     as DINOv2's and CLIP's classifiers): padding rows are left out of packed rows, and on the dense grid
     (`dense_output`) so are the positions the last ATS layer dropped. Without ATS it is the mean of all patches.
-    Under Token Merging (`outputs.token_sizes`) each row weighs as the tokens it stands for: the mean of all patches
-    as merged."""
+    Where rows stand for merged tokens (`outputs.token_sizes`: Token Merging, or `ats_merge`) each row weighs as the
+    tokens it stands for: the mean of all patches as merged."""
     patches = outputs.last_hidden_state[:, num_special:]
     kept = outputs.token_mask[:, num_special:].bool()
     if dense_output and outputs.sampled_token_indices is not None:
@@ -753,6 +786,7 @@ class AtsBaseModelMixin:
             num_tokens=run.num_tokens,
             sampled_token_indices=run.sampled_token_indices,
             token_mask=token_mask,
+            token_sizes=run.state.sizes if run.dense_hidden_states is None else None,
         )
 
     def run_layers(
@@ -786,7 +820,7 @@ class AtsBaseModelMixin:
         state = TokenState.initial(config, hidden_states, attention_mask, check_attention_mask)
         num_tokens = [state.num_real(hidden_states.shape[0])] * start_layer
         # The rows of ATS layer i are among those of layer i - 1, so the index of the last ATS layer that kept each
-        # input token (-1: none) says which tokens every ATS layer kept (padding rows mark CLS, which is never read).
+        # input token (-1: none) says which tokens every ATS layer kept (padding rows mark a spare column, cut off).
         last_ats_layer, num_ats_layers, most_kept = None, 0, 0
         dense = hidden_states if config.ats_dense_output else None
         for layer in self.ats_encoder_layers[start_layer:end_layer]:
@@ -797,15 +831,19 @@ class AtsBaseModelMixin:
             num_tokens.append(state.num_real(hidden_states.shape[0]))
             if plan is not None:
                 if last_ats_layer is None:
-                    last_ats_layer = state.positions.new_full((batch_size, num_input_tokens), -1)
-                last_ats_layer.scatter_(1, state.positions, num_ats_layers)
+                    last_ats_layer = state.positions.new_full((batch_size, num_input_tokens + 1), -1)
+                positions = state.positions
+                if state.token_mask is not None:
+                    positions = positions.masked_fill(~state.token_mask, num_input_tokens)
+                last_ats_layer.scatter_(1, positions, num_ats_layers)
                 num_ats_layers += 1
                 most_kept = max(most_kept, hidden_states.shape[1] - num_special)
         if dense is not None:
             dense = _write_rows(dense, hidden_states, state)
         sampled_token_indices = None
         if num_ats_layers:
-            sampled_token_indices = kept_patch_positions(last_ats_layer[:, num_special:], num_ats_layers, most_kept)
+            patches = last_ats_layer[:, num_special:num_input_tokens]
+            sampled_token_indices = kept_patch_positions(patches, num_ats_layers, most_kept)
         return AtsEncoderRun(hidden_states, state, torch.stack(num_tokens, dim=1), sampled_token_indices, dense)
 
     def _ats_plans(self, num_reference_tokens: int) -> dict[int, AtsLayerPlan]:
