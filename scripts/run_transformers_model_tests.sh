@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Development check: run transformers' own ModelTesterMixin against ATS-ViT, ATS-DeiT, ATS-DINOv2, ATS-CLIP and
-# ATS-ViViT.
+# Development check: run transformers' own ModelTesterMixin against ATS-ViT, ATS-DeiT, ATS-DINOv2, ATS-CLIP,
+# ATS-ViViT and ATS-VideoMAE.
 # The source release of the installed transformers version ships tests/test_modeling_common.py but not the two
 # mixin modules it imports (exporters/test_export.py, generation/test_utils.py); they are replaced by empty
 # stand-ins (no export or generation tests run). Needs PyPI access; writes into .cache/transformers-tests.

@@ -11,6 +11,10 @@ held out on the second), which this command reruns and prints (deterministic):
 
     OMP_NUM_THREADS=1 python scripts/train_clips_vivit.py --threads 1 --tune-only    # about 3 min
 
+`--family videomae --output DIR` trains a VideoMAE of the same size instead (tubelets of 2 frames x 8 x 8 px, no CLS
+token, VideoMAE's fixed sine-cosine positions, mean pooling), which is not shipped: the run saves it in DIR and runs
+the same search on it (the mean query scores its tokens; docs/family-videomae.md).
+
 Geometry: tubelets of 2 frames x 8 x 8 px, so a clip is 4 x 8 x 8 = 256 tubelet tokens plus CLS. Training clips are
 rendered fresh at every step from the training digits (a pure function of the seed), so the run needs no network and
 never sees a test digit. Results are bit-identical for the same torch build and thread count (set by --threads).
@@ -27,9 +31,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import VivitImageProcessor
+from transformers import VideoMAEImageProcessorPil, VivitImageProcessor
 
-from ats_hf import AtsVivitConfig, AtsVivitForVideoClassification
+from ats_hf import AtsVideoMAEConfig, AtsVideoMAEForVideoClassification, AtsVivitConfig, AtsVivitForVideoClassification
 from ats_hf.data.synthetic_clips import (
     CLASS_NAMES,
     IMAGE_SIZE,
@@ -87,8 +91,10 @@ TUNE_TOME_R = (8, 16, 24, 32)
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
-                        help="model directory to write (default: src/ats_hf/data/clips_vivit)")
+    parser.add_argument("--family", choices=("vivit", "videomae"), default="vivit",
+                        help="vivit (shipped) or videomae (not shipped: needs --output; the search runs after it)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="model directory to write (default for vivit: src/ats_hf/data/clips_vivit)")
     parser.add_argument("--steps", type=positive_int, default=600, help="optimizer steps")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="fresh training clips per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
@@ -97,13 +103,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (results depend on it)")
     parser.add_argument("--tune-only", action="store_true",
                         help="train nothing: run the search that chose SHIPPED_ATS on the model in --output")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.output is None:
+        if args.family == "videomae":
+            parser.error("--family videomae needs --output (only the ViViT ships)")
+        args.output = DEFAULT_OUTPUT
+    return args
 
 
-def processor() -> VivitImageProcessor:
+def processor(family: str = "vivit") -> VivitImageProcessor | VideoMAEImageProcessorPil:
     """The shipped processor: frames of 64 x 64 px as they are, to [-1, 1] (what `to_pixel_values` computes)."""
+    if family == "videomae":
+        return VideoMAEImageProcessorPil(do_resize=False, do_center_crop=False, rescale_factor=1 / 255,
+                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return VivitImageProcessor(do_resize=False, do_center_crop=False, rescale_factor=1 / 255, offset=False,
                                image_mean=0.5, image_std=0.5)
+
+
+def build_videomae() -> AtsVideoMAEForVideoClassification:
+    """The dense VideoMAE of the same size: tubelets of 2 frames x 8 x 8 px, upstream's fixed positions."""
+    architecture = {**ARCHITECTURE, "tubelet_size": TUBELET_SIZE[0], "patch_size": TUBELET_SIZE[1]}
+    return AtsVideoMAEForVideoClassification(AtsVideoMAEConfig(**architecture, use_mean_pooling=True, ats_layers=[]))
 
 
 def build_model() -> AtsVivitForVideoClassification:
@@ -123,7 +143,7 @@ def build_model() -> AtsVivitForVideoClassification:
 
 def train(args: argparse.Namespace) -> AtsVivitForVideoClassification:
     started = time.perf_counter()
-    model = build_model()
+    model = build_videomae() if args.family == "videomae" else build_model()
     optimizer = adamw_optimizer(model)
     monitor_clips, monitor_labels = generate("train", 200, seed=10**9 + args.seed)
     monitor_pixels = to_pixel_values(monitor_clips)
@@ -163,8 +183,9 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    model_class = AtsVideoMAEForVideoClassification if args.family == "videomae" else AtsVivitForVideoClassification
     if args.tune_only:
-        chosen = run_tune(AtsVivitForVideoClassification.from_pretrained(args.output).eval())
+        chosen = run_tune(model_class.from_pretrained(args.output).eval())
         print(f"chosen: SHIPPED_ATS = {chosen}" + ("" if chosen == SHIPPED_ATS else " (differs from SHIPPED_ATS)"))
         return
     started = time.perf_counter()
@@ -172,6 +193,12 @@ def main() -> None:
     clips, labels = test_split()
     pixel_values = to_pixel_values(clips)
     dense_accuracy, _ = evaluate(model, pixel_values, labels)
+    if args.family == "videomae":
+        print(f"test top-1 ({len(labels)} clips): dense {dense_accuracy:.2f}%", flush=True)
+        save_model(model, args.output, processor(args.family))
+        run_tune(model)
+        print(f"wrote {args.output} (total {(time.perf_counter() - started) / 60:.1f} min)")
+        return
     model.set_ats(**SHIPPED_ATS)
     ats_accuracy, ats_gmacs = evaluate(model, pixel_values, labels)
     print(f"test top-1 ({len(labels)} clips): dense {dense_accuracy:.2f}%, shipped ATS {ats_accuracy:.2f}% at "

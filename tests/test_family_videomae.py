@@ -215,6 +215,14 @@ def test_bool_masked_pos_removes_tubelets_before_the_first_layer_as_upstream(ups
     assert ours.last_hidden_state.shape == theirs.last_hidden_state.shape == (2, 48, 32)
     assert (ours.last_hidden_state - theirs.last_hidden_state).abs().max() <= 1e-5
     assert sampled.num_tokens[:, 1].eq(24).all()  # K = half of the 48 visible tubelets
+    # An attention mask over every tubelet is read at the visible ones; one over the visible ones as it is.
+    mask = torch.ones(2, NUM_TOKENS, dtype=torch.long)
+    mask[0, 1:12] = 0  # 9 of these 11 are visible (4 and 8 are removed)
+    with torch.no_grad():
+        over_all = model(videos, bool_masked_pos=masked, attention_mask=mask)
+        over_visible = model(videos, bool_masked_pos=masked, attention_mask=mask[~masked].view(2, -1))
+    assert over_all.num_tokens[:, 0].tolist() == [39, 48]
+    assert torch.equal(over_all.last_hidden_state, over_visible.last_hidden_state)
 
 
 def test_the_first_token_head_equals_upstream_and_refuses_ats_layers():

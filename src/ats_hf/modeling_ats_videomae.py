@@ -121,10 +121,13 @@ class AtsVideoMAEModel(AtsBaseModelMixin, AtsVideoMAEPreTrainedModel, VideoMAEMo
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> AtsModelOutput:
-        """Upstream's arguments (`pixel_values`: (B, T, C, H, W) videos; `bool_masked_pos` removes the masked
-        tubelets before the first layer, the same number per video, as upstream: token positions then count the
-        visible tubelets), and the core's `attention_mask` over the (B, tubelets) tokens (see
-        `AtsBaseModelMixin.forward`)."""
+        """Upstream's arguments (`pixel_values`: (B, T, C, H, W) videos; `bool_masked_pos` (B, tubelets) removes the
+        masked tubelets before the first layer, the same number per video, as upstream: token positions then count
+        the visible tubelets), and the core's `attention_mask` over the (B, tubelets) tokens (see
+        `AtsBaseModelMixin.forward`); with `bool_masked_pos`, a mask over every tubelet is read at the visible ones,
+        and one over the visible tubelets as it is."""
+        if bool_masked_pos is not None and attention_mask is not None and attention_mask.shape == bool_masked_pos.shape:
+            attention_mask = attention_mask[~bool_masked_pos.bool()].view(attention_mask.shape[0], -1)
         return super().forward(pixel_values, bool_masked_pos=bool_masked_pos, attention_mask=attention_mask, **kwargs)
 
     def ats_build(self, config):
