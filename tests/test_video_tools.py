@@ -8,7 +8,7 @@ import torch
 from transformers import VivitImageProcessor
 
 from ats_hf import AtsSettings, AtsVivitConfig, AtsVivitForVideoClassification
-from ats_hf.data import synthetic_clips
+from ats_hf.data import CLIPS_VIDEOMAE_DIR, synthetic_clips
 from ats_hf.evaluation import evaluate_methods, open_images, tensor_images
 from ats_hf.flops import dense_gmacs
 from ats_hf.methods import AtsMethod, dense_method
@@ -77,6 +77,23 @@ def test_tune_and_calibrate_on_a_dataset_of_frame_lists(vivit, tmp_path, capsys)
     saved = json.loads((calibrated / "calibration.json").read_text())
     assert saved["num_images"] == 16 and len(saved["settings"]["capacity"]) == len(config["ats_layers"])
     assert "ats-hf calibrate" in capsys.readouterr().out
+
+
+def test_benchmark_and_calibrate_take_the_shipped_videomae(tmp_path, capsys):
+    """A model without a CLS token through the same tools: the mean query samples, ToMe merges every token."""
+    assert main(["benchmark", "--model", str(CLIPS_VIDEOMAE_DIR), "--num-images", "12", "--batch-sizes",
+                 "--eval-batch-size", "5", "--output-dir", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    rows = {row["method"]["name"]: row for row in result["methods"]}
+    assert set(rows) >= {"dense", "ats", "top-k", "random"} and any(name.startswith("tome") for name in rows)
+    assert rows["ats"]["gmacs_mean"] < 0.5 * rows["dense"]["gmacs_mean"]
+    assert rows["ats"]["tokens_per_layer"][0] == 256 and rows["ats"]["tokens_per_layer"][-1] < 64
+    assert main(["calibrate", "--model", str(CLIPS_VIDEOMAE_DIR), "--num-images", "12", "--output",
+                 str(tmp_path / "calibrated")]) == 0
+    out = capsys.readouterr().out
+    assert "special tokens included" in out and "ats_hf.export.export_folder(model, OUT, videos)" in out
+    saved = json.loads((tmp_path / "calibrated" / "calibration.json").read_text())
+    assert saved["settings"]["layers"] == [2, 3, 4] and all(count >= 1 for count in saved["settings"]["capacity"])
 
 
 def test_the_video_token_map_has_a_row_of_frames_and_one_per_ats_layer(vivit):

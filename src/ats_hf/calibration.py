@@ -3,10 +3,11 @@
 The static mode (`ats_capacity`) allocates a fixed number of rows in every ATS layer. Too few rows truncate images
 that sample more tokens (they keep their highest-scoring sampled tokens, which may cost accuracy); too many waste
 compute on padding. `calibrate_capacity` runs the model in the adaptive mode on calibration images, proposes for
-each ATS layer the `quantile` of the kept counts (CLS included, rounded up), and then runs the static mode at those
-capacities to report what they cost and change: the objective (accuracy with labels, else agreement with the dense
-model for a classifier, fidelity for a feature extractor), real-token and executed GMACs, truncated images. It runs
-on the shared evaluation loop (`ats_hf.evaluation`): images are streamed, and shared over several processes.
+each ATS layer the `quantile` of the kept counts (special tokens included, rounded up), and then runs the static
+mode at those capacities to report what they cost and change: the objective (accuracy with labels, else agreement
+with the dense model for a classifier, fidelity for a feature extractor), real-token and executed GMACs, truncated
+images. It runs on the shared evaluation loop (`ats_hf.evaluation`): images are streamed, and shared over several
+processes.
 
     result = calibrate_capacity(model, pixel_values, labels, quantile=0.99)
     model.set_ats(result.settings)              # the static mode at the proposed capacities
@@ -35,8 +36,8 @@ DEFAULT_BATCH_SIZE = 64
 
 @dataclass(frozen=True)
 class LayerCalibration:
-    """One ATS layer: its K, the adaptive kept counts (CLS included) over the images, the proposed capacity, and
-    how many images it truncates."""
+    """One ATS layer: its K, the adaptive kept counts (special tokens included) over the images, the proposed
+    capacity, and how many images it truncates."""
 
     layer: int
     max_tokens: int  # K
@@ -223,8 +224,8 @@ def format_result(result: CalibrationResult) -> str:
     share = 100.0 * result.truncated / result.num_images
     return "\n".join([
         f"ATS settings: {format_settings(settings.replace(capacity=None))}",
-        f"capacity per ATS layer: ceil of the {result.quantile:g} quantile of the adaptive kept counts (CLS included) "
-        f"over {result.num_images} images",
+        f"capacity per ATS layer: ceil of the {result.quantile:g} quantile of the adaptive kept counts (special "
+        f"tokens included) over {result.num_images} images",
         "",
         layers,
         "",

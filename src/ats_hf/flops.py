@@ -61,7 +61,7 @@ def mac_breakdown(
     Args:
         config: a ViT-family or ATS config (hidden_size, MLP width, patch geometry, num_channels, num_labels).
         num_tokens: (B, num_hidden_layers) tokens each layer outputs per image (`output.num_tokens`).
-        num_input_tokens: tokens entering layer 0, CLS included; defaults to the config's input size.
+        num_input_tokens: tokens entering layer 0, special tokens included; defaults to the config's input size.
         with_head: count the classifier (D x num_labels); False for a base model.
         settings: the ATS settings the counts were taken with (default: the config's).
     """

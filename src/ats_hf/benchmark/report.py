@@ -76,7 +76,7 @@ def format_table(result: BenchmarkResult) -> str:
             f"than {100 * UNRELIABLE_SPREAD:.0f}% "
             f"(largest spread {100 * max(t.spread for t in timed):.0f}%)."
         )
-    lines += ["", "mean tokens per layer (CLS included)", format_grid(
+    lines += ["", "mean tokens per layer (special tokens included)", format_grid(
         ["method"] + [f"L{i}" for i in range(len(result.methods[0].tokens_per_layer))],
         [[r.method.name] + [f"{n:.1f}" for n in r.tokens_per_layer] for r in result.methods],
     )]
@@ -330,7 +330,7 @@ def _plot_tokens_per_layer(result: BenchmarkResult, plt):
             axes.fill_between(layers, low, high, color=colour, alpha=0.15)
     axes.set_xticks(range(len(result.methods[0].tokens_per_layer)))
     axes.set_xlabel("layer (methods slightly offset so that equal values stay visible)")
-    axes.set_ylabel("tokens out (CLS included), mean ± std")
+    axes.set_ylabel("tokens out (special tokens included), mean ± std")
     axes.set_title("Tokens per layer")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)

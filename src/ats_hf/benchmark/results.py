@@ -57,7 +57,7 @@ class MethodResult:
     score: float | None  # the run's objective x 100 (top-1 % for accuracy and agreement); None: not scored
     gmacs_mean: float
     gmacs_std: float
-    tokens_per_layer: tuple[float, ...]  # mean tokens out of each layer, CLS included
+    tokens_per_layer: tuple[float, ...]  # mean tokens out of each layer, special tokens included
     tokens_per_layer_std: tuple[float, ...]
     timings: dict[int, TimingResult] = field(default_factory=dict)  # batch size -> timing
     gmacs: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (N,) per image; not in JSON

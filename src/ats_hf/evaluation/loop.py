@@ -28,8 +28,8 @@ from .sources import ImageSource, num_batches
 @dataclass(frozen=True)
 class Evaluation:
     """One method on the evaluated images: per image, its objective score (None: no objective), tokens out of each
-    layer (CLS included; None when not asked for), its GMACs at the real tokens and, when asked for, the patch
-    positions each ATS layer kept."""
+    layer (special tokens included; None when not asked for), its GMACs at the real tokens and, when asked for, the
+    patch positions each ATS layer kept."""
 
     method: object  # an `ats_hf.methods` method
     scores: torch.Tensor | None  # (N,) float64; 1/0 per image, or a cosine

@@ -69,8 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         with usage_errors(OSError, context=f"cannot write to {str(args.output)!r}"):
             save_calibrated_checkpoint(loaded, processor, result, args.output, model_path, source.description)
-        print(f"\nwrote {args.output} (the static mode at these capacities: `ats-hf export {args.output} OUT` makes "
-              "its ONNX folder)")
+        from ats_hf.families import takes_videos
+
+        export = ("`ats_hf.export.export_folder(model, OUT, videos)` (Python; the export command takes images) makes"
+                  if takes_videos(loaded) else f"`ats-hf export {args.output} OUT` makes")
+        print(f"\nwrote {args.output} (the static mode at these capacities: {export} its ONNX folder)")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The shipped tiny ATS-ViViT of the synthetic clips (src/ats_hf/data/clips_vivit): trained dense by
-`python scripts/train_clips_vivit.py --threads 1`, ATS settings chosen by `ats_hf.tune.tune` (its --tune-only)."""
+"""The two tiny video classifiers shipped with the synthetic clips: the ATS-ViViT (src/ats_hf/data/clips_vivit) and
+the ATS-VideoMAE (src/ats_hf/data/clips_videomae), each trained dense by `python scripts/train_clips_vivit.py
+--threads 1 [--family videomae]`, ATS settings chosen by `ats_hf.tune.tune` (its --tune-only)."""
 
 import importlib.util
 import json
@@ -10,20 +11,29 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForVideoClassification
 
 import ats_hf  # noqa: F401  (registers the ATS classes with the Auto classes)
-from ats_hf import AtsVivitForVideoClassification
-from ats_hf.data import CLIPS_VIVIT_DIR
+from ats_hf import AtsVideoMAEForVideoClassification, AtsVivitForVideoClassification
+from ats_hf.data import CLIPS_VIDEOMAE_DIR, CLIPS_VIVIT_DIR
 from ats_hf.data import synthetic_clips as clips
 from ats_hf.flops import dense_gmacs, gmacs_per_image
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = CLIPS_VIVIT_DIR
 SCRIPT = ROOT / "scripts" / "train_clips_vivit.py"
 NUM_CLIPS = 200
+# family -> (folder, class, (frames, image size, tubelets), tubelet tokens, dense top-1 at least)
+SHIPPED = {
+    "vivit": (CLIPS_VIVIT_DIR, AtsVivitForVideoClassification, (8, 64, [2, 8, 8]), 257, 90.0),
+    "videomae": (CLIPS_VIDEOMAE_DIR, AtsVideoMAEForVideoClassification, (8, 64, 2), 256, 85.0),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def family(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def model():
-    return AutoModelForVideoClassification.from_pretrained(MODEL_DIR).eval()
+def model(family):
+    return AutoModelForVideoClassification.from_pretrained(SHIPPED[family][0]).eval()
 
 
 @pytest.fixture(scope="module")
@@ -40,41 +50,46 @@ def _evaluate(model, pixel_values, labels, **settings):
     return accuracy, gmacs, output.num_tokens
 
 
-def test_the_folder_loads_through_the_auto_class_as_a_small_vivit(model):
-    assert isinstance(model, AtsVivitForVideoClassification)
+def test_the_folder_loads_through_the_auto_class_as_a_small_video_model(family, model):
+    folder, model_class, geometry, tokens, _ = SHIPPED[family]
+    assert type(model) is model_class
     config = model.config
-    assert (config.num_frames, config.image_size, list(config.tubelet_size)) == (8, 64, [2, 8, 8])
+    tubelets = config.tubelet_size if isinstance(config.tubelet_size, int) else list(config.tubelet_size)
+    assert (config.num_frames, config.image_size, tubelets) == geometry
+    assert config.ats_num_input_tokens() == tokens
     assert [config.id2label[i] for i in range(4)] == list(clips.CLASS_NAMES)
-    assert (MODEL_DIR / "model.safetensors").stat().st_size < 3 * 2**20
+    assert (folder / "model.safetensors").stat().st_size < 3 * 2**20
+    assert (folder / "README.md").read_text().startswith("---\nlibrary_name: transformers\n")
 
 
-def test_the_shipped_settings_are_the_training_scripts():
+def test_the_shipped_settings_are_the_training_scripts(family):
     """config.json carries SHIPPED_ATS of scripts/train_clips_vivit.py (the tune choice written there)."""
     spec = importlib.util.spec_from_file_location("train_clips_vivit", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = json.loads((MODEL_DIR / "config.json").read_text())
-    shipped = module.SHIPPED_ATS
+    config = json.loads((SHIPPED[family][0] / "config.json").read_text())
+    shipped = module.SHIPPED_ATS[family]
     assert shipped["layers"], "the shipped config samples tokens"
     assert (config["ats_layers"], config["ats_max_tokens"], config["ats_sampler"], config["ats_merge"]) == (
         shipped["layers"], shipped["max_tokens"], shipped["sampler"], shipped["merge"])
+    assert module.DEFAULT_OUTPUT[family] == SHIPPED[family][0]
     assert "tune(" in SCRIPT.read_text()
 
 
-def test_dense_and_shipped_ats_accuracy_and_cost(model, test_clips):
+def test_dense_and_shipped_ats_accuracy_and_cost(family, model, test_clips):
     videos, labels = test_clips
     pixel_values = clips.to_pixel_values(videos)
     dense_accuracy, dense_mean, dense_tokens = _evaluate(model, pixel_values, labels, layers=[])
     ats_accuracy, ats_mean, ats_tokens = _evaluate(model, pixel_values, labels)  # the shipped settings
-    assert dense_accuracy >= 90.0
+    assert dense_accuracy >= SHIPPED[family][4]
     assert dense_mean == pytest.approx(dense_gmacs(model.config), rel=1e-6)
     assert (ats_tokens <= dense_tokens).all() and ats_tokens.float().mean() < dense_tokens.float().mean()
-    assert ats_mean < dense_gmacs(model.config)
+    assert ats_mean < 0.5 * dense_gmacs(model.config)
     assert ats_accuracy >= dense_accuracy - 3.0
 
 
-def test_the_saved_processor_on_frames_equals_to_pixel_values(test_clips):
-    processor = AutoImageProcessor.from_pretrained(MODEL_DIR)
+def test_the_saved_processor_on_frames_equals_to_pixel_values(family, test_clips):
+    processor = AutoImageProcessor.from_pretrained(SHIPPED[family][0])
     videos = test_clips[0][:4]
     processed = processor([list(video.numpy()) for video in videos], return_tensors="pt")["pixel_values"]
     assert processed.shape == (4, 8, 3, 64, 64)
