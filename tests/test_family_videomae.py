@@ -7,7 +7,7 @@ of the base model) is checked by tests/test_family_contract.py, whose cases incl
 ToMe by tests/test_tome.py. Here: the geometry with S = 0, a naive per-video pass with the official arithmetic and the
 mean query, `ats-hf convert` of a checkpoint with the Hub's old `q_bias` / `v_bias`, a pre-training checkpoint, the
 default settings, the attention mask, merging and the size-weighted mean, `bool_masked_pos`, the first-token head,
-GMACs per video with the head, and settings that count tubelets only."""
+GMACs per video with the head, the static mode compiled and in ONNX, and the dense grid."""
 
 import json
 
@@ -271,3 +271,37 @@ def test_gmacs_per_video_with_the_head_equal_what_flop_counter_mode_counts(conve
             assert ours == pytest.approx(dense_gmacs(model.config), rel=1e-12)
         else:
             assert ours < dense_gmacs(model.config)
+
+
+def test_the_static_mode_compiles_in_one_graph_and_exports_to_onnx(converted, videos, tmp_path):
+    """With no special token, padding rows point at a real tubelet row (row 0) and are masked: the exported graph
+    keeps the same tubelets and the same logits as PyTorch."""
+    pytest.importorskip("onnxruntime")
+    from ats_hf.export import export_folder
+
+    model = load(converted, max_tokens=0.5, capacity=24)
+    with torch.no_grad():
+        eager = model(videos)
+    assert eager.token_mask.shape[1] == 24 and not eager.token_mask.all(), "needs padded rows"
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # dynamo captures it whole or fails
+    with torch.no_grad():
+        again = compiled(pixel_values=videos)
+    torch.testing.assert_close(again.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(again.sampled_token_indices, eager.sampled_token_indices)
+    report = export_folder(model, tmp_path / "onnx", videos)
+    assert report["passed"] and report["identical_kept_tokens"], report
+
+
+def test_the_dense_grid_holds_each_tubelet_at_its_position(converted, videos):
+    model = load(converted)
+    with torch.no_grad():
+        packed = model.base_model(videos)
+        model.config.ats_dense_output = True
+        grid = model.base_model(videos)
+    assert grid.last_hidden_state.shape == (len(videos), NUM_TOKENS, 32)
+    for index in range(len(videos)):
+        kept = packed.sampled_token_indices[index, -1]
+        kept = kept[kept >= 0]
+        rows = packed.last_hidden_state[index, : len(kept)]
+        torch.testing.assert_close(grid.last_hidden_state[index, kept], rows, atol=1e-6, rtol=0)

@@ -110,13 +110,15 @@ def test_the_video_token_map_has_a_row_of_frames_and_one_per_ats_layer(vivit):
         video_token_map(clip, model, clips_processor(), panel_size=8)
 
 
-def test_speed_mode_times_a_video_geometry():
+@pytest.mark.parametrize("family, tubelets, special", [("vivit", dict(tubelet_size=[2, 8, 8]), 1),
+                                                      ("videomae", dict(tubelet_size=2, patch_size=8), 0)])
+def test_speed_mode_times_a_video_geometry(family, tubelets, special):
     from ats_hf.benchmark import run_speed_benchmark
 
-    geometry = dict(family="vivit", image_size=32, num_frames=4, tubelet_size=[2, 8, 8], hidden_size=32,
-                    num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+    geometry = dict(family=family, image_size=32, num_frames=4, **tubelets, hidden_size=32, num_hidden_layers=4,
+                    num_attention_heads=4, intermediate_size=64)
     result = run_speed_benchmark(geometry, batch_sizes=(2,), timing_images=2, repeats=1)
     names = [method.method.name for method in result.methods]
     assert names[0] == "dense" and any(name.startswith("tome") for name in names)
-    assert result.data == "2 random videos" and result.methods[0].tokens_per_layer[0] == 1 + 2 * 4 * 4
+    assert result.data == "2 random videos" and result.methods[0].tokens_per_layer[0] == special + 2 * 4 * 4
     assert result.methods[1].gmacs_mean < result.dense_gmacs and result.methods[1].timings[2].images_per_second > 0

@@ -59,6 +59,12 @@ GEOMETRIES = {
                     num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "vivit-b": dict(family="vivit", image_size=224, num_frames=32, tubelet_size=[2, 16, 16], hidden_size=768,
                     num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    # VideoMAE (no CLS token; the mean query scores): 8 frames of 224 px in 2 x 16 x 16 tubelets at ViT-S width (784
+    # tubelets, as vivit-s without CLS), and MCG-NJU/videomae-base-finetuned-kinetics's geometry (16 frames: 1568).
+    "videomae-s": dict(family="videomae", image_size=224, num_frames=8, tubelet_size=2, patch_size=16,
+                       hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+    "videomae-b": dict(family="videomae", image_size=224, num_frames=16, tubelet_size=2, patch_size=16,
+                       hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     # For tests and dry runs: 17 tokens, 4 layers.
     "tiny": dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                  intermediate_size=128),
