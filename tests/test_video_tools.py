@@ -61,6 +61,19 @@ def test_benchmark_of_a_video_classifier_on_the_embedded_clips(vivit, tmp_path, 
     assert rows["ats"]["gmacs_mean"] < rows["dense"]["gmacs_mean"]
 
 
+def test_onnxruntime_times_the_static_mode_of_a_video_classifier(vivit):
+    """The benchmark's onnxruntime pass exports a video model with a dynamic batch (its example batch has two
+    videos) and runs it."""
+    pytest.importorskip("onnxruntime")
+    from ats_hf.benchmark.runtimes import prepare_pass
+
+    model = AtsVivitForVideoClassification.from_pretrained(vivit).eval()
+    videos = synthetic_clips.to_pixel_values(synthetic_clips.test_split(3)[0])
+    method = AtsMethod("ats", AtsSettings((1, 2, 3), 0.5, capacity=0.5))
+    prepared = prepare_pass("onnxruntime", model, method, [videos[:1], videos])
+    assert prepared.run([videos[:1], videos[1:]]) == 3 and prepared.preparation_seconds > 0
+
+
 def test_tune_and_calibrate_on_a_dataset_of_frame_lists(vivit, tmp_path, capsys):
     clips, labels = synthetic_clips.generate("test", 16, seed=5)
     synthetic_clips.as_dataset(clips, labels).save_to_disk(tmp_path / "clips")
