@@ -4,10 +4,11 @@ VideoMAE.
 What every classifier family keeps (equal to upstream without ATS, batch invariance under three settings, static =
 adaptive, the dense grid, save and load, the Auto class, the pipeline in batches, remote code without ats_hf, GMACs
 of the base model) is checked by tests/test_family_contract.py, whose cases include VideoMAE (`family_cases.py`), and
-ToMe by tests/test_tome.py. Here: the geometry with S = 0, a naive per-video pass with the official arithmetic and the
-mean query, `ats-hf convert` of a checkpoint with the Hub's old `q_bias` / `v_bias`, a pre-training checkpoint, the
-default settings, the attention mask, merging and the size-weighted mean, `bool_masked_pos`, the first-token head,
-GMACs per video with the head, the static mode compiled and in ONNX, and the dense grid."""
+ToMe by tests/test_tome.py, and what both video families keep (the default settings, GMACs per video with the head,
+the static mode compiled and in ONNX, the dense grid's rows) by tests/test_video_families.py. Here: the geometry
+with S = 0, a naive per-video pass with the official arithmetic and the mean query, `ats-hf convert` of a checkpoint
+with the Hub's old `q_bias` / `v_bias`, a pre-training checkpoint, the attention mask, merging and the size-weighted
+mean, `bool_masked_pos`, and the first-token head."""
 
 import json
 
@@ -16,12 +17,10 @@ import torch
 from family_cases import CASES
 from official_reference import official_picks
 from safetensors.torch import load_file, save_file
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForVideoClassification, VideoMAEConfig, VideoMAEForPreTraining, VideoMAEModel
 
 from ats_hf import AtsVideoMAEConfig, AtsVideoMAEForVideoClassification, AtsVideoMAEModel
 from ats_hf.configuration_ats_core import num_input_tokens
-from ats_hf.flops import dense_gmacs, gmacs_per_image, mac_breakdown
 from ats_hf_cli import main
 
 VIDEOMAE = next(case for case in CASES if case.family == "videomae")
@@ -149,21 +148,6 @@ def test_convert_reads_the_old_bias_names_and_equals_upstream_without_ats(conver
         assert (mine - upstreams).abs().max() <= 1e-5
 
 
-def test_the_default_settings_drop_tubelets_and_each_video_keeps_its_own(converted):
-    model = load(converted)
-    videos = VIDEOMAE.inputs(6, seed=5)
-    with torch.no_grad():
-        together = model(videos)
-        alone = [model(video[None]) for video in videos]
-    assert together.num_tokens[:, 0].eq(NUM_TOKENS).all() and (together.num_tokens[:, -1] < NUM_TOKENS).all()
-    assert len(set(together.num_tokens[:, -1].tolist())) > 1
-    assert together.sampled_token_indices.shape[:2] == (len(videos), 3)
-    for index, single in enumerate(alone):
-        assert (together.logits[index] - single.logits[0]).abs().max() <= 1e-5
-        assert torch.equal(together.sampled_token_indices[index, :, : single.sampled_token_indices.shape[2]],
-                           single.sampled_token_indices[0])
-
-
 def test_masked_tubelets_are_never_kept_and_an_empty_video_is_refused(converted, videos):
     model = load(converted, max_tokens=0.5)
     mask = torch.ones(len(videos), NUM_TOKENS, dtype=torch.long)
@@ -251,57 +235,3 @@ def test_a_pre_training_checkpoint_loads_for_fine_tuning(upstream, tmp_path):
     assert all(torch.equal(value, encoder[name]) for name, value in model.videomae.state_dict().items())
     with torch.no_grad():
         assert model(VIDEOMAE.inputs(2, seed=1)).logits.shape == (2, 3)
-
-
-@pytest.mark.parametrize("settings", [dict(layers=[]), dict(), dict(max_tokens=0.5, sampler="top_k")],
-                         ids=["dense", "default", "K-half"])
-def test_gmacs_per_video_with_the_head_equal_what_flop_counter_mode_counts(converted, settings):
-    model = load(converted, **settings)
-    model.set_attn_implementation("eager")  # FlopCounterMode does not see inside CPU sdpa kernels
-    for seed in (3, 4):
-        video = VIDEOMAE.inputs(1, seed=seed)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            output = model(video)
-        measured = counter.get_total_flops() / 2 / 1e9  # the Conv3d tubelet embedding, every matmul, the head
-        breakdown = mac_breakdown(model.config, output.num_tokens)
-        # The counter sees matrix products only, not the mean query's scoring row (N_in x D per ATS layer).
-        assert (breakdown.total - breakdown.ats_scoring).item() / 1e9 == pytest.approx(measured, rel=1e-6)
-        ours = gmacs_per_image(model.config, output.num_tokens).item()
-        if settings.get("layers") == []:
-            assert ours == pytest.approx(dense_gmacs(model.config), rel=1e-12)
-        else:
-            assert ours < dense_gmacs(model.config)
-
-
-def test_the_static_mode_compiles_in_one_graph_and_exports_to_onnx(converted, videos, tmp_path):
-    """With no special token, padding rows point at a real tubelet row (row 0) and are masked: the exported graph
-    keeps the same tubelets and the same logits as PyTorch."""
-    pytest.importorskip("onnxruntime")
-    from ats_hf.export import export_folder
-
-    model = load(converted, max_tokens=0.5, capacity=24)
-    with torch.no_grad():
-        eager = model(videos)
-    assert eager.token_mask.shape[1] == 24 and not eager.token_mask.all(), "needs padded rows"
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="eager")  # dynamo captures it whole or fails
-    with torch.no_grad():
-        again = compiled(pixel_values=videos)
-    torch.testing.assert_close(again.logits, eager.logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(again.sampled_token_indices, eager.sampled_token_indices)
-    report = export_folder(model, tmp_path / "onnx", videos)
-    assert report["passed"] and report["identical_kept_tokens"], report
-
-
-def test_the_dense_grid_holds_each_tubelet_at_its_position(converted, videos):
-    model = load(converted)
-    with torch.no_grad():
-        packed = model.base_model(videos)
-        model.config.ats_dense_output = True
-        grid = model.base_model(videos)
-    assert grid.last_hidden_state.shape == (len(videos), NUM_TOKENS, 32)
-    for index in range(len(videos)):
-        kept = packed.sampled_token_indices[index, -1]
-        kept = kept[kept >= 0]
-        rows = packed.last_hidden_state[index, : len(kept)]
-        torch.testing.assert_close(grid.last_hidden_state[index, kept], rows, atol=1e-6, rtol=0)

@@ -3,10 +3,10 @@
 What every classifier family keeps (equal to upstream without ATS, batch invariance under three settings, static =
 adaptive, the dense grid, save and load, the Auto class, the pipeline in batches, remote code without ats_hf, GMACs
 of the base model) is checked by tests/test_family_contract.py, whose cases include ViViT (`family_cases.py`), and
-ToMe by tests/test_tome.py. Here: the tubelet geometry, `ats-hf convert` of a checkpoint with the Hub's old weight
-names, the default settings, GMACs per video with the head (ATS and ToMe), the pipeline on frames and on a video file,
-the static mode compiled and in ONNX, the dense grid's rows, and the image tools (visualize, export) refusing a
-video model."""
+ToMe by tests/test_tome.py, and what both video families keep (the default settings, GMACs per video with the head,
+the static mode compiled and in ONNX, the dense grid's rows) by tests/test_video_families.py. Here: the tubelet
+geometry, `ats-hf convert` of a checkpoint with the Hub's old weight names, ToMe's GMACs per video, the pipeline on
+frames and on a video file, and the image tools (visualize, export) refusing a video model."""
 
 import json
 
@@ -20,7 +20,7 @@ from transformers import AutoImageProcessor, AutoModelForVideoClassification
 
 from ats_hf import AtsVivitConfig, AtsVivitForVideoClassification
 from ats_hf.configuration_ats_core import num_input_tokens
-from ats_hf.flops import dense_gmacs, gmacs_per_image, mac_breakdown, tome_gmacs
+from ats_hf.flops import dense_gmacs, tome_gmacs
 from ats_hf.hub.checkpoint import load_classifier_and_processor, load_model_and_processor
 from ats_hf.hub.convert import convert_to_ats
 from ats_hf.tome import tome_forward
@@ -93,42 +93,6 @@ def test_convert_reads_the_old_weight_names_and_equals_upstream_without_ats(conv
         assert (mine - upstreams).abs().max() <= 1e-5
 
 
-def test_the_default_settings_drop_tubelets_and_each_video_keeps_its_own(converted, videos):
-    model = load(converted)
-    with torch.no_grad():
-        together = model(videos)
-        alone = [model(video[None]) for video in videos]
-    assert together.num_tokens[:, 0].eq(NUM_TOKENS).all() and (together.num_tokens[:, -1] < NUM_TOKENS).all()
-    assert len(set(together.num_tokens[:, -1].tolist())) > 1
-    kept = together.sampled_token_indices
-    assert kept.shape[:2] == (len(videos), 3) and kept.max() < NUM_TOKENS - 1
-    for index, single in enumerate(alone):
-        assert (together.logits[index] - single.logits[0]).abs().max() <= 1e-5
-        assert torch.equal(together.num_tokens[index], single.num_tokens[0])
-        rows = [row[row >= 0].tolist() for row in together.sampled_token_indices[index]]
-        assert rows == [row[row >= 0].tolist() for row in single.sampled_token_indices[0]]
-
-
-@pytest.mark.parametrize("settings", [dict(layers=[]), dict(), dict(max_tokens=0.5, sampler="top_k")],
-                         ids=["dense", "default", "K-half"])
-def test_gmacs_per_video_with_the_head_equal_what_flop_counter_mode_counts(converted, settings):
-    model = load(converted, **settings)
-    model.set_attn_implementation("eager")  # FlopCounterMode does not see inside CPU sdpa kernels
-    for seed in (3, 4):
-        video = VIVIT.inputs(1, seed=seed)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            output = model(video)
-        measured = counter.get_total_flops() / 2 / 1e9  # the Conv3d tubelet embedding, every matmul, the head
-        breakdown = mac_breakdown(model.config, output.num_tokens)
-        # The counter sees matrix products only, not the CLS row's scoring (N_in x D per ATS layer).
-        assert (breakdown.total - breakdown.ats_scoring).item() / 1e9 == pytest.approx(measured, rel=1e-6)
-        ours = gmacs_per_image(model.config, output.num_tokens).item()
-        if settings.get("layers") == []:
-            assert ours == pytest.approx(dense_gmacs(model.config), rel=1e-12)
-        else:
-            assert ours < dense_gmacs(model.config)
-
-
 def test_tome_gmacs_per_video_count_what_runs(converted):
     model = load(converted)
     model.set_attn_implementation("eager")
@@ -165,39 +129,6 @@ def test_the_pipeline_preprocessing_of_frames_and_a_video_file(converted, upstre
     scores, ids = probabilities.topk(3)
     assert [p["label"] for p in predictions] == [model.config.id2label[i] for i in ids.tolist()]
     assert [p["score"] for p in predictions] == pytest.approx(scores.tolist(), abs=1e-6)
-
-
-def test_the_static_mode_compiles_in_one_graph_and_exports_to_onnx(converted, videos, tmp_path):
-    pytest.importorskip("onnxruntime")
-    from ats_hf.export import export_folder
-
-    model = load(converted, max_tokens=0.5, capacity=24)
-    with torch.no_grad():
-        eager = model(videos)
-    assert eager.token_mask.shape[1] == 24 and not eager.token_mask.all(), "needs padded rows"
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="eager")  # dynamo captures it whole or fails
-    with torch.no_grad():
-        again = compiled(pixel_values=videos)
-    torch.testing.assert_close(again.logits, eager.logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(again.sampled_token_indices, eager.sampled_token_indices)
-    report = export_folder(model, tmp_path / "onnx", videos)
-    assert report["passed"] and report["identical_kept_tokens"], report
-
-
-def test_the_dense_grid_holds_each_tubelet_at_its_position(converted, videos):
-    model = load(converted)
-    with torch.no_grad():
-        packed = model.base_model(videos)
-        model.config.ats_dense_output = True
-        grid = model.base_model(videos)
-    assert grid.last_hidden_state.shape == (len(videos), NUM_TOKENS, 32)
-    for index in range(len(videos)):
-        kept = packed.sampled_token_indices[index, -1]
-        kept = kept[kept >= 0]
-        rows = packed.last_hidden_state[index, 1 : 1 + len(kept)]
-        torch.testing.assert_close(grid.last_hidden_state[index, 1 + kept], rows, atol=1e-6, rtol=0)
-        torch.testing.assert_close(grid.last_hidden_state[index, 0], packed.last_hidden_state[index, 0])
 
 
 def test_the_image_tools_refuse_a_video_model(converted, tmp_path):
