@@ -100,7 +100,7 @@ def test_every_command_takes_the_same_settings_grammar(command, forms, layers):
         (["--eval-batch-size", "0"], "argument --eval-batch-size: 0"),
         (["--num-images", "ten"], "'ten' is not an integer"),
         (["--sweep-from-layer", "-1"], "argument --sweep-from-layer: -1 is not allowed: it must be an integer >= 0"),
-        (["--sweep", "1"], "'1' is not 'all', an int >= 2 or a fraction"),
+        (["--sweep", "0"], "'0' is not 'all', an int >= 1 or a fraction"),
         (["--ats-layers", "5-3"], "the range '5-3' is reversed; write '3-5'"),
         (["--ats-sampler", "top_k"], "unrecognized arguments: --ats-sampler"),  # the benchmark compares samplers
         (["--runtime", "tensorrt"], "argument --runtime: invalid choice: 'tensorrt'"),

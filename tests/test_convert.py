@@ -178,7 +178,7 @@ def test_convert_takes_every_form_of_the_settings_grammar(layers):
     "argv, message",
     [
         (["--ats-layers", "5-3"], "reversed"),  # used to mean "no ATS" and write a plain ViT
-        (["--ats-max-tokens", "1"], "'1' is not 'all'"),
+        (["--ats-max-tokens", "0"], "'0' is not 'all'"),
         (["--ats-sampler", "nearest"], "unknown"),
     ],
 )
@@ -186,6 +186,13 @@ def test_convert_rejects_bad_settings_before_loading_anything(plain_vit, tmp_pat
     assert main(["convert", str(plain_vit), str(tmp_path / "out"), *argv]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("ats-hf convert: error: ") and message in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_count_the_grammar_takes_but_the_model_refuses_is_one_line_and_writes_nothing(plain_vit, tmp_path, capsys):
+    assert main(["convert", str(plain_vit), str(tmp_path / "out"), "--ats-max-tokens", "1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("ats-hf convert: error: ") and "ats_max_tokens=1 is too small: an int must be >= 2" in error
     assert not (tmp_path / "out").exists()
 
 

@@ -148,6 +148,16 @@ def test_convert_reads_the_old_bias_names_and_equals_upstream_without_ats(conver
         assert (mine - upstreams).abs().max() <= 1e-5
 
 
+def test_the_command_line_takes_k_of_one_tubelet(upstream_folder, tmp_path):
+    """The settings grammar takes any int >= 1; the model's check decides (VideoMAE keeps 1, a ViT refuses it:
+    tests/test_convert.py and tests/test_benchmark.py)."""
+    assert main(["convert", str(upstream_folder), str(tmp_path / "k1"), "--ats-max-tokens", "1"]) == 0
+    model = load(tmp_path / "k1")
+    assert model.config.ats_max_tokens == 1
+    with torch.no_grad():
+        assert model(VIDEOMAE.inputs(2, seed=1)).num_tokens[:, -1].eq(1).all()
+
+
 def test_masked_tubelets_are_never_kept_and_an_empty_video_is_refused(converted, videos):
     model = load(converted, max_tokens=0.5)
     mask = torch.ones(len(videos), NUM_TOKENS, dtype=torch.long)

@@ -122,14 +122,15 @@ def test_layer_grammar_errors(text):
 
 
 @pytest.mark.parametrize(
-    "text, value", [("all", None), ("0.5", 0.5), ("98", 98), ("all,0.5 20", [None, 0.5, 20]), ("1.0", 1.0)]
+    "text, value",
+    [("all", None), ("0.5", 0.5), ("98", 98), ("all,0.5 20", [None, 0.5, 20]), ("1.0", 1.0), ("1", 1)],  # 1: VideoMAE
 )
 def test_max_tokens_grammar(text, value):
     assert parse_max_tokens(text) == value
     assert parse_max_tokens(format_max_tokens(value)) == value
 
 
-@pytest.mark.parametrize("text", ["1", "0", "-3", "1.5", "0.0", "many", ""])
+@pytest.mark.parametrize("text", ["0", "-3", "1.5", "0.0", "many", ""])
 def test_max_tokens_grammar_errors(text):
     with pytest.raises(ValueError, match="ats max tokens"):
         parse_max_tokens(text)
@@ -141,19 +142,20 @@ def test_command_line_options_use_the_grammar(capsys):
     assert settings_from_args(parser.parse_args([])) == {}
     args = parser.parse_args(["--ats-layers", "2", "4-5", "--ats-max-tokens", "all", "--ats-sampler", "top_k"])
     assert settings_from_args(args) == {"layers": [2, 4, 5], "max_tokens": None, "sampler": "top_k"}
-    for bad in (["--ats-layers", "5-3"], ["--ats-max-tokens", "1"], ["--ats-sampler", "foo"]):
+    for bad in (["--ats-layers", "5-3"], ["--ats-max-tokens", "0"], ["--ats-sampler", "foo"]):
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args(bad)
         assert exit_info.value.code == 2
     assert "reversed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text, value", [("adaptive", None), ("64", 64), ("0.5", 0.5), ("40 30,0.2", [40, 30, 0.2])])
+@pytest.mark.parametrize("text, value", [("adaptive", None), ("64", 64), ("0.5", 0.5), ("40 30,0.2", [40, 30, 0.2]),
+                                         ("1", 1)])
 def test_capacity_grammar(text, value):
     assert parse_capacity(text) == value
 
 
-@pytest.mark.parametrize("text", ["1", "all", "none", "1.5", "", "adaptive 3"])
+@pytest.mark.parametrize("text", ["0", "all", "none", "1.5", "", "adaptive 3"])
 def test_capacity_grammar_errors(text):
     with pytest.raises(ValueError, match="ats capacity"):
         parse_capacity(text)

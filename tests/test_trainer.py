@@ -84,7 +84,7 @@ def test_example_takes_every_form_of_the_settings_grammar(example, workspace, la
     "argv, message",
     [
         (["--ats_layers", "5-3"], "the range '5-3' is reversed"),
-        (["--ats_max_tokens", "1"], "'1' is not 'all'"),
+        (["--ats_max_tokens", "0"], "'0' is not 'all'"),
         (["--max_eval_samples", "0"], "max_eval_samples=0 must be >= 1"),
     ],
 )

@@ -5,15 +5,17 @@ Grammar (every command and the example script take the same forms; values may be
 or both, so `--ats-layers 3-11`, `--ats-layers 3 4 5` and `--ats-layers 1,3,5-7` all work):
 
     layers      "none" (plain ViT) | ITEM ("," ITEM)*     ITEM = INT | INT "-" INT (inclusive, first <= last)
-    max_tokens  VALUE ("," VALUE)*                        VALUE = "all" | INT >= 2 | FRACTION in (0, 1]
+    max_tokens  VALUE ("," VALUE)*                        VALUE = "all" | INT >= 1 | FRACTION in (0, 1]
                 one value for every ATS layer, or one per ATS layer
     sampler     "inverse_transform" | "top_k" | "random"
-    capacity    "adaptive" | COUNT ("," COUNT)*              COUNT = INT >= 2 | FRACTION in (0, 1]
+    capacity    "adaptive" | COUNT ("," COUNT)*              COUNT = INT >= 1 | FRACTION in (0, 1]
                 the static mode's rows per ATS layer (one, or one per ATS layer); "adaptive" switches it off
     merge       "off" | SIMILARITY in [-1, 1]: merge each dropped token into its most similar kept one when at least
                 that similar (-1: all), or drop them ("off", the paper)
 
-Whether the layers exist and the number of K values fits is checked against the model by `AtsSettings.check`.
+Whether the layers exist, the number of K values fits and an int count keeps more than the model's special tokens
+(at least 2 with CLS; 1 is allowed for a family without special tokens, VideoMAE) is checked against the model by
+`AtsSettings.check`.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,12 +27,13 @@ ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
 MaxTokens = int | float | Sequence[int | float | None] | None
 
 LAYERS_HELP = "ATS layers, 0-based: '3-11', '3 4 5', '1,3,5-7' or 'none' (plain ViT)"
-MAX_TOKENS_HELP = "K, most tokens kept incl. CLS: 'all', an int >= 2 or a fraction in (0, 1]; one, or one per layer"
+MAX_TOKENS_HELP = ("K, most tokens kept incl. CLS: 'all', an int (> the special tokens) or a fraction in (0, 1]; one, "
+                   "or one per layer")
 SAMPLER_HELP = f"token sampler: {', '.join(ATS_SAMPLERS)}"
 MERGE_HELP = ("merge each token an ATS layer drops into its most similar kept token when their key cosine "
               "similarity is at least SIM (-1: all), or 'off' to drop them as the paper does")
-CAPACITY_HELP = ("static mode: rows each ATS layer allocates, incl. CLS: an int >= 2 or a fraction in (0, 1]; one, "
-                 "or one per layer; 'adaptive' for the adaptive mode")
+CAPACITY_HELP = ("static mode: rows each ATS layer allocates, incl. CLS: an int (> the special tokens) or a fraction "
+                 "in (0, 1]; one, or one per layer; 'adaptive' for the adaptive mode")
 
 
 def _parts(text: str | Iterable[str]) -> list[str]:
@@ -66,7 +69,7 @@ def parse_max_tokens(text: str | Iterable[str]) -> MaxTokens:
     parts = _parts(text)
     shown = text if isinstance(text, str) else " ".join(text)
     if not parts:
-        raise ValueError("ats max tokens: nothing given; write 'all', an int >= 2 or a fraction in (0, 1].")
+        raise ValueError("ats max tokens: nothing given; write 'all', an int >= 1 or a fraction in (0, 1].")
     values = [_max_tokens_value(part, shown) for part in parts]
     return values[0] if len(values) == 1 else values
 
@@ -76,7 +79,7 @@ def _max_tokens_value(part: str, shown: str) -> int | float | None:
         return None
     value = _count(part)
     if value is None:
-        raise ValueError(f"ats max tokens {shown!r}: {part!r} is not 'all', an int >= 2 or a fraction in (0, 1].")
+        raise ValueError(f"ats max tokens {shown!r}: {part!r} is not 'all', an int >= 1 or a fraction in (0, 1].")
     return value
 
 
@@ -89,7 +92,7 @@ def parse_capacity(text: str | Iterable[str]) -> int | float | list[int | float]
     values = [_count(part) for part in parts]
     if not parts or None in values:
         raise ValueError(
-            f"ats capacity {shown!r}: write 'adaptive', or rows as an int >= 2 or a fraction in (0, 1], one or one "
+            f"ats capacity {shown!r}: write 'adaptive', or rows as an int >= 1 or a fraction in (0, 1], one or one "
             "per ATS layer."
         )
     return values[0] if len(values) == 1 else values
@@ -109,12 +112,13 @@ def parse_merge(text: str) -> float | None:
 
 
 def _count(part: str) -> int | float | None:
-    """A token count: an int >= 2 or a fraction in (0, 1]; None if `part` is neither."""
+    """A token count: an int >= 1 (the model checks it against its special tokens) or a fraction in (0, 1]; None if
+    `part` is neither."""
     try:
         value = float(part) if any(c in part for c in ".eE") else int(part)
     except ValueError:
         return None
-    if (isinstance(value, int) and value >= 2) or (isinstance(value, float) and 0.0 < value <= 1.0):
+    if (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0.0 < value <= 1.0):
         return value
     return None
 
