@@ -1,7 +1,8 @@
-"""Tiny upstream checkpoints of every classifier family in the registry (images, and ViViT's videos), for the
+"""Tiny upstream checkpoints of every classifier family in the registry (images, and videos), for the
 family-contract suite: each case builds transformers' own classifier (seeded; attention made peaky so that ATS drops
 many tokens, and special tokens distinct, as in a trained model) and saves it with its processor. A registry family
-with no case here fails `test_every_classifier_family_has_a_contract_case`."""
+with no case here fails `test_every_classifier_family_has_a_contract_case`. `load_ats` loads the ATS classifier the
+registry picks for a saved case."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from transformers import (
     VivitConfig,
     VivitForVideoClassification,
 )
+
+from ats_hf.hub.checkpoint import load_ats_classifier
 
 GEOMETRY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=4, num_labels=5)
 # Videos of 8 frames of 32 px in tubelets of 2 frames x 8 x 8 px: 4 x 4 x 4 = 64 tubelets, as the images' 64 patches.
@@ -107,3 +110,10 @@ CASES = [
                input_shape=(8, 3, 32, 32), auto_class="AutoModelForVideoClassification", task="video-classification",
                processor=tiny_videomae_processor),
 ]
+
+
+def load_ats(folder, **settings):
+    """The ATS classifier the registry picks for an upstream checkpoint, in eval mode, with `settings` applied."""
+    model = load_ats_classifier(folder).eval()
+    model.set_ats(**settings)
+    return model

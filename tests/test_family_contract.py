@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 import transformers
-from family_cases import CASES
+from family_cases import CASES, load_ats
 from hf_fixtures import run_without_ats_hf
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import pipeline
@@ -35,13 +35,6 @@ def case(request, tmp_path_factory):
     return request.param, request.param.save(tmp_path_factory.mktemp(request.param.name) / "upstream")
 
 
-def ats(folder, **settings):
-    """The ATS classifier the registry picks for an upstream checkpoint, with `settings` applied."""
-    model = load_ats_classifier(folder).eval()
-    model.set_ats(**settings)
-    return model
-
-
 @pytest.fixture
 def batch(case):
     """Six random inputs of the case (images or videos)."""
@@ -63,7 +56,7 @@ def test_the_registry_picks_the_family_class(case):
 def test_without_ats_layers_it_is_the_upstream_model(case, batch):
     family_case, folder = case
     upstream = family_case.upstream()
-    model = ats(folder, layers=[])
+    model = load_ats(folder, layers=[])
     with torch.no_grad():
         ours, theirs = model(batch, output_hidden_states=True), upstream(batch, output_hidden_states=True)
     assert (ours.logits - theirs.logits).abs().max() <= 1e-5
@@ -75,7 +68,7 @@ def test_without_ats_layers_it_is_the_upstream_model(case, batch):
 @pytest.mark.parametrize("settings", [dict(), dict(max_tokens=0.5, layers=[0, 2]), dict(sampler="top_k", max_tokens=9)],
                          ids=["K-all", "K-half", "top-k"])
 def test_a_batch_gives_every_image_what_it_gets_alone(case, batch, settings):
-    model = ats(case[1], **settings)
+    model = load_ats(case[1], **settings)
     with torch.no_grad():
         together = model(batch)
         alone = [model(image[None]) for image in batch]
@@ -88,7 +81,7 @@ def test_a_batch_gives_every_image_what_it_gets_alone(case, batch, settings):
 
 
 def test_the_static_mode_equals_the_adaptive_one_when_everything_fits(case, batch):
-    model = ats(case[1], max_tokens=0.5)
+    model = load_ats(case[1], max_tokens=0.5)
     with torch.no_grad():
         adaptive = model(batch)
         model.set_ats(capacity=0.5)  # = K: no image can keep more
@@ -100,7 +93,7 @@ def test_the_static_mode_equals_the_adaptive_one_when_everything_fits(case, batc
 
 
 def test_the_dense_grid_holds_every_token_and_changes_no_prediction(case, batch):
-    model = ats(case[1])
+    model = load_ats(case[1])
     with torch.no_grad():
         packed = model(batch)
         model.config.ats_dense_output = True
@@ -114,7 +107,7 @@ def test_the_dense_grid_holds_every_token_and_changes_no_prediction(case, batch)
 
 
 def test_running_on_from_a_dense_prefix_equals_the_whole_pass(case, batch):
-    model = ats(case[1], layers=[2, 3], max_tokens=0.5)
+    model = load_ats(case[1], layers=[2, 3], max_tokens=0.5)
     base = model.base_model
     with torch.no_grad(), model.ats_settings_applied(AtsSettings()):
         prefix = base.run_layers(base.ats_embed(batch), None, 0, 2).hidden_states
@@ -127,7 +120,7 @@ def test_running_on_from_a_dense_prefix_equals_the_whole_pass(case, batch):
 
 
 def test_save_load_and_the_auto_class_give_the_same_model(case, batch, tmp_path):
-    model = ats(case[1], layers=[1, 3], max_tokens=[20, 0.25], sampler="top_k")
+    model = load_ats(case[1], layers=[1, 3], max_tokens=[20, 0.25], sampler="top_k")
     model.save_pretrained(tmp_path)
     loaded = getattr(transformers, case[0].auto_class).from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model) and loaded.ats_settings == model.ats_settings
@@ -136,7 +129,7 @@ def test_save_load_and_the_auto_class_give_the_same_model(case, batch, tmp_path)
 
 
 def test_the_pipeline_in_batches_equals_one_image_at_a_time(case, tmp_path):
-    model = ats(case[1])
+    model = load_ats(case[1])
     save_ats_checkpoint(model, tmp_path / "checkpoint", load_processor(case[1]))
     classifier = pipeline(case[0].task, model=str(tmp_path / "checkpoint"))
     inputs = case[0].pipeline_inputs(tmp_path, 3)
@@ -171,7 +164,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_remote_code_where_ats_hf_cannot_be_imported_gives_the_same_outputs(case, batch, tmp_path):
-    model = ats(case[1], max_tokens=0.5)
+    model = load_ats(case[1], max_tokens=0.5)
     save_ats_checkpoint(model, tmp_path / "checkpoint", load_processor(case[1]))
     torch.save(batch, tmp_path / "pixels.pt")
     run = run_without_ats_hf(REMOTE_SCRIPT, tmp_path / "checkpoint", tmp_path / "pixels.pt", tmp_path / "out.pt",
@@ -189,7 +182,7 @@ def test_remote_code_where_ats_hf_cannot_be_imported_gives_the_same_outputs(case
 @pytest.mark.parametrize("settings", [dict(layers=[]), dict(), dict(max_tokens=0.5, merge=-1.0)],
                          ids=["dense", "K-all", "merge"])
 def test_gmacs_equal_what_flop_counter_mode_counts(case, settings):
-    model = ats(case[1], **settings)
+    model = load_ats(case[1], **settings)
     model.set_attn_implementation("eager")  # FlopCounterMode does not see inside CPU sdpa kernels
     base = model.base_model
     image = case[0].inputs(1, seed=3)

@@ -6,11 +6,10 @@ has is in tests/test_family_vivit.py and tests/test_family_videomae.py."""
 
 import pytest
 import torch
-from family_cases import CASES
+from family_cases import CASES, load_ats
 from torch.utils.flop_counter import FlopCounterMode
 
 from ats_hf.flops import dense_gmacs, gmacs_per_image, mac_breakdown
-from ats_hf.hub.checkpoint import load_ats_classifier
 
 VIDEO_CASES = [case for case in CASES if case.videos]
 
@@ -21,15 +20,9 @@ def case(request, tmp_path_factory):
     return request.param, request.param.save(tmp_path_factory.mktemp(request.param.name) / "upstream")
 
 
-def load(folder, **settings):
-    model = load_ats_classifier(folder).eval()
-    model.set_ats(**settings)
-    return model
-
-
 def test_the_default_settings_drop_tubelets_and_each_video_keeps_its_own(case):
     family_case, folder = case
-    model = load(folder)
+    model = load_ats(folder)
     assert model.config.ats_layers == [1, 2, 3] and model.config.ats_max_tokens is None
     videos = family_case.inputs(6, seed=5)
     with torch.no_grad():
@@ -51,7 +44,7 @@ def test_the_default_settings_drop_tubelets_and_each_video_keeps_its_own(case):
                          ids=["dense", "default", "K-half"])
 def test_gmacs_per_video_with_the_head_equal_what_flop_counter_mode_counts(case, settings):
     family_case, folder = case
-    model = load(folder, **settings)
+    model = load_ats(folder, **settings)
     model.set_attn_implementation("eager")  # FlopCounterMode does not see inside CPU sdpa kernels
     for seed in (3, 4):
         video = family_case.inputs(1, seed=seed)
@@ -76,7 +69,7 @@ def test_the_static_mode_compiles_in_one_graph_and_exports_to_onnx(case, tmp_pat
     from ats_hf.export import export_folder
 
     family_case, folder = case
-    model = load(folder, max_tokens=0.5, capacity=24)
+    model = load_ats(folder, max_tokens=0.5, capacity=24)
     videos = family_case.inputs(4, seed=11)
     with torch.no_grad():
         eager = model(videos)
@@ -93,7 +86,7 @@ def test_the_static_mode_compiles_in_one_graph_and_exports_to_onnx(case, tmp_pat
 
 def test_the_dense_grid_holds_each_tubelet_at_its_position(case):
     family_case, folder = case
-    model = load(folder)
+    model = load_ats(folder)
     special = family_case.num_special
     videos = family_case.inputs(4, seed=11)
     with torch.no_grad():

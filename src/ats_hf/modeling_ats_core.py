@@ -75,6 +75,13 @@ class TokenState:
         """(B, M) bool, True for real rows; None when every row is real."""
         return None if self.padding is None else self.padding.token_mask
 
+    def positions_or(self, sentinel: int) -> torch.Tensor:
+        """(B, M) `positions`, with `sentinel` in padding rows (a spare column for scatters: with S = 0, the 0 that
+        padding rows hold is a patch)."""
+        if self.padding is None:
+            return self.positions
+        return self.positions.masked_fill(~self.padding.token_mask, sentinel)
+
     def num_real(self, batch_size: int) -> torch.Tensor:
         """(B,) long: real rows per image."""
         if self.padding is None:
@@ -301,8 +308,8 @@ class AtsAttentionMixin:
         Returns:
             The (B, L, D) output and the (B, L, head_dim) keys averaged over heads (ToMe's similarity metric).
         """
-        output, _, key_states = self.ats_attend(hidden_states, _self_attention_mask(self.config, hidden_states, None,
-                                                                                    sizes))
+        mask = _self_attention_mask(self.config, hidden_states, None, sizes)
+        output, _, key_states = self.ats_attend(hidden_states, mask)
         return output, key_states.mean(dim=1)
 
     def ats_attend(
@@ -832,10 +839,7 @@ class AtsBaseModelMixin:
             if plan is not None:
                 if last_ats_layer is None:
                     last_ats_layer = state.positions.new_full((batch_size, num_input_tokens + 1), -1)
-                positions = state.positions
-                if state.token_mask is not None:
-                    positions = positions.masked_fill(~state.token_mask, num_input_tokens)
-                last_ats_layer.scatter_(1, positions, num_ats_layers)
+                last_ats_layer.scatter_(1, state.positions_or(num_input_tokens), num_ats_layers)
                 num_ats_layers += 1
                 most_kept = max(most_kept, hidden_states.shape[1] - num_special)
         if dense is not None:
@@ -875,9 +879,7 @@ def _settings_key(config, num_reference_tokens: int) -> tuple:
 def _write_rows(grid: torch.Tensor, rows: torch.Tensor, state: TokenState) -> torch.Tensor:
     """(B, N, D) full-grid values with the (B, M, D) real rows written at their positions (out of place)."""
     batch_size, num_tokens, width = grid.shape
-    targets = state.positions
-    if state.token_mask is not None:
-        targets = targets.masked_fill(~state.token_mask, num_tokens)
+    targets = state.positions_or(num_tokens)
     spare = torch.cat([grid, grid.new_zeros(batch_size, 1, width)], dim=1)
     return spare.scatter(1, targets[..., None].expand(-1, -1, width), rows.to(grid.dtype))[:, :num_tokens]
 
