@@ -147,6 +147,44 @@ def test_pack_kept_rows():
     assert padding is None and rows.tolist() == [[0, 3, 4]]
 
 
+@pytest.mark.parametrize("sampler", ["inverse_transform", "top_k", "random"])
+def test_samplers_take_and_give_a_column_per_image(sampler):
+    """`TOKEN_SAMPLERS` work in an ATS layer's layout, (B, P, 1) in and (B, R, 1) picks out; `kept_rows_mask` on the
+    same picks as rows gives what `sample_patch_tokens` keeps."""
+    generator = torch.Generator().manual_seed(5)
+    scores = torch.rand(3, 17, generator=generator) ** 3
+    mask = torch.ones(3, 17, dtype=torch.bool)
+    mask[1, 12:] = False
+    scores = scores * mask / (scores * mask).sum(dim=1, keepdim=True)
+    torch.manual_seed(0)
+    picks, rankable = ats_sampling.TOKEN_SAMPLERS[sampler](scores[..., None], mask[..., None], 6)
+    assert picks.shape[0] == 3 and picks.shape[1] <= 6 and picks.shape[2] == 1 and rankable.shape == (3, 1, 1)
+    kept = ats_sampling.kept_rows_mask(picks[..., 0], rankable[..., 0], 17, mask)
+    torch.manual_seed(0)
+    assert torch.equal(kept, ats_sampling.sample_patch_tokens(sampler, scores, mask, 7))
+    assert not (kept & ~mask).any() and kept.sum(dim=1).min() >= 1
+
+
+def test_a_single_input_gets_its_rows_of_a_batch_as_one_index():
+    """`select_tokens` on one input packs its kept rows as an (M,) index: the same rows that input gets in a batch;
+    `gather_rows` takes both forms."""
+    generator = torch.Generator().manual_seed(2)
+    queries, keys, values = torch.randn(3, 4, 21, 16, generator=generator)
+    values = values * torch.exp(3 * torch.randn(4, 21, 1, generator=generator))  # skewed scores: duplicate picks
+    options = {"sampler": "inverse_transform", "max_tokens": 12, "num_special": 2}
+    batch = ats_sampling.select_tokens(queries[:, :1], keys, values, 4, 0.5, **options)
+    counts = batch.padding.token_mask.sum(dim=1) if batch.padding is not None else [batch.kept_rows.shape[1]] * 4
+    assert len(set(int(count) for count in counts)) > 1, "expected images that keep different numbers of rows"
+    for image in range(4):
+        alone = ats_sampling.select_tokens(queries[image:image + 1, :1], keys[image:image + 1],
+                                           values[image:image + 1], 4, 0.5, **options)
+        assert alone.padding is None and alone.kept_rows.dim() == 1
+        assert alone.kept_rows.tolist() == batch.kept_rows[image, : int(counts[image])].tolist()
+        rows = values[image:image + 1]
+        assert torch.equal(ats_sampling.gather_rows(rows, alone.kept_rows),
+                           ats_sampling.gather_rows(rows, alone.kept_rows.view(1, -1)))
+
+
 def test_stable_sort_in_index_order_for_ties():
     generator = torch.Generator().manual_seed(3)
     values = torch.randint(0, 6, (4, 30), generator=generator).float() / 5  # many ties
@@ -186,6 +224,8 @@ def test_binary_search_finds_the_distance_matrix_choice(monkeypatch):
     points[0, :3, 0] = torch.tensor([1e-10, 0.2, 0.75])
     expected = (points - nonzero).abs().argmin(dim=2)  # the official argmin, zeros left out
     assert expected[0, :3].tolist() == [1, 1, 2]
-    assert torch.equal(_nearest(values, nonzero, points), expected)
+    # The sampler's layout: a column of values and a row of points per image.
+    nonzero_column, points_row, expected = nonzero.mT, points.mT, expected[:, None, :]
+    assert torch.equal(_nearest(nonzero_column, points_row), expected)
     monkeypatch.setattr(ats_sampling, "NEAREST_BY_DISTANCES_LIMIT", 0)
-    assert torch.equal(_nearest(values, nonzero, points), expected)
+    assert torch.equal(_nearest(nonzero_column, points_row), expected)

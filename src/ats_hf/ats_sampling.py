@@ -41,18 +41,21 @@ def significance_scores(
         (B, P) float32 scores of the P = L - S patch tokens, summing to 1 per image (all zero if an image has no
         scored patch); padding scores 0.
     """
-    return _significance(cls_attention.sum(dim=1), values, token_mask, num_special)
+    batch_size, num_tokens = values.shape[:2]
+    column = cls_attention.sum(dim=1).view(batch_size, num_tokens, 1)
+    return _significance(column, values, token_mask, num_special).view(batch_size, num_tokens - num_special)
 
 
 def _significance(
     cls_attention: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor | None, num_special: int
 ) -> torch.Tensor:
-    """`significance_scores` from the (B, L) CLS attention already summed over heads."""
-    norms = torch.linalg.vector_norm(_as_float32(values), dim=-1)
+    """`significance_scores` from the (B, L, 1) CLS attention already summed over heads -> (B, P, 1) (a column per
+    image: the sampler's layout, which needs no reshaping on the way)."""
+    norms = torch.linalg.vector_norm(_as_float32(values), dim=-1, keepdim=True)
     scores = (_as_float32(cls_attention) * norms)[:, num_special:]
     if token_mask is not None:
-        scores = torch.where(token_mask[:, num_special:], scores, _scalar(0.0, scores))
-    # An all-zero row stays zero: 0 / tiny = 0; any other row has total >= tiny and is divided by it exactly.
+        scores = torch.where(token_mask[:, num_special:, None], scores, _scalar(0.0, scores))
+    # An all-zero column stays zero: 0 / tiny = 0; any other has total >= tiny and is divided by it exactly.
     return scores / torch.maximum(scores.sum(dim=1, keepdim=True), _scalar(TINY, scores))
 
 
@@ -80,9 +83,10 @@ def inverse_transform_sampling(
 def _inverse_transform_picks(
     scores: torch.Tensor, patch_mask: torch.Tensor | None, num_points: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inverse-transform sampler's picks: (B, R) patch indices (duplicates included) and whether each image's
-    (B, 1) CDF can rank its patches. The official arithmetic: the same sort, sums, points and first-nearest choice."""
-    batch_size, num_patches = scores.shape
+    """The inverse-transform sampler's picks: (B, R, 1) patch indices (duplicates included) and whether each image's
+    (B, 1, 1) CDF can rank its patches, from (B, P, 1) scores and mask. The official arithmetic: the same sort, sums,
+    points and first-nearest choice."""
+    batch_size = scores.shape[0]
     if patch_mask is not None:  # padding sorts last, then adds nothing: the CDF repeats its last real value there
         scores = torch.where(patch_mask, scores, _scalar(float("inf"), scores))
     sorted_scores, order = _stable_sort(scores)
@@ -92,41 +96,43 @@ def _inverse_transform_picks(
     lowest, highest = torch.aminmax(cdf, dim=1, keepdim=True)
     span = highest - lowest
     rankable = span > _scalar(0.0, span)  # False for a flat CDF and for NaN
-    # (B, 1, P), from exactly 0 to exactly 1 (x / x); padding repeats the 1, after the last real patch.
-    normalized_cdf = ((cdf - lowest) / span).view(batch_size, 1, num_patches)
-    # The lowest patches (normalised CDF 0) are never kept: as 2, above every point, they are never nearest either,
-    # and the points start at the smallest value left.
-    nonzero = torch.where(normalized_cdf > _scalar(0.0, span), normalized_cdf, _scalar(2.0, span))
-    points = _sample_points(nonzero.min(dim=2, keepdim=True).values, num_points)
-    return order.gather(1, _nearest(normalized_cdf, nonzero, points)), rankable
+    # (B, P, 1), from exactly 0 to exactly 1 (x / x); padding repeats the 1, after the last real patch. The lowest
+    # patches (0) are never kept: as 2, above every point, they are never nearest either, and the points start at
+    # the smallest value left. (A NaN column, which cannot be ranked, stays NaN.)
+    nonzero = ((cdf - lowest) / span).masked_fill_(cdf <= lowest, 2.0)
+    points = _sample_points(nonzero.min(dim=1, keepdim=True).values, num_points)
+    nearest = _nearest(nonzero, points).view(batch_size, num_points, 1)
+    return order.gather(1, nearest), rankable
 
 
-def _nearest(ascending: torch.Tensor, nonzero: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B, 1, P) ascending values from 0, the same with zeros as 2, (B, R, 1) points from the smallest non-zero value
-    up to 1 -> (B, R) long: the position of the non-zero value nearest to each point, the first of equally near ones
-    (the official argmin of |point - value|, less the lowest patches, which it could pick only when rounding made
-    a point as near to 0 as to the smallest non-zero value).
+def _nearest(nonzero: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(B, P, 1) ascending values from 0, with the zeros as 2, and (B, 1, R) points from the smallest non-zero value
+    up to 1 -> (B, 1, R) long: the position of the non-zero value nearest to each point, the first of equally near
+    ones (the official argmin of |point - value|, less the lowest patches, which it could pick only when rounding
+    made a point as near to 0 as to the smallest non-zero value).
 
-    A batch whose (B, R, P) distance matrix fits `NEAREST_BY_DISTANCES_LIMIT` (and every exported graph: ONNX has no
+    A batch whose (B, P, R) distance matrix fits `NEAREST_BY_DISTANCES_LIMIT` (and every exported graph: ONNX has no
     binary search) computes that matrix: a few operations, which is what batch 1 is bound by. A larger one finds
     the same positions by binary search: the first value at or above the point, or the one before it when that is
     no farther. (Equal values are the leading zeros, never taken, and the trailing 1 of padding, after the last
     real 1; a point above 1 by rounding is taken as 1.)"""
-    batch_size, num_points = points.shape[:2]
-    num_values = ascending.shape[2]
+    batch_size, num_values = nonzero.shape[:2]
+    num_points = points.shape[2]
     if torch.compiler.is_exporting() or batch_size * num_points * num_values <= NEAREST_BY_DISTANCES_LIMIT:
         distances = points - nonzero
-        return torch.abs(distances, out=distances).argmin(dim=2)
-    values = ascending.view(batch_size, num_values)
+        return torch.abs(distances, out=distances).argmin(dim=1, keepdim=True)
+    # The values ascending again (the zeros back: every real value is at most 1).
+    values = nonzero.masked_fill(nonzero > _scalar(1.0, nonzero), 0.0).view(batch_size, num_values)
     points = torch.minimum(points.view(batch_size, num_points), _scalar(1.0, points))
     above = torch.searchsorted(values, points).clamp_(max=num_values - 1)  # in range for NaN rows as well
     below = (above - 1).clamp_(min=0)
     take_below = points - values.gather(1, below) <= values.gather(1, above) - points
-    return torch.where(take_below, below, above)
+    return torch.where(take_below, below, above).view(batch_size, 1, num_points)
 
 
 def _stable_sort(values: torch.Tensor, descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N) -> values sorted ascending (or descending) and their (B, N) order, equal values in index order.
+    """(B, N, ...) -> values sorted ascending (or descending) along dim 1 and their order, equal values in index
+    order.
     Under torch.export: `_exported_sort`."""
     if torch.compiler.is_exporting():
         return _exported_sort(values, descending)
@@ -142,7 +148,7 @@ def _exported_sort(values: torch.Tensor, descending: bool) -> tuple[torch.Tensor
 
 
 def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tensor:
-    """(B, 1, 1) start values -> (B, R, 1) points, evenly spaced from the start up to 1 (the official arithmetic:
+    """(B, 1, 1) start values -> (B, 1, R) points, evenly spaced from the start up to 1 (the official arithmetic:
     start + (linspace(0, 1, R) (R - 1) - start step) / (R - 1))."""
     if num_points == 1:
         return torch.ones_like(lowest_nonzero)
@@ -151,10 +157,10 @@ def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tenso
 
 
 def _point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, 1) step numbers 0..R-1 and (R, 1) linspace(0, 1, R) * (R - 1)."""
+    """(1, R) step numbers 0..R-1 and (1, R) linspace(0, 1, R) * (R - 1)."""
     steps = torch.arange(num_points, device=device, dtype=torch.float32)
     unit = torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
-    return steps.view(-1, 1), unit.view(-1, 1)
+    return steps.view(1, -1), unit.view(1, -1)
 
 
 def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
@@ -176,7 +182,7 @@ def _random_picks(scores: torch.Tensor, patch_mask: torch.Tensor | None, count: 
 
 
 def _largest(keys: torch.Tensor, patch_mask: torch.Tensor | None, count: int) -> torch.Tensor:
-    """(B, P) keys -> (B, min(count, P)) indices of the largest ones among the real patches (padding only once
+    """(B, P, 1) keys -> (B, min(count, P), 1) indices of the largest ones among the real patches (padding only once
     the real ones run out)."""
     if patch_mask is not None:
         keys = keys.masked_fill(~patch_mask, float("-inf"))
@@ -184,8 +190,8 @@ def _largest(keys: torch.Tensor, patch_mask: torch.Tensor | None, count: int) ->
 
 
 def _rankable_rows(scores: torch.Tensor) -> torch.Tensor:
-    """(B, 1) bool: False for an image whose scores are all zero or NaN (normalising spreads a NaN over the whole
-    row), as for the inverse transform's flat or NaN CDF."""
+    """(B, 1, 1) bool: False for an image whose scores are all zero or NaN (normalising spreads a NaN over the whole
+    column), as for the inverse transform's flat or NaN CDF."""
     return scores.sum(dim=1, keepdim=True) > _scalar(0.0, scores)
 
 
@@ -194,8 +200,10 @@ TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], tup
     "top_k": _top_k_picks,
     "random": _random_picks,
 }
-"""Each sampler by name, as `(scores (B, P), patch_mask (B, P) | None, R) -> (picks, rankable)`: the (B, R') long
-patch indices it picks (duplicates allowed; R' <= R) and (B, 1) bool, False for an image it cannot rank."""
+"""Each sampler by name, as `(scores (B, P, 1), patch_mask (B, P, 1) | None, R) -> (picks, rankable)`: the
+(B, R', 1) long patch indices it picks (duplicates allowed; R' <= R) and (B, 1, 1) bool, False for an image it
+cannot rank. A column per image: the layout in which an ATS layer's scores arrive and its kept rows are marked,
+with no reshaping between them (batch 1 is bound by the number of operations)."""
 
 
 def sample_patch_tokens(
@@ -207,11 +215,12 @@ def sample_patch_tokens(
     for the inverse transform also a flat CDF) keeps every real patch token, so it never falls below the documented
     minimum and is never counted as cheap.
     """
-    num_patches = scores.shape[1]
+    batch_size, num_patches = scores.shape
     if num_patches == 0:  # only special tokens are left: nothing to sample
         return torch.zeros_like(scores, dtype=torch.bool)
-    picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - 1)
-    return kept_rows_mask(picks, rankable, num_patches, patch_mask)
+    patch_mask = None if patch_mask is None else patch_mask[..., None]
+    picks, rankable = TOKEN_SAMPLERS[sampler](scores[..., None], patch_mask, max_tokens - 1)
+    return _kept_rows(picks, rankable, num_patches, patch_mask, 0).view(batch_size, num_patches)
 
 
 def kept_rows_mask(
@@ -230,6 +239,16 @@ def kept_rows_mask(
     Returns:
         (B, N) bool.
     """
+    token_mask = None if token_mask is None else token_mask[..., None]
+    kept = _kept_rows(picks[..., None], rankable[..., None], num_rows, token_mask, num_special)
+    return kept.view(picks.shape[0], num_rows)
+
+
+def _kept_rows(
+    picks: torch.Tensor, rankable: torch.Tensor, num_rows: int, token_mask: torch.Tensor | None, num_special: int
+) -> torch.Tensor:
+    """`kept_rows_mask` in the samplers' layout: (B, R, 1) picks, (B, 1, 1) rankable, (B, N, 1) token_mask ->
+    (B, N, 1) bool."""
     # Not rankable: every row (template >= False); rankable: the special rows only (template >= True).
     kept = _constant(_special_rows_template, num_rows, num_special, picks.device) >= rankable
     if num_special:
@@ -239,8 +258,8 @@ def kept_rows_mask(
 
 
 def _special_rows_template(num_rows: int, num_special: int, device: torch.device) -> torch.Tensor:
-    """(1, N) bool, True for the first S rows."""
-    return (torch.arange(num_rows, device=device) < num_special).view(1, -1)
+    """(1, N, 1) bool, True for the first S rows."""
+    return (torch.arange(num_rows, device=device) < num_special).view(1, -1, 1)
 
 
 @dataclass
@@ -378,8 +397,11 @@ def merge_dropped_tokens(
 
 
 def gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(B, L, ...) rows picked by (B, M) indices -> (B, M, ...), as one index_select over the flattened batch."""
+    """(B, L, ...) rows picked by (B, M) indices -> (B, M, ...), as one index_select over the flattened batch; for
+    B = 1 the indices may be (M,)."""
     batch_size, num_rows = tensor.shape[:2]
+    if rows.dim() == 1:
+        return tensor.index_select(1, rows)
     if batch_size == 1:
         return tensor.index_select(1, rows.view(-1))
     offsets = torch.arange(0, batch_size * num_rows, num_rows, device=rows.device)[:, None]
@@ -401,17 +423,18 @@ def kept_patch_positions(last_kept_by: torch.Tensor, num_layers: int, width: int
     num_patches = last_kept_by.shape[1]
     device = last_kept_by.device
     layers = _constant(torch.arange, num_layers, device=device).view(-1, 1)
-    kept = last_kept_by.unsqueeze(1) >= layers  # (B, layers, P)
+    kept = last_kept_by.view(-1, 1, num_patches) >= layers  # (B, layers, P)
     beyond = _scalar(num_patches, last_kept_by, torch.long)
     candidates = torch.where(kept, _constant(torch.arange, num_patches, device=device), beyond)
     ascending = candidates.topk(width, dim=2, largest=False).values  # kept positions first, then `beyond`
-    return torch.where(ascending < beyond, ascending, _scalar(-1, last_kept_by, torch.long))
+    return ascending.masked_fill_(ascending == beyond, -1)
 
 
 class TokenSelection(NamedTuple):
-    """The rows an ATS layer keeps: `kept_rows` (B, M) into its L input rows, the S special rows first (None when
-    every row is kept in place), the `padding` layout of the M rows (None when every row is real), and the (B, L, D)
-    keys, heads concatenated, to merge the dropped rows by (None when they are dropped)."""
+    """The rows an ATS layer keeps: `kept_rows` (B, M) into its L input rows, the S special rows first ((M,) for a
+    single input in the adaptive mode; `gather_rows` takes both; None when every row is kept in place), the
+    `padding` layout of the M rows (None when every row is real), and the (B, L, D) keys, heads concatenated, to
+    merge the dropped rows by (None when they are dropped)."""
 
     kept_rows: torch.Tensor | None
     padding: PaddingLayout | None
@@ -474,23 +497,31 @@ def select_tokens(
     batch_size, num_tokens = values.shape[:2]
     if num_tokens == num_special:  # only special tokens are left (every patch was masked or dropped)
         return TokenSelection(None, None)
-    # The CLS row of every head as a product and a per-head sum: (B, L, H), the same multiply-adds as a (1 x L) matmul
-    # per head, in a handful of operations (batch 1 is bound by their count).
+    # The CLS row of every head as a product and a per-head sum: (B, L, H, 1), the same multiply-adds as a (1 x L)
+    # matmul per head, in a handful of operations (batch 1 is bound by their count: hence the kept dimensions, which
+    # spare reductions a reshape, and `_softmax`, softmax's own kernel without its dispatching wrapper).
     products = _as_float32(cls_query) * _as_float32(keys)
-    cls_logits = products.view(batch_size, num_tokens, num_heads, -1).sum(dim=-1) * _scalar(scaling, products)
+    head_width = products.shape[-1] // num_heads
+    cls_logits = products.view(batch_size, num_tokens, num_heads, head_width).sum(dim=-1, keepdim=True)
+    cls_logits = cls_logits * _scalar(scaling, products)
     if sizes is not None:  # proportional attention; log(0) = -inf masks padding
-        cls_logits = cls_logits + sizes.log()[..., None]
+        cls_logits = cls_logits + sizes.log()[..., None, None]
     elif token_mask is not None:
-        cls_logits = cls_logits.masked_fill(~token_mask[..., None], float("-inf"))
-    scores = _significance(cls_logits.softmax(dim=1).sum(dim=-1), values, token_mask, num_special)
-    patch_mask = None if token_mask is None else token_mask[:, num_special:]
+        cls_logits = cls_logits.masked_fill(~token_mask[..., None, None], float("-inf"))
+    cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=2)  # (B, L, 1)
+    scores = _significance(cls_attention, values, token_mask, num_special)  # (B, P, 1)
+    patch_mask = None if token_mask is None else token_mask[:, num_special:, None]
     picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - num_special)
-    kept = kept_rows_mask(picks, rankable, num_tokens, token_mask, num_special)  # (B, L), the special rows included
-    if capacity is None:
-        kept_rows, padding = pack_kept_rows(kept)
+    token_column = None if token_mask is None else token_mask[..., None]
+    kept = _kept_rows(picks, rankable, num_tokens, token_column, num_special)  # (B, L, 1), the special rows included
+    if capacity is not None:
+        kept_patches = kept.view(batch_size, num_tokens)[:, num_special:]
+        kept_rows, padding = pack_kept_tokens_static(kept_patches, scores.view(batch_size, -1), capacity, num_special)
+    elif batch_size == 1:  # no padding can exist: the kept rows as one (M,) index (the only host read, in nonzero)
+        kept_rows, padding = kept.view(-1).nonzero().view(-1), None
     else:
-        kept_rows, padding = pack_kept_tokens_static(kept[:, num_special:], scores, capacity, num_special)
-    if token_mask is None and padding is None and kept_rows.shape[1] == num_tokens:
+        kept_rows, padding = pack_kept_rows(kept.view(batch_size, num_tokens))
+    if token_mask is None and padding is None and kept_rows.shape[-1] == num_tokens:
         return TokenSelection(None, None)  # every row kept, in place: nothing to gather or merge
     return TokenSelection(kept_rows, padding, keys if merge else None)
 

@@ -92,7 +92,8 @@ class TokenState:
         """The values and the state of the rows a layer kept.
 
         Args:
-            selection: the kept rows (B, M) among the current L, their layout, and the keys to merge by (or None).
+            selection: the kept rows (B, M) among the current L ((M,) for one input), their layout, and the keys to
+                merge by (or None).
             rows: (B, L, D) the current rows' values (the layer's input, the residual).
         Returns:
             (B, M, D) the kept rows' values (merged with the tokens they absorb when merging), and their state.
@@ -105,13 +106,13 @@ class TokenState:
                 rows,
                 self.sizes,
                 selection.merge_keys,
-                kept_rows,
+                kept_rows.view(rows.shape[0], -1),
                 padding,
                 self.token_mask,
                 config.ats_merge,
                 num_special_tokens(config),
             )
-        positions = self.positions.gather(1, kept_rows)
+        positions = gather_rows(self.positions, kept_rows)
         if padding is not None:
             positions = positions.masked_fill(~padding.token_mask, 0)
         return kept, TokenState(positions, padding, _self_attention_mask(config, kept, padding, sizes), sizes)
