@@ -224,8 +224,7 @@ def test_binary_search_finds_the_distance_matrix_choice(monkeypatch):
     points[0, :3, 0] = torch.tensor([1e-10, 0.2, 0.75])
     expected = (points - nonzero).abs().argmin(dim=2)  # the official argmin, zeros left out
     assert expected[0, :3].tolist() == [1, 1, 2]
-    # The sampler's layout: a column of values and a row of points per image.
-    nonzero_column, points_row, expected = nonzero.mT, points.mT, expected[:, None, :]
-    assert torch.equal(_nearest(nonzero_column, points_row), expected)
+    expected = expected[..., None]  # (B, R, 1): the column `order` is gathered by
+    assert torch.equal(_nearest(nonzero, points), expected)
     monkeypatch.setattr(ats_sampling, "NEAREST_BY_DISTANCES_LIMIT", 0)
-    assert torch.equal(_nearest(nonzero_column, points_row), expected)
+    assert torch.equal(_nearest(nonzero, points), expected)

@@ -99,35 +99,34 @@ def _inverse_transform_picks(
     # (B, P, 1), from exactly 0 to exactly 1 (x / x); padding repeats the 1, after the last real patch. The lowest
     # patches (0) are never kept: as 2, above every point, they are never nearest either, and the points start at
     # the smallest value left. (A NaN column, which cannot be ranked, stays NaN.)
-    nonzero = ((cdf - lowest) / span).masked_fill_(cdf <= lowest, 2.0)
-    points = _sample_points(nonzero.min(dim=1, keepdim=True).values, num_points)
-    nearest = _nearest(nonzero, points).view(batch_size, num_points, 1)
-    return order.gather(1, nearest), rankable
+    nonzero = ((cdf - lowest) / span).masked_fill_(cdf <= lowest, 2.0).view(batch_size, 1, -1)  # (B, 1, P)
+    points = _sample_points(nonzero.min(dim=2, keepdim=True).values, num_points)
+    return order.gather(1, _nearest(nonzero, points)), rankable
 
 
 def _nearest(nonzero: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B, P, 1) ascending values from 0, with the zeros as 2, and (B, 1, R) points from the smallest non-zero value
-    up to 1 -> (B, 1, R) long: the position of the non-zero value nearest to each point, the first of equally near
+    """(B, 1, P) ascending values from 0, with the zeros as 2, and (B, R, 1) points from the smallest non-zero value
+    up to 1 -> (B, R, 1) long: the position of the non-zero value nearest to each point, the first of equally near
     ones (the official argmin of |point - value|, less the lowest patches, which it could pick only when rounding
     made a point as near to 0 as to the smallest non-zero value).
 
-    A batch whose (B, P, R) distance matrix fits `NEAREST_BY_DISTANCES_LIMIT` (and every exported graph: ONNX has no
+    A batch whose (B, R, P) distance matrix fits `NEAREST_BY_DISTANCES_LIMIT` (and every exported graph: ONNX has no
     binary search) computes that matrix: a few operations, which is what batch 1 is bound by. A larger one finds
     the same positions by binary search: the first value at or above the point, or the one before it when that is
     no farther. (Equal values are the leading zeros, never taken, and the trailing 1 of padding, after the last
     real 1; a point above 1 by rounding is taken as 1.)"""
-    batch_size, num_values = nonzero.shape[:2]
-    num_points = points.shape[2]
+    batch_size, num_points = points.shape[:2]
+    num_values = nonzero.shape[2]
     if torch.compiler.is_exporting() or batch_size * num_points * num_values <= NEAREST_BY_DISTANCES_LIMIT:
         distances = points - nonzero
-        return torch.abs(distances, out=distances).argmin(dim=1, keepdim=True)
+        return torch.abs(distances, out=distances).argmin(dim=2, keepdim=True)
     # The values ascending again (the zeros back: every real value is at most 1).
     values = nonzero.masked_fill(nonzero > _scalar(1.0, nonzero), 0.0).view(batch_size, num_values)
     points = torch.minimum(points.view(batch_size, num_points), _scalar(1.0, points))
     above = torch.searchsorted(values, points).clamp_(max=num_values - 1)  # in range for NaN rows as well
     below = (above - 1).clamp_(min=0)
     take_below = points - values.gather(1, below) <= values.gather(1, above) - points
-    return torch.where(take_below, below, above).view(batch_size, 1, num_points)
+    return torch.where(take_below, below, above).view(batch_size, num_points, 1)
 
 
 def _stable_sort(values: torch.Tensor, descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +147,7 @@ def _exported_sort(values: torch.Tensor, descending: bool) -> tuple[torch.Tensor
 
 
 def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tensor:
-    """(B, 1, 1) start values -> (B, 1, R) points, evenly spaced from the start up to 1 (the official arithmetic:
+    """(B, 1, 1) start values -> (B, R, 1) points, evenly spaced from the start up to 1 (the official arithmetic:
     start + (linspace(0, 1, R) (R - 1) - start step) / (R - 1))."""
     if num_points == 1:
         return torch.ones_like(lowest_nonzero)
@@ -157,10 +156,10 @@ def _sample_points(lowest_nonzero: torch.Tensor, num_points: int) -> torch.Tenso
 
 
 def _point_grid(num_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, R) step numbers 0..R-1 and (1, R) linspace(0, 1, R) * (R - 1)."""
+    """(R, 1) step numbers 0..R-1 and (R, 1) linspace(0, 1, R) * (R - 1)."""
     steps = torch.arange(num_points, device=device, dtype=torch.float32)
     unit = torch.linspace(0.0, 1.0, num_points, device=device) * (num_points - 1)
-    return steps.view(1, -1), unit.view(1, -1)
+    return steps.view(-1, 1), unit.view(-1, 1)
 
 
 def top_k_sampling(scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int) -> torch.Tensor:
@@ -497,18 +496,16 @@ def select_tokens(
     batch_size, num_tokens = values.shape[:2]
     if num_tokens == num_special:  # only special tokens are left (every patch was masked or dropped)
         return TokenSelection(None, None)
-    # The CLS row of every head as a product and a per-head sum: (B, L, H, 1), the same multiply-adds as a (1 x L)
-    # matmul per head, in a handful of operations (batch 1 is bound by their count: hence the kept dimensions, which
-    # spare reductions a reshape, and `_softmax`, softmax's own kernel without its dispatching wrapper).
+    # The CLS row of every head as a product and a per-head sum: (B, L, H), the same multiply-adds as a (1 x L) matmul
+    # per head, in a handful of operations (batch 1 is bound by their count: hence the kept dimension of the head
+    # sum, which spares a reshape, and `_softmax`, softmax's own kernel without its dispatching wrapper).
     products = _as_float32(cls_query) * _as_float32(keys)
-    head_width = products.shape[-1] // num_heads
-    cls_logits = products.view(batch_size, num_tokens, num_heads, head_width).sum(dim=-1, keepdim=True)
-    cls_logits = cls_logits * _scalar(scaling, products)
+    cls_logits = products.view(batch_size, num_tokens, num_heads, -1).sum(dim=-1) * _scalar(scaling, products)
     if sizes is not None:  # proportional attention; log(0) = -inf masks padding
-        cls_logits = cls_logits + sizes.log()[..., None, None]
+        cls_logits = cls_logits + sizes.log()[..., None]
     elif token_mask is not None:
-        cls_logits = cls_logits.masked_fill(~token_mask[..., None, None], float("-inf"))
-    cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=2)  # (B, L, 1)
+        cls_logits = cls_logits.masked_fill(~token_mask[..., None], float("-inf"))
+    cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=-1, keepdim=True)  # (B, L, 1)
     scores = _significance(cls_attention, values, token_mask, num_special)  # (B, P, 1)
     patch_mask = None if token_mask is None else token_mask[:, num_special:, None]
     picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - num_special)
