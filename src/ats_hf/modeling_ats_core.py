@@ -112,7 +112,10 @@ class TokenState:
                 config.ats_merge,
                 num_special_tokens(config),
             )
-        positions = gather_rows(self.positions, kept_rows)
+        if kept_rows.dim() == 1:
+            positions = self.positions.index_select(1, kept_rows)
+        else:
+            positions = self.positions.gather(1, kept_rows)
         if padding is not None:
             positions = positions.masked_fill(~padding.token_mask, 0)
         return kept, TokenState(positions, padding, _self_attention_mask(config, kept, padding, sizes), sizes)
