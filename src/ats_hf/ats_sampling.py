@@ -84,14 +84,14 @@ def _inverse_transform_picks(
     scores: torch.Tensor, patch_mask: torch.Tensor | None, num_points: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inverse-transform sampler's picks: (B, R, 1) patch indices (duplicates included) and whether each image's
-    (B, 1, 1) CDF can rank its patches, from (B, P, 1) scores and mask. The official arithmetic: the same sort, sums,
-    points and first-nearest choice."""
+    (B, 1, 1) CDF can rank its patches, from (B, P, 1) scores (0 in padding) and mask. The official arithmetic: the
+    same sort, sums, points and first-nearest choice."""
     batch_size = scores.shape[0]
-    if patch_mask is not None:  # padding sorts last, then adds nothing: the CDF repeats its last real value there
-        scores = torch.where(patch_mask, scores, _scalar(float("inf"), scores))
-    sorted_scores, order = _stable_sort(scores)
-    if patch_mask is not None:
-        sorted_scores = sorted_scores.nan_to_num(nan=float("nan"), posinf=0.0)
+    if patch_mask is None:
+        sorted_scores, order = _stable_sort(scores)
+    else:  # padding sorts last (as inf), then adds its 0: the CDF repeats its last real value there
+        order = _stable_sort(torch.where(patch_mask, scores, _scalar(float("inf"), scores)))[1]
+        sorted_scores = scores.gather(1, order)
     cdf = torch.cumsum(sorted_scores, dim=1)
     lowest, highest = torch.aminmax(cdf, dim=1, keepdim=True)
     span = highest - lowest
@@ -199,7 +199,7 @@ TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], tup
     "top_k": _top_k_picks,
     "random": _random_picks,
 }
-"""Each sampler by name, as `(scores (B, P, 1), patch_mask (B, P, 1) | None, R) -> (picks, rankable)`: the
+"""Each sampler by name, as `(scores (B, P, 1), 0 in padding; patch_mask (B, P, 1) | None, R) -> (picks, rankable)`: the
 (B, R', 1) long patch indices it picks (duplicates allowed; R' <= R) and (B, 1, 1) bool, False for an image it
 cannot rank. A column per image: the layout in which an ATS layer's scores arrive and its kept rows are marked,
 with no reshaping between them (batch 1 is bound by the number of operations)."""
@@ -208,7 +208,8 @@ with no reshaping between them (batch 1 is bound by the number of operations).""
 def sample_patch_tokens(
     sampler: str, scores: torch.Tensor, patch_mask: torch.Tensor | None, max_tokens: int
 ) -> torch.Tensor:
-    """The patch tokens `sampler` (a name in `TOKEN_SAMPLERS`) keeps. (B, P) scores -> (B, P) bool.
+    """The patch tokens `sampler` (a name in `TOKEN_SAMPLERS`) keeps. (B, P) scores -> (B, P) bool; padding scores
+    (where `patch_mask` is False) are taken as 0.
 
     An image the sampler cannot rank (scores that are not finite: a NaN or inf in its input makes its whole row NaN;
     for the inverse transform also a flat CDF) keeps every real patch token, so it never falls below the documented
@@ -217,8 +218,11 @@ def sample_patch_tokens(
     batch_size, num_patches = scores.shape
     if num_patches == 0:  # only special tokens are left: nothing to sample
         return torch.zeros_like(scores, dtype=torch.bool)
-    patch_mask = None if patch_mask is None else patch_mask[..., None]
-    picks, rankable = TOKEN_SAMPLERS[sampler](scores[..., None], patch_mask, max_tokens - 1)
+    scores = scores[..., None]
+    if patch_mask is not None:
+        patch_mask = patch_mask[..., None]
+        scores = torch.where(patch_mask, scores, _scalar(0.0, scores))
+    picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - 1)
     return _kept_rows(picks, rankable, num_patches, patch_mask, 0).view(batch_size, num_patches)
 
 
@@ -323,13 +327,15 @@ def pack_kept_tokens_static(
     batch_size, num_patches = kept_patches.shape
     slots = min(capacity - num_special, num_patches)
     # Kept patches rank above every dropped one (-inf); a NaN score (an unscorable image) ranks as a kept one.
-    ranking = scores.masked_fill(~kept_patches, float("-inf"))
+    # (`where`, not `masked_fill` of the negated mask: one node fewer in an exported graph, one operation in eager.)
+    ranking = torch.where(kept_patches, scores, _scalar(float("-inf"), scores))
     chosen = ranking.topk(slots, dim=1, sorted=True).indices
     real = torch.arange(slots, device=scores.device) < kept_patches.sum(dim=1, keepdim=True)
     # Sorting the chosen positions (padding slots as P, after every real one) restores the current order.
-    positions = chosen.masked_fill(~real, num_patches).sort(dim=1).values
+    positions = torch.where(real, chosen, _scalar(num_patches, chosen, torch.long)).sort(dim=1).values
     special_rows = torch.arange(num_special, device=scores.device).expand(batch_size, -1)
-    kept_rows = torch.cat([special_rows, (positions + num_special).masked_fill(~real, 0)], dim=1)
+    positions = torch.where(real, positions + num_special, _scalar(0, positions, torch.long))
+    kept_rows = torch.cat([special_rows, positions], dim=1)
     # cat, not pad: inductor's C++ backend (torch 2.13) fails to compile a padded bool mask fused with its use.
     token_mask = torch.cat([real.new_ones(batch_size, num_special), real], dim=1)
     return kept_rows, PaddingLayout(token_mask)
@@ -504,7 +510,7 @@ def select_tokens(
     if sizes is not None:  # proportional attention; log(0) = -inf masks padding
         cls_logits = cls_logits + sizes.log()[..., None]
     elif token_mask is not None:
-        cls_logits = cls_logits.masked_fill(~token_mask[..., None], float("-inf"))
+        cls_logits = torch.where(token_mask[..., None], cls_logits, _scalar(float("-inf"), cls_logits))
     cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=-1, keepdim=True)  # (B, L, 1)
     scores = _significance(cls_attention, values, token_mask, num_special)  # (B, P, 1)
     patch_mask = None if token_mask is None else token_mask[:, num_special:, None]

@@ -117,7 +117,7 @@ class TokenState:
         else:
             positions = self.positions.gather(1, kept_rows)
         if padding is not None:
-            positions = positions.masked_fill(~padding.token_mask, 0)
+            positions = torch.where(padding.token_mask, positions, positions.new_zeros(()))
         return kept, TokenState(positions, padding, _self_attention_mask(config, kept, padding, sizes), sizes)
 
     @classmethod
