@@ -184,7 +184,7 @@ def _largest(keys: torch.Tensor, patch_mask: torch.Tensor | None, count: int) ->
     """(B, P, 1) keys -> (B, min(count, P), 1) indices of the largest ones among the real patches (padding only once
     the real ones run out)."""
     if patch_mask is not None:
-        keys = keys.masked_fill(~patch_mask, float("-inf"))
+        keys = torch.where(patch_mask, keys, _scalar(float("-inf"), keys))
     return keys.topk(min(count, keys.shape[1]), dim=1).indices
 
 
@@ -199,10 +199,10 @@ TOKEN_SAMPLERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, int], tup
     "top_k": _top_k_picks,
     "random": _random_picks,
 }
-"""Each sampler by name, as `(scores (B, P, 1), 0 in padding; patch_mask (B, P, 1) | None, R) -> (picks, rankable)`: the
-(B, R', 1) long patch indices it picks (duplicates allowed; R' <= R) and (B, 1, 1) bool, False for an image it
-cannot rank. A column per image: the layout in which an ATS layer's scores arrive and its kept rows are marked,
-with no reshaping between them (batch 1 is bound by the number of operations)."""
+"""Each sampler by name, as `(scores (B, P, 1), 0 in padding; patch_mask (B, P, 1) | None, R) -> (picks,
+rankable)`: the (B, R', 1) long patch indices it picks (duplicates allowed; R' <= R) and (B, 1, 1) bool, False for
+an image it cannot rank. A column per image: the layout in which an ATS layer's scores arrive and its kept rows are
+marked, with no reshaping between them (batch 1 is bound by the number of operations)."""
 
 
 def sample_patch_tokens(
