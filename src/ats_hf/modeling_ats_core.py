@@ -80,7 +80,7 @@ class TokenState:
         padding rows hold is a patch)."""
         if self.padding is None:
             return self.positions
-        return self.positions.masked_fill(~self.padding.token_mask, sentinel)
+        return torch.where(self.padding.token_mask, self.positions, self.positions.new_full((), sentinel))
 
     def num_real(self, batch_size: int) -> torch.Tensor:
         """(B,) long: real rows per image."""
