@@ -110,6 +110,9 @@ def test_padding_is_invisible():
     mask = torch.arange(19)[None] < 12
     padded = inverse_transform_sampling(padded_scores / scores.sum(), mask, 9)
     assert torch.equal(padded[:, :12], alone) and not padded[:, 12:].any()
+    # Whatever a caller leaves in the padding's scores is taken as 0.
+    garbage = torch.where(mask, padded_scores / scores.sum(), torch.tensor(5.0))
+    assert torch.equal(inverse_transform_sampling(garbage, mask, 9), padded)
 
 
 def test_top_k_and_random_counts():
