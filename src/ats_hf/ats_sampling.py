@@ -71,7 +71,7 @@ def inverse_transform_sampling(
     every real patch.
 
     Args:
-        scores: (B, P) float32 significance scores, >= 0.
+        scores: (B, P) float32 significance scores, >= 0 (padding scores are taken as 0).
         patch_mask: (B, P) bool, True for real patch tokens; None if all are real.
         max_tokens: K >= 2, the most tokens kept, CLS included.
     Returns:
