@@ -43,18 +43,19 @@ def significance_scores(
     """
     batch_size, num_tokens = values.shape[:2]
     column = cls_attention.sum(dim=1).view(batch_size, num_tokens, 1)
-    return _significance(column, values, token_mask, num_special).view(batch_size, num_tokens - num_special)
+    patch_mask = None if token_mask is None else token_mask[:, num_special:, None]
+    return _significance(column, values, patch_mask, num_special).view(batch_size, num_tokens - num_special)
 
 
 def _significance(
-    cls_attention: torch.Tensor, values: torch.Tensor, token_mask: torch.Tensor | None, num_special: int
+    cls_attention: torch.Tensor, values: torch.Tensor, patch_mask: torch.Tensor | None, num_special: int
 ) -> torch.Tensor:
-    """`significance_scores` from the (B, L, 1) CLS attention already summed over heads -> (B, P, 1) (a column per
-    image: the sampler's layout, which needs no reshaping on the way)."""
+    """`significance_scores` from the (B, L, 1) CLS attention already summed over heads and the (B, P, 1) patch
+    mask -> (B, P, 1) (a column per image: the sampler's layout, which needs no reshaping on the way)."""
     norms = torch.linalg.vector_norm(_as_float32(values), dim=-1, keepdim=True)
     scores = (_as_float32(cls_attention) * norms)[:, num_special:]
-    if token_mask is not None:
-        scores = torch.where(token_mask[:, num_special:, None], scores, _scalar(0.0, scores))
+    if patch_mask is not None:
+        scores = torch.where(patch_mask, scores, _scalar(0.0, scores))
     # An all-zero column stays zero: 0 / tiny = 0; any other has total >= tiny and is divided by it exactly.
     return scores / torch.maximum(scores.sum(dim=1, keepdim=True), _scalar(TINY, scores))
 
@@ -512,10 +513,10 @@ def select_tokens(
     elif token_mask is not None:
         cls_logits = torch.where(token_mask[..., None], cls_logits, _scalar(float("-inf"), cls_logits))
     cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=-1, keepdim=True)  # (B, L, 1)
-    scores = _significance(cls_attention, values, token_mask, num_special)  # (B, P, 1)
-    patch_mask = None if token_mask is None else token_mask[:, num_special:, None]
+    token_column = None if token_mask is None else token_mask[..., None]  # (B, L, 1)
+    patch_mask = None if token_column is None else token_column[:, num_special:]
+    scores = _significance(cls_attention, values, patch_mask, num_special)  # (B, P, 1)
     picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - num_special)
-    token_column = None if token_mask is None else token_mask[..., None]
     kept = _kept_rows(picks, rankable, num_tokens, token_column, num_special)  # (B, L, 1), the special rows included
     if capacity is not None:
         kept_patches = kept.view(batch_size, num_tokens)[:, num_special:]
