@@ -4,6 +4,7 @@ the ATS-VideoMAE (src/ats_hf/data/clips_videomae), each trained dense by `python
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,11 @@ from ats_hf.flops import dense_gmacs, gmacs_per_image
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_clips_vivit.py"
 NUM_CLIPS = 200
-# family -> (folder, class, (frames, image size, tubelets), tubelet tokens, dense top-1 at least)
+# family -> (folder, class, (frames, image size, tubelets), tubelet tokens, dense top-1 at least,
+#            (width, heads, MLP), most MiB of weights)
 SHIPPED = {
-    "vivit": (CLIPS_VIVIT_DIR, AtsVivitForVideoClassification, (8, 64, [2, 8, 8]), 257, 90.0),
-    "videomae": (CLIPS_VIDEOMAE_DIR, AtsVideoMAEForVideoClassification, (8, 64, 2), 256, 85.0),
+    "vivit": (CLIPS_VIVIT_DIR, AtsVivitForVideoClassification, (8, 64, [2, 8, 8]), 257, 90.0, (192, 3, 768), 12),
+    "videomae": (CLIPS_VIDEOMAE_DIR, AtsVideoMAEForVideoClassification, (8, 64, 2), 256, 85.0, (64, 4, 128), 1),
 }
 
 
@@ -51,29 +53,47 @@ def _evaluate(model, pixel_values, labels, **settings):
 
 
 def test_the_folder_loads_through_the_auto_class_as_a_small_video_model(family, model):
-    folder, model_class, geometry, tokens, _ = SHIPPED[family]
+    folder, model_class, geometry, tokens, _, width, mebibytes = SHIPPED[family]
     assert type(model) is model_class
     config = model.config
     tubelets = config.tubelet_size if isinstance(config.tubelet_size, int) else list(config.tubelet_size)
     assert (config.num_frames, config.image_size, tubelets) == geometry
     assert config.ats_num_input_tokens() == tokens
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size) == width
     assert [config.id2label[i] for i in range(4)] == list(clips.CLASS_NAMES)
-    assert (folder / "model.safetensors").stat().st_size < 3 * 2**20
+    assert (folder / "model.safetensors").stat().st_size < mebibytes * 2**20
     assert (folder / "README.md").read_text().startswith("---\nlibrary_name: transformers\n")
+
+
+def _training_script():
+    spec = importlib.util.spec_from_file_location("train_clips_vivit", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_shipped_settings_are_the_training_scripts(family):
     """config.json carries SHIPPED_ATS of scripts/train_clips_vivit.py (the tune choice written there)."""
-    spec = importlib.util.spec_from_file_location("train_clips_vivit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _training_script()
     config = json.loads((SHIPPED[family][0] / "config.json").read_text())
     shipped = module.SHIPPED_ATS[family]
     assert shipped["layers"], "the shipped config samples tokens"
     assert (config["ats_layers"], config["ats_max_tokens"], config["ats_sampler"], config["ats_merge"]) == (
         shipped["layers"], shipped["max_tokens"], shipped["sampler"], shipped["merge"])
     assert module.DEFAULT_OUTPUT[family] == SHIPPED[family][0]
+    assert {name: config[name] for name in module.WIDTH[family]} == module.WIDTH[family]
     assert "tune(" in SCRIPT.read_text()
+
+
+def test_the_training_script_takes_each_familys_learning_rate_and_refuses_a_non_positive_one(monkeypatch, capsys):
+    module = _training_script()
+    for argv, rate in ((["--family", "vivit"], 5e-4), (["--family", "videomae"], 1e-3), (["--lr", "2e-4"], 2e-4)):
+        monkeypatch.setattr(sys, "argv", ["train_clips_vivit.py", *argv])
+        assert module.parse_args().lr == rate
+    monkeypatch.setattr(sys, "argv", ["train_clips_vivit.py", "--lr", "-0.001"])
+    with pytest.raises(SystemExit):
+        module.parse_args()
+    assert "--lr -0.001 must be a positive learning rate" in capsys.readouterr().err
 
 
 def test_dense_and_shipped_ats_accuracy_and_cost(family, model, test_clips):
