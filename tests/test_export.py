@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 from transformers import AutoImageProcessor
 
-from ats_hf import AtsViTForImageClassification
+from ats_hf import AtsViTForImageClassification, ats_sampling
 from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf.evaluation import open_images
 from ats_hf.export import check_exportable, export_folder
@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow  # compiling takes about half a minute on 2 CPU co
 build = tiny_model
 
 
-@pytest.mark.parametrize("merge", [None, 0.5], ids=["drop", "merge"])
-def test_compile_fullgraph_of_the_static_mode_equals_eager(images, merge):
+@pytest.mark.parametrize(
+    ("merge", "search"), [(None, False), (0.5, False), (None, True)], ids=["drop", "merge", "drop-binary-search"]
+)
+def test_compile_fullgraph_of_the_static_mode_equals_eager(images, merge, search, monkeypatch):
+    """Both nearest-value paths of the sampler compile into one graph: the distance matrix (small batches) and the
+    binary search (above the CPU's matrix size limit, forced here)."""
+    if search:
+        monkeypatch.setattr(ats_sampling, "NEAREST_BY_DISTANCES_LIMIT", 0)
     torch._dynamo.reset()
     model = build(ats_capacity=[40, 36, 28], ats_merge=merge)
     with torch.no_grad():

@@ -22,9 +22,13 @@ import torch
 
 ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
 TINY = torch.finfo(torch.float32).tiny  # what a sum is divided by when it is 0 (0 / tiny = 0)
-NEAREST_BY_DISTANCES_LIMIT = 1 << 22
-"""The largest (B, R, P) distance matrix (16 MiB of float32) the nearest-value matching builds; above it, binary
-search (see `_nearest`)."""
+NEAREST_BY_DISTANCES_LIMIT = 1 << 15
+"""On the CPU, the largest (B, R, P) distance matrix the nearest-value matching builds; above it, binary search (see
+`_nearest`). Measured on a 2-core AMD EPYC, 1 thread: the matrix costs about 2.5 ns per entry (50 us at DeiT-S's
+batch 1, K = 0.5: 19k entries), the search a nearly fixed 70-120 us; they cross near 2^15 entries."""
+NEAREST_BY_DISTANCES_LIMIT_ACCELERATOR = 1 << 22
+"""The same limit on other devices (16 MiB of float32), where the matrix's three kernels are cheaper than the
+search's dozen launches up to larger sizes (not measured on a GPU yet)."""
 
 
 def significance_scores(
@@ -111,14 +115,16 @@ def _nearest(nonzero: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     ones (the official argmin of |point - value|, less the lowest patches, which it could pick only when rounding
     made a point as near to 0 as to the smallest non-zero value).
 
-    A batch whose (B, R, P) distance matrix fits `NEAREST_BY_DISTANCES_LIMIT` (and every exported graph: ONNX has no
-    binary search) computes that matrix: a few operations, which is what batch 1 is bound by. A larger one finds
-    the same positions by binary search: the first value at or above the point, or the one before it when that is
-    no farther. (Equal values are the leading zeros, never taken, and the trailing 1 of padding, after the last
-    real 1; a point above 1 by rounding is taken as 1.)"""
+    A batch whose (B, R, P) distance matrix fits the device's limit (`NEAREST_BY_DISTANCES_LIMIT` on the CPU), and
+    every exported graph (ONNX has no binary search), computes that matrix: a few operations, which is what batch 1
+    is bound by. A larger one (large batches, K near all the tokens, long videos) finds the same positions by binary
+    search: the first value at or above the point, or the one before it when that is no farther. (Equal values are
+    the leading zeros, never taken, and the trailing 1 of padding, after the last real 1; a point above 1 by
+    rounding is taken as 1.)"""
     batch_size, num_points = points.shape[:2]
     num_values = nonzero.shape[2]
-    if torch.compiler.is_exporting() or batch_size * num_points * num_values <= NEAREST_BY_DISTANCES_LIMIT:
+    limit = NEAREST_BY_DISTANCES_LIMIT if points.device.type == "cpu" else NEAREST_BY_DISTANCES_LIMIT_ACCELERATOR
+    if torch.compiler.is_exporting() or batch_size * num_points * num_values <= limit:
         distances = points - nonzero
         return torch.abs(distances, out=distances).argmin(dim=2, keepdim=True)
     # The values ascending again (the zeros back: every real value is at most 1).
