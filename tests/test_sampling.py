@@ -200,6 +200,35 @@ def test_stable_sort_in_index_order_for_ties():
         assert _stable_sort(values, descending)[1].tolist() == order
 
 
+def peaked_scores(generator, rows: int, patches: int, spread: float):
+    """(rows, patches) scores over many orders of magnitude (peaked attention), a third exactly 0, summing to 1."""
+    scores = torch.exp(torch.randn(rows, patches, generator=generator) * spread)
+    scores = scores.masked_fill(torch.rand(rows, patches, generator=generator) < 1 / 3, 0.0)
+    return scores / scores.sum(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("max_tokens", [2, 17, 100, 201])
+def test_binary_search_keeps_the_matrix_tokens_on_peaked_scores(monkeypatch, max_tokens):
+    """When tiny values next to a point round to the same float32 distance, the matrix's argmin takes the first of
+    them; the binary search must too, or an image's tokens would depend on its batch (the path follows the batch
+    size). Both paths on the same images, with padding, and one image alone against the same image in a batch."""
+    generator = torch.Generator().manual_seed(max_tokens)
+    scores = torch.cat([peaked_scores(generator, 40, 200, spread) for spread in (1.0, 8.0, 30.0)])
+    mask = torch.arange(200) < torch.randint(150, 201, (120, 1), generator=generator)
+    single = torch.zeros(1, 200)
+    single[0, 10], single[0, 20], single[0, 30] = 1e-12, 3e-12, 1.0
+    single = single / single.sum()
+    monkeypatch.setattr(ats_sampling, "NEAREST_BY_DISTANCES_LIMIT", 1 << 62)
+    by_matrix = [inverse_transform_sampling(scores, patch_mask, max_tokens) for patch_mask in (None, mask)]
+    alone = inverse_transform_sampling(single, None, max_tokens)
+    monkeypatch.setattr(ats_sampling, "NEAREST_BY_DISTANCES_LIMIT", 0)
+    by_search = [inverse_transform_sampling(scores, patch_mask, max_tokens) for patch_mask in (None, mask)]
+    assert torch.equal(by_search[0], by_matrix[0]) and torch.equal(by_search[1], by_matrix[1])
+    assert torch.equal(inverse_transform_sampling(single.expand(2, -1), None, max_tokens)[1], alone[0])
+    if max_tokens == 100:
+        assert alone[0].nonzero().flatten().tolist() == [10, 30]  # the official first-nearest choice
+
+
 def test_binary_search_finds_the_distance_matrix_choice(monkeypatch):
     """Above `NEAREST_BY_DISTANCES_LIMIT` the nearest value comes from a binary search: the same positions as the
     distance matrix's first minimum of |point - value| (the zeros, the lowest patches, never taken), on ties

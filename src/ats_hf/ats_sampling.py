@@ -22,10 +22,11 @@ import torch
 
 ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
 TINY = torch.finfo(torch.float32).tiny  # what a sum is divided by when it is 0 (0 / tiny = 0)
-NEAREST_BY_DISTANCES_LIMIT = 1 << 15
+NEAREST_BY_DISTANCES_LIMIT = 1 << 17
 """On the CPU, the largest (B, R, P) distance matrix the nearest-value matching builds; above it, binary search (see
-`_nearest`). Measured on a 2-core AMD EPYC, 1 thread: the matrix costs about 2.5 ns per entry (50 us at DeiT-S's
-batch 1, K = 0.5: 19k entries), the search a nearly fixed 70-120 us; they cross near 2^15 entries."""
+`_nearest`). Measured on a 2-core AMD EPYC, 1 thread (scripts/nearest_crossover.py): the matrix costs about 1.5-2.5
+ns per entry (34 us at DeiT-S's batch 1, K = 0.5: 19k entries), the search a nearly fixed 130-270 us up to a few
+hundred points; they cross near 2^17 entries."""
 NEAREST_BY_DISTANCES_LIMIT_ACCELERATOR = 1 << 22
 """The same limit on other devices (16 MiB of float32), where the matrix's three kernels are cheaper than the
 search's dozen launches up to larger sizes (not measured on a GPU yet)."""
@@ -115,25 +116,53 @@ def _nearest(nonzero: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     ones (the official argmin of |point - value|, less the lowest patches, which it could pick only when rounding
     made a point as near to 0 as to the smallest non-zero value).
 
-    A batch whose (B, R, P) distance matrix fits the device's limit (`NEAREST_BY_DISTANCES_LIMIT` on the CPU), and
-    every exported graph (ONNX has no binary search), computes that matrix: a few operations, which is what batch 1
-    is bound by. A larger one (large batches, K near all the tokens, long videos) finds the same positions by binary
-    search: the first value at or above the point, or the one before it when that is no farther. (Equal values are
-    the leading zeros, never taken, and the trailing 1 of padding, after the last real 1; a point above 1 by
-    rounding is taken as 1.)"""
+    A batch whose (B, R, P) distance matrix fits the device's limit (`NEAREST_BY_DISTANCES_LIMIT` on the CPU), every
+    exported graph (ONNX has no binary search) and a device other than the CPU and CUDA computes that matrix: a few
+    operations, which is what batch 1 is bound by. A larger one (large batches, K near all the tokens, long videos)
+    finds the same positions by binary search (`_nearest_by_search`)."""
     batch_size, num_points = points.shape[:2]
     num_values = nonzero.shape[2]
-    limit = NEAREST_BY_DISTANCES_LIMIT if points.device.type == "cpu" else NEAREST_BY_DISTANCES_LIMIT_ACCELERATOR
-    if torch.compiler.is_exporting() or batch_size * num_points * num_values <= limit:
+    device = points.device.type
+    limit = NEAREST_BY_DISTANCES_LIMIT if device == "cpu" else NEAREST_BY_DISTANCES_LIMIT_ACCELERATOR
+    if (
+        torch.compiler.is_exporting()
+        or device not in ("cpu", "cuda")
+        or batch_size * num_points * num_values <= limit
+    ):
         distances = points - nonzero
         return torch.abs(distances, out=distances).argmin(dim=2, keepdim=True)
+    return _nearest_by_search(nonzero.view(batch_size, num_values), points.view(batch_size, num_points)).view(
+        batch_size, num_points, 1
+    )
+
+
+def _nearest_by_search(nonzero: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """`_nearest` by binary search, (B, P) values and (B, R) points -> (B, R) positions, exactly the matrix's choice.
+
+    Distances in float32 fall (weakly) towards the point from below and rise above it, so the first nearest value is
+    either the first value at or above the point or, when the value just below it is no farther, the first of the
+    values below whose float32 distance rounds to that same distance: a run that can be long when many values are
+    tiny next to the point (peaked attention), and that the matrix's argmin starts at. fl(p - v) <= t holds exactly
+    for v above p - m, where m is the midpoint between t and the next float32 (or at it, when it rounds down): in
+    float64 that bound is exact, and one check of the value found settles the midpoint itself. (Equal values are
+    the leading zeros, never taken, and the trailing 1 of padding, after the last real 1; a point above 1 by
+    rounding is taken as 1.)"""
+    num_values = nonzero.shape[1]
     # The values ascending again (the zeros back: every real value is at most 1).
-    values = nonzero.masked_fill(nonzero > _scalar(1.0, nonzero), 0.0).view(batch_size, num_values)
-    points = torch.minimum(points.view(batch_size, num_points), _scalar(1.0, points))
+    values = nonzero.masked_fill(nonzero > _scalar(1.0, nonzero), 0.0)
+    points = torch.minimum(points, _scalar(1.0, points))
     above = torch.searchsorted(values, points).clamp_(max=num_values - 1)  # in range for NaN rows as well
     below = (above - 1).clamp_(min=0)
-    take_below = points - values.gather(1, below) <= values.gather(1, above) - points
-    return torch.where(take_below, below, above).view(batch_size, num_points, 1)
+    distance_below = points - values.gather(1, below)
+    take_below = distance_below <= values.gather(1, above) - points
+    # The first value of the run below whose distance rounds to distance_below, not before the first non-zero value.
+    next_float = torch.nextafter(distance_below, _scalar(float("inf"), points))
+    midpoint = (distance_below.double() + next_float.double()) / 2
+    first_nonzero = (nonzero > _scalar(1.0, nonzero)).sum(dim=1, keepdim=True)  # the zeros (as 2) lead
+    run_start = torch.searchsorted(values.double(), points.double() - midpoint)
+    run_start = torch.minimum(torch.maximum(run_start, first_nonzero), below)
+    run_start = run_start + (points - values.gather(1, run_start) > distance_below)  # the midpoint rounded up
+    return torch.where(take_below, run_start, above)
 
 
 def _stable_sort(values: torch.Tensor, descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
