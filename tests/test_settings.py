@@ -70,6 +70,36 @@ def test_per_layer_k_follows_the_layers_order_given(model):
     assert model.config.ats_layers == [2, 4] and model.config.ats_max_tokens == [30, 10]
 
 
+def test_the_same_layers_in_another_order_keep_their_per_layer_values(model):
+    model.set_ats(layers=[1, 4], max_tokens=[10, 30], capacity=[9, 0.25])
+    model.set_ats(layers=[4, 1])  # K and capacity left out: each stays with its layer
+    assert model.config.resolve_ats_max_tokens(65) == {1: 10, 4: 30}
+    assert model.config.resolve_ats_capacity(65) == {1: 9, 4: 16}
+    model.set_ats(layers=[5, 2])  # other layers: the values follow them in ascending order
+    assert model.config.resolve_ats_max_tokens(65) == {2: 10, 5: 30}
+
+
+def test_switching_ats_off_works_with_per_layer_values_and_keeps_them(model, images, tmp_path):
+    model.set_ats(layers=[2, 3], max_tokens=[0.5, 20], capacity=[30, 12])
+    with model.ats_settings_applied(AtsSettings()):
+        dense = run(model, images)
+    with model.ats_settings_applied(layers=[]):
+        assert torch.equal(run(model, images).logits, dense.logits)
+    previous = model.set_ats(layers=[])
+    assert torch.equal(run(model, images).logits, dense.logits)
+    assert model.config.ats_max_tokens == [0.5, 20] and model.config.ats_capacity == [30, 12]
+    model.save_pretrained(tmp_path / "off")
+    reloaded = AtsViTForImageClassification.from_pretrained(tmp_path / "off").eval()
+    assert torch.equal(run(reloaded, images).logits, dense.logits)
+    model.set_ats(previous)
+    model.save_pretrained(tmp_path / "on")
+    off_again = AtsViTForImageClassification.from_pretrained(tmp_path / "on", ats_layers=[]).eval()
+    assert torch.equal(run(off_again, images).logits, dense.logits)
+    model.set_ats(layers=[3, 2])  # back on: each layer's values again
+    assert model.config.resolve_ats_max_tokens(65) == {2: 33, 3: 20}
+    assert model.config.resolve_ats_capacity(65) == {2: 30, 3: 12}
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [

@@ -33,7 +33,9 @@ ATS_CONFIG_DOC = r"""
         initial token count, as in the paper (the kept count then follows from the sampling alone). An `int`: that
         many (at least the special tokens and one patch; an int above the initial token count keeps the same tokens
         as `None`). A `float` in (0, 1]: that fraction of the initial token count, rounded half up. A list gives one
-        such value per ATS layer.
+        such value per ATS layer, in the order of `ats_layers` (stored in ascending layer order). With
+        `ats_layers=[]` a list is kept as it is, unused, for when layers come back; `model.set_ats(layers=...)`
+        with the same layers in any order keeps each layer's value.
     ats_sampler (`str`, *optional*, defaults to `"inverse_transform"`):
         `"inverse_transform"` (the paper's ATS), or the paper's ablation baselines `"top_k"` (the highest-scoring
         patch tokens) and `"random"` (uniformly random patch tokens).
@@ -118,7 +120,15 @@ class AtsSettings(Mapping):
         return cls(config.ats_layers, config.ats_max_tokens, config.ats_sampler, config.ats_capacity, config.ats_merge)
 
     def replace(self, **changes) -> "AtsSettings":
-        """A copy with some fields changed, checked anew."""
+        """A copy with some fields changed, checked anew. Per-layer values left out when the layers change follow the
+        layers in ascending order: the same layers listed in any order keep their values."""
+        layers = changes.get("layers")
+        if isinstance(layers, (list, tuple)) and all(isinstance(i, int) for i in layers):
+            rank = {layer: position for position, layer in enumerate(sorted(layers))}
+            for name in ("max_tokens", "capacity"):
+                kept = getattr(self, name)
+                if name not in changes and isinstance(kept, tuple) and len(kept) == len(layers):
+                    changes[name] = [kept[rank[layer]] for layer in layers]
         return AtsSettings(**{**self.to_dict(), **changes})
 
     def check(self, num_layers: int, num_special: int = 1) -> "AtsSettings":
@@ -328,6 +338,10 @@ def _per_layer_values(field: str, values, layers, allow_none: bool, num_special:
     if not isinstance(values, (list, tuple)):
         _check_count_value(field, values, allow_none, num_special)
         return values
+    if not layers:  # no ATS layer: per-layer values wait, unused, for the layers to come back
+        for value in values:
+            _check_count_value(field, value, allow_none, num_special)
+        return tuple(values)
     if len(values) != len(layers):
         raise ValueError(
             f"{field}={list(values)} has {len(values)} entries but ats_layers={list(layers)} has {len(layers)}; give "
@@ -360,6 +374,8 @@ def _kept_at_least(num_special: int) -> str:
 
 def _resolve_counts(field: str, values, layers, num_reference_tokens: int, num_special: int) -> dict[int, int]:
     """`{layer: tokens}` for a token count setting: None = all, a fraction rounded half up, an int (at most all)."""
+    if not layers:
+        return {}
     if not isinstance(values, tuple):
         values = [values] * len(layers)
     resolved = {}
