@@ -92,13 +92,18 @@ def test_the_static_mode_equals_the_adaptive_one_when_everything_fits(case, batc
     assert all(kept(static, i) == kept(adaptive, i) for i in range(len(batch)))
 
 
-def test_the_dense_grid_holds_every_token_and_changes_no_prediction(case, batch):
-    model = load_ats(case[1])
+@pytest.mark.parametrize("merge", [None, -1.0], ids=["drop", "merge"])
+def test_the_dense_grid_holds_every_token_and_changes_no_prediction(case, batch, merge):
+    """Under merging, heads that average patches weigh kept rows by their sizes, which the grid carries too."""
+    model = load_ats(case[1], merge=merge)
     with torch.no_grad():
         packed = model(batch)
         model.config.ats_dense_output = True
         dense = model(batch, output_hidden_states=True)
     assert (dense.logits - packed.logits).abs().max() <= 1e-5
+    if merge is not None:
+        sizes = model.base_model(batch).token_sizes
+        assert sizes.shape == dense.token_mask.shape and sizes.sum(dim=1).eq(case[0].num_tokens).all()
     assert dense.token_mask.shape == (len(batch), case[0].num_tokens) and dense.token_mask.all()
     base = model.base_model
     with torch.no_grad():

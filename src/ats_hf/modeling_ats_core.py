@@ -474,7 +474,8 @@ AtsModelOutput.__doc__ = (
     + ATS_OUTPUT_DOC
     + r"""    token_sizes (`torch.FloatTensor` of shape `(batch_size, sequence_length)`):
         The input tokens each row of `last_hidden_state` stands for (0 for padding) under Token Merging
-        (`ats_tome_forward`) and under ATS with `ats_merge` (packed output only); None otherwise.
+        (`ats_tome_forward`) and under ATS with `ats_merge`; on the full grid (`ats_dense_output`), each kept
+        token's size at its position and 0 at the others (merged into a kept token, or dropped). None otherwise.
 """
 )
 AtsImageClassifierOutput.__doc__ = "[`ImageClassifierOutput`] of an ATS image classifier.\n" + ATS_OUTPUT_DOC
@@ -651,6 +652,17 @@ class AtsEncoderRun(NamedTuple):
     """(B, N, D) the full input grid, each token's value from the last layer that computed it
     (`config.ats_dense_output`), else None."""
 
+    def token_sizes(self) -> torch.Tensor | None:
+        """The (B, M) sizes of the kept rows once tokens were merged, or with `ats_dense_output` the (B, N) grid's: each
+        kept row's size at its position, 0 at every other (a token merged into a kept one, or dropped); None while
+        every row is one token."""
+        sizes = self.state.sizes
+        if sizes is None or self.dense_hidden_states is None:
+            return sizes
+        batch_size, num_tokens = self.dense_hidden_states.shape[:2]
+        grid = sizes.new_zeros(batch_size, num_tokens + 1)
+        return grid.scatter_(1, self.state.positions_or(num_tokens), sizes)[:, :num_tokens]
+
     def last_hidden_state(
         self, norm: Callable[[torch.Tensor], torch.Tensor], attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -797,7 +809,7 @@ class AtsBaseModelMixin:
             num_tokens=run.num_tokens,
             sampled_token_indices=run.sampled_token_indices,
             token_mask=token_mask,
-            token_sizes=run.state.sizes if run.dense_hidden_states is None else None,
+            token_sizes=run.token_sizes(),
         )
 
     def run_layers(
