@@ -15,6 +15,23 @@ def test_merging_nothing_changes_nothing():
     assert torch.equal(merged, rows) and torch.equal(sizes, torch.ones(2, 5))
 
 
+@pytest.mark.parametrize("capacity", [None, 0.5], ids=["adaptive", "static"])
+def test_a_mask_that_keeps_only_cls_merges_nothing(images, capacity):
+    """An input whose mask keeps only CLS has no patch to keep or merge into: alone (only CLS rows kept in the
+    batch) and beside an input with patches, it runs as without merging."""
+    mask = torch.zeros(2, 65, dtype=torch.long)
+    mask[:, 0] = 1
+    mask[1, :40] = 1
+    merging, dropping = tiny_model(ats_merge=0.5, ats_capacity=capacity), tiny_model(ats_capacity=capacity)
+    with torch.no_grad():
+        alone = merging(images[:1], attention_mask=mask[:1])
+        beside = merging(images[:2], attention_mask=mask)
+        without = dropping(images[:1], attention_mask=mask[:1])
+    assert alone.num_tokens.eq(1).all() and beside.num_tokens[0].eq(1).all()
+    torch.testing.assert_close(alone.logits, without.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(beside.logits[:1], alone.logits, rtol=0, atol=1e-5)
+
+
 def test_each_dropped_row_joins_its_most_similar_kept_patch_weighted_by_size():
     rows = torch.tensor([[[10.0], [1.0], [2.0], [3.0], [4.0], [99.0]]])  # CLS, four patches, a padding row
     keys = torch.tensor([[[1.0, 0], [1.0, 0.1], [0, 1.0], [0.9, 0.2], [0.1, 1.0], [1.0, 0]]])
@@ -38,9 +55,11 @@ def test_each_dropped_row_joins_its_most_similar_kept_patch_weighted_by_size():
     torch.testing.assert_close(both[:, :, 0], merged.new_tensor([[10.0, 7.0 / 3, 3.0]] * 2))
 
 
-def test_merging_needs_a_kept_patch_row():
-    with pytest.raises(ValueError, match="no kept patch row"):
-        merge_dropped_tokens(torch.randn(1, 4, 8), None, torch.randn(1, 4, 4), torch.tensor([[0]]), None, None)
+def test_without_a_kept_patch_row_nothing_merges():
+    """Special rows never receive: with only they kept, every dropped row leaves, as one too far from every kept row."""
+    rows, sizes = torch.randn(2, 4, 8), torch.tensor([[1.0, 2.0, 1.0, 1.0], [3.0, 1.0, 1.0, 0.0]])
+    merged, new_sizes = merge_dropped_tokens(rows, sizes, torch.randn(2, 4, 4), torch.tensor([[0], [0]]), None, None)
+    assert torch.equal(merged, rows[:, :1]) and new_sizes.tolist() == [[1.0], [3.0]]
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])

@@ -389,7 +389,8 @@ def merge_dropped_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge every dropped real row into the kept patch row whose key is most similar (cosine) when that similarity
     is at least `min_similarity` (other dropped rows leave); the S special rows never receive anything. A kept row
-    becomes the size-weighted mean of itself and the rows it absorbs.
+    becomes the size-weighted mean of itself and the rows it absorbs. When only the special rows are kept (every
+    input's patches were padding), nothing merges: they come back as they are.
 
     Args:
         rows: (B, L, D) values of the current rows; sizes: (B, L) their sizes (None: all 1).
@@ -401,8 +402,9 @@ def merge_dropped_tokens(
     """
     batch_size, num_rows, width = rows.shape
     num_slots = kept_rows.shape[1]
-    if num_slots <= num_special:
-        raise ValueError(f"kept_rows has {num_slots} rows, no kept patch row to merge into (S = {num_special}).")
+    weights = rows.new_ones(batch_size, num_rows, dtype=torch.float32) if sizes is None else sizes
+    if num_slots <= num_special:  # no patch row kept: every input's patches were padding, nothing to merge
+        return gather_rows(rows, kept_rows), weights.gather(1, kept_rows)
     device = rows.device
     slots = _constant(torch.arange, num_slots, device=device).expand(batch_size, -1)
     # Each current row's own slot if it was kept, else -1 (padding slots point at CLS: they write into a spare column).
@@ -427,7 +429,6 @@ def merge_dropped_tokens(
     nearest = torch.where(leaves, spare_slot, nearest + _scalar(num_special, nearest, torch.long)).view(batch_size, -1)
     target = torch.where(own_slot >= _scalar(0, own_slot, torch.long), own_slot, nearest)  # (B, L) slots
 
-    weights = rows.new_ones(batch_size, num_rows, dtype=torch.float32) if sizes is None else sizes
     merged_sizes = weights.new_zeros(batch_size, num_slots + 1).scatter_add_(1, target, weights)[:, :num_slots]
     weighted = rows.float() * weights.unsqueeze(-1)
     merged = weighted.new_zeros(batch_size, num_slots + 1, width).scatter_add_(
