@@ -33,6 +33,9 @@ def test_max_tokens_resolution():
         (dict(ats_layers=[-1]), r"ats_layers=\[-1\] has negative indices \[-1\]; layers are 0-based"),
         (dict(ats_layers=[1, 1]), "duplicate"),
         (dict(ats_max_tokens=1), r"ats_max_tokens=1 is too small: an int must be >= 2"),
+        # Below any model's least (checked before the model's special tokens are known): says they come on top.
+        (dict(ats_capacity=0), r"ats_capacity=0 is too small: an int must be >= 1 \(one patch token\), plus the "
+         r"model's special tokens \(CLS, and any distillation token or registers\)\."),
         (dict(ats_max_tokens=0.0), r"ats_max_tokens=0\.0 is outside \(0, 1\]"),
         (dict(ats_max_tokens=1.5), r"ats_max_tokens=1\.5 is outside \(0, 1\]"),
         (dict(ats_max_tokens=[10, 20]), r"ats_max_tokens=\[10, 20\] has 2 entries but ats_layers=\[1, 2, 3\] has 3"),

@@ -188,9 +188,13 @@ def test_merging_weighs_the_mean_by_the_tokens_each_row_stands_for(converted, vi
     weights = sizes[..., None]
     mean = (output.last_hidden_state * weights).sum(dim=1) / weights.sum(dim=1)
     torch.testing.assert_close(logits, model.classifier(model.fc_norm(mean)), atol=1e-5, rtol=0)
-    model.config.ats_dense_output = True  # the grid has no sizes: its kept positions count once each
+    model.config.ats_dense_output = True  # the grid carries each kept row's size at its position, 0 elsewhere
     with torch.no_grad():
-        assert model.videomae(videos).token_sizes is None
+        grid = model.videomae(videos)
+        grid_logits = model(videos).logits
+    assert torch.equal(grid.token_sizes.sum(dim=1), torch.full((len(videos),), 64.0))
+    assert torch.equal(grid.token_sizes[grid.token_sizes > 0].sort().values, sizes[sizes > 0].sort().values)
+    torch.testing.assert_close(grid_logits, logits, atol=1e-5, rtol=0)
 
 
 def test_bool_masked_pos_removes_tubelets_before_the_first_layer_as_upstream(upstream):

@@ -358,3 +358,6 @@ def test_running_from_a_later_layer_reuses_a_dense_prefix(images):
     assert torch.equal(num_tokens, expected.num_tokens) and torch.equal(sampled, expected.sampled_token_indices)
     with pytest.raises(ValueError, match=r"start_layer=3 comes after ATS layer\(s\) \[2\]"):
         model.vit.run_layers(hidden, start_layer=3)
+    for start, end in ((2, 2), (0, 5), (-1, 2), (4, None)):  # no layer, or beyond the 4 layers
+        with pytest.raises(ValueError, match=rf"start_layer={start}, end_layer={end} run no layer .* <= 4"):
+            model.vit.run_layers(hidden, start_layer=start, end_layer=end)

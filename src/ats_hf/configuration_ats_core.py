@@ -95,13 +95,13 @@ class AtsSettings(Mapping):
         if len(set(layers)) != len(layers):
             raise ValueError(f"ats_layers={list(layers)} has duplicate indices; each layer may be listed once.")
         # Model-free: at least one token (a family with no special token may keep one); `check` adds the model's S.
-        max_tokens = _per_layer_values("ats_max_tokens", self.max_tokens, layers, True, num_special=0)
+        max_tokens = _per_layer_values("ats_max_tokens", self.max_tokens, layers, True, num_special=None)
         sampler = self.sampler
         if not isinstance(sampler, str) or sampler not in ATS_SAMPLERS:
             raise ValueError(f"ats_sampler={sampler!r} is unknown; choose one of {', '.join(ATS_SAMPLERS)}.")
         capacity = self.capacity
         if capacity is not None:
-            capacity = _per_layer_values("ats_capacity", capacity, layers, False, num_special=0)
+            capacity = _per_layer_values("ats_capacity", capacity, layers, False, num_special=None)
         merge = self.merge
         number = not isinstance(merge, bool) and isinstance(merge, (int, float))
         if merge is not None and not (number and -1 <= merge <= 1):
@@ -332,7 +332,7 @@ class AtsConfigMixin(AtsBaseModelTypesMixin):
         return {layer: capacity for layer, (_, capacity) in resolved.items()}
 
 
-def _per_layer_values(field: str, values, layers, allow_none: bool, num_special: int = 1):
+def _per_layer_values(field: str, values, layers, allow_none: bool, num_special: int | None = 1):
     """A token count setting (one value, or one per layer in the order of `layers`) checked; a sequence comes back
     as a tuple in ascending layer order."""
     if not isinstance(values, (list, tuple)):
@@ -352,8 +352,8 @@ def _per_layer_values(field: str, values, layers, allow_none: bool, num_special:
     return tuple(value for _, value in sorted(zip(layers, values, strict=True)))
 
 
-def _check_count_value(field: str, value, allow_none: bool, num_special: int) -> None:
-    least = num_special + 1
+def _check_count_value(field: str, value, allow_none: bool, num_special: int | None) -> None:
+    least = (num_special or 0) + 1
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -367,8 +367,10 @@ def _check_count_value(field: str, value, allow_none: bool, num_special: int) ->
         raise ValueError(f"{field}={value} is outside (0, 1]: a float is a fraction of the initial tokens.")
 
 
-def _kept_at_least(num_special: int) -> str:
-    """What the least count keeps, in words."""
+def _kept_at_least(num_special: int | None) -> str:
+    """What the least count keeps, in words (None: the model, and so its special tokens, is not known yet)."""
+    if num_special is None:
+        return "one patch token), plus the model's special tokens (CLS, and any distillation token or registers"
     return f"the {num_special} special token(s) and one patch token" if num_special else "one patch token"
 
 

@@ -831,6 +831,13 @@ class AtsBaseModelMixin:
             an `AtsEncoderRun`; layers before `start_layer` count every token in `num_tokens`.
         """
         config = self.config
+        num_layers = len(self.ats_encoder_layers)
+        end = num_layers if end_layer is None else end_layer
+        if not 0 <= start_layer < end <= num_layers:
+            raise ValueError(
+                f"start_layer={start_layer}, end_layer={end_layer} run no layer or leave the model: they need "
+                f"0 <= start_layer < end_layer <= {num_layers} (num_hidden_layers)."
+            )
         plans = self._ats_plans(hidden_states.shape[1])
         earlier = sorted(layer for layer in plans if layer < start_layer)
         if earlier:

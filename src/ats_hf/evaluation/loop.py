@@ -180,10 +180,13 @@ def _first_layer(method) -> int | None:
 def _dense_prefixes(model, pixel_values: torch.Tensor, starts: set) -> dict[int, torch.Tensor]:
     """{layer S: (B, N, D) dense input of layer S} for the first ATS layers in `starts` (models that run from a
     layer: classifiers and base models of every family)."""
-    starts = sorted(start for start in starts if start is not None and start > 0)
-    if not starts or not hasattr(model, "forward_from_layer"):
+    if not hasattr(model, "forward_from_layer"):
         return {}
     base = model.base_model
+    # A start beyond the model is a bad setting: its method raises the settings' own error when it is applied.
+    starts = sorted(start for start in starts if start is not None and 0 < start < len(base.ats_encoder_layers))
+    if not starts:
+        return {}
     prefixes, current = {}, 0
     with model.ats_settings_applied(AtsSettings()):
         hidden = base.ats_embed(pixel_values)
