@@ -2,13 +2,13 @@
 the ATS-VideoMAE (src/ats_hf/data/clips_videomae), each trained dense by `python scripts/train_clips_vivit.py
 --threads 1 [--family videomae]`, ATS settings chosen by `ats_hf.tune.tune` (its --tune-only)."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from transformers import AutoImageProcessor, AutoModelForVideoClassification
 
 import ats_hf  # noqa: F401  (registers the ATS classes with the Auto classes)
@@ -66,10 +66,7 @@ def test_the_folder_loads_through_the_auto_class_as_a_small_video_model(family, 
 
 
 def _training_script():
-    spec = importlib.util.spec_from_file_location("train_clips_vivit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_clips_vivit")
 
 
 def test_the_shipped_settings_are_the_training_scripts(family):

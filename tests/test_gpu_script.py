@@ -1,20 +1,14 @@
 """scripts/gpu_benchmark.py is ready for a GPU machine: its dry run on the CPU (tiny geometry) writes the report."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_benchmark.py"
+from conftest import load_script as load
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("gpu_benchmark")
 
 
 def test_dry_run_on_the_cpu_writes_json_and_markdown(tmp_path):

@@ -1,19 +1,12 @@
 """scripts/nearest_crossover.py times the sampler's two nearest-value paths and fails when they disagree."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "nearest_crossover.py"
+from conftest import load_script as load
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("nearest_crossover", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("nearest_crossover")
 
 
 def test_quick_run_times_both_paths_on_each_shape(capsys):
