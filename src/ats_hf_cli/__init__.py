@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except ValueError as error:  # data the user gave that cannot be read mid-run (ats_hf.evaluation's own type)
+        if not getattr(error, "user_data_error", False):
+            raise
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -68,6 +68,8 @@ def scored_data(args: argparse.Namespace, model, scored, processor, num_images: 
     from ats_hf.families import is_classifier, takes_videos
 
     id2label = model.config.id2label if is_classifier(type(model)) else None
+    if args.objective and not Objective(args.objective).needs_labels:
+        id2label = None  # the dataset's labels are not used: its classes need not be the model's
     source = open_source(args, getattr(processor, "image_processor", processor), id2label, num_images, seed,
                          shown=shown, videos=takes_videos(model))
     has_labels = source.labels is not None

@@ -122,7 +122,7 @@ class BenchmarkResult:
             "runtime": self.runtime,
             "objective": self.objective,
             "processes": self.processes,
-            "evaluation": self.evaluation,
+            "evaluation_main_process": self.evaluation,  # this process's share under several processes
             "command": self.command,
             "machine": self.machine,
             "notes": list(self.notes),

@@ -4,7 +4,7 @@ the loop (`loop`) and several processes (`processes`)."""
 from .loop import Evaluation, LoopStats, evaluate_methods
 from .objectives import OBJECTIVES, Objective, default_objective, image_embedding
 from .processes import ONE_PROCESS, Processes, join_processes
-from .sources import ImageSource, as_source, open_images, tensor_images, to_model_labels
+from .sources import ImageSource, UnreadableImageError, as_source, open_images, tensor_images, to_model_labels
 
 __all__ = [
     "OBJECTIVES",
@@ -14,6 +14,7 @@ __all__ = [
     "LoopStats",
     "Objective",
     "Processes",
+    "UnreadableImageError",
     "as_source",
     "default_objective",
     "evaluate_methods",

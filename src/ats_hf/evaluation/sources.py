@@ -15,11 +15,19 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import PIL.Image
 import torch
 
 from ats_hf_common.paths import is_local_path
 
 from ..data import synthetic_clips, synthetic_digits
+
+
+class UnreadableImageError(ValueError):
+    """An image or video frame of a dataset that cannot be decoded; the message names the images and the error (for
+    a local file, its path). The command line reports it in one line."""
+
+    user_data_error = True
 
 
 class ImageSource(torch.utils.data.Dataset):
@@ -55,7 +63,14 @@ class ImageSource(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, C, H, W) pixel values of images `indices` ((b, T, C, H, W) of videos; one processor call) and their
         (b,) labels (-1: none)."""
-        pixel_values = self.processor(self.read(list(indices)), return_tensors="pt")["pixel_values"]
+        indices = list(indices)
+        try:
+            images = self.read(indices)
+        except (OSError, PIL.Image.DecompressionBombError) as error:  # PIL: UnidentifiedImageError, truncated file
+            raise UnreadableImageError(
+                f"cannot decode image(s) among numbers {indices[0]}..{indices[-1]} of {self.description}: {error}"
+            ) from error
+        pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
         labels = self.labels[indices] if self.labels is not None else torch.full((len(indices),), -1)
         return pixel_values, labels
 
@@ -86,7 +101,11 @@ class ImageSource(torch.utils.data.Dataset):
             self, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=num_workers,
             prefetch_factor=2 if num_workers else None, persistent_workers=False,
         )
-        yield from loader
+        try:
+            yield from loader
+        except UnreadableImageError as error:  # from a worker, its message is the worker's whole traceback
+            last_line = str(error).strip().splitlines()[-1]
+            raise UnreadableImageError(last_line.split(f"{UnreadableImageError.__name__}: ", 1)[-1]) from None
 
 
 def num_batches(num_images: int, batch_size: int) -> int:
@@ -149,6 +168,9 @@ def open_images(
     for column in (image_column, label_column):
         if column is not None and column not in table.column_names:
             raise ValueError(f"column {column!r} is not in the dataset; its columns are {table.column_names}.")
+    _check_image_column(table, image_column, videos)
+    if label_column is not None:
+        _check_label_column(table, label_column)
     table = table.shuffle(seed=seed).select(range(min(len(table), num_images or len(table))))
     description = f"{os.fspath(dataset)} [{split}], {len(table)} images"
     read = (_TableVideos if videos else _TableImages)(table, image_column)
@@ -333,6 +355,9 @@ def _open_split(dataset: str | os.PathLike, split: str | None):
     else:
         loaded = datasets.load_dataset(text)
     if isinstance(loaded, datasets.Dataset):
+        if split is not None and split != "all":
+            raise ValueError(f"split {split!r} is not in {text}: it holds one dataset with no splits; leave the "
+                             "split out.")
         return loaded, "all"
     available = list(loaded)
     if split is None:
@@ -345,6 +370,37 @@ def _open_split(dataset: str | os.PathLike, split: str | None):
 def _is_saved_dataset(path: Path) -> bool:
     """Whether `path` was written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
     return any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
+
+
+def _check_image_column(table, column: str, videos: bool) -> None:
+    """`ValueError` unless `column` holds what the model takes: images (an Image feature), or for a video model
+    frame lists (a Sequence of Image)."""
+    feature = table.features[column]
+    is_images = type(feature).__name__ == "Image"
+    is_videos = type(getattr(feature, "feature", None)).__name__ == "Image"
+    if videos and not is_videos:
+        raise ValueError(f"column {column!r} holds {_kind(feature)}, not frame lists (a Sequence of Image): a video "
+                         "model takes one list of frames per video.")
+    if not videos and not is_images:
+        raise ValueError(f"column {column!r} holds {_kind(feature)}, not images (an Image feature).")
+
+
+def _check_label_column(table, column: str) -> None:
+    """`ValueError` unless `column` holds class ids (a ClassLabel, or integers)."""
+    feature = table.features[column]
+    if type(feature).__name__ == "ClassLabel" or str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
+        return
+    raise ValueError(f"column {column!r} holds {_kind(feature)}, not class ids (a ClassLabel or integers).")
+
+
+def _kind(feature) -> str:
+    """A dataset feature in words."""
+    inner = getattr(feature, "feature", None)
+    if inner is not None:
+        return f"lists of {_kind(inner)}"
+    if type(feature).__name__ == "Image":
+        return "images"
+    return f"{getattr(feature, 'dtype', type(feature).__name__)} values"
 
 
 def _find_video_column(table) -> str:
@@ -368,4 +424,12 @@ def _find_column(table, feature_type: str, names: tuple[str, ...], required: boo
     return None
 
 
-__all__ = ["ImageSource", "as_source", "num_batches", "open_images", "tensor_images", "to_model_labels"]
+__all__ = [
+    "ImageSource",
+    "UnreadableImageError",
+    "as_source",
+    "num_batches",
+    "open_images",
+    "tensor_images",
+    "to_model_labels",
+]
