@@ -126,3 +126,8 @@ def test_visualize_checks_the_image_before_loading_a_model(tmp_path, capsys, mon
     (tmp_path / "notes.png").write_text("not an image")
     assert main(["visualize", str(tmp_path / "notes.png")]) == 2
     assert capsys.readouterr().err.startswith("ats-hf visualize: error: cannot read image")
+    # The output is checked before the model too: a folder that does not exist, a name that is not a PNG.
+    for output, message in ((tmp_path / "no-folder" / "map.png", "does not exist"), (tmp_path / "map.txt", ".png")):
+        assert main(["visualize", str(tmp_path / "notes.png"), "--output", str(output)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"ats-hf visualize: error: --output {str(output)!r}") and message in error

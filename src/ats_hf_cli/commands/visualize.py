@@ -29,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise UsageError(f"image file {str(args.image)!r} does not exist")
     output = args.output or Path(f"{args.image.stem}-ats.png")
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"--output {str(output)!r} must name a .png file")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {str(output)!r}: folder {str(output.parent)!r} does not exist")
     model_path = check_inputs(args, model=("--model", args.model), data=False, output=("--output", output, True))
 
     from PIL import Image
