@@ -30,6 +30,8 @@ def test_max_tokens_resolution():
     "overrides, message",
     [
         (dict(ats_layers=[1, 4]), r"indices \[4\] outside 0\.\.3"),
+        (dict(ats_layers=list(range(2, 100))), r"ats_layers=\[2, 3, 4, \.\.\., 98, 99\] \(98 values\) has indices "
+         r"\[4, 5, 6, \.\.\., 98, 99\] \(96 values\) outside 0\.\.3 \(num_hidden_layers=4\)\.$"),
         (dict(ats_layers=[-1]), r"ats_layers=\[-1\] has negative indices \[-1\]; layers are 0-based"),
         (dict(ats_layers=[1, 1]), "duplicate"),
         (dict(ats_max_tokens=1), r"ats_max_tokens=1 is too small: an int must be >= 2"),

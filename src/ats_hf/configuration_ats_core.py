@@ -91,9 +91,11 @@ class AtsSettings(Mapping):
             raise ValueError(f"ats_layers must be a list of layer indices (ints), got {layers!r}.")
         negative = [i for i in layers if i < 0]
         if negative:
-            raise ValueError(f"ats_layers={list(layers)} has negative indices {negative}; layers are 0-based.")
+            raise ValueError(
+                f"ats_layers={_shown(layers)} has negative indices {_shown(negative)}; layers are 0-based."
+            )
         if len(set(layers)) != len(layers):
-            raise ValueError(f"ats_layers={list(layers)} has duplicate indices; each layer may be listed once.")
+            raise ValueError(f"ats_layers={_shown(layers)} has duplicate indices; each layer may be listed once.")
         # Model-free: at least one token (a family with no special token may keep one); `check` adds the model's S.
         max_tokens = _per_layer_values("ats_max_tokens", self.max_tokens, layers, True, num_special=None)
         sampler = self.sampler
@@ -137,7 +139,7 @@ class AtsSettings(Mapping):
         bad = [i for i in self.layers if i >= num_layers]
         if bad:
             raise ValueError(
-                f"ats_layers={list(self.layers)} has indices {bad} outside 0..{num_layers - 1} "
+                f"ats_layers={_shown(self.layers)} has indices {_shown(bad)} outside 0..{num_layers - 1} "
                 f"(num_hidden_layers={num_layers})."
             )
         _per_layer_values("ats_max_tokens", self.max_tokens, self.layers, True, num_special)
@@ -365,6 +367,14 @@ def _check_count_value(field: str, value, allow_none: bool, num_special: int | N
         )
     if isinstance(value, float) and not 0.0 < value <= 1.0:
         raise ValueError(f"{field}={value} is outside (0, 1]: a float is a fraction of the initial tokens.")
+
+
+def _shown(values, most: int = 8) -> str:
+    """A list for an error message, its middle elided when long (a layer range typed by mistake can be hundreds)."""
+    values = list(values)
+    if len(values) <= most:
+        return str(values)
+    return f"[{', '.join(map(str, values[:3]))}, ..., {', '.join(map(str, values[-2:]))}] ({len(values)} values)"
 
 
 def _kept_at_least(num_special: int | None) -> str:
