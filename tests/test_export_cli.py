@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import image_folder
 
 from ats_hf.data import DEFAULT_MODEL_DIR
 from ats_hf_cli import build_parser, main
@@ -29,6 +30,18 @@ def test_export_writes_a_verified_folder(tmp_path, capsys):
     report = json.loads((output / "onnx_verification.json").read_text())
     assert report["passed"] and report["images"] == 4  # each at batch sizes 1 and 3
     assert json.loads((output / "config.json").read_text())["ats_capacity"] == 12
+
+
+@pytest.mark.slow  # exports and checks the graph in onnxruntime
+def test_export_checks_on_images_of_any_classes_without_label_notes(tmp_path, capsys):
+    """The images only check the graph: classes that are not the model's are taken, and nothing is said about
+    labels or scoring."""
+    animals = image_folder(tmp_path / "animals", ["cat", "dog"], per_class=2, size=32)
+    output = tmp_path / "onnx"
+    assert main(["export", str(output), "--ats-capacity", "12", "--dataset", str(animals), "--num-images", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "3 images" in captured.out and "note:" not in captured.err
+    assert json.loads((output / "onnx_verification.json").read_text())["passed"]
 
 
 def test_the_adaptive_mode_is_refused_in_one_line(tmp_path, capsys):
