@@ -50,6 +50,7 @@ from transformers import AutoImageProcessor, HfArgumentParser, Trainer, Training
 
 from ats_hf import ATS_SAMPLERS
 from ats_hf.distillation import DistillationTrainer, check_distillation_settings
+from ats_hf.families import classifier_for, family_of, is_classifier, takes_videos
 from ats_hf.flops import dense_gmacs, gmacs_per_image
 from ats_hf.hub.checkpoint import ats_model_class, load_ats_classifier, push_checkpoint
 from ats_hf.hub.model_card import write_model_card
@@ -192,9 +193,20 @@ def check_sources(model_args: ModelArguments, data_args: DataTrainingArguments) 
             raise ScriptError(str(error)) from None
     source = model_args.model_name_or_path
     hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
+    try:  # the class the model loads as (a backbone: its family's classifier, as load_ats_classifier does)
+        model_class = ats_model_class(source, **hub)
+    except (OSError, ValueError) as error:
+        raise ScriptError(f"--model_name_or_path {source!r}: {str(error).splitlines()[0]}") from None
+    if not is_classifier(model_class):
+        model_class = classifier_for(model_class) or model_class
+    if takes_videos(model_class):
+        raise ScriptError(
+            f"--model_name_or_path {source!r} is a {family_of(model_class).title} model, which takes videos; this "
+            "script fine-tunes image classifiers on image folders."
+        )
     try:  # the config alone: the layers and K given must fit this model
-        config_class = ats_model_class(source, **hub).config_class
-        config_class.from_pretrained(source, **hub, **model_args.ats_config_overrides()).check_ats_settings()
+        config = model_class.config_class.from_pretrained(source, **hub, **model_args.ats_config_overrides())
+        config.check_ats_settings()
     except (OSError, ValueError) as error:
         raise ScriptError(f"--model_name_or_path {source!r}: {str(error).splitlines()[0]}") from None
 
@@ -346,7 +358,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     if training_args.do_eval and "validation" not in dataset:
         raise ValueError("--do_eval needs validation data: a validation split, --validation_dir or train_val_split.")
     distillation = {}
-    if model_args.distill_from not in (None, DENSE_TEACHER):
+    if model_args.distill_from is not None:
         check_teacher_labels(model_args, labels)
     if model_args.distill_from is not None:
         distillation = {
@@ -400,16 +412,26 @@ def main(argv: list[str] | None = None) -> Trainer:
 
 
 def check_teacher_labels(model_args: ModelArguments, labels: list[str]) -> None:
-    """A `--distill_from` checkpoint must predict the dataset's classes, in the dataset's order (its config alone is
-    read): otherwise its logits would teach the wrong classes."""
-    source, hub = model_args.distill_from, {"cache_dir": model_args.cache_dir, "token": model_args.token}
-    config = ats_model_class(source, **hub).config_class.from_pretrained(source, **hub)
+    """The `--distill_from` teacher must be a classifier predicting the dataset's classes, in the dataset's order (its
+    config alone is read): otherwise its logits would teach the wrong classes. `dense` is the starting checkpoint
+    itself, which must then already be such a classifier."""
+    dense = model_args.distill_from == DENSE_TEACHER
+    source = model_args.model_name_or_path if dense else model_args.distill_from
+    hub = {"cache_dir": model_args.cache_dir, "token": model_args.token}
+    if dense:
+        hub["revision"] = model_args.model_revision
+    option = f"--distill_from {model_args.distill_from!r}" + (f" (the starting checkpoint {source!r})" if dense else "")
+    model_class = ats_model_class(source, **hub)
+    if not is_classifier(model_class):
+        raise ScriptError(f"{option} has no image-classification head to teach with: give a classifier of the "
+                          "dataset's classes")
+    config = model_class.config_class.from_pretrained(source, **hub)
     teacher = [str(config.id2label[index]) for index in range(len(config.id2label))]
     if teacher != list(labels):
+        hint = "fine-tune it first, then distil from that" if dense else f"or use --distill_from {DENSE_TEACHER}"
         raise ScriptError(
-            f"--distill_from {model_args.distill_from!r} predicts {len(teacher)} classes {teacher[:10]}, the dataset "
-            f"has {len(labels)} {list(labels)[:10]}: a teacher must predict the dataset's classes, in its order "
-            f"(or use --distill_from {DENSE_TEACHER})"
+            f"{option} predicts {len(teacher)} classes {teacher[:10]}, the dataset has {len(labels)} "
+            f"{list(labels)[:10]}: a teacher must predict the dataset's classes, in its order ({hint})"
         )
 
 

@@ -159,6 +159,29 @@ def test_example_distills_from_dense_offline_and_writes_a_loadable_checkpoint(ex
     assert not torch.equal(saved.classifier.weight, start_weights["classifier.weight"])
 
 
+def test_example_checks_the_dense_teacher_predicts_the_dataset_classes(example, tmp_path):
+    """`--distill_from dense` teaches with the starting checkpoint's own head: refused, before training, when that
+    head predicts the classes in another order or there is no head at all."""
+    write_image_folder(tmp_path / "train", per_class=2)
+    reordered = tiny_ats_classifier()
+    labels = list(reversed(reordered.config.id2label.values()))
+    reordered.config.id2label, reordered.config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
+    reordered.save_pretrained(tmp_path / "reordered")
+    tiny_image_processor().save_pretrained(tmp_path / "reordered")
+    backbone = tiny_ats_classifier().vit
+    backbone.save_pretrained(tmp_path / "backbone")
+    tiny_image_processor().save_pretrained(tmp_path / "backbone")
+    for start, message in (("reordered", r"predicts 3 classes .*fine-tune it first"),
+                           ("backbone", "has no image-classification head to teach with")):
+        with pytest.raises(example.ScriptError, match=rf"--distill_from 'dense' \(the starting checkpoint .*{message}"):
+            example.main([
+                "--model_name_or_path", str(tmp_path / start), "--train_dir", str(tmp_path / "train"),
+                "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / f"out-{start}"),
+                "--distill_from", "dense", "--do_train", "--max_steps", "1", "--report_to", "none",
+            ])
+        assert not (tmp_path / f"out-{start}").exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -361,3 +361,18 @@ def test_running_from_a_later_layer_reuses_a_dense_prefix(images):
     for start, end in ((2, 2), (0, 5), (-1, 2), (4, None)):  # no layer, or beyond the 4 layers
         with pytest.raises(ValueError, match=rf"start_layer={start}, end_layer={end} run no layer .* <= 4"):
             model.vit.run_layers(hidden, start_layer=start, end_layer=end)
+
+
+def test_an_ats_class_given_its_upstream_config_names_the_ats_config():
+    """Building an ATS model from the upstream config (not the ATS one) is a `TypeError` saying which config to use,
+    for every family's classifier."""
+    from ats_hf.families import FAMILIES
+
+    for family in FAMILIES:
+        if family.classifier is None:
+            continue
+        ats_config = family.classifier.config_class
+        upstream = next(base for base in ats_config.__mro__[1:] if base.__module__.startswith("transformers.models"))
+        message = rf"takes an ATS config \({ats_config.__name__}\), got a {upstream.__name__}"
+        with pytest.raises(TypeError, match=message):
+            family.classifier(upstream())

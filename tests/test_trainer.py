@@ -96,6 +96,34 @@ def test_example_rejects_bad_values_in_one_line(example, workspace, capsys, argv
     assert error.count("\n") == 1 and ": error: " in error and message in error
 
 
+def test_example_takes_a_clip_model_and_refuses_a_video_model_before_loading(example, workspace, tmp_path, capsys):
+    """A CLIPModel checkpoint fine-tunes as its vision tower's classifier (its settings checked on the vision
+    config); a video classifier is refused in one line, not at the first training step."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, VivitConfig, VivitForVideoClassification
+
+    tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+                 patch_size=8)
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=64)
+    CLIPModel(CLIPConfig(vision_config=tower, text_config=text)).save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32).save_pretrained(tmp_path / "clip")
+    VivitForVideoClassification(VivitConfig(**{**tower, "num_frames": 4, "tubelet_size": [2, 8, 8]})).save_pretrained(
+        tmp_path / "vivit")
+
+    capsys.readouterr()  # the saving's progress lines
+
+    def parse(model, *extra):  # parse_args checks the sources (exit status 2 and one line on a bad one)
+        argv = ["--model_name_or_path", str(tmp_path / model), "--train_dir", str(workspace / "train"), *extra]
+        return example.parse_args([*argv, "--output_dir", str(tmp_path / "out")])
+
+    assert parse("clip", "--ats_layers", "1")[0].ats_config_overrides() == {"ats_layers": [1]}
+    for model, extra, message in (("clip", ["--ats_layers", "2"], "ats_layers=[2] has indices [2] outside 0..1"),
+                                  ("vivit", [], "is a ViViT model, which takes videos; this script fine-tunes")):
+        with pytest.raises(SystemExit) as exited:
+            parse(model, *extra)
+        error = capsys.readouterr().err
+        assert exited.value.code == 2 and error.count("\n") == 1 and message in error
+
+
 def test_example_refuses_a_non_empty_output_dir_before_loading_anything(example, workspace, tmp_path, capsys):
     work = tmp_path / "earlier-run"
     work.mkdir()

@@ -540,6 +540,12 @@ class AtsPreTrainedMixin:
     def _ats_init(self, config) -> None:
         """`PreTrainedModel.__init__` (not the upstream class's, which would build plain layers only for them to be
         replaced), the config's ATS settings checked, and the base model's attribute for this config."""
+        if not hasattr(config, "check_ats_settings"):
+            expected = self.config_class.__name__
+            raise TypeError(
+                f"{type(self).__name__} takes an ATS config ({expected}), got a {type(config).__name__}: build it "
+                f"with {expected}(**config.to_dict()), or load a checkpoint with from_pretrained."
+            )
         PreTrainedModel.__init__(self, config)
         config.check_ats_settings()
         prefix = self.ats_base_model_prefix(config)
