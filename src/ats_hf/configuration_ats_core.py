@@ -340,17 +340,15 @@ def _per_layer_values(field: str, values, layers, allow_none: bool, num_special:
     if not isinstance(values, (list, tuple)):
         _check_count_value(field, values, allow_none, num_special)
         return values
-    if not layers:  # no ATS layer: per-layer values wait, unused, for the layers to come back
-        for value in values:
-            _check_count_value(field, value, allow_none, num_special)
-        return tuple(values)
-    if len(values) != len(layers):
+    if layers and len(values) != len(layers):  # with no ATS layer, per-layer values wait, unused, for layers to come
         raise ValueError(
             f"{field}={list(values)} has {len(values)} entries but ats_layers={list(layers)} has {len(layers)}; give "
             "one value per ATS layer, or a single value for all."
         )
     for value in values:
         _check_count_value(field, value, allow_none, num_special)
+    if not layers:
+        return tuple(values)
     return tuple(value for _, value in sorted(zip(layers, values, strict=True)))
 
 

@@ -376,13 +376,19 @@ def _check_image_column(table, column: str, videos: bool) -> None:
     """`ValueError` unless `column` holds what the model takes: images (an Image feature), or for a video model
     frame lists (a Sequence of Image)."""
     feature = table.features[column]
-    is_images = type(feature).__name__ == "Image"
-    is_videos = type(getattr(feature, "feature", None)).__name__ == "Image"
-    if videos and not is_videos:
+    if videos and not _holds_frame_lists(feature):
         raise ValueError(f"column {column!r} holds {_kind(feature)}, not frame lists (a Sequence of Image): a video "
                          "model takes one list of frames per video.")
-    if not videos and not is_images:
+    if not videos and not _holds_images(feature):
         raise ValueError(f"column {column!r} holds {_kind(feature)}, not images (an Image feature).")
+
+
+def _holds_images(feature) -> bool:
+    return type(feature).__name__ == "Image"
+
+
+def _holds_frame_lists(feature) -> bool:
+    return _holds_images(getattr(feature, "feature", None))
 
 
 def _check_label_column(table, column: str) -> None:
@@ -398,7 +404,7 @@ def _kind(feature) -> str:
     inner = getattr(feature, "feature", None)
     if inner is not None:
         return f"lists of {_kind(inner)}"
-    if type(feature).__name__ == "Image":
+    if _holds_images(feature):
         return "images"
     return f"{getattr(feature, 'dtype', type(feature).__name__)} values"
 
@@ -406,7 +412,7 @@ def _kind(feature) -> str:
 def _find_video_column(table) -> str:
     """The first column whose feature is a list of images (one video's frames)."""
     for name, feature in table.features.items():
-        if type(getattr(feature, "feature", None)).__name__ == "Image":
+        if _holds_frame_lists(feature):
             return name
     raise ValueError(f"no column of frame lists (a Sequence of Image) among {table.column_names}; name it with "
                      "--image-column.")
