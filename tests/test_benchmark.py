@@ -426,9 +426,9 @@ def test_profile_counts_operations_and_time_per_layer(tmp_path, capsys):
     assert all(ats["events"][name] > dense["events"][name] for name in layers[1:])
     assert all(value >= 0 for value in ats["milliseconds"].values())
     extra = (sum(ats["events"].values()) - sum(dense["events"].values())) / 3
-    # The operation budget batch 1 is held to (docs/benchmarks.md, section 4): 67.7 here with torch 2.13 (75.3 before
-    # the column layout); an ATS layer that grows by a single operation fails.
-    assert extra < 68.0
+    # The operation budget batch 1 is held to (docs/benchmarks.md, section 4): 62.7 here with torch 2.13 (75.3 before
+    # the column layout, 67.7 before the heads-split scoring); an ATS layer that grows by a single operation fails.
+    assert extra < 63.0
     printed = capsys.readouterr().out
     assert "where the time goes, layer by layer" in printed
     assert f"{extra:.1f} extra aten events per ATS layer" in printed

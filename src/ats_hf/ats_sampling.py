@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 ATS_SAMPLERS = ("inverse_transform", "top_k", "random")
-TINY = torch.finfo(torch.float32).tiny  # what a sum is divided by when it is 0 (0 / tiny = 0)
+TINY = torch.finfo(torch.float32).tiny  # what merged sizes are divided by when they are 0 (0 / tiny = 0)
 NEAREST_BY_DISTANCES_LIMIT = 1 << 17
 """On the CPU, the largest (B, R, P) distance matrix the nearest-value matching builds; above it, binary search (see
 `_nearest`). Measured on a 2-core AMD EPYC, 1 thread (scripts/nearest_crossover.py): the matrix costs about 1.5-2.5
@@ -43,8 +43,8 @@ def significance_scores(
         token_mask: (B, L) bool, True for real tokens; None if all are real.
         num_special: S, the leading tokens (CLS first) that are never scored.
     Returns:
-        (B, P) float32 scores of the P = L - S patch tokens, summing to 1 per image (all zero if an image has no
-        scored patch); padding scores 0.
+        (B, P) float32 scores of the P = L - S patch tokens, summing to 1 per image; padding scores 0. An image whose
+        scores are all zero gets NaN (0 / 0, as in the official code): the samplers keep such an image whole.
     """
     batch_size, num_tokens = values.shape[:2]
     column = cls_attention.sum(dim=1).view(batch_size, num_tokens, 1)
@@ -55,14 +55,28 @@ def significance_scores(
 def _significance(
     cls_attention: torch.Tensor, values: torch.Tensor, patch_mask: torch.Tensor | None, num_special: int
 ) -> torch.Tensor:
-    """`significance_scores` from the (B, L, 1) CLS attention already summed over heads and the (B, P, 1) patch
-    mask -> (B, P, 1) (a column per image: the sampler's layout, which needs no reshaping on the way)."""
-    norms = torch.linalg.vector_norm(_as_float32(values), dim=-1, keepdim=True)
-    scores = (_as_float32(cls_attention) * norms)[:, num_special:]
+    """`significance_scores` from the CLS attention already summed over heads, (B, L, 1), and the values, (B, L, D);
+    or, as an ATS layer has them, (B, L, 1, 1) and (B, L, H, d); and the (B, P, 1) patch mask -> (B, P, 1) (a column
+    per image: the sampler's layout, which needs no reshaping on the way)."""
+    norms = torch.linalg.vector_norm(_as_float32(values), dim=tuple(range(2, values.dim())), keepdim=True)
+    scores = _patch_column(_as_float32(cls_attention) * norms, num_special)
     if patch_mask is not None:
         scores = torch.where(patch_mask, scores, _scalar(0.0, scores))
-    # An all-zero column stays zero: 0 / tiny = 0; any other has total >= tiny and is divided by it exactly.
-    return scores / torch.maximum(scores.sum(dim=1, keepdim=True), _scalar(TINY, scores))
+    # Divided by their total, as the official code does: an all-zero column becomes NaN (0 / 0), which the samplers
+    # take as unrankable (the image keeps every real patch), as they take a flat CDF.
+    return scores / scores.sum(dim=1, keepdim=True)
+
+
+def _patch_column(scores: torch.Tensor, num_special: int) -> torch.Tensor:
+    """(B, L, 1, ...) -> the (B, P, 1) rows after the S special ones. In eager mode one `as_strided` call, where a
+    slice and a reshape dispatch three operations (batch 1 is bound by their count); a compiled or exported graph
+    slices and reshapes (ONNX has no strided view)."""
+    batch_size, num_tokens = scores.shape[:2]
+    shape = (batch_size, num_tokens - num_special, 1)
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return scores[:, num_special:].reshape(shape)
+    strides = (scores.stride(0), scores.stride(1), 1)
+    return scores.as_strided(shape, strides, scores.storage_offset() + num_special * scores.stride(1))
 
 
 def inverse_transform_sampling(
@@ -367,8 +381,10 @@ def pack_kept_tokens_static(
     ranking = torch.where(kept_patches, scores, _scalar(float("-inf"), scores))
     chosen = ranking.topk(slots, dim=1, sorted=True).indices
     real = torch.arange(slots, device=scores.device) < kept_patches.sum(dim=1, keepdim=True)
-    # Sorting the chosen positions (padding slots as P, after every real one) restores the current order.
-    positions = torch.where(real, chosen, _scalar(num_patches, chosen, torch.long)).sort(dim=1).values
+    # Sorting the chosen positions (padding slots as P, after every real one) restores the current order (a top-k
+    # of them all: distinct values, so order is all a sort would add; one ONNX node where a sort exports as four).
+    positions = torch.where(real, chosen, _scalar(num_patches, chosen, torch.long))
+    positions = positions.topk(slots, dim=1, largest=False).values
     special_rows = torch.arange(num_special, device=scores.device).expand(batch_size, -1)
     positions = torch.where(real, positions + num_special, _scalar(0, positions, torch.long))
     kept_rows = torch.cat([special_rows, positions], dim=1)
@@ -484,25 +500,36 @@ class TokenSelection(NamedTuple):
 
 
 def scoring_query(
-    queries: torch.Tensor, num_special: int, token_mask: torch.Tensor | None = None, sizes: torch.Tensor | None = None
+    queries: torch.Tensor,
+    num_heads: int,
+    num_special: int,
+    token_mask: torch.Tensor | None = None,
+    sizes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The query whose attention row scores the tokens: CLS's (row 0) when there are special tokens; for a model
-    without any (S = 0, e.g. VideoMAE, which mean-pools), the mean query of the real rows, each weighing as the
-    tokens it stands for once tokens were merged (the mean of every input token's query: a query is linear in its
-    row).
+    """The query whose attention row scores the tokens, split by head: CLS's (row 0) when there are special tokens;
+    for a model without any (S = 0, e.g. VideoMAE, which mean-pools), the mean query of the real rows, each weighing
+    as the tokens it stands for once tokens were merged (the mean of every input token's query: a query is linear in
+    its row).
 
     Args:
-        queries: (B, L, D) all heads concatenated; token_mask: (B, L) bool real rows (None: all real);
+        queries: (B, L, D) all heads concatenated; num_heads: H; token_mask: (B, L) bool real rows (None: all real);
         sizes: (B, L) float32 tokens each row stands for, 0 for padding (None: one each).
     Returns:
-        (B, 1, D).
+        (B, 1, H, d), d = D / H.
     """
+    batch_size, _, width = queries.shape
+    shape = (batch_size, 1, num_heads, width // num_heads)
     if num_special:
-        return queries[:, :1]
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return queries[:, :1].view(shape)
+        # Row 0 split by head as one `as_strided` call (a slice and a view would dispatch three operations).
+        batch_stride, row_stride, width_stride = queries.stride()
+        strides = (batch_stride, row_stride, width_stride * shape[3], width_stride)
+        return queries.as_strided(shape, strides, queries.storage_offset())
     if sizes is None and token_mask is None:
-        return queries.mean(dim=1, keepdim=True)
+        return queries.mean(dim=1, keepdim=True).view(shape)
     weights = (sizes if sizes is not None else token_mask.to(torch.float32)).to(queries.dtype)[..., None]
-    return (queries * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)
+    return ((queries * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True)).view(shape)
 
 
 def select_tokens(
@@ -524,8 +551,9 @@ def select_tokens(
     S = 0) and the value norms, sample them, and pack the kept rows (CLS and the other special tokens first).
 
     Args:
-        cls_query: (B, 1, D) the query that scores (`scoring_query`: CLS's, or the mean query when S = 0); keys,
-            values: (B, L, D); all with the H heads concatenated.
+        cls_query: the query that scores (`scoring_query`: CLS's, or the mean query when S = 0); keys, values: the
+            L rows'; each with its H heads concatenated, (B, 1 or L, D), or split, (B, 1 or L, H, d) (the layout an
+            attention layer has anyway: no reshaping here).
         num_heads: H; scaling: the attention logits' scale (1 / sqrt(D / H) in a plain ViT).
         sampler: a name in `ATS_SAMPLERS`; max_tokens: K > S, the most rows kept, special tokens included.
         capacity: None for the adaptive mode (M = the batch's largest kept count), or C > S rows (the static mode).
@@ -539,19 +567,24 @@ def select_tokens(
     batch_size, num_tokens = values.shape[:2]
     if num_tokens == num_special:  # only special tokens are left (every patch was masked or dropped)
         return TokenSelection(None, None)
-    # The CLS row of every head as a product and a per-head sum: (B, L, H), the same multiply-adds as a (1 x L) matmul
-    # per head, in a handful of operations (batch 1 is bound by their count: hence the kept dimension of the head
-    # sum, which spares a reshape, and `_softmax`, softmax's own kernel without its dispatching wrapper).
-    products = _as_float32(cls_query) * _as_float32(keys)
-    cls_logits = products.view(batch_size, num_tokens, num_heads, -1).sum(dim=-1) * _scalar(scaling, products)
+    cls_query, keys_by_head, values_by_head = (
+        tensor if tensor.dim() == 4 else tensor.view(*tensor.shape[:2], num_heads, -1)
+        for tensor in (cls_query, keys, values)
+    )
+    # The CLS row of every head as a product and a per-head sum: (B, L, H, 1), the same multiply-adds as a (1 x L)
+    # matmul per head, in a handful of operations (batch 1 is bound by their count: hence the kept dimensions of the
+    # sums, which spare reshapes, and `_softmax`, softmax's own kernel without its dispatching wrapper).
+    products = _as_float32(cls_query) * _as_float32(keys_by_head)
+    cls_logits = products.sum(dim=-1, keepdim=True) * _scalar(scaling, products)
     if sizes is not None:  # proportional attention; log(0) = -inf masks padding
-        cls_logits = cls_logits + sizes.log()[..., None]
+        cls_logits = cls_logits + sizes.log().view(batch_size, num_tokens, 1, 1)
     elif token_mask is not None:
-        cls_logits = torch.where(token_mask[..., None], cls_logits, _scalar(float("-inf"), cls_logits))
-    cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=-1, keepdim=True)  # (B, L, 1)
+        key_mask = token_mask.view(batch_size, num_tokens, 1, 1)
+        cls_logits = torch.where(key_mask, cls_logits, _scalar(float("-inf"), cls_logits))
+    cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=2, keepdim=True)  # (B, L, 1, 1)
     token_column = None if token_mask is None else token_mask[..., None]  # (B, L, 1)
     patch_mask = None if token_column is None else token_column[:, num_special:]
-    scores = _significance(cls_attention, values, patch_mask, num_special)  # (B, P, 1)
+    scores = _significance(cls_attention, values_by_head, patch_mask, num_special)  # (B, P, 1)
     picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - num_special)
     kept = _kept_rows(picks, rankable, num_tokens, token_column, num_special)  # (B, L, 1), the special rows included
     if capacity is not None:
@@ -563,7 +596,7 @@ def select_tokens(
         kept_rows, padding = pack_kept_rows(kept.view(batch_size, num_tokens))
     if token_mask is None and padding is None and kept_rows.shape[-1] == num_tokens:
         return TokenSelection(None, None)  # every row kept, in place: nothing to gather or merge
-    return TokenSelection(kept_rows, padding, keys if merge else None)
+    return TokenSelection(kept_rows, padding, keys.flatten(2) if merge else None)
 
 
 def _scalar(value: float, like: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

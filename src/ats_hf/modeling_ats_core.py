@@ -203,7 +203,9 @@ def _attention_mask(config, queries: torch.Tensor, keys: torch.Tensor, token_mas
 
     Eager and sdpa take a (B, 1, 1, L) key mask that serves any number of query rows: sdpa's bool one (True: attend)
     and eager's additive one (0, or the dtype's minimum), the values transformers' mask builder gives them, in one or
-    two operations instead of its sixty; none when every key is real. Other implementations (flash, flex) get
+    two operations instead of its sixty; none when every key is real. An exported graph gives sdpa the additive one
+    too: ONNX exports sdpa under a bool mask with three more nodes per layer (a select, and a NaN guard that a key
+    mask never needs: every row keeps its CLS key). Other implementations (flash, flex) get
     transformers' mask; a padding layout exists only when there is padding, so its all-real check (a device-to-host
     read) is skipped."""
     attn_implementation = config._attn_implementation
@@ -211,7 +213,7 @@ def _attention_mask(config, queries: torch.Tensor, keys: torch.Tensor, token_mas
         if token_mask is None:
             return None
         key_mask = token_mask.view(token_mask.shape[0], 1, 1, -1)
-        if attn_implementation == "sdpa":
+        if attn_implementation == "sdpa" and not torch.compiler.is_exporting():
             return key_mask
         return torch.where(key_mask, queries.new_zeros(()), torch.finfo(queries.dtype).min)
     return create_bidirectional_mask(
@@ -263,14 +265,16 @@ class AtsAttentionMixin:
         token_mask = state.token_mask
         batch_size, num_tokens, _ = hidden_states.shape
         queries, keys, values = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
-        key_states = keys.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
-        value_states = values.view(batch_size, num_tokens, -1, self.head_dim).transpose(1, 2)
+        keys = keys.view(batch_size, num_tokens, -1, self.head_dim)  # (B, L, H, d)
+        values = values.view(batch_size, num_tokens, -1, self.head_dim)
+        key_states, value_states = keys.transpose(1, 2), values.transpose(1, 2)
 
         with torch.no_grad():  # the selection is discrete: no gradient flows through the scores
             num_special = num_special_tokens(config)
-            query = scoring_query(queries, num_special, token_mask, state.sizes)
+            num_heads = keys.shape[2]
+            query = scoring_query(queries, num_heads, num_special, token_mask, state.sizes)
             selection = select_tokens(
-                query, keys, values, keys.shape[-1] // self.head_dim, scaling, sampler=config.ats_sampler,
+                query, keys, values, num_heads, scaling, sampler=config.ats_sampler,
                 max_tokens=plan.max_tokens, capacity=plan.capacity, num_special=num_special,
                 token_mask=token_mask, sizes=state.sizes, merge=config.ats_merge is not None,
             )
