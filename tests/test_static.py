@@ -69,6 +69,22 @@ def test_truncation_keeps_the_highest_scoring_sampled_tokens():
     assert not padding.token_mask[:, width:].any()
 
 
+def test_static_packing_takes_the_samplers_column_layout_and_nan_scores_as_kept():
+    kept = torch.tensor([[True, False, True, True, True, False], [False, True, True, True, True, True],
+                         [True, True, True, False, False, True]])
+    scores = torch.tensor([[0.30, 0.50, 0.05, 0.20, 0.40, 0.0], [0.0] + [float("nan")] * 5,
+                           [0.2, 0.3, 0.1, 0.9, 0.8, 0.0]])
+    for capacity in (2, 3, 5, 9):
+        rows, padding = pack_kept_tokens_static(kept, scores, capacity=capacity)
+        column_rows, column_padding = pack_kept_tokens_static(kept[..., None], scores[..., None], capacity=capacity)
+        assert torch.equal(rows, column_rows) and torch.equal(padding.token_mask, column_padding.token_mask)
+        # Image 1 cannot be ranked (NaN scores): every slot it has room for holds one of its five kept patches.
+        assert padding.token_mask[1].sum() == 1 + min(capacity - 1, 5)
+        assert set(rows[1][padding.token_mask[1]].tolist()) <= {0, 2, 3, 4, 5, 6}
+    rows, padding = pack_kept_tokens_static(kept, scores, capacity=3)
+    assert rows[2].tolist() == [0, 1, 2]  # image 2's two best kept patches (1 and 0), in their order
+
+
 def test_truncated_images_keep_capacity_and_stay_batch_invariant(images):
     model = build(ats_capacity=8)
     batch = run(model, images)

@@ -56,8 +56,9 @@ def _significance(
     cls_attention: torch.Tensor, values: torch.Tensor, patch_mask: torch.Tensor | None, num_special: int
 ) -> torch.Tensor:
     """`significance_scores` from the CLS attention already summed over heads, (B, L, 1), and the values, (B, L, D);
-    or, as an ATS layer has them, (B, L, 1, 1) and (B, L, H, d); and the (B, P, 1) patch mask -> (B, P, 1) (a column
-    per image: the sampler's layout, which needs no reshaping on the way)."""
+    or, as an ATS layer has them, (B, L, 1, 1) and (B, L, H, d); and the (B, P, 1) patch mask, whose padding scores 0
+    (None: scores as they come) -> (B, P, 1) (a column per image: the sampler's layout, which needs no reshaping on
+    the way)."""
     norms = torch.linalg.vector_norm(_as_float32(values), dim=tuple(range(2, values.dim())), keepdim=True)
     scores = _patch_column(_as_float32(cls_attention) * norms, num_special)
     if patch_mask is not None:
@@ -369,21 +370,23 @@ def pack_kept_tokens_static(
 
     An image that kept more than `capacity - S` patches keeps its `capacity - S` highest-scoring kept patches.
     Args:
-        kept_patches: (B, P) bool; scores: (B, P) the scores the sampler ranked; capacity: C > S.
+        kept_patches: (B, P) bool, or (B, P, 1) as the samplers mark them; scores: the scores the sampler ranked, in
+            the same shape; capacity: C > S.
     Returns:
         kept_rows: (B, M) long into the L = P + S input rows (padding rows point at CLS), M = min(C, L);
         the layout of the M rows (`token_mask` only).
     """
-    batch_size, num_patches = kept_patches.shape
+    batch_size, num_patches = kept_patches.shape[:2]
     slots = min(capacity - num_special, num_patches)
-    # Kept patches rank above every dropped one (-inf); a NaN score (an unscorable image) ranks as a kept one.
-    # (`where`, not `masked_fill` of the negated mask: one node fewer in an exported graph, one operation in eager.)
-    ranking = torch.where(kept_patches, scores, _scalar(float("-inf"), scores))
-    chosen = ranking.topk(slots, dim=1, sorted=True).indices
-    real = torch.arange(slots, device=scores.device) < kept_patches.sum(dim=1, keepdim=True)
+    # Kept patches rank above every dropped one (-inf), so a slot holds a kept patch exactly when its value is not
+    # -inf (a NaN score, an unscorable image's, ranks as a kept one). (`where`, not `masked_fill` of the negated
+    # mask: one node fewer in an exported graph, one operation in eager.)
+    ranking = torch.where(kept_patches, scores, _scalar(float("-inf"), scores)).view(batch_size, num_patches)
+    best = ranking.topk(slots, dim=1, sorted=True)
+    real = best.values != _scalar(float("-inf"), scores)
     # Sorting the chosen positions (padding slots as P, after every real one) restores the current order (a top-k
     # of them all: distinct values, so order is all a sort would add; one ONNX node where a sort exports as four).
-    positions = torch.where(real, chosen, _scalar(num_patches, chosen, torch.long))
+    positions = torch.where(real, best.indices, _scalar(num_patches, best.indices, torch.long))
     positions = positions.topk(slots, dim=1, largest=False).values
     special_rows = torch.arange(num_special, device=scores.device).expand(batch_size, -1)
     positions = torch.where(real, positions + num_special, _scalar(0, positions, torch.long))
@@ -584,16 +587,18 @@ def select_tokens(
     cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=2, keepdim=True)  # (B, L, 1, 1)
     token_column = None if token_mask is None else token_mask[..., None]  # (B, L, 1)
     patch_mask = None if token_column is None else token_column[:, num_special:]
-    scores = _significance(cls_attention, values_by_head, patch_mask, num_special)  # (B, P, 1)
+    # No mask needed: padding's CLS attention is exactly 0 (a -inf logit), so its scores are 0 (B, P, 1).
+    scores = _significance(cls_attention, values_by_head, None, num_special)
     picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - num_special)
-    kept = _kept_rows(picks, rankable, num_tokens, token_column, num_special)  # (B, L, 1), the special rows included
-    if capacity is not None:
-        kept_patches = kept.view(batch_size, num_tokens)[:, num_special:]
-        kept_rows, padding = pack_kept_tokens_static(kept_patches, scores.view(batch_size, -1), capacity, num_special)
-    elif batch_size == 1:  # no padding can exist: the kept rows as one (M,) index (the only host read, in nonzero)
-        kept_rows, padding = kept.view(-1).nonzero().view(-1), None
+    if capacity is not None:  # the patches alone, (B, P, 1): the static packing puts the special rows first
+        kept_patches = _kept_rows(picks, rankable, num_tokens - num_special, patch_mask, 0)
+        kept_rows, padding = pack_kept_tokens_static(kept_patches, scores, capacity, num_special)
     else:
-        kept_rows, padding = pack_kept_rows(kept.view(batch_size, num_tokens))
+        kept = _kept_rows(picks, rankable, num_tokens, token_column, num_special)  # (B, L, 1), special rows included
+        if batch_size == 1:  # no padding can exist: the kept rows as one (M,) index (the only host read, in nonzero)
+            kept_rows, padding = kept.view(-1).nonzero().view(-1), None
+        else:
+            kept_rows, padding = pack_kept_rows(kept.view(batch_size, num_tokens))
     if token_mask is None and padding is None and kept_rows.shape[-1] == num_tokens:
         return TokenSelection(None, None)  # every row kept, in place: nothing to gather or merge
     return TokenSelection(kept_rows, padding, keys.flatten(2) if merge else None)
