@@ -188,6 +188,29 @@ def test_a_single_input_gets_its_rows_of_a_batch_as_one_index():
                            ats_sampling.gather_rows(rows, alone.kept_rows.view(1, -1)))
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["heads-concatenated", "heads-split"])
+def test_a_padded_rows_value_never_enters_the_scores(split):
+    """A padded row scores 0 whatever its value, even NaN (0 attention times a NaN norm would make the whole image
+    unrankable, keeping it whole); `select_tokens` takes keys and values with their heads concatenated or split."""
+    generator = torch.Generator().manual_seed(0)
+    queries, keys, values = torch.randn(3, 2, 9, 8, generator=generator)
+    token_mask = torch.tensor([[True, True, False, True, True, True, False, True, True]] * 2)
+    options = {"sampler": "inverse_transform", "max_tokens": 4, "num_special": 2, "token_mask": token_mask}
+
+    def kept_rows(values):
+        query = ats_sampling.scoring_query(queries * 30, 4, 2, token_mask)
+        if split:
+            return ats_sampling.select_tokens(query, keys.view(2, 9, 4, 2), values.view(2, 9, 4, 2), 4, 1.0,
+                                              **options).kept_rows
+        return ats_sampling.select_tokens(query.view(2, 1, 8), keys, values, 4, 1.0, **options).kept_rows
+
+    clean = kept_rows(values)
+    assert clean.shape[1] < 5, "expected a sampled subset of the five real patches"
+    values[:, 2] = float("nan")
+    values[1, 6] = float("inf")
+    assert torch.equal(kept_rows(values), clean)
+
+
 def test_stable_sort_in_index_order_for_ties():
     generator = torch.Generator().manual_seed(3)
     values = torch.randint(0, 6, (4, 30), generator=generator).float() / 5  # many ties

@@ -368,7 +368,8 @@ def pack_kept_tokens_static(
     """The static mode's packing: exactly `capacity` rows per image, the S special tokens first, then the kept
     patches in their current order, then masked padding rows; no device-to-host read and no data-dependent shape.
 
-    An image that kept more than `capacity - S` patches keeps its `capacity - S` highest-scoring kept patches.
+    An image that kept more than `capacity - S` patches keeps its `capacity - S` highest-scoring kept patches (of
+    equal scores, the first).
     Args:
         kept_patches: (B, P) bool, or (B, P, 1) as the samplers mark them; scores: the scores the sampler ranked, in
             the same shape; capacity: C > S.
@@ -382,11 +383,11 @@ def pack_kept_tokens_static(
     # -inf (a NaN score, an unscorable image's, ranks as a kept one). (`where`, not `masked_fill` of the negated
     # mask: one node fewer in an exported graph, one operation in eager.)
     ranking = torch.where(kept_patches, scores, _scalar(float("-inf"), scores)).view(batch_size, num_patches)
-    best = ranking.topk(slots, dim=1, sorted=True)
-    real = best.values != _scalar(float("-inf"), scores)
+    values, chosen = _largest_first(ranking, slots)
+    real = values != _scalar(float("-inf"), scores)
     # Sorting the chosen positions (padding slots as P, after every real one) restores the current order (a top-k
     # of them all: distinct values, so order is all a sort would add; one ONNX node where a sort exports as four).
-    positions = torch.where(real, best.indices, _scalar(num_patches, best.indices, torch.long))
+    positions = torch.where(real, chosen, _scalar(num_patches, chosen, torch.long))
     positions = positions.topk(slots, dim=1, largest=False).values
     special_rows = torch.arange(num_special, device=scores.device).expand(batch_size, -1)
     positions = torch.where(real, positions + num_special, _scalar(0, positions, torch.long))
@@ -394,6 +395,17 @@ def pack_kept_tokens_static(
     # cat, not pad: inductor's C++ backend (torch 2.13) fails to compile a padded bool mask fused with its use.
     token_mask = torch.cat([real.new_ones(batch_size, num_special), real], dim=1)
     return kept_rows, PaddingLayout(token_mask)
+
+
+def _largest_first(values: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) -> the `count` largest values of each row and their indices, equal values to the lower index (so that
+    PyTorch and an exported graph choose the same tokens at ties, e.g. the equal scores of an image that cannot be
+    ranked): ONNX's TopK in an exported graph (its specification breaks ties that way), else the first `count` of a
+    stable descending sort (PyTorch's own topk makes no promise at ties)."""
+    if torch.compiler.is_exporting():
+        return values.topk(count, dim=1)
+    ordered, order = _stable_sort(values, descending=True)
+    return ordered[:, :count], order[:, :count]
 
 
 def merge_dropped_tokens(
@@ -587,12 +599,14 @@ def select_tokens(
     cls_attention = torch._softmax(cls_logits, 1, False).sum(dim=2, keepdim=True)  # (B, L, 1, 1)
     token_column = None if token_mask is None else token_mask[..., None]  # (B, L, 1)
     patch_mask = None if token_column is None else token_column[:, num_special:]
-    # No mask needed: padding's CLS attention is exactly 0 (a -inf logit), so its scores are 0 (B, P, 1).
-    scores = _significance(cls_attention, values_by_head, None, num_special)
+    scores = _significance(cls_attention, values_by_head, patch_mask, num_special)  # (B, P, 1)
     picks, rankable = TOKEN_SAMPLERS[sampler](scores, patch_mask, max_tokens - num_special)
     if capacity is not None:  # the patches alone, (B, P, 1): the static packing puts the special rows first
         kept_patches = _kept_rows(picks, rankable, num_tokens - num_special, patch_mask, 0)
-        kept_rows, padding = pack_kept_tokens_static(kept_patches, scores, capacity, num_special)
+        # An image that cannot be ranked packs its first real patches (its scores taken as equal, not as NaN, whose
+        # order a runtime need not keep).
+        ranked = torch.where(rankable, scores, _scalar(0.0, scores))
+        kept_rows, padding = pack_kept_tokens_static(kept_patches, ranked, capacity, num_special)
     else:
         kept = _kept_rows(picks, rankable, num_tokens, token_column, num_special)  # (B, L, 1), special rows included
         if batch_size == 1:  # no padding can exist: the kept rows as one (M,) index (the only host read, in nonzero)

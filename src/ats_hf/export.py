@@ -95,6 +95,8 @@ def write_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor)
     classifier (the outputs of `export_onnx`, which checks it first), a transformers classifier, or a module mapping
     (B, C, H, W) pixel values to a (B, num_labels) logits tensor, e.g. `ats_hf.tome.TomeClassifier`."""
     model = model.eval()
+    if example.shape[0] == 1:  # an example of one would fix the graph's batch size to 1
+        example = example.repeat(2, *[1] * (example.dim() - 1))
     batch = torch.export.Dim("batch", min=1, max=4096)
     wrapped = _OnnxOutputs(model).eval()
     with torch.no_grad(), _without_exporter_noise():

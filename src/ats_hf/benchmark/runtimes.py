@@ -124,9 +124,7 @@ def _onnxruntime(model, method: Method, warm_batches) -> PreparedPass:
     start = time.perf_counter()
     twin = method.standalone(model, warm_batches[0][:1])
     folder = tempfile.TemporaryDirectory(prefix="ats-hf-onnx-")
-    first = warm_batches[0][:1]
-    example = first.repeat(2, *[1] * (first.dim() - 1))  # a batch of 1 would fix the graph's batch size to 1
-    path = write_onnx(twin, Path(folder.name) / "model.onnx", example)  # static shapes: check_runtime
+    path = write_onnx(twin, Path(folder.name) / "model.onnx", warm_batches[0][:1])  # static shapes: check_runtime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
