@@ -103,3 +103,13 @@ def test_a_non_empty_out_needs_overwrite(tmp_path, capsys):
     (tmp_path / "onnx" / "file").write_text("x")
     assert main(["export", str(tmp_path / "onnx"), "--ats-capacity", "12"]) == 2
     assert "is not empty; pass --overwrite" in last_error_line(capsys)
+
+
+def test_model_and_out_may_come_apart_among_the_options(tmp_path, capsys):
+    """`ats-hf export MODEL --options... OUT` reads MODEL and OUT (it was 'unrecognized arguments: OUT'); the check
+    of OUT then answers, before anything is loaded."""
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "file").write_text("x")
+    argv = ["export", str(DEFAULT_MODEL_DIR), "--ats-capacity", "12", "--num-images", "4", str(tmp_path / "onnx")]
+    assert main(argv) == 2
+    assert "is not empty; pass --overwrite" in last_error_line(capsys)

@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser(command)
     try:
-        args, unknown = parser.parse_known_args(argv)
+        if command:  # its own parser, which takes the positional arguments among the options in any order
+            args, unknown = parser.commands[command].parse_known_intermixed_args(argv[1:])
+            args.command = command
+        else:
+            args, unknown = parser.parse_known_args(argv)
         if unknown:  # reported by the subcommand, so that its --help is the one pointed to
             parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exit_:  # --help, or an argparse error already printed
