@@ -69,15 +69,20 @@ def _significance(
 
 
 def _patch_column(scores: torch.Tensor, num_special: int) -> torch.Tensor:
-    """(B, L, 1, ...) -> the (B, P, 1) rows after the S special ones. In eager mode one `as_strided` call, where a
-    slice and a reshape dispatch three operations (batch 1 is bound by their count); a compiled or exported graph
-    slices and reshapes (ONNX has no strided view)."""
+    """(B, L, 1, ...) -> the (B, P, 1) rows after the S special ones (`_rows_view`)."""
     batch_size, num_tokens = scores.shape[:2]
     shape = (batch_size, num_tokens - num_special, 1)
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return scores[:, num_special:].reshape(shape)
-    strides = (scores.stride(0), scores.stride(1), 1)
-    return scores.as_strided(shape, strides, scores.storage_offset() + num_special * scores.stride(1))
+    return _rows_view(scores, num_special, shape, (scores.stride(0), scores.stride(1), 1))
+
+
+def _rows_view(tensor: torch.Tensor, first: int, shape: tuple, strides: tuple) -> torch.Tensor:
+    """The rows `first .. first + shape[1] - 1` of a (B, L, ...) tensor, viewed as `shape` (whose `strides` the
+    caller gives, as `reshape` would make them). In eager mode one `as_strided` call, where a slice and a reshape
+    dispatch three operations (batch 1 is bound by their count); a compiled or exported graph slices and reshapes
+    (ONNX has no strided view)."""
+    if _building_graph():
+        return tensor[:, first:first + shape[1]].reshape(shape)
+    return tensor.as_strided(shape, strides, tensor.storage_offset() + first * tensor.stride(1))
 
 
 def inverse_transform_sampling(
@@ -534,13 +539,9 @@ def scoring_query(
     """
     batch_size, _, width = queries.shape
     shape = (batch_size, 1, num_heads, width // num_heads)
-    if num_special:
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-            return queries[:, :1].view(shape)
-        # Row 0 split by head as one `as_strided` call (a slice and a view would dispatch three operations).
+    if num_special:  # row 0, split by head
         batch_stride, row_stride, width_stride = queries.stride()
-        strides = (batch_stride, row_stride, width_stride * shape[3], width_stride)
-        return queries.as_strided(shape, strides, queries.storage_offset())
+        return _rows_view(queries, 0, shape, (batch_stride, row_stride, width_stride * shape[3], width_stride))
     if sizes is None and token_mask is None:
         return queries.mean(dim=1, keepdim=True).view(shape)
     weights = (sizes if sizes is not None else token_mask.to(torch.float32)).to(queries.dtype)[..., None]
@@ -628,9 +629,14 @@ def _constant(build: Callable, *args, **kwargs):
     """`build(*args, **kwargs)`, tensors that depend on nothing but the arguments. Eager mode makes them once, outside
     any inference mode so that every mode can read them; a compiled or exported graph makes its own (constants in
     the graph)."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if _building_graph():
         return build(*args, **kwargs)
     return _cached_constant(build, *args, **kwargs)
+
+
+def _building_graph() -> bool:
+    """Whether torch.compile or torch.export is tracing this code (rather than eager mode running it)."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 @functools.lru_cache(maxsize=256)
